@@ -1,0 +1,83 @@
+"""Kafka client helpers shared by the CLI, the workers, the load tools and the tests."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from driftloop.errors import DriftloopError
+
+# Tansu completes a consumer group's first join only after half the session timeout, and Kafka
+# itself uses the session timeout to notice dead members: 6 s keeps both short.
+CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "auto.offset.reset": "earliest"}
+PRODUCER_DEFAULTS = {"linger.ms": 5, "enable.idempotence": False, "acks": "all"}
+# librdkafka otherwise writes its own lines straight to stderr; route them through Python logging.
+_LOGGER = logging.getLogger("driftloop.kafka.client")
+
+
+def _base(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "logger": _LOGGER}
+
+
+def admin(bootstrap: str, **overrides: Any) -> AdminClient:
+    return AdminClient({**_base(bootstrap), **overrides})
+
+
+def producer(bootstrap: str, **overrides: Any) -> Producer:
+    return Producer({**_base(bootstrap), **PRODUCER_DEFAULTS, **overrides})
+
+
+def consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
+    return Consumer({**_base(bootstrap), "group.id": group_id, **CONSUMER_DEFAULTS, **overrides})
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when a broker answers a metadata request with at least one broker listed."""
+    try:
+        # A probe expects refusals while a broker starts: keep librdkafka quiet about them.
+        metadata = admin(bootstrap, log_level=0).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if broker_answers(bootstrap, timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
+            return
+    raise DriftloopError(f"no Kafka broker answered a metadata request at {bootstrap} within {timeout:.0f}s "
+                         f"(check KAFKA_BOOTSTRAP_SERVERS)")
+
+
+def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Existing ones are left as they are."""
+    client = admin(bootstrap)
+    existing = set(client.list_topics(timeout=timeout).topics)
+    missing = [name for name in dict.fromkeys(names) if name not in existing]
+    if not missing:
+        return []
+    futures = client.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing],
+                                   operation_timeout=timeout, request_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another process won the race: fine
+                raise DriftloopError(f"cannot create topic {name!r}: {exc.args[0].str()}") from None
+    _wait_until_visible(client, missing, timeout)
+    return missing
+
+
+def _wait_until_visible(client: AdminClient, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = client.list_topics(timeout=timeout).topics
+        if all(name in topics and topics[name].partitions for name in names):
+            return
+        time.sleep(0.1)
+    raise DriftloopError(f"topics {names} were created but did not appear in metadata within {timeout:.0f}s")

@@ -1,0 +1,48 @@
+"""The MLflow tracking server + UI that `driftloop up` runs when MLflow is not an external HTTP server."""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from driftloop.errors import DriftloopError
+from driftloop.process import ManagedProcess, reserve_port
+
+
+def backend_store_uri(tracking_uri: str | None, data_dir: Path) -> str:
+    """The database MLflow keeps runs and the registry in: the configured one, or SQLite in the data dir."""
+    if tracking_uri is None:
+        return f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    return tracking_uri
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class MlflowServer(ManagedProcess):
+    def __init__(self, backend_uri: str, data_dir: Path, port: int):
+        self.port = reserve_port(port, "DRIFTLOOP_MLFLOW_PORT")
+        self.url = f"http://127.0.0.1:{self.port}"
+        artifacts = (data_dir / "mlartifacts").resolve()
+        super().__init__("MLflow server", [
+            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+            "--artifacts-destination", str(artifacts), "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ], data_dir / "logs" / "mlflow.log")
+
+    def start(self) -> None:
+        super().start()
+        # First start migrates the database schema, which takes a while on a slow disk.
+        self.wait_ready(lambda: http_ok(f"{self.url}/health"), timeout=120, what=f"answering HTTP at {self.url}")
+
+
+def require_reachable(tracking_uri: str) -> None:
+    if not http_ok(f"{tracking_uri.rstrip('/')}/health", timeout=5):
+        raise DriftloopError(f"MLflow at MLFLOW_TRACKING_URI={tracking_uri} does not answer /health")

@@ -1,0 +1,115 @@
+"""Child processes that never outlive the CLI that started them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from driftloop.errors import DriftloopError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the CLI is SIGKILLed it cannot clean up, so the kernel
+    # sends the child SIGTERM instead. The child also gets its own session so stop() can signal
+    # its whole process group (MLflow's server forks workers).
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ManagedProcess:
+    """A named child process with a log file, a readiness check and an orderly stop."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            try:
+                self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=self.env, preexec_fn=_die_with_parent)
+            except OSError as exc:
+                raise DriftloopError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
+
+    def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll `check` until it returns True; fail clearly if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise DriftloopError(f"{self.name} exited with code {self.popen.returncode} before {what}; "
+                                     f"last log line: {self.last_log_line()!r} (log: {self.log_path})")
+            if check():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise DriftloopError(f"{self.name} did not become ready ({what}) within {timeout:.0f}s (log: {self.log_path})")
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL whatever is left of it."""
+        if self.popen is None:
+            return
+        pgid = self.popen.pid  # setsid made the child its own group leader
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            if not _group_alive(pgid):
+                break
+            # The leader exited but its forked workers linger: give them the same grace.
+            _wait_group_gone(pgid, wait)
+            if not _group_alive(pgid):
+                break
+        self.popen = None
+
+    def last_log_line(self) -> str:
+        try:
+            lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def reserve_port(port: int, setting: str) -> int:
+    """Return `port` if 127.0.0.1 has it free (or a free port for 0); a clear error if it is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise DriftloopError(f"port {port} on 127.0.0.1 is taken; set {setting} to another port "
+                                 f"(0 picks a free one)") from None
+        return sock.getsockname()[1]

@@ -1,0 +1,248 @@
+"""The declarative pipeline spec: the single source of truth for schema, features, model, drift and canary policy.
+
+`load_spec(path)` returns a validated `PipelineSpec` or raises a DriftloopError of the form
+`<file>: <path.inside[2].spec>: <what is wrong>`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from driftloop.errors import DriftloopError
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_duration(text: Any) -> float:
+    """'500ms', '30s', '10m', '1h', '7d' -> seconds."""
+    match = _DURATION.match(str(text).strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a positive duration like 30s, 10m, 1h or 7d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    type: Literal["string", "int", "float", "bool", "category", "timestamp"]
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] | None = None  # the known categories; anything else is 'unseen'
+    max_length: int = Field(default=256, ge=1)
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in ("int", "float")
+
+
+class EventsSpec(_Strict):
+    id_field: str
+    entity: str
+    time_field: str
+    fields: dict[str, FieldSpec]
+
+    @field_validator("fields")
+    @classmethod
+    def _names(cls, fields: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        for name in fields:
+            if not _NAME.match(name):
+                raise ValueError(f"field name {name!r} must be an identifier (letters, digits, _)")
+        return fields
+
+
+class OutcomesSpec(_Strict):
+    id_field: str = "event_id"
+    label: str
+    time_field: str = "outcome_time"
+    join_ttl: float = 7 * 86400  # how long a prediction waits for its outcome (and vice versa)
+
+    _ttl = field_validator("join_ttl", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+
+class WindowSpec(_Strict):
+    size: float
+    kind: Literal["tumbling", "hopping", "sliding"] = "sliding"
+    step: float | None = None
+
+    _durations = field_validator("size", "step", mode="before")(
+        lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+
+class FeatureSpec(_Strict):
+    name: str
+    agg: Literal["count", "sum", "mean", "max", "min", "time_since_last", "ratio_to_mean"]
+    field: str | None = None
+    window: WindowSpec | None = None
+
+
+class ModelSpec(_Strict):
+    name: str
+    flavor: Literal["river", "onnx"]
+    estimator: str
+    params: dict[str, Any] = {}
+    inputs: tuple[str, ...] | None = None  # default: every feature plus every numeric/category/bool event field
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    warmup_events: int = Field(default=2000, ge=1)
+
+
+RIVER_ESTIMATORS = ("logistic_regression", "hoeffding_adaptive_tree", "adaptive_random_forest")
+ONNX_ESTIMATORS = ("logistic_regression", "gradient_boosting", "random_forest")
+
+
+class DriftSpec(_Strict):
+    window_events: int = Field(default=1000, ge=50)
+    evaluate_every_events: int = Field(default=500, ge=1)
+    evaluate_every_seconds: float = Field(default=30, gt=0)
+    reference_size: int = Field(default=5000, ge=100)
+    drifted_share: float = Field(default=0.15, gt=0, le=1)
+    sustained_windows: int = Field(default=3, ge=1)
+    concept_detector: Literal["adwin", "page_hinkley"] = "adwin"
+    schedule_every_events: int | None = Field(default=None, ge=1)
+    schedule_every_hours: float | None = Field(default=None, gt=0)
+    cooldown: float = 600
+
+    _cooldown = field_validator("cooldown", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+
+class CanarySpec(_Strict):
+    share: float = Field(default=0.1, gt=0, lt=1)
+    shadow: bool = False
+    min_samples: int = Field(default=300, ge=10)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    max_error_rate: float = Field(default=0.5, gt=0, le=1)
+    max_latency_ms: float = Field(default=250, gt=0)
+
+
+class PipelineSpec(_Strict):
+    name: str
+    events: EventsSpec
+    outcomes: OutcomesSpec
+    features: tuple[FeatureSpec, ...] = ()
+    feature_ttl: float = 86400  # Feast feature-view TTL
+    model: ModelSpec
+    drift: DriftSpec = DriftSpec()
+    canary: CanarySpec = CanarySpec()
+
+    _ttl = field_validator("feature_ttl", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+    @property
+    def model_inputs(self) -> tuple[str, ...]:
+        if self.model.inputs is not None:
+            return self.model.inputs
+        passthrough = tuple(name for name, f in self.events.fields.items()
+                            if f.type in ("int", "float", "bool", "category") and name != self.events.entity)
+        return tuple(f.name for f in self.features) + passthrough
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise DriftloopError(f"{path}: cannot read spec: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise DriftloopError(f"{path}: line {mark.line + 1 if mark else '?'}: not valid YAML") from None
+    return parse_spec(document, str(path))
+
+
+def parse_spec(document: Any, origin: str = "<spec>") -> PipelineSpec:
+    if not isinstance(document, dict):
+        raise DriftloopError(f"{origin}: the spec must be a YAML mapping")
+    try:
+        spec = PipelineSpec.model_validate(document)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise DriftloopError(f"{origin}: {_dotted(error['loc'])}: {_message(error)}") from None
+    for where, problem in _cross_checks(spec):
+        raise DriftloopError(f"{origin}: {where}: {problem}")
+    return spec
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _cross_checks(spec: PipelineSpec):
+    """Yield (path, problem) for rules that span several parts of the spec."""
+    ev = spec.events
+    for key, expected in (("id_field", ("string", "int")), ("entity", ("string", "int")),
+                          ("time_field", ("timestamp",))):
+        name = getattr(ev, key)
+        if name not in ev.fields:
+            yield f"events.{key}", f"{name!r} is not one of events.fields"
+        elif ev.fields[name].type not in expected:
+            yield f"events.{key}", f"field {name!r} must have type {' or '.join(expected)}"
+        elif not ev.fields[name].required:
+            yield f"events.fields.{name}.required", f"{key} field must be required"
+    for name, f in ev.fields.items():
+        where = f"events.fields.{name}"
+        if (f.min is not None or f.max is not None) and not f.numeric:
+            yield where, "min/max apply only to int and float fields"
+        if f.min is not None and f.max is not None and f.min > f.max:
+            yield where, "min is larger than max"
+        if f.type == "category" and not f.values:
+            yield f"{where}.values", "a category field needs its known values"
+        if f.type != "category" and f.values is not None:
+            yield f"{where}.values", "values apply only to category fields"
+    seen: set[str] = set()
+    for i, feat in enumerate(spec.features):
+        where = f"features[{i}]"
+        if not _NAME.match(feat.name):
+            yield f"{where}.name", f"{feat.name!r} must be an identifier"
+        if feat.name in seen or feat.name in ev.fields:
+            yield f"{where}.name", f"{feat.name!r} is already used by another feature or event field"
+        seen.add(feat.name)
+        needs_field = feat.agg not in ("count", "time_since_last")
+        if needs_field and feat.field is None:
+            yield f"{where}.field", f"agg {feat.agg!r} needs a numeric event field"
+        if feat.field is not None and (feat.field not in ev.fields or not ev.fields[feat.field].numeric):
+            yield f"{where}.field", f"{feat.field!r} is not a numeric field of events.fields"
+        if feat.agg == "time_since_last":
+            if feat.window is not None:
+                yield f"{where}.window", "time_since_last takes no window"
+        elif feat.window is None:
+            yield f"{where}.window", f"agg {feat.agg!r} needs a window"
+        elif feat.window.kind == "hopping" and (feat.window.step is None or feat.window.step >= feat.window.size):
+            yield f"{where}.window.step", "a hopping window needs a step smaller than its size"
+        elif feat.window.kind != "hopping" and feat.window.step is not None:
+            yield f"{where}.window.step", f"a {feat.window.kind} window takes no step"
+        elif feat.window.size > spec.feature_ttl:
+            yield f"{where}.window.size", "window is longer than feature_ttl; Feast would expire it first"
+    estimators = RIVER_ESTIMATORS if spec.model.flavor == "river" else ONNX_ESTIMATORS
+    if spec.model.estimator not in estimators:
+        yield "model.estimator", f"{spec.model.flavor} estimators are {', '.join(estimators)}"
+    known = {f.name for f in spec.features} | set(ev.fields)
+    for i, name in enumerate(spec.model.inputs or ()):
+        if name not in known:
+            yield f"model.inputs[{i}]", f"{name!r} is neither a feature nor an event field"
+        elif name in ev.fields and ev.fields[name].type in ("string", "timestamp"):
+            yield f"model.inputs[{i}]", f"{name!r} is a {ev.fields[name].type} field; models take numbers and categories"
+    if not spec.model_inputs:
+        yield "model.inputs", "the model has no inputs"
+    if spec.outcomes.label in ev.fields:
+        yield "outcomes.label", "the label must not be an event field (it arrives later on the outcomes topic)"
+    if not math.isfinite(spec.canary.max_latency_ms):
+        yield "canary.max_latency_ms", "must be finite"

@@ -1,0 +1,123 @@
+"""`driftloop up`: start what is not configured externally, in order, and stop it all in reverse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from driftloop.broker import EmbeddedBroker
+from driftloop.errors import DriftloopError
+from driftloop.kafka import ensure_topics, wait_for_broker
+from driftloop.mlflow_server import MlflowServer, backend_store_uri, require_reachable
+from driftloop.process import ManagedProcess
+from driftloop.settings import Settings
+from driftloop.spec import PipelineSpec, load_spec
+
+
+class Stopped(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT so the ExitStack unwinds in order."""
+
+
+@dataclass
+class StackInfo:
+    bootstrap: str
+    mlflow_tracking_uri: str
+    spec: str
+    topics: list[str]
+    pid: int
+
+    def write(self, data_dir: Path) -> Path:
+        path = data_dir / "stack.json"
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[StackInfo], None] | None = None) -> None:
+    """Bring the stack up, report it, then block until SIGTERM/SIGINT or a component dies."""
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    children: list[ManagedProcess] = []
+    try:
+        with ExitStack() as stack:
+            spec = load_spec(settings.spec)
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            bootstrap = _start_broker(settings, stack, children, say)
+            tracking_uri = _start_mlflow(settings, stack, children, say)
+            _apply_feast(settings, spec, say)
+            created = ensure_topics(bootstrap, settings.topics, settings.partitions)
+            say(f"topics ready ({len(settings.topics)}, {len(created)} created, "
+                f"{settings.partitions} partitions each): {', '.join(settings.topics)}")
+            info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid())
+            stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
+            info.write(settings.data_dir)
+            say("stack is up; Ctrl-C (or SIGTERM) stops it")
+            if ready is not None:
+                ready(info)
+            _watch(children)
+    except Stopped as stop:
+        say(f"{stop.args[0]} received: stopped everything this command started")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _start_broker(settings: Settings, stack: ExitStack, children: list[ManagedProcess],
+                  say: Callable[[str], None]) -> str:
+    if settings.kafka_bootstrap_servers:
+        wait_for_broker(settings.kafka_bootstrap_servers, timeout=15)
+        say(f"using Kafka at {settings.kafka_bootstrap_servers}")
+        return settings.kafka_bootstrap_servers
+    broker = EmbeddedBroker(settings.broker_port, settings.data_dir / "logs")
+    stack.callback(broker.stop)
+    broker.start()
+    children.append(broker)
+    say(f"embedded broker (Tansu, memory-only) ready at {broker.bootstrap}")
+    return broker.bootstrap
+
+
+def _start_mlflow(settings: Settings, stack: ExitStack, children: list[ManagedProcess],
+                  say: Callable[[str], None]) -> str:
+    uri = settings.mlflow_tracking_uri
+    if uri and uri.startswith(("http://", "https://")):
+        require_reachable(uri)
+        say(f"using MLflow at {uri}")
+        return uri
+    server = MlflowServer(backend_store_uri(uri, settings.data_dir), settings.data_dir, settings.mlflow_port)
+    stack.callback(server.stop)
+    server.start()
+    children.append(server)
+    say(f"MLflow tracking server and UI at {server.url} (backend: {_redact(server.argv[server.argv.index('--backend-store-uri') + 1])})")
+    return server.url
+
+
+def _apply_feast(settings: Settings, spec: PipelineSpec, say: Callable[[str], None]) -> None:
+    from driftloop.features.feast_repo import apply, feature_view_name  # feast is slow to import
+
+    apply(settings, spec)
+    say(f"feast apply: feature view {feature_view_name(spec)!r} in {settings.feast_repo} "
+        f"(online store: {settings.online_store})")
+
+
+def _watch(children: list[ManagedProcess]) -> None:
+    while True:
+        for child in children:
+            if not child.running():
+                raise DriftloopError(f"{child.name} stopped unexpectedly; last log line: {child.last_log_line()!r}")
+        time.sleep(0.5)
+
+
+def _redact(uri: str) -> str:
+    # Never print a database password.
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri

@@ -1,0 +1,1 @@
+"""Windowed feature computation and the bridge to Feast."""

@@ -1,0 +1,1 @@
+"""Load generator, dataset replay and benchmarks."""

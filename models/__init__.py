@@ -1,0 +1,1 @@
+"""Model flavors (River, ONNX), registry access and champion/canary/shadow routing."""

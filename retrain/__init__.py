@@ -1,0 +1,1 @@
+"""Training-set building, training, validation, registration and promotion."""

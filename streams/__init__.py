@@ -1,0 +1,1 @@
+"""The Faust app: topology, agents and the JSON topic contracts."""

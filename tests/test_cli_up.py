@@ -1,0 +1,117 @@
+"""`driftloop up` as a user runs it: stack comes up, answers, and SIGTERM leaves no process behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from driftloop import kafka
+
+pytestmark = pytest.mark.integration
+
+
+def _env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_") and k != "KAFKA_BOOTSTRAP_SERVERS"
+           and k != "MLFLOW_TRACKING_URI"}
+    env.update(DRIFTLOOP_DATA_DIR=str(tmp_path / "data"), DRIFTLOOP_FEAST_REPO=str(tmp_path / "repo"),
+               DRIFTLOOP_BROKER_PORT="0", DRIFTLOOP_MLFLOW_PORT="0", DRIFTLOOP_PARTITIONS="2")
+    env.update(extra)
+    return env
+
+
+def _driftloop(*args):
+    return [sys.executable, "-m", "driftloop.cli", *args]
+
+
+def _wait_for_line(process, text, timeout):
+    deadline = time.monotonic() + timeout
+    lines = []
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline and process.poll() is None:
+        line = process.stdout.readline()
+        if line:
+            lines.append(line)
+            if text in line:
+                return lines
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"no {text!r} within {timeout}s; output: {''.join(lines)}{process.stderr.read()}")
+
+
+def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
+    process = subprocess.Popen(_driftloop("up"), env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        _wait_for_line(process, "stack is up", timeout=240)
+        info = json.loads((tmp_path / "data" / "stack.json").read_text())
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        assert len(descendants) >= 2  # broker and MLflow (and MLflow's worker)
+
+        assert kafka.broker_answers(info["bootstrap"])
+        topics = kafka.admin(info["bootstrap"]).list_topics(timeout=10).topics
+        assert {"events", "events.dlq", "outcomes", "predictions", "labeled", "drift", "audit",
+                "retrain-requests"} <= set(topics)
+        assert len(topics["events"].partitions) == 2
+        with urllib.request.urlopen(info["mlflow_tracking_uri"], timeout=10) as ui:
+            assert ui.status == 200 and b"<html" in ui.read().lower()
+        assert (tmp_path / "repo" / "feature_store.yaml").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert "SIGTERM received: stopped everything" in out
+    for child in descendants:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, child
+    assert not (tmp_path / "data" / "stack.json").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "no Kafka broker answered a metadata request at 127.0.0.1:1"),
+    ({"DRIFTLOOP_PARTITIONS": "many"}, "invalid setting DRIFTLOOP_PARTITIONS='many'"),
+    ({"DRIFTLOOP_TOPICS": "x"}, "unknown setting DRIFTLOOP_TOPICS"),
+    ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, "MLflow at MLFLOW_TRACKING_URI=http://127.0.0.1:1 does not answer"),
+])
+def test_bad_configuration_is_one_line_and_non_zero(tmp_path, kafka_bootstrap, env, message):
+    if "MLFLOW_TRACKING_URI" in env:
+        env = {**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    started = time.monotonic()
+    done = subprocess.run(_driftloop("up"), env=_env(tmp_path, **env), capture_output=True, text=True, timeout=90)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [next(l for l in done.stderr.splitlines() if message in l)]
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_taken_broker_port_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(_driftloop("up"), env=_env(tmp_path, DRIFTLOOP_BROKER_PORT=str(port)),
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"driftloop: error: port {port} on 127.0.0.1 is taken; "
+                                   f"set DRIFTLOOP_BROKER_PORT to another port (0 picks a free one)")
+
+
+def test_broker_command_prints_bootstrap_and_stops(tmp_path):
+    process = subprocess.Popen(_driftloop("broker"), env=_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _wait_for_line(process, "bootstrap address", timeout=60)
+        bootstrap = lines[-1].rsplit(" ", 1)[-1].strip()
+        assert kafka.broker_answers(bootstrap)
+        children = psutil.Process(process.pid).children(recursive=True)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)

@@ -1,0 +1,95 @@
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from driftloop.errors import DriftloopError
+from driftloop.settings import DEMO_SPEC
+from driftloop.spec import load_spec, parse_duration, parse_spec
+
+
+@pytest.fixture
+def demo() -> dict:
+    return yaml.safe_load(DEMO_SPEC.read_text())
+
+
+def test_demo_spec_is_valid_and_derives_model_inputs():
+    spec = load_spec(DEMO_SPEC)
+    assert spec.events.entity == "user_id"
+    assert spec.outcomes.label == "is_fraud"
+    # windowed features first, then the event fields a model can read; never ids, entity or time
+    assert spec.model_inputs[:len(spec.features)] == tuple(f.name for f in spec.features)
+    assert {"amount", "merchant_category", "country", "channel"} <= set(spec.model_inputs)
+    assert not {"event_id", "user_id", "event_time"} & set(spec.model_inputs)
+    assert spec.feature_ttl == 2 * 86400
+    assert spec.features[2].window.step == 3600
+
+
+def test_durations():
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("10m") == 600
+    assert parse_duration("7d") == 7 * 86400
+    for bad in ("0s", "10", "1w", "-1h"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def _break(document, path, value):
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return document
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    (("events", "entity"), "account", "events.entity: 'account' is not one of events.fields"),
+    (("events", "time_field"), "amount", "events.time_field: field 'amount' must have type timestamp"),
+    (("events", "fields", "amount", "type"), "decimal", "events.fields.amount.type: Input should be"),
+    (("events", "fields", "channel", "values"), KeyError, "events.fields.channel.values: a category field needs"),
+    (("events", "fields", "country", "min"), 3, "events.fields.country: min/max apply only"),
+    (("events", "colour"), "red", "events.colour: unknown key"),
+    (("outcomes", "label"), KeyError, "outcomes.label: required key is missing"),
+    (("outcomes", "label"), "amount", "outcomes.label: the label must not be an event field"),
+    (("features", 1, "field"), "country", "features[1].field: 'country' is not a numeric field"),
+    (("features", 2, "window", "step"), "48h", "features[2].window.step: a hopping window needs a step smaller"),
+    (("features", 0, "window", "size"), "ten minutes", "features[0].window.size: 'ten minutes' is not a positive"),
+    (("features", 3, "agg"), "median", "features[3].agg: Input should be"),
+    (("features", 5, "window"), {"size": "1h"}, "features[5].window: time_since_last takes no window"),
+    (("features", 1, "name"), "amount", "features[1].name: 'amount' is already used"),
+    (("features", 1, "window", "size"), "3d", "features[1].window.size: window is longer than feature_ttl"),
+    (("model", "estimator"), "xgboost", "model.estimator: river estimators are"),
+    (("model", "threshold"), 1.5, "model.threshold: Input should be less than 1"),
+    (("model", "inputs"), ["amount", "user_ip"], "model.inputs[1]: 'user_ip' is neither a feature nor an event field"),
+    (("model", "inputs"), ["event_time"], "model.inputs[0]: 'event_time' is a timestamp field"),
+    (("canary", "share"), 0, "canary.share: Input should be greater than 0"),
+    (("drift", "cooldown"), "soon", "drift.cooldown: 'soon' is not a positive duration"),
+])
+def test_errors_name_file_path_and_problem(demo, path, value, expected):
+    with pytest.raises(DriftloopError) as error:
+        parse_spec(_break(copy.deepcopy(demo), path, value), "my_spec.yaml")
+    assert str(error.value).startswith(f"my_spec.yaml: {expected}"), str(error.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: x\nevents: [\n")
+    with pytest.raises(DriftloopError, match=r"spec.yaml: line \d+: not valid YAML"):
+        load_spec(path)
+
+
+def test_check_spec_command(tmp_path, demo):
+    ok = subprocess.run([sys.executable, "-m", "driftloop.cli", "check-spec", str(DEMO_SPEC)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "is valid" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_break(copy.deepcopy(demo), ("model", "flavor"), "tensorflow")))
+    failed = subprocess.run([sys.executable, "-m", "driftloop.cli", "check-spec", str(bad)],
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [f"driftloop: error: {bad}: model.flavor: Input should be 'river' or 'onnx'"]
