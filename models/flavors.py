@@ -1,0 +1,59 @@
+"""The common model interface every flavor implements, and loading a saved model of any flavor.
+
+- `Model` — what the scorer, the registry and retraining rely on.
+- `new_model(spec)` — a fresh, untrained River model (ONNX models are trained: `train_onnx`).
+- `train_onnx(spec, rows, labels)` — fit and export an ONNX model.
+- `load(directory)` — a model saved by `Model.save`, whichever its flavor.
+
+Rows are dicts name -> value over `spec.model_inputs` (see `driftloop.models.inputs`); labels are 0/1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from driftloop.errors import DriftloopError
+from driftloop.models import onnx_flavor, river_flavor
+from driftloop.models.inputs import InputColumn
+from driftloop.models.onnx_flavor import OnnxModel, train_onnx
+from driftloop.models.river_flavor import RiverModel
+from driftloop.spec import PipelineSpec
+
+__all__ = ["Model", "OnnxModel", "RiverModel", "load", "new_model", "train_onnx"]
+
+
+@runtime_checkable
+class Model(Protocol):
+    flavor: str  # "river" | "onnx"
+    online: bool  # True when learn() updates the model in place
+    columns: tuple[InputColumn, ...]  # the inputs it reads, in spec order
+
+    def predict_proba(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """P(label=1) for each row, as a float64 array of len(rows); one call per batch."""
+
+    def learn(self, rows: Sequence[Mapping[str, Any]], labels: Sequence[int]) -> None:
+        """Learn from labelled rows in order (River). Not online flavors raise NotImplementedError."""
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write the model's file(s) into directory (created if needed); returns their paths."""
+
+
+def new_model(spec: PipelineSpec) -> Model:
+    """A fresh untrained model for the spec; only the River flavor can start cold."""
+    if spec.model.flavor == "river":
+        return RiverModel.from_spec(spec)
+    raise DriftloopError(f"model {spec.model.name}: an onnx model cannot start cold; train it with train_onnx")
+
+
+def load(directory: str | Path) -> Model:
+    """Load the model saved in directory. A River model is a pickle: verify its checksum first."""
+    directory = Path(directory)
+    if (directory / river_flavor.FILENAME).is_file():
+        return RiverModel.load(directory)
+    if (directory / onnx_flavor.FILENAME).is_file():
+        return OnnxModel.load(directory)
+    raise DriftloopError(f"{directory}: no saved model ({river_flavor.FILENAME} or {onnx_flavor.FILENAME})")

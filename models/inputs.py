@@ -1,0 +1,96 @@
+"""What a model reads: the spec's model inputs as typed columns, and rows converted for each consumer.
+
+A row is a dict name -> value: a float for features and int/float fields, a bool for bool fields, a
+str for category fields ("__unseen__" marks a category outside the spec's `values`), None for a missing
+optional field. Every flavor and the registry go through these helpers so they agree on types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from driftloop.spec import PipelineSpec
+
+UNSEEN = "__unseen__"
+MISSING = "__missing__"  # what a None category becomes before it reaches an encoder
+
+Kind = Literal["numeric", "bool", "category"]
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class InputColumn:
+    name: str
+    kind: Kind
+    categories: tuple[str, ...] = ()  # the spec's known values, for category columns
+
+
+def input_columns(spec: PipelineSpec) -> tuple[InputColumn, ...]:
+    """The spec's model inputs, in order, with the kind each is encoded as."""
+    features = {f.name for f in spec.features}
+    columns = []
+    for name in spec.model_inputs:
+        if name in features:
+            columns.append(InputColumn(name, "numeric"))
+            continue
+        field = spec.events.fields[name]
+        if field.type == "category":
+            columns.append(InputColumn(name, "category", tuple(field.values or ())))
+        elif field.type == "bool":
+            columns.append(InputColumn(name, "bool"))
+        else:
+            columns.append(InputColumn(name, "numeric"))
+    return tuple(columns)
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def as_float(value: Any) -> float | None:
+    """A numeric or bool value as a float; None (or NaN) stays None."""
+    return None if is_missing(value) else float(value)
+
+
+def as_category(value: Any) -> str:
+    return MISSING if is_missing(value) else str(value)
+
+
+def rows_to_frame(columns: Sequence[InputColumn], rows: Sequence[Row]) -> pd.DataFrame:
+    """Rows as a typed DataFrame: float64 (NaN for missing), nullable boolean, and str/None objects.
+
+    This is the shape of the reference sample (reference.parquet) and of the MLflow signature.
+    """
+    data: dict[str, Any] = {}
+    for col in columns:
+        values = [row.get(col.name) for row in rows]
+        if col.kind == "numeric":
+            data[col.name] = np.array([np.nan if is_missing(v) else float(v) for v in values], dtype=np.float64)
+        elif col.kind == "bool":
+            data[col.name] = pd.array([None if is_missing(v) else bool(v) for v in values], dtype="boolean")
+        else:
+            data[col.name] = pd.Series([None if is_missing(v) else str(v) for v in values], dtype=object)
+    return pd.DataFrame(data, columns=[c.name for c in columns])
+
+
+def frame_to_rows(columns: Sequence[InputColumn], frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The inverse of rows_to_frame: NaN/NA become None, numpy scalars become Python ones."""
+    out: list[dict[str, Any]] = [{} for _ in range(len(frame))]
+    for col in columns:
+        series = frame[col.name] if col.name in frame.columns else pd.Series([None] * len(frame))
+        for row, value in zip(out, series.tolist()):
+            if is_missing(value):
+                row[col.name] = None
+            elif col.kind == "numeric":
+                row[col.name] = float(value)
+            elif col.kind == "bool":
+                row[col.name] = bool(value)
+            else:
+                row[col.name] = str(value)
+    return out

@@ -1,0 +1,225 @@
+"""MLflow model registry access: register a model version, load one by alias (checksum-verified), move aliases.
+
+A registered version is one MLflow run (experiment = spec.name) holding params, metrics and a pyfunc model
+whose artifacts are
+
+    artifacts/model/            the files Model.save wrote (model.pkl or model.onnx)
+    artifacts/reference.parquet the reference sample of input rows, for data-drift detection
+
+and the model version (under spec.model.name) carries the tag `driftloop.checksum`: the SHA-256 of the
+model directory (driftloop.models.checksum). `load_version`/`load_alias` download the artifacts, recompute
+it and refuse to load (DriftloopError "... checksum mismatch ...") when they differ, before unpickling.
+
+Every function takes `tracking_uri` (also used as the registry URI). MLflow's model logging and the
+SQLAlchemy registry store read the process-global tracking URI, so calls here set it for their duration
+under a process-wide lock and restore it afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from driftloop.errors import DriftloopError
+from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
+from driftloop.models.flavors import Model, load
+from driftloop.models.inputs import input_columns, rows_to_frame
+from driftloop.models.pyfunc import DriftloopPyfunc, signature_for
+from driftloop.spec import PipelineSpec
+
+MODEL_ARTIFACT = "model"  # artifacts/model/ inside the logged MLflow model
+REFERENCE_FILE = "reference.parquet"
+FLAVOR_TAG = "driftloop.flavor"
+
+_GLOBALS = threading.RLock()
+_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: int
+    run_id: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: int
+    model: Model
+    reference: pd.DataFrame
+    checksum: str
+
+
+@contextmanager
+def _mlflow(tracking_uri: str) -> Iterator[MlflowClient]:
+    """A client for tracking_uri, with MLflow's global tracking URI pointing there until the block ends.
+
+    Restores the previous global and the MLFLOW_TRACKING_URI environment variable (which
+    mlflow.set_tracking_uri rewrites, and unsets when the previous global was unset).
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    with _GLOBALS:
+        saved_env = os.environ.get(_URI_ENV)
+        saved_uri = getattr(tracking_utils, "_tracking_uri", None)
+        mlflow.set_tracking_uri(tracking_uri)
+        try:
+            yield MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        finally:
+            mlflow.set_tracking_uri(saved_uri)
+            if saved_env is None:
+                os.environ.pop(_URI_ENV, None)
+            else:
+                os.environ[_URI_ENV] = saved_env
+
+
+def _code(exc: MlflowException) -> str:
+    return exc.error_code
+
+
+def ensure_experiment(name: str, *, tracking_uri: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created (with artifact_location, if given) when missing."""
+    with _mlflow(tracking_uri) as client:
+        return _ensure_experiment(client, name, artifact_location)
+
+
+def _ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as exc:  # created concurrently
+        if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _requirements(flavor: str) -> list[str]:
+    packages = ["driftloop", "mlflow", "numpy", "pandas", "pyarrow", "river" if flavor == "river" else "onnxruntime"]
+    out = []
+    for package in packages:
+        try:
+            out.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(package)
+    return out
+
+
+def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
+             reference_rows: Sequence[Mapping[str, Any]],
+             metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,
+             tags: Mapping[str, str] | None = None, run_name: str | None = None) -> ModelVersionInfo:
+    """Log `model` in a new MLflow run and register it as a new version of spec.model.name.
+
+    `params`/`metrics` go to the run (with the flavor, estimator and spec model params); `tags` go to both
+    the run and the model version; the version also gets `driftloop.checksum` and `driftloop.flavor`.
+    """
+    if model.flavor != spec.model.flavor:
+        raise DriftloopError(f"model {spec.model.name}: a {model.flavor} model cannot register under a "
+                             f"{spec.model.flavor} spec")
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    run_params = {"flavor": spec.model.flavor, "estimator": spec.model.estimator,
+                  **{f"model.{k}": v for k, v in spec.model.params.items()}, **(params or {})}
+    reference = rows_to_frame(input_columns(spec), list(reference_rows))
+    with tempfile.TemporaryDirectory(prefix="driftloop-register-") as tmp:
+        model_dir = Path(tmp) / MODEL_ARTIFACT
+        model.save(model_dir)
+        checksum = directory_checksum(model_dir)
+        reference_path = Path(tmp) / REFERENCE_FILE
+        reference.to_parquet(reference_path, index=False)
+        with _mlflow(tracking_uri) as client:
+            experiment_id = _ensure_experiment(client, spec.name)
+            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+                run_id = run.info.run_id
+                mlflow.log_params(run_params)
+                if metrics:
+                    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                logged = mlflow.pyfunc.log_model(
+                    name="model", python_model=DriftloopPyfunc(),
+                    artifacts={"model": str(model_dir), "reference": str(reference_path)},
+                    signature=signature_for(spec), pip_requirements=_requirements(spec.model.flavor),
+                    input_example=reference.head(5) if len(reference) else None,
+                    metadata={CHECKSUM_TAG: checksum, FLAVOR_TAG: spec.model.flavor})
+                try:
+                    client.create_registered_model(spec.model.name)
+                except MlflowException as exc:
+                    if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                        raise
+                version = client.create_model_version(
+                    spec.model.name, source=logged.model_uri, run_id=run_id,
+                    tags={**tags, CHECKSUM_TAG: checksum, FLAVOR_TAG: spec.model.flavor})
+    return ModelVersionInfo(spec.model.name, int(version.version), run_id, checksum)
+
+
+def version_info(name: str, version: int, *, tracking_uri: str) -> ModelVersionInfo:
+    with _mlflow(tracking_uri) as client:
+        mv = client.get_model_version(name, str(version))
+    return ModelVersionInfo(name, int(mv.version), mv.run_id or "", mv.tags.get(CHECKSUM_TAG, ""))
+
+
+def get_alias_version(name: str, alias: str, *, tracking_uri: str) -> int | None:
+    """The version `alias` points at; None when the alias or the registered model does not exist."""
+    with _mlflow(tracking_uri) as client:
+        try:
+            registered = client.get_registered_model(name)
+        except MlflowException as exc:
+            if _code(exc) == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return None
+            raise
+    version = (registered.aliases or {}).get(alias)
+    return None if version is None else int(version)
+
+
+def set_alias(name: str, alias: str, version: int, *, tracking_uri: str) -> None:
+    with _mlflow(tracking_uri) as client:
+        client.set_registered_model_alias(name, alias, str(version))
+
+
+def delete_alias(name: str, alias: str, *, tracking_uri: str) -> None:
+    """Remove the alias; nothing happens when it does not exist."""
+    if get_alias_version(name, alias, tracking_uri=tracking_uri) is None:
+        return
+    with _mlflow(tracking_uri) as client:
+        client.delete_registered_model_alias(name, alias)
+
+
+def load_alias(name: str, alias: str, *, tracking_uri: str) -> LoadedModel | None:
+    """The version `alias` points at, loaded and checksum-verified; None when the alias does not exist."""
+    version = get_alias_version(name, alias, tracking_uri=tracking_uri)
+    return None if version is None else load_version(name, version, tracking_uri=tracking_uri)
+
+
+def load_version(name: str, version: int, *, tracking_uri: str) -> LoadedModel:
+    """Download a version's model files and reference sample, verify the checksum, load the model."""
+    with _mlflow(tracking_uri) as client:
+        mv = client.get_model_version(name, str(version))
+        expected = mv.tags.get(CHECKSUM_TAG)
+        if not expected:
+            raise DriftloopError(f"model {name} v{version}: no {CHECKSUM_TAG} tag; refusing to load an unverifiable model")
+        source = client.get_model_version_download_uri(name, str(version)).rstrip("/")
+        with tempfile.TemporaryDirectory(prefix="driftloop-load-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts", dst_path=tmp,
+                                                             tracking_uri=tracking_uri))
+            model_dir = local / MODEL_ARTIFACT
+            actual = directory_checksum(model_dir)
+            if actual != expected:
+                raise DriftloopError(f"model {name} v{version}: checksum mismatch: the registry tag {CHECKSUM_TAG} "
+                                     f"is {expected} but the downloaded model files hash to {actual}; refusing to load")
+            model = load(model_dir)
+            reference = pd.read_parquet(local / REFERENCE_FILE)
+    return LoadedModel(int(mv.version), model, reference, actual)

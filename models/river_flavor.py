@@ -1,0 +1,121 @@
+"""The River flavor: an online pipeline that scores and learns one event at a time.
+
+Pipeline, built from the spec:
+
+    Select(categories) | OneHotEncoder
+  + Discard(categories), i.e. numerics and bools (as 0/1) | StatImputer(mean) | StandardScaler
+  | estimator  (logistic_regression | hoeffding_adaptive_tree | adaptive_random_forest, spec params)
+
+A missing optional value is imputed with the running mean of what the pipeline has learned; a None
+category becomes "__missing__" and, like "__unseen__", gets its own one-hot column as soon as the
+model learns from it. Persisted as one pickle file, `model.pkl`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from river import compose, forest, linear_model, preprocessing, stats, tree
+
+from driftloop.errors import DriftloopError
+from driftloop.models.inputs import InputColumn, Row, as_category, as_float, input_columns
+from driftloop.spec import PipelineSpec
+
+FILENAME = "model.pkl"
+_FORMAT = 1
+
+ESTIMATORS = {
+    "logistic_regression": linear_model.LogisticRegression,
+    "hoeffding_adaptive_tree": tree.HoeffdingAdaptiveTreeClassifier,
+    "adaptive_random_forest": forest.ARFClassifier,
+}
+
+
+def build_pipeline(spec: PipelineSpec, columns: Sequence[InputColumn]) -> compose.Pipeline:
+    estimator_cls = ESTIMATORS.get(spec.model.estimator)
+    if estimator_cls is None:
+        raise DriftloopError(f"model {spec.model.name}: river estimators are {', '.join(ESTIMATORS)}")
+    try:
+        estimator = estimator_cls(**spec.model.params)
+    except TypeError as exc:
+        raise DriftloopError(f"model {spec.model.name}: model.params: {exc}") from None
+    categories = [c.name for c in columns if c.kind == "category"]
+    numerics = [c.name for c in columns if c.kind != "category"]
+    branches = []
+    if categories:
+        branches.append(compose.Select(*categories) | preprocessing.OneHotEncoder())
+    if numerics:
+        # Discard(categories) rather than Select(numerics): Select iterates a set, whose order can change
+        # when the model is unpickled, and the linear models sum x in dict order, so a reloaded model
+        # would differ in the last bit. Discard keeps the spec's column order.
+        imputer = preprocessing.StatImputer(*((name, stats.Mean()) for name in numerics))
+        branches.append(compose.Discard(*categories) | imputer | preprocessing.StandardScaler())
+    features = branches[0] if len(branches) == 1 else compose.TransformerUnion(*branches)
+    return features | estimator
+
+
+class RiverModel:
+    """A River pipeline behind the common Model interface; learns online."""
+
+    flavor = "river"
+    online = True
+
+    def __init__(self, columns: Sequence[InputColumn], pipeline: compose.Pipeline, estimator: str):
+        self.columns = tuple(columns)
+        self.pipeline = pipeline
+        self.estimator = estimator
+
+    @classmethod
+    def from_spec(cls, spec: PipelineSpec) -> RiverModel:
+        """A fresh, untrained model; it already scores (about 0.5) before it has learned anything."""
+        columns = input_columns(spec)
+        return cls(columns, build_pipeline(spec, columns), spec.model.estimator)
+
+    def _x(self, row: Row) -> dict[str, Any]:
+        return {c.name: as_category(row.get(c.name)) if c.kind == "category" else as_float(row.get(c.name))
+                for c in self.columns}
+
+    def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
+        predict = self.pipeline.predict_proba_one
+        out = np.empty(len(rows), dtype=np.float64)
+        for i, row in enumerate(rows):
+            out[i] = _positive(predict(self._x(row)))
+        return out
+
+    def learn(self, rows: Sequence[Row], labels: Sequence[int]) -> None:
+        if len(rows) != len(labels):
+            raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+        learn = self.pipeline.learn_one
+        for row, label in zip(rows, labels):
+            learn(self._x(row), bool(label))
+
+    def save(self, directory: str | Path) -> list[Path]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / FILENAME
+        state = {"format": _FORMAT, "flavor": self.flavor, "estimator": self.estimator,
+                 "columns": self.columns, "pipeline": self.pipeline}
+        with path.open("wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        return [path]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RiverModel:
+        """Unpickles: only call this on files whose checksum was verified (the registry does)."""
+        with (Path(directory) / FILENAME).open("rb") as fh:
+            state = pickle.load(fh)
+        if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("flavor") != cls.flavor:
+            raise DriftloopError(f"{directory}: {FILENAME} is not a driftloop river model (format {_FORMAT})")
+        return cls(state["columns"], state["pipeline"], state["estimator"])
+
+
+def _positive(proba: dict) -> float:
+    """P(label=1) from a River probability dict; 0.5 when the model has no opinion yet ({} or all zero)."""
+    total = sum(proba.values())
+    if not total:
+        return 0.5
+    return float(proba.get(True, 0.0)) / total  # True == 1, so this also finds an int 1 key

@@ -1,0 +1,323 @@
+"""The model layer: River and ONNX flavors, the MLflow registry (real SQLite-backed MLflow) and bootstrap."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from driftloop.errors import DriftloopError
+from driftloop.models import registry
+from driftloop.models.bootstrap import CHAMPION, ORIGIN_TAG, ensure_champion
+from driftloop.models.flavors import Model, OnnxModel, RiverModel, load, new_model, train_onnx
+from driftloop.models.inputs import UNSEEN, frame_to_rows, input_columns, rows_to_frame
+from driftloop.settings import DEMO_SPEC
+from driftloop.spec import PipelineSpec, parse_spec
+
+RISKY = ("electronics", "gaming")
+
+
+def make_spec(flavor: str = "river", estimator: str = "logistic_regression", params: dict | None = None,
+              name: str = "card_fraud") -> PipelineSpec:
+    document = yaml.safe_load(DEMO_SPEC.read_text())
+    document["name"] = name
+    document["model"].update(name=name, flavor=flavor, estimator=estimator, params=params or {})
+    return parse_spec(document, "test")
+
+
+DEMO = make_spec()
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[list[dict], list[int]]:
+    """Demo-spec rows; fraud = amount > 500 and a risky merchant category, with 3% label noise."""
+    rnd = random.Random(seed)
+    fields = DEMO.events.fields
+    others = [c for c in fields["merchant_category"].values if c not in RISKY]
+    rows, labels = [], []
+    for _ in range(n):
+        amount = rnd.expovariate(1 / 600)
+        category = rnd.choice(RISKY) if rnd.random() < 0.5 else rnd.choice(others)
+        row = {
+            "txn_count_10m": float(rnd.randint(1, 10)),
+            "amount_sum_1h": amount * rnd.uniform(1, 3),
+            "amount_max_24h": amount * rnd.uniform(1, 2),
+            "amount_mean_24h": amount * rnd.uniform(0.5, 1),
+            "amount_ratio_to_mean_24h": rnd.uniform(0.5, 3),
+            "secs_since_last_txn": rnd.uniform(0, 86400),
+            "amount": amount,
+            "merchant_category": category,
+            "country": rnd.choice(fields["country"].values),
+            "channel": rnd.choice(fields["channel"].values),
+            "card_present": rnd.random() < 0.5,
+            "account_age_days": None if rnd.random() < 0.1 else float(rnd.randint(0, 5000)),
+        }
+        label = int(amount > 500 and category in RISKY)
+        if rnd.random() < 0.03:
+            label = 1 - label
+        rows.append(row)
+        labels.append(label)
+    return rows, labels
+
+
+ROWS, LABELS = synthetic(3000)
+TRAIN, TRAIN_Y = ROWS[:2000], LABELS[:2000]
+TEST, TEST_Y = ROWS[2000:], np.array(LABELS[2000:])
+MAJORITY_ACCURACY = max(TEST_Y.mean(), 1 - TEST_Y.mean())
+STREAM = synthetic(12000, seed=1)  # a longer labelled stream for the online learners
+
+
+def accuracy(model: Model, rows=TEST, labels=TEST_Y) -> float:
+    return float(np.mean((model.predict_proba(rows) > 0.5) == labels))
+
+
+def auc(model: Model, rows=TEST, labels=TEST_Y) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, model.predict_proba(rows)))
+
+
+def odd_rows() -> list[dict]:
+    """Unseen categories and a missing optional field, as the validation stage hands them over."""
+    rows = [dict(r) for r in TEST[:20]]
+    for i, row in enumerate(rows):
+        row["account_age_days"] = None
+        if i % 2:
+            row.update(merchant_category=UNSEEN, country=UNSEEN, channel=UNSEEN)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with its schema created once (the migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, empty_mlflow_db: Path) -> str:
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # the experiment's artifacts go under tmp_path, not into ./mlruns of the repo
+    registry.ensure_experiment(DEMO.name, tracking_uri=uri, artifact_location=str(tmp_path / "artifacts"))
+    return uri
+
+
+# --- flavors ---------------------------------------------------------------------------------------------
+
+def test_synthetic_data_is_learnable_but_not_trivial():
+    assert 0.15 < np.mean(LABELS) < 0.4
+    assert MAJORITY_ACCURACY < 0.85
+
+
+def test_input_columns_follow_the_spec():
+    kinds = {c.name: c.kind for c in input_columns(DEMO)}
+    assert tuple(kinds) == DEMO.model_inputs
+    assert kinds["amount"] == kinds["txn_count_10m"] == kinds["account_age_days"] == "numeric"
+    assert kinds["card_present"] == "bool" and kinds["merchant_category"] == "category"
+    frame = rows_to_frame(input_columns(DEMO), odd_rows())
+    assert frame_to_rows(input_columns(DEMO), frame) == odd_rows()
+
+
+@pytest.mark.parametrize("estimator, params, events", [("logistic_regression", {}, 12000),
+                                                       ("hoeffding_adaptive_tree", {"seed": 1}, 12000),
+                                                       ("adaptive_random_forest", {"seed": 1, "n_models": 5}, 4000)])
+def test_river_scores_cold_then_learns(estimator, params, events):
+    model = new_model(make_spec("river", estimator, params))
+    assert isinstance(model, RiverModel) and isinstance(model, Model) and model.online
+    cold = model.predict_proba(TEST[:100])
+    assert cold.shape == (100,) and np.all(np.isfinite(cold))
+    assert np.all(np.abs(cold - 0.5) < 0.05)
+
+    # Online learners see each event once: one pass over a stream. A Hoeffding tree needs a few thousand
+    # events before its first split, and SGD logistic regression keeps improving well past 2,000.
+    model.learn(STREAM[0][:events], STREAM[1][:events])
+    probabilities = model.predict_proba(TEST)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert accuracy(model) > MAJORITY_ACCURACY + 0.08, (accuracy(model), MAJORITY_ACCURACY)
+    assert auc(model) > 0.9
+
+
+@pytest.mark.parametrize("estimator", ["logistic_regression", "gradient_boosting", "random_forest"])
+def test_onnx_runtime_matches_sklearn(estimator):
+    spec = make_spec("onnx", estimator, {"random_state": 0} if estimator != "logistic_regression" else {})
+    model = train_onnx(spec, TRAIN, TRAIN_Y)
+    assert isinstance(model, OnnxModel) and isinstance(model, Model) and not model.online
+    from driftloop.models.onnx_flavor import _frame
+
+    expected = model.sklearn.predict_proba(_frame(model.columns, TEST + odd_rows()))[:, 1]
+    actual = model.predict_proba(TEST + odd_rows())
+    assert actual.dtype == np.float64 and actual.shape == expected.shape
+    assert np.max(np.abs(actual - expected)) < 1e-4
+    assert accuracy(model) > MAJORITY_ACCURACY + 0.08 and auc(model) > 0.9
+    with pytest.raises(NotImplementedError, match="not online"):
+        model.learn(TRAIN[:5], TRAIN_Y[:5])
+
+
+def test_onnx_needs_both_labels():
+    with pytest.raises(DriftloopError, match="both labels"):
+        train_onnx(make_spec("onnx"), TRAIN[:10], [0] * 10)
+
+
+@pytest.mark.parametrize("flavor", ["river", "onnx"])
+def test_unseen_categories_and_missing_values_score(flavor):
+    spec = make_spec(flavor)
+    if flavor == "river":
+        model = new_model(spec)
+        model.predict_proba(odd_rows())  # cold
+        model.learn(TRAIN, TRAIN_Y)
+        model.learn(odd_rows()[:2], [1, 0])  # and it can learn from them
+    else:
+        model = train_onnx(spec, TRAIN, TRAIN_Y)
+    scores = model.predict_proba(odd_rows())
+    assert scores.shape == (20,) and np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+    assert model.predict_proba([]).shape == (0,)
+
+
+@pytest.mark.parametrize("flavor", ["river", "onnx"])
+def test_save_and_load_keep_predictions(flavor, tmp_path):
+    spec = make_spec(flavor)
+    model = new_model(spec) if flavor == "river" else train_onnx(spec, TRAIN, TRAIN_Y)
+    if flavor == "river":
+        model.learn(TRAIN, TRAIN_Y)
+    files = model.save(tmp_path / "m")
+    assert files and all(f.is_file() and f.parent == tmp_path / "m" for f in files)
+    again = load(tmp_path / "m")
+    assert again.flavor == flavor
+    np.testing.assert_array_equal(again.predict_proba(TEST), model.predict_proba(TEST))
+    with pytest.raises(DriftloopError, match="no saved model"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("flavor, estimator", [("river", "logistic_regression"), ("river", "hoeffding_adaptive_tree"),
+                                               ("river", "adaptive_random_forest"), ("onnx", "logistic_regression"),
+                                               ("onnx", "gradient_boosting"), ("onnx", "random_forest")])
+def test_a_batch_of_500_scores_quickly(flavor, estimator):
+    spec = make_spec(flavor, estimator)
+    model = new_model(spec) if flavor == "river" else train_onnx(spec, TRAIN, TRAIN_Y)
+    if flavor == "river":
+        model.learn(TRAIN, TRAIN_Y)
+    batch = TEST[:500]
+    model.predict_proba(batch)  # warm up
+    timings = []
+    for _ in range(7):
+        start = time.perf_counter()
+        model.predict_proba(batch)
+        timings.append(time.perf_counter() - start)
+    elapsed = float(np.median(timings))
+    print(f"\n{flavor}/{estimator}: {500 / elapsed:,.0f} rows/s (median of 7 batches of 500)", end="")
+    assert elapsed < 2.0
+
+
+# --- registry --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flavor", ["river", "onnx"])
+def test_register_then_load_alias_round_trip(flavor, tracking):
+    spec = make_spec(flavor)
+    model = new_model(spec) if flavor == "river" else train_onnx(spec, TRAIN, TRAIN_Y)
+    if flavor == "river":
+        model.learn(TRAIN, TRAIN_Y)
+    info = registry.register(model, spec, tracking_uri=tracking, reference_rows=TRAIN[:500],
+                             metrics={"accuracy": accuracy(model)}, params={"rows": 2000},
+                             tags={"purpose": "test"}, run_name="round-trip")
+    assert (info.name, info.version) == (spec.model.name, 1) and info.run_id and len(info.checksum) == 64
+
+    assert registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking) is None
+    assert registry.get_alias_version(spec.model.name, CHAMPION, tracking_uri=tracking) is None
+    registry.set_alias(spec.model.name, CHAMPION, info.version, tracking_uri=tracking)
+    assert registry.get_alias_version(spec.model.name, CHAMPION, tracking_uri=tracking) == 1
+
+    loaded = registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
+    assert loaded.version == 1 and loaded.checksum == info.checksum and loaded.model.flavor == flavor
+    np.testing.assert_array_equal(loaded.model.predict_proba(TEST), model.predict_proba(TEST))
+    assert list(loaded.reference.columns) == list(spec.model_inputs) and len(loaded.reference) == 500
+    assert frame_to_rows(input_columns(spec), loaded.reference) == TRAIN[:500]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking, registry_uri=tracking)
+    version = client.get_model_version(spec.model.name, "1")
+    assert version.tags[registry.CHECKSUM_TAG] == info.checksum and version.tags["purpose"] == "test"
+    run = client.get_run(info.run_id)
+    assert run.data.metrics["accuracy"] > 0.8 and run.data.params["rows"] == "2000"
+    assert client.get_experiment(run.info.experiment_id).name == spec.name
+    import mlflow.pyfunc  # what the MLflow UI / `mlflow models serve` see: a pyfunc model with a signature
+
+    pyfunc = mlflow.pyfunc.load_model(f"{client.get_model_version_download_uri(spec.model.name, '1')}")
+    assert pyfunc.metadata.signature.inputs.input_names() == list(spec.model_inputs)
+    np.testing.assert_allclose(pyfunc.predict(loaded.reference.head(20)), model.predict_proba(TRAIN[:20]))
+
+    registry.delete_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
+    registry.delete_alias(spec.model.name, CHAMPION, tracking_uri=tracking)  # idempotent
+    assert registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking) is None
+
+
+def test_unknown_model_has_no_alias(tracking):
+    assert registry.get_alias_version("no_such_model", CHAMPION, tracking_uri=tracking) is None
+    assert registry.load_alias("no_such_model", CHAMPION, tracking_uri=tracking) is None
+
+
+@pytest.mark.parametrize("flavor", ["river", "onnx"])
+def test_tampered_artifact_is_refused(flavor, tracking, tmp_path):
+    spec = make_spec(flavor)
+    info = ensure_champion(spec, tracking, zip(TRAIN, TRAIN_Y))
+    stored = [p for p in (tmp_path / "artifacts").rglob("artifacts/model/*") if p.is_file()]
+    assert len(stored) == 1
+    data = bytearray(stored[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored[0].write_bytes(bytes(data))
+    with pytest.raises(DriftloopError, match=rf"model {spec.model.name} v{info.version}: checksum mismatch"):
+        registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
+
+
+def test_register_leaves_the_global_tracking_uri_alone(tracking, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    ensure_champion(DEMO, tracking, None)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"
+    assert mlflow.get_tracking_uri() == "http://127.0.0.1:9"
+
+
+# --- bootstrap -------------------------------------------------------------------------------------------
+
+def test_ensure_champion_is_idempotent(tracking):
+    first = ensure_champion(DEMO, tracking, zip(TRAIN, TRAIN_Y))
+    second = ensure_champion(DEMO, tracking, zip(TRAIN, TRAIN_Y))
+    assert second == first and first.version == 1
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking, registry_uri=tracking)
+    assert len(client.search_model_versions(f"name='{DEMO.model.name}'")) == 1
+    assert client.get_model_version(DEMO.model.name, "1").tags[ORIGIN_TAG] == "bootstrap"
+    champion = registry.load_alias(DEMO.model.name, CHAMPION, tracking_uri=tracking)
+    assert auc(champion.model) > 0.85  # warm-started on the 2,000 warmup rows (cold would be 0.5)
+    assert len(champion.reference) == len(TRAIN)
+
+
+def test_ensure_champion_cold_starts_a_river_model(tracking):
+    info = ensure_champion(DEMO, tracking, None)
+    champion = registry.load_alias(DEMO.model.name, CHAMPION, tracking_uri=tracking)
+    assert champion.version == info.version and len(champion.reference) == 0
+    assert np.allclose(champion.model.predict_proba(TEST[:10]), 0.5)
+
+
+def test_ensure_champion_trains_onnx_on_warmup_and_requires_it(tracking):
+    spec = make_spec("onnx", "gradient_boosting", {"random_state": 0})
+    with pytest.raises(DriftloopError, match="no warmup events"):
+        ensure_champion(spec, tracking, None)
+    with pytest.raises(DriftloopError, match="no warmup events"):
+        ensure_champion(spec, tracking, [])
+    info = ensure_champion(spec, tracking, zip(TRAIN, TRAIN_Y))
+    champion = registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
+    assert champion.version == info.version and champion.model.flavor == "onnx"
+    assert accuracy(champion.model) > MAJORITY_ACCURACY + 0.08
