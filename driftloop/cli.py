@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from driftloop import __version__
 from driftloop import settings as settings_module
@@ -69,6 +69,31 @@ def cmd_mlflow(config: settings_module.Settings, _args: argparse.Namespace) -> i
     return 0
 
 
+def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> int:
+    """One scoring/join worker; SIGTERM or Ctrl-C checkpoints and leaves the consumer group."""
+    import signal
+    import threading
+
+    from driftloop.streams.worker import run_worker
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    run_worker(config, stop, on_ready=lambda port: _say(f"worker consuming; metrics at http://127.0.0.1:{port}/metrics"))
+    _say("worker stopped after a final checkpoint")
+    return 0
+
+
+def cmd_status(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from driftloop.status import collect, metrics_urls, render
+
+    summary = collect(args.urls or metrics_urls(config))
+    print(json.dumps(summary, indent=2) if args.json else render(summary), flush=True)
+    return 0
+
+
 def cmd_check_spec(config: settings_module.Settings, args: argparse.Namespace) -> int:
     from driftloop.spec import load_spec
 
@@ -78,6 +103,54 @@ def cmd_check_spec(config: settings_module.Settings, args: argparse.Namespace) -
          f"{len(spec.features)} windowed features, model {spec.model.flavor}/{spec.model.estimator} "
          f"on {len(spec.model_inputs)} inputs")
     return 0
+
+
+def cmd_replay(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+
+    from driftloop.load.replay import replay
+    from driftloop.spec import load_spec
+
+    try:
+        start = datetime.fromisoformat(args.start) if args.start else None
+    except ValueError:
+        raise DriftloopError(f"--start {args.start!r} is not an ISO-8601 time") from None
+    report = replay(config, args.data, spec=load_spec(args.spec) if args.spec else None, label_delay=args.label_delay,
+                    label_delay_seconds=args.label_delay_seconds, rate=args.rate, limit=args.limit,
+                    entity_value=args.entity_value, start=start, time_step=args.time_step, timeout=args.timeout,
+                    progress=not args.json)
+    print(json.dumps(report.as_dict()) if args.json else report.render(), flush=True)
+    return 0
+
+
+def cmd_bench(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    """The data plane against raw passthrough on one broker; one JSON object on stdout."""
+    from driftloop.load.bench import run_cli
+
+    return run_cli(config, args)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+        return value
+
+    return parse
+
+
+def _duration(text: str) -> float:
+    from driftloop.spec import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,9 +163,54 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("broker", help="run only the embedded broker and print its bootstrap address").set_defaults(
         run=cmd_broker)
     commands.add_parser("mlflow", help="run only the MLflow tracking server and UI").set_defaults(run=cmd_mlflow)
+    commands.add_parser("worker", help="run one scoring/join worker against the configured or running stack"
+                        ).set_defaults(run=cmd_worker)
     check = commands.add_parser("check-spec", help="validate a pipeline spec")
     check.add_argument("spec", nargs="?", help="spec file (default: $DRIFTLOOP_SPEC)")
     check.set_defaults(run=cmd_check_spec)
+    status = commands.add_parser("status", help="summarize what the running workers report on /metrics")
+    status.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    status.add_argument("--url", dest="urls", action="extend", nargs="+", metavar="URL",
+                        help="a worker's metrics URL (default: $DRIFTLOOP_METRICS_PORT on 127.0.0.1, "
+                             "and the workers `driftloop up` lists in <data dir>/stack.json)")
+    status.set_defaults(run=cmd_status)
+    replay = commands.add_parser("replay", help="backtest the running pipeline on a CSV/Parquet table",
+                                 description="Turn each row of the table into an event and an outcome on the "
+                                             "running stack, then score the predictions that come back.")
+    replay.add_argument("data", help="the table: a .csv or .parquet file")
+    replay.add_argument("--spec", help="pipeline spec that maps columns to events (default: $DRIFTLOOP_SPEC)")
+    delay = replay.add_mutually_exclusive_group()
+    delay.add_argument("--label-delay", type=int, default=0, metavar="N",
+                       help="produce each outcome N events after its event (default 0: right after it)")
+    delay.add_argument("--label-delay-seconds", type=_positive(float), metavar="S",
+                       help="produce each outcome S wall-clock seconds after its event")
+    replay.add_argument("--rate", type=_positive(float), metavar="EPS",
+                        help="events per second (default: as fast as possible)")
+    replay.add_argument("--limit", type=_positive(int), metavar="N", help="replay only the first N rows")
+    replay.add_argument("--entity-value", default="all", metavar="V",
+                        help="the entity of every event when the table has no entity column (default: all)")
+    replay.add_argument("--start", metavar="ISO", help="event time of the first row when the table has no time "
+                                                       "column (default: the last row at the latest whole step)")
+    replay.add_argument("--time-step", type=_duration, default="30m", metavar="DURATION",
+                        help="event-time distance between rows without a time column (default: 30m)")
+    replay.add_argument("--timeout", type=_positive(float), default=30.0, metavar="S",
+                        help="give up on the rows still unanswered after S seconds without a prediction or "
+                             "dead letter of this run (default: 30)")
+    replay.add_argument("--json", action="store_true", help="print the report as one JSON object, without progress")
+    replay.set_defaults(run=cmd_replay)
+    bench = commands.add_parser("bench", help="benchmark the data plane against raw passthrough (JSON on stdout)",
+                                description="Throughput and produce->prediction latency of one in-process worker, "
+                                            "beside a bare consume->produce loop on the same broker.")
+    bench.add_argument("--events", type=_positive(int), default=100_000, metavar="N",
+                       help="events pre-loaded for the throughput phase (default 100000)")
+    bench.add_argument("--rate-events-per-s", type=_positive(float), default=5000.0, metavar="EPS",
+                       help="events per second offered in the latency phase (default 5000)")
+    bench.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S",
+                       help="length of the latency phase (default 10)")
+    bench.add_argument("--partitions", type=_positive(int), metavar="P",
+                       help="partitions of the benchmark's topics (default: $DRIFTLOOP_PARTITIONS)")
+    bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 

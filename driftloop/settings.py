@@ -154,8 +154,12 @@ class Settings:
         return f"{self.topic_events}.dlq"
 
     @property
+    def topic_outcomes_dlq(self) -> str:
+        return f"{self.topic_outcomes}.dlq"
+
+    @property
     def topics(self) -> tuple[str, ...]:
-        return (self.topic_events, self.topic_dlq, self.topic_outcomes, self.topic_predictions,
+        return (self.topic_events, self.topic_dlq, self.topic_outcomes, self.topic_outcomes_dlq, self.topic_predictions,
                 self.topic_labeled, self.topic_drift, self.topic_audit, self.topic_retrain_requests)
 
     def replace(self, **changes: Any) -> "Settings":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -14,8 +15,8 @@ from typing import Callable
 from driftloop.broker import EmbeddedBroker
 from driftloop.errors import DriftloopError
 from driftloop.kafka import ensure_topics, wait_for_broker
-from driftloop.mlflow_server import MlflowServer, backend_store_uri, require_reachable
-from driftloop.process import ManagedProcess
+from driftloop.mlflow_server import MlflowServer, backend_store_uri, http_ok, require_reachable
+from driftloop.process import ManagedProcess, reserve_port
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec, load_spec
 
@@ -31,6 +32,7 @@ class StackInfo:
     spec: str
     topics: list[str]
     pid: int
+    metrics_urls: list[str]
 
     def write(self, data_dir: Path) -> Path:
         path = data_dir / "stack.json"
@@ -56,7 +58,9 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
             created = ensure_topics(bootstrap, settings.topics, settings.partitions)
             say(f"topics ready ({len(settings.topics)}, {len(created)} created, "
                 f"{settings.partitions} partitions each): {', '.join(settings.topics)}")
-            info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid())
+            metrics_url = _start_worker(settings, bootstrap, tracking_uri, stack, children, say)
+            info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid(),
+                             [metrics_url])
             stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
             info.write(settings.data_dir)
             say("stack is up; Ctrl-C (or SIGTERM) stops it")
@@ -105,6 +109,25 @@ def _apply_feast(settings: Settings, spec: PipelineSpec, say: Callable[[str], No
     apply(settings, spec)
     say(f"feast apply: feature view {feature_view_name(spec)!r} in {settings.feast_repo} "
         f"(online store: {settings.online_store})")
+
+
+def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
+                  children: list[ManagedProcess], say: Callable[[str], None]) -> str:
+    """One `driftloop worker` child, pointed at what this stack runs; ready when its metrics answer."""
+    port = reserve_port(settings.metrics_port, "DRIFTLOOP_METRICS_PORT")
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri,
+           "DRIFTLOOP_METRICS_PORT": str(port), "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()),
+           "DRIFTLOOP_SPEC": str(settings.spec.resolve()), "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve())}
+    worker = ManagedProcess("worker", [sys.executable, "-m", "driftloop.cli", "worker"],
+                            settings.data_dir / "logs" / "worker.log", env=env)
+    stack.callback(worker.stop)
+    worker.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    # First start registers a cold-start champion in MLflow and restores state: allow for it.
+    worker.wait_ready(lambda: http_ok(url), timeout=180, what=f"serving metrics at {url}")
+    children.append(worker)
+    say(f"worker scoring {settings.topic_events} -> {settings.topic_predictions}; metrics at {url}")
+    return url
 
 
 def _watch(children: list[ManagedProcess]) -> None:

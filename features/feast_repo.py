@@ -2,23 +2,31 @@
 
 The feature view holds the model's whole input vector per entity (windowed features plus the event
 fields the model reads), so the vector that scores an event is exactly what Feast serves for it.
+Its batch source is a directory of parquet files, one per written batch (`feast_writer` appends them):
+Feast's file offline store reads every `*.parquet` under the directory.
+
+Feast is imported only by the functions that build Feast objects: it takes seconds to import, and the
+names and config here are needed by processes that never touch a FeatureStore.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import yaml
-from feast import Entity, FeatureStore, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Bool, Float64, Int64, String
 
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 
+if TYPE_CHECKING:
+    from feast import Entity, FeatureStore, FeatureView, PushSource
+
 TIMESTAMP_COLUMN = "event_timestamp"
-_FEAST_TYPES = {"float": Float64, "int": Int64, "bool": Bool, "category": String, "string": String}
 
 
 def feature_view_name(spec: PipelineSpec) -> str:
@@ -29,19 +37,29 @@ def push_source_name(spec: PipelineSpec) -> str:
     return f"{spec.name}_push"
 
 
-def offline_path(settings: Settings) -> Path:
-    return (settings.data_dir / "feast" / "offline" / "features.parquet").resolve()
+def offline_dir(settings: Settings, spec: PipelineSpec) -> Path:
+    """The offline store of the feature view: a directory of parquet files with one schema."""
+    return (settings.data_dir / "feast" / "offline" / feature_view_name(spec)).resolve()
+
+
+def input_types(spec: PipelineSpec) -> dict[str, str]:
+    """Each model input (in order) and its spec type: `float` for a windowed feature, else the event field's type."""
+    windowed = {f.name for f in spec.features}
+    return {name: "float" if name in windowed else spec.events.fields[name].type for name in spec.model_inputs}
 
 
 def feast_objects(spec: PipelineSpec, settings: Settings) -> tuple[Entity, PushSource, FeatureView]:
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+    from feast.types import Bool, Float64, Int64, String
+
+    feast_types = {"float": Float64, "int": Int64, "bool": Bool, "category": String, "string": String}
     entity_field = spec.events.fields[spec.events.entity]
     entity = Entity(name=spec.events.entity, join_keys=[spec.events.entity],
                     value_type=ValueType.INT64 if entity_field.type == "int" else ValueType.STRING)
-    batch = FileSource(name=f"{spec.name}_offline", path=str(offline_path(settings)), timestamp_field=TIMESTAMP_COLUMN)
+    batch = FileSource(name=f"{spec.name}_offline", path=str(offline_dir(settings, spec)),
+                       timestamp_field=TIMESTAMP_COLUMN)
     push = PushSource(name=push_source_name(spec), batch_source=batch)
-    windowed = {f.name for f in spec.features}
-    schema = [Field(name=name, dtype=Float64 if name in windowed else _FEAST_TYPES[spec.events.fields[name].type])
-              for name in spec.model_inputs]
+    schema = [Field(name=name, dtype=feast_types[kind]) for name, kind in input_types(spec).items()]
     view = FeatureView(name=feature_view_name(spec), entities=[entity], ttl=timedelta(seconds=spec.feature_ttl),
                        schema=schema, source=push, online=True, tags={"spec": spec.name})
     return entity, push, view
@@ -58,7 +76,10 @@ def repo_config(settings: Settings, spec: PipelineSpec) -> dict:
             connection += f",password={url.password}"
         if url.scheme == "rediss":
             connection += ",ssl=true"
-        online = {"type": "redis", "connection_string": connection}
+        # skip_dedup: write every row in one round trip, last write wins, as on SQLite. Feast's default
+        # reads each key's stored event time first and drops a row whose event time is not newer, so a
+        # second event of an entity with the same timestamp would leave the first event's vector served.
+        online = {"type": "redis", "connection_string": connection, "skip_dedup": True}
     else:
         online = {"type": "sqlite", "path": str(feast_dir / "online.db")}
     return {
@@ -81,8 +102,18 @@ def write_repo_config(settings: Settings, spec: PipelineSpec) -> Path:
 
 def apply(settings: Settings, spec: PipelineSpec) -> FeatureStore:
     """What `feast apply` does for the spec's repo: register the objects and create the online tables."""
+    from feast import FeatureStore
+
     write_repo_config(settings, spec)
-    (settings.data_dir / "feast").mkdir(parents=True, exist_ok=True)
+    offline_dir(settings, spec).mkdir(parents=True, exist_ok=True)
     store = FeatureStore(repo_path=str(settings.feast_repo.resolve()))
     store.apply(list(feast_objects(spec, settings)))
     return store
+
+
+def feature_view_version(spec: PipelineSpec) -> str:
+    """A short fingerprint of what the feature view serves (inputs, their windows, TTL), stamped on every
+    prediction: two predictions with the same value were scored on identically defined features."""
+    definition = {"inputs": list(spec.model_inputs), "features": [f.model_dump() for f in spec.features],
+                  "ttl": spec.feature_ttl}
+    return hashlib.blake2b(json.dumps(definition, sort_keys=True).encode(), digest_size=6).hexdigest()

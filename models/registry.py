@@ -44,6 +44,8 @@ MODEL_ARTIFACT = "model"  # artifacts/model/ inside the logged MLflow model
 REFERENCE_FILE = "reference.parquet"
 FLAVOR_TAG = "driftloop.flavor"
 
+# Downloads happen in long-running workers whose logs are files: no terminal progress bars in them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _GLOBALS = threading.RLock()
 _URI_ENV = "MLFLOW_TRACKING_URI"
 
@@ -62,6 +64,7 @@ class LoadedModel:
     model: Model
     reference: pd.DataFrame
     checksum: str
+    created_ms: int  # when the version was registered: online learning since then is replayed on load
 
 
 @contextmanager
@@ -109,6 +112,14 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_location: str |
         return client.get_experiment_by_name(name).experiment_id
 
 
+def _local_artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts next to a SQLite registry file (MLflow would otherwise use ./mlruns of the current
+    directory); servers and other databases keep their own artifact root."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
 def _requirements(flavor: str) -> list[str]:
     packages = ["driftloop", "mlflow", "numpy", "pandas", "pyarrow", "river" if flavor == "river" else "onnxruntime"]
     out = []
@@ -143,7 +154,7 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
         reference_path = Path(tmp) / REFERENCE_FILE
         reference.to_parquet(reference_path, index=False)
         with _mlflow(tracking_uri) as client:
-            experiment_id = _ensure_experiment(client, spec.name)
+            experiment_id = _ensure_experiment(client, spec.name, _local_artifact_root(tracking_uri))
             with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
                 run_id = run.info.run_id
                 mlflow.log_params(run_params)
@@ -161,7 +172,7 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
                     if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                         raise
                 version = client.create_model_version(
-                    spec.model.name, source=logged.model_uri, run_id=run_id,
+                    spec.model.name, source=logged.model_uri, run_id=run_id, model_id=logged.model_id,
                     tags={**tags, CHECKSUM_TAG: checksum, FLAVOR_TAG: spec.model.flavor})
     return ModelVersionInfo(spec.model.name, int(version.version), run_id, checksum)
 
@@ -174,15 +185,19 @@ def version_info(name: str, version: int, *, tracking_uri: str) -> ModelVersionI
 
 def get_alias_version(name: str, alias: str, *, tracking_uri: str) -> int | None:
     """The version `alias` points at; None when the alias or the registered model does not exist."""
+    return aliases(name, tracking_uri=tracking_uri).get(alias)
+
+
+def aliases(name: str, *, tracking_uri: str) -> dict[str, int]:
+    """Every alias of the registered model and its version ({} when the model is not registered)."""
     with _mlflow(tracking_uri) as client:
         try:
             registered = client.get_registered_model(name)
         except MlflowException as exc:
             if _code(exc) == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                return None
+                return {}
             raise
-    version = (registered.aliases or {}).get(alias)
-    return None if version is None else int(version)
+    return {alias: int(version) for alias, version in (registered.aliases or {}).items()}
 
 
 def set_alias(name: str, alias: str, version: int, *, tracking_uri: str) -> None:
@@ -222,4 +237,4 @@ def load_version(name: str, version: int, *, tracking_uri: str) -> LoadedModel:
                                      f"is {expected} but the downloaded model files hash to {actual}; refusing to load")
             model = load(model_dir)
             reference = pd.read_parquet(local / REFERENCE_FILE)
-    return LoadedModel(int(mv.version), model, reference, actual)
+    return LoadedModel(int(mv.version), model, reference, actual, int(mv.creation_timestamp or 0))

@@ -37,7 +37,7 @@ def dead_letter(original: bytes | None, source: Source, reason: str, detail: str
                    "timestamp_ms": source.timestamp_ms, "key": _text_or_none(source.key)},
         "original_b64": base64.b64encode(original or b"").decode("ascii"),
         "original_utf8": _text_or_none(original),
-        "dead_lettered_at": _iso(datetime.now(timezone.utc).timestamp()),
+        "dead_lettered_at": iso_time(datetime.now(timezone.utc).timestamp()),
     }
     return json.dumps(record, separators=(",", ":")).encode()
 
@@ -55,7 +55,7 @@ def prediction(*, event_id: str, entity: str, event_time: float, score: float, t
         "contract": CONTRACT_VERSION,
         "event_id": event_id,
         "entity": entity,
-        "event_time": _iso(event_time),
+        "event_time": iso_time(event_time),
         "score": round(float(score), 6),
         "decision": int(score >= threshold),
         "threshold": threshold,
@@ -69,7 +69,7 @@ def prediction(*, event_id: str, entity: str, event_time: float, score: float, t
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def _iso(epoch_seconds: float) -> str:
+def iso_time(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -16,11 +16,17 @@ from driftloop import kafka
 pytestmark = pytest.mark.integration
 
 
+README_EVENT = (b'{"event_id":"e-1","user_id":"u-42","event_time":"2026-11-23T12:00:00Z","amount":31.5,'
+                b'"merchant_category":"grocery","country":"NL","channel":"pos","card_present":true,'
+                b'"account_age_days":400}')
+
+
 def _env(tmp_path, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_") and k != "KAFKA_BOOTSTRAP_SERVERS"
            and k != "MLFLOW_TRACKING_URI"}
     env.update(DRIFTLOOP_DATA_DIR=str(tmp_path / "data"), DRIFTLOOP_FEAST_REPO=str(tmp_path / "repo"),
-               DRIFTLOOP_BROKER_PORT="0", DRIFTLOOP_MLFLOW_PORT="0", DRIFTLOOP_PARTITIONS="2")
+               DRIFTLOOP_BROKER_PORT="0", DRIFTLOOP_MLFLOW_PORT="0", DRIFTLOOP_PARTITIONS="2",
+               DRIFTLOOP_METRICS_PORT="0")
     env.update(extra)
     return env
 
@@ -61,6 +67,27 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
         with urllib.request.urlopen(info["mlflow_tracking_uri"], timeout=10) as ui:
             assert ui.status == 200 and b"<html" in ui.read().lower()
         assert (tmp_path / "repo" / "feature_store.yaml").exists()
+
+        # The worker it started scores what any client produces, and dead-letters what it cannot score.
+        producer = kafka.producer(info["bootstrap"])
+        producer.produce("events", README_EVENT, b"u-42")
+        producer.produce("events", b'{"event_id": "e-2"}', b"u-42")
+        assert producer.flush(10) == 0
+        reader = kafka.consumer(info["bootstrap"], "readme-reader")
+        reader.subscribe(["predictions", "events.dlq"])
+        seen = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 and time.monotonic() < deadline:
+            for message in reader.consume(10, timeout=0.5):
+                if message.error() is None:
+                    seen[message.topic()] = json.loads(message.value())
+        reader.close()
+        assert seen["predictions"]["event_id"] == "e-1" and seen["predictions"]["variant"] == "champion"
+        assert seen["events.dlq"]["reason"] == "missing_field"
+        status = subprocess.run(_driftloop("status", "--json"), env=_env(tmp_path), capture_output=True, text=True,
+                                timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert info["metrics_urls"] and json.loads(status.stdout)
     finally:
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=60)

@@ -284,6 +284,66 @@ def test_grafana_dashboards_load(services):
                     assert source["uid"].startswith("$") or source["uid"] in datasource_uids, (file, source)
 
 
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every dashboard in deploy/grafana/dashboards/."""
+    return [
+        (panel["title"], target["expr"])
+        for file in sorted((REPO / "deploy/grafana/dashboards").glob("*.json"))
+        for panel in json.loads(file.read_text()).get("panels", [])
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
+
+
+def worker_series() -> dict[str, set[str]]:
+    """{series name: its label names} as a worker exposes them, every metric having been fed once."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from driftloop.models.live_metrics import LiveMetrics
+    from driftloop.streams.metrics import STAGES, WorkerMetrics
+
+    metrics = WorkerMetrics()
+    metrics.info(worker_id="w", spec="s")
+    metrics.batch(1, dict.fromkeys(STAGES, 0.001))
+    metrics.events_predicted(1)
+    metrics.dead_lettered("invalid_json")
+    metrics.predictions(1, "champion", 1)
+    metrics.unseen_categories("country")
+    metrics.missing_values("channel")
+    metrics.event_latencies([0.01])
+    metrics.feast_rows(1)
+    metrics.outcomes("joined")
+    metrics.join_pending(predictions=1, outcomes=1)
+    metrics.consumer_lag({("events", 0): 1})
+    metrics.model_versions({("m", "champion"): 1})
+    live = LiveMetrics(threshold=0.5)
+    live.update(1, 1, 0.9)
+    metrics.live_metrics(live.snapshot())
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def test_grafana_dashboards_query_only_what_the_worker_exposes():
+    # A misspelt metric or label is no error in Grafana, only a panel that stays empty forever.
+    series = worker_series()
+    queries = dashboard_queries()
+    assert queries
+    for title, expr in queries:
+        names = set(re.findall(r"\bdriftloop_\w+", expr))
+        assert names, f"{title}: {expr} queries no driftloop metric"
+        assert names <= set(series), f"{title}: the worker exposes no {sorted(names - set(series))}"
+        labels = set().union(*(series[name] for name in names))
+        grouped = {label.strip() for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+                   for label in group.split(",") if label.strip()}
+        selected = {label for selector in re.findall(r"\{([^}]*)\}", expr)
+                    for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)}
+        assert grouped | selected <= labels, f"{title}: {expr} uses labels {sorted((grouped | selected) - labels)}"
+
+
 def test_host_path_mounts_exist(compose, services):
     declared = set(compose.get("volumes") or {})
     for name, service in services.items():

@@ -7,7 +7,7 @@ import pytest
 from feast.data_source import PushMode
 
 from driftloop import settings as settings_module
-from driftloop.features.feast_repo import apply, feature_view_name, push_source_name
+from driftloop.features.feast_repo import apply, feature_view_name, offline_dir, push_source_name
 from driftloop.spec import load_spec
 
 
@@ -22,6 +22,8 @@ def _roundtrip(config):
     view = store.get_feature_view(feature_view_name(spec))
     assert [f.name for f in view.features] == list(spec.model_inputs)
     assert view.ttl.total_seconds() == spec.feature_ttl
+    # The offline store is a directory that the writer appends parquet files to.
+    assert view.batch_source.path == str(offline_dir(config, spec)) and offline_dir(config, spec).is_dir()
 
     row = {name: 1.5 for name in (f.name for f in spec.features)}
     row.update(amount=42.0, merchant_category="travel", country="NL", channel="web", card_present=False,

@@ -14,7 +14,8 @@ def test_defaults_need_no_external_services():
     assert config.online_store == "sqlite"
     assert config.spec == settings.DEMO_SPEC
     assert config.topic_dlq == "events.dlq"
-    assert len(set(config.topics)) == 8
+    assert config.topic_outcomes_dlq == "outcomes.dlq"
+    assert len(set(config.topics)) == 9
 
 
 def test_environment_wins_over_config_file(tmp_path):

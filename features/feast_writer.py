@@ -1,0 +1,343 @@
+"""Writes the vectors the models scored to Feast: online (what is served now) and offline (the history).
+
+A row is exactly what the scorer scored: `{<entity field>: id, "event_timestamp": <event time, epoch
+seconds>, <each model input>: value}`. `FeastWriter.write(rows)` writes one batch:
+
+- Offline first: the batch becomes one new parquet file in the feature view's batch-source directory
+  (`feast_repo.offline_dir`), written under a `.tmp` name and renamed, so `get_historical_features`
+  (which reads every `*.parquet` there) only ever sees whole files. Feast's own `offline_write_batch`
+  rewrites the whole file on every call, which is quadratic over a run.
+- Online: `FeatureStore.write_to_online_store`. Per entity the last write wins, on SQLite and Redis.
+
+Column types come from the spec, never from the values of a batch, so every file has one schema and
+an all-None column stays typed: int -> int64, bool -> bool, category/string -> string, windowed
+features and float fields -> float64 (bit-exact), None -> null. A value of the wrong type fails the
+batch before anything is written. One loss is Feast's: its online conversion goes through float64 for
+an int column holding a None, so in such a batch an int beyond 2**53 is served rounded.
+
+The hot path uses the background mode: `submit(rows)` queues a batch and returns (it blocks only while
+`max_pending_batches` batches are unwritten: backpressure), a thread writes everything queued so far
+as one batch, `flush(timeout)` returns once every submitted row is written (the worker calls it before
+committing offsets) and raises the first write failure, which also fails every later call: rows were
+lost, so no offset past them may be committed. `on_write(rows, seconds)` reports each write's latency.
+
+Run `python -m driftloop.features.feast_writer --bench` to measure write throughput (JSON on stdout).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from driftloop.errors import DriftloopError
+from driftloop.features.feast_repo import (
+    TIMESTAMP_COLUMN, feature_view_name, input_types, offline_dir, repo_config,
+)
+from driftloop.settings import Settings
+from driftloop.spec import PipelineSpec
+
+_LOG = logging.getLogger("driftloop.features.feast_writer")
+_ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "category": pa.string(),
+                "string": pa.string()}
+_TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+# The value types each column type takes (null: every value of the batch is None).
+_ACCEPTS = {pa.float64(): {pa.float64(), pa.int64(), pa.null()}, pa.int64(): {pa.int64(), pa.null()},
+            pa.bool_(): {pa.bool_(), pa.null()}, pa.string(): {pa.string(), pa.null()}}
+
+
+class FeastWriteError(DriftloopError):
+    """Rows could not be written to Feast (or not in time); offsets past them must not be committed."""
+
+
+def arrow_schema(spec: PipelineSpec) -> pa.Schema:
+    """The offline files' schema: entity key, event timestamp, then the model inputs in order."""
+    entity_type = spec.events.fields[spec.events.entity].type
+    return pa.schema([pa.field(spec.events.entity, pa.int64() if entity_type == "int" else pa.string()),
+                      pa.field(TIMESTAMP_COLUMN, _TIMESTAMP_TYPE)]
+                     + [pa.field(name, _ARROW_TYPES[kind]) for name, kind in input_types(spec).items()])
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows -> one arrow table of exactly `schema`; a missing or mistyped value raises ValueError naming its column."""
+    columns = []
+    for field in schema:
+        try:
+            values = [row[field.name] for row in rows]
+        except KeyError:
+            raise ValueError(f"a row has no {field.name!r}") from None
+        try:
+            if field.name == TIMESTAMP_COLUMN:
+                columns.append(pa.array([round(seconds * 1_000_000) for seconds in values], type=field.type))
+                continue
+            # Inferred, then checked and cast: pa.array(values, type=int64) would silently truncate 3.5 to 3.
+            array = pa.array(values)
+            if array.type not in _ACCEPTS[field.type]:
+                raise ValueError(f"holds {array.type} values")
+            columns.append(array.cast(field.type))
+        except (TypeError, ValueError) as exc:  # arrow's errors derive from these and do not name the column
+            expected = "epoch seconds" if field.name == TIMESTAMP_COLUMN else field.type
+            raise ValueError(f"{field.name!r} must be {expected}: {exc}") from None
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class FeastWriter:
+    """The feature view's writer and online reader; `write` and the reads may be called from any thread."""
+
+    def __init__(self, settings: Settings, spec: PipelineSpec, *, max_pending_batches: int = 8,
+                 on_write: Callable[[int, float], None] | None = None):
+        from feast import FeatureStore, RepoConfig  # seconds to import: only processes that write pay for it
+        from feast.errors import FeatureViewNotFoundException
+
+        # The store is configured from the settings, not from feature_store.yaml, so it is the store
+        # the settings name even if the yaml on disk was written by a process with other settings.
+        config = RepoConfig(**repo_config(settings, spec))
+        config.repo_path = settings.feast_repo.resolve()
+        self._store = FeatureStore(repo_path=str(config.repo_path), config=config)
+        self._store_lock = threading.Lock()  # the store's one SQLite connection is not safe to share
+        self._view = feature_view_name(spec)
+        try:
+            self._store.get_feature_view(self._view)
+        except (FeatureViewNotFoundException, FileNotFoundError):  # no such view, or no registry at all
+            raise DriftloopError(f"the Feast feature view {self._view!r} is not registered in "
+                                 f"{config.registry.path}: `driftloop up` applies it") from None
+        self._entity = spec.events.entity
+        self._inputs = spec.model_inputs
+        self._feature_refs = [f"{self._view}:{name}" for name in self._inputs]
+        self._schema = arrow_schema(spec)
+        self._offline_dir = offline_dir(settings, spec)
+        self._offline_dir.mkdir(parents=True, exist_ok=True)
+        self._file_prefix = uuid.uuid4().hex[:12]  # several writers may share the directory
+        self._file_numbers = itertools.count(1)
+        self._on_write = on_write
+        self._max_pending = max_pending_batches
+
+        self._cond = threading.Condition()
+        self._queue: list[Sequence[dict[str, Any]]] = []
+        self._submitted = 0  # batches
+        self._done = 0  # batches written, or dropped after a failure
+        self._failure: FeastWriteError | None = None
+        self._failure_raised = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- synchronous ----------------------------------------------------------------------------
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write one batch to the offline and the online store, in the calling thread."""
+        if not rows:
+            return
+        started = time.perf_counter()
+        table = rows_to_table(rows, self._schema)
+        self._append_offline(table)
+        with self._store_lock:
+            self._store.write_to_online_store(self._view, table.to_pandas())
+        if self._on_write is not None:
+            self._on_write(len(rows), time.perf_counter() - started)
+
+    def _append_offline(self, table: pa.Table) -> None:
+        name = f"{time.time_ns()}-{self._file_prefix}-{next(self._file_numbers)}.parquet"
+        final = self._offline_dir / name
+        partial = self._offline_dir / (name + ".tmp")  # not *.parquet: readers skip it
+        pq.write_table(table, partial)
+        os.replace(partial, final)
+
+    # -- online reads ---------------------------------------------------------------------------
+
+    def online_vectors(self, entity_ids: Sequence[Any]) -> list[dict[str, Any] | None]:
+        """What the online store serves per entity, inputs in `spec.model_inputs` order; None for an unknown entity."""
+        if not entity_ids:
+            return []
+        with self._store_lock:
+            response = self._store.get_online_features(
+                features=self._feature_refs, entity_rows=[{self._entity: e} for e in entity_ids])
+        columns = response.to_dict()
+        # Every written row has an event time; an unknown entity has none. (Statuses cannot tell: Redis
+        # reports an unknown entity's features as PRESENT, and a written None is an empty value too.)
+        first_input = list(response.proto.metadata.feature_names.val).index(self._inputs[0])
+        timestamps = response.proto.results[first_input].event_timestamps
+        return [{name: columns[name][i] for name in self._inputs} if timestamps[i].ToNanoseconds() else None
+                for i in range(len(entity_ids))]
+
+    def online_vector(self, entity_id: Any) -> dict[str, Any] | None:
+        return self.online_vectors([entity_id])[0]
+
+    # -- background -----------------------------------------------------------------------------
+
+    def submit(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Queue a batch (not copied: leave it unchanged) for the writer thread.
+
+        Returns at once, unless `max_pending_batches` batches are unwritten: then it waits (backpressure).
+        """
+        if not rows:
+            return
+        with self._cond:
+            if self._closing:
+                raise FeastWriteError("the Feast writer is closed")
+            if self._thread is None:
+                # daemon: a worker that dies without close() still exits; its unflushed rows were never
+                # committed, so they are consumed and written again.
+                self._thread = threading.Thread(target=self._run, name="feast-writer", daemon=True)
+                self._thread.start()
+            while self._submitted - self._done >= self._max_pending and self._failure is None:
+                self._cond.wait()
+            self._raise_failure()
+            self._queue.append(rows)
+            self._submitted += 1
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every batch submitted so far is written; raise if a write failed or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            while self._done < target and self._failure is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise FeastWriteError(f"Feast writes did not finish within {timeout:g}s "
+                                          f"({target - self._done} batches still unwritten)")
+                self._cond.wait(remaining)
+            self._raise_failure()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, stop the thread; raises a write failure that no flush has reported yet."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                _LOG.warning("the Feast writer thread did not finish within %gs; unwritten rows are lost", timeout)
+        with self._cond:
+            if self._failure is not None and not self._failure_raised:
+                self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            self._failure_raised = True
+            raise self._failure
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batches, self._queue = self._queue, []
+            rows = [row for batch in batches for row in batch]  # queued batches coalesce into one write
+            try:
+                self.write(rows)
+            except Exception as exc:  # every failure must reach flush(), whatever raised it
+                with self._cond:
+                    self._failure = FeastWriteError(f"writing {len(rows)} rows to Feast failed: "
+                                                    f"{type(exc).__name__}: {exc}")
+                    self._failure.__cause__ = exc
+                    self._done += len(batches) + len(self._queue)
+                    self._queue = []
+                    self._cond.notify_all()
+                _LOG.error("%s", self._failure)
+                return
+            with self._cond:
+                self._done += len(batches)
+                self._cond.notify_all()
+
+
+def _benchmark(argv: Sequence[str] | None = None) -> None:
+    """Rows/s of Feast writes per online store (SQLite, and Redis when reachable), in a throwaway repo."""
+    import argparse
+    import json
+    import random
+    import tempfile
+
+    import redis
+    from feast.data_source import PushMode
+
+    from driftloop.features.feast_repo import apply, push_source_name
+    from driftloop.settings import DEMO_SPEC, load
+    from driftloop.spec import load_spec
+
+    parser = argparse.ArgumentParser(prog="python -m driftloop.features.feast_writer", description=_benchmark.__doc__)
+    parser.add_argument("--bench", action="store_true", required=True, help="run the benchmark, print JSON")
+    parser.add_argument("--spec", default=str(DEMO_SPEC))
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--entities", type=int, default=5000)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args(argv)
+    # Its own Feast project, so the Redis keys it writes are its own and torn down afterwards.
+    spec = load_spec(args.spec).model_copy(update={"name": f"bench_{uuid.uuid4().hex[:8]}"})
+    rng = random.Random(1)
+    kinds = input_types(spec)
+
+    def value(kind: str, name: str) -> Any:
+        if kind == "float":
+            return rng.lognormvariate(3, 1)
+        if kind == "int":
+            return rng.randrange(1000)
+        if kind == "bool":
+            return rng.random() < 0.5
+        if kind == "category":
+            return rng.choice(spec.events.fields[name].values or ("other",))
+        return "x"
+
+    start = time.time()
+    batches = [[{spec.events.entity: f"e{rng.randrange(args.entities)}", TIMESTAMP_COLUMN: start + b + i / 1e4,
+                 **{name: value(kind, name) for name, kind in kinds.items()}} for i in range(args.batch_size)]
+               for b in range(args.batches)]
+    rows = args.batches * args.batch_size
+
+    def rows_per_second(write: Callable[[Any], None], items: Sequence[Any]) -> dict[str, int]:
+        """Wall-clock rows/s, and rows per CPU second of this process (steadier on a busy machine)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        for item in items:
+            write(item)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return {"rows_per_s": round(rows / wall), "rows_per_cpu_s": round(rows / cpu)}
+
+    results: list[dict[str, Any]] = []
+    for store in ("sqlite", "redis"):
+        if store == "redis":
+            try:
+                redis.Redis.from_url(args.redis_url, socket_connect_timeout=2).ping()
+            except redis.RedisError as exc:
+                results.append({"store": store, "skipped": f"{args.redis_url}: {exc}"})
+                continue
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = load(environ={"DRIFTLOOP_DATA_DIR": f"{tmp}/data", "DRIFTLOOP_FEAST_REPO": f"{tmp}/repo",
+                                     "DRIFTLOOP_ONLINE_STORE": store, "DRIFTLOOP_REDIS_URL": args.redis_url})
+            feature_store = apply(settings, spec)
+            writer = FeastWriter(settings, spec)
+            view, push = feature_view_name(spec), push_source_name(spec)
+            schema = writer._schema
+            try:
+                results.append({
+                    "store": store,
+                    "write": rows_per_second(writer.write, batches),
+                    "online_write_to_online_store": rows_per_second(
+                        lambda batch: writer._store.write_to_online_store(
+                            view, rows_to_table(batch, schema).to_pandas()), batches),
+                    "online_push": rows_per_second(
+                        lambda batch: writer._store.push(push, rows_to_table(batch, schema).to_pandas(),
+                                                         to=PushMode.ONLINE), batches),
+                    "offline_append": rows_per_second(
+                        writer._append_offline, [rows_to_table(batch, schema) for batch in batches]),
+                })
+            finally:
+                writer.close()
+                feature_store.teardown()
+    print(json.dumps({"spec": args.spec, "batch_size": args.batch_size, "batches": args.batches,
+                      "entities": args.entities, "inputs": len(kinds), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    _benchmark()

@@ -1,0 +1,137 @@
+"""Which model serves which entity, kept in step with the MLflow registry aliases.
+
+- `champion` serves every entity, except that while the alias `challenger` exists (and the spec's
+  canary is not in shadow mode) a stable share of entities (`canary.share`, by a hash of the entity id,
+  so an entity stays on one variant) is served by it as the `canary`.
+- A background thread reads the aliases every `poll_seconds` (default 2 s, so a move in the MLflow UI
+  or by `driftloop promote` takes effect within one poll plus the load time). A version is loaded
+  (downloaded, checksum-verified) before it is swapped in, so scoring never waits for the registry.
+  When the registry is unreachable or a version fails verification, the worker keeps serving what it
+  has and says so in the log; it tries again on the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from driftloop.errors import DriftloopError
+from driftloop.models.flavors import Model
+from driftloop.models.registry import LoadedModel, aliases, load_version
+from driftloop.spec import PipelineSpec
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+_LOG = logging.getLogger("driftloop.models.routing")
+_BUCKETS = 10_000
+
+
+@dataclass(frozen=True)
+class Serving:
+    variant: str  # "champion" | "canary"
+    version: int
+    model: Model
+    created_ms: int
+
+
+class ModelRouter:
+    def __init__(self, spec: PipelineSpec, tracking_uri: str, *, poll_seconds: float = 2.0,
+                 loader: Callable[[int], LoadedModel] | None = None):
+        self.spec = spec
+        self.tracking_uri = tracking_uri
+        self.poll_seconds = poll_seconds
+        self._load = loader or (lambda version: load_version(spec.model.name, version, tracking_uri=tracking_uri))
+        self._serving: dict[str, Serving] = {}
+        self._canary_buckets = int(spec.canary.share * _BUCKETS)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    # -- the hot path -------------------------------------------------------------------------------
+
+    def variant_for(self, entity: str) -> str:
+        if "canary" in self._serving and zlib.crc32(entity.encode()) % _BUCKETS < self._canary_buckets:
+            return "canary"
+        return CHAMPION
+
+    def serving(self, variant: str) -> Serving:
+        return self._serving[variant]
+
+    def learn(self, rows: Sequence[Mapping[str, Any]], labels: Sequence[int], times_ms: Sequence[int]) -> int:
+        """Online models in service learn from labelled rows joined after they were registered.
+
+        The time filter makes a restarted worker's replay of the labeled log bring a loaded snapshot
+        back to where it was, without teaching it rows it was trained on. Returns rows learned.
+        """
+        learned = 0
+        for serving in {id(s.model): s for s in self._serving.values()}.values():
+            if not serving.model.online:
+                continue
+            fresh = [i for i, t in enumerate(times_ms) if t >= serving.created_ms]
+            if len(fresh) == len(rows):
+                serving.model.learn(rows, labels)
+            elif fresh:
+                serving.model.learn([rows[i] for i in fresh], [labels[i] for i in fresh])
+            learned += len(fresh)
+        return learned
+
+    @property
+    def variants(self) -> dict[str, Serving]:
+        return dict(self._serving)
+
+    # -- keeping up with the registry ---------------------------------------------------------------
+
+    def refresh(self) -> list[str]:
+        """Align the served models with the aliases now; returns what changed, for the log and audit."""
+        wanted = aliases(self.spec.model.name, tracking_uri=self.tracking_uri)
+        if CHAMPION not in wanted:
+            raise DriftloopError(f"model {self.spec.model.name}: the registry has no {CHAMPION!r} alias")
+        targets = {CHAMPION: wanted[CHAMPION]}
+        if CHALLENGER in wanted and wanted[CHALLENGER] != wanted[CHAMPION] and not self.spec.canary.shadow:
+            targets["canary"] = wanted[CHALLENGER]
+        changes = []
+        serving = dict(self._serving)
+        for variant, version in targets.items():
+            current = serving.get(variant)
+            if current is not None and current.version == version:
+                continue
+            reuse = next((s for s in serving.values() if s.version == version), None)
+            loaded = (reuse.model, reuse.created_ms) if reuse else self._loaded(version)
+            serving[variant] = Serving(variant, version, *loaded)
+            changes.append(f"{variant}: v{current.version if current else '-'} -> v{version}")
+        for variant in set(serving) - set(targets):
+            changes.append(f"{variant}: v{serving.pop(variant).version} -> -")
+        self._serving = serving  # one reference swap: the scoring thread sees the old or the new set
+        return changes
+
+    def _loaded(self, version: int) -> tuple[Model, int]:
+        loaded = self._load(version)
+        return loaded.model, loaded.created_ms
+
+    def start(self) -> None:
+        """Load the current aliases (raising if that fails), then follow them in the background."""
+        for change in self.refresh():
+            _LOG.info("serving %s", change)
+        self._thread = threading.Thread(target=self._follow, name="driftloop-model-router", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                for change in self.refresh():
+                    _LOG.info("serving %s", change)
+                self.last_error = None
+            except Exception as exc:  # registry down, tampered artifact: keep serving what is loaded
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if message != self.last_error:
+                    _LOG.warning("model registry: %s; still serving %s", message,
+                                 {v: s.version for v, s in self._serving.items()})
+                self.last_error = message

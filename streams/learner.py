@@ -1,0 +1,60 @@
+"""Online learning and live metrics from the `labeled` topic (the training log).
+
+Every worker reads every partition of `labeled` (assigned, not a consumer group), so each worker's
+River models learn from all outcomes, not only from its own join partitions, and every worker reports
+the same rolling metrics per model version. A restarted worker reads the log from the start and lets
+each model learn only rows joined after that model version was registered (`ModelRouter.learn`), which
+brings a reloaded snapshot back to the state it had.
+
+Rolling metrics use the score the event was served with (recorded at prediction time), so they are
+prequential: each outcome is scored before the model learns from it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from driftloop import kafka
+from driftloop.models.live_metrics import LiveMetrics
+from driftloop.models.routing import ModelRouter
+
+_LOG = logging.getLogger("driftloop.streams.learner")
+_decode = msgspec.json.Decoder().decode
+
+
+class LabeledLearner:
+    def __init__(self, bootstrap: str, topic: str, router: ModelRouter, live: LiveMetrics, *,
+                 group: str, batch_size: int = 2000):
+        self.router = router
+        self.live = live
+        self.batch_size = batch_size
+        # A group id is required by librdkafka even for assign(); nothing is ever committed under it.
+        self._consumer = kafka.consumer(bootstrap, f"{group}-learner", **{"enable.auto.commit": False})
+        partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.learned = 0
+
+    def poll(self) -> int:
+        """Learn from whatever labeled records are available now; never blocks. Returns records read."""
+        messages = self._consumer.consume(self.batch_size, timeout=0)
+        rows, labels, times, read = [], [], [], 0
+        for m in messages:
+            if m.error() is not None:
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    _LOG.warning("labeled consumer: %s", m.error().str())
+                continue
+            read += 1
+            record = _decode(m.value())
+            rows.append(record["features"])
+            labels.append(record["label"])
+            times.append(m.timestamp()[1])
+            self.live.update(record["model_version"], record["label"], record["score"])
+        if rows:
+            self.learned += self.router.learn(rows, labels, times)
+        return read
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,278 @@
+"""The worker's batch loop: consume, score or join, produce, checkpoint. At-least-once, never lossy.
+
+One consumer in the group `driftloop-<spec name>` reads four topics with the range assignor, so
+partition p of the two internal join topics always lands on the same worker:
+
+    events           -> EventScorer   -> predictions, events.dlq, <pending>, Feast rows
+    outcomes         -> parse_outcome -> <outcomes-by-id> (re-keyed by event id), outcomes.dlq
+    <pending>        -> OutcomeJoiner -> labeled
+    <outcomes-by-id> -> OutcomeJoiner -> labeled
+
+Offsets are committed only after everything the records produced is acknowledged by the broker:
+outputs, state changelogs and Feast rows (`checkpoint`). A killed worker therefore loses nothing: its
+successor restores the state tables from their changelogs and re-processes at most the records since
+the last checkpoint (streams/scoring.py explains why windows do not count them twice). On a rebalance
+the revoked partitions are checkpointed before they go.
+
+The loop runs in one thread; Kafka I/O happens in librdkafka's threads, so Python spends its time on
+validation, features and scoring, in batches of up to `batch_size` records.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from driftloop import kafka
+from driftloop.errors import DriftloopError
+from driftloop.spec import PipelineSpec
+from driftloop.streams import contracts
+from driftloop.streams.changelog import ChangelogTable
+from driftloop.streams.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
+from driftloop.streams.scoring import EventScorer, Record
+from driftloop.streams.topology import Topology
+
+_LOG = logging.getLogger("driftloop.streams.pipeline")
+CONSUMER_CONFIG = {
+    "enable.auto.commit": False,
+    "partition.assignment.strategy": "range",  # co-locates partition p of the two join topics
+    "fetch.wait.max.ms": 5,  # a half-empty fetch now beats a full one later: latency is a target
+    "queued.min.messages": 20000,
+}
+# Large batches amortise Tansu's per-request cost; 5 ms linger keeps p99 latency low.
+PRODUCER_CONFIG = {"linger.ms": 5, "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
+                   "delivery.report.only.error": True}
+
+
+class Pipeline:
+    def __init__(self, spec: PipelineSpec, topology: Topology, bootstrap: str, *, scorer: EventScorer,
+                 joiner: OutcomeJoiner, entity_states: ChangelogTable, join_table: ChangelogTable,
+                 feast_sink, metrics, learner=None, join_partitions: int,
+                 batch_size: int = 2000, checkpoint_seconds: float = 1.0, expire_seconds: float = 30.0):
+        self.spec = spec
+        self.topology = topology
+        self.bootstrap = bootstrap
+        self.scorer = scorer
+        self.joiner = joiner
+        self.entity_states = entity_states
+        self.join_table = join_table
+        self.feast = feast_sink
+        self.metrics = metrics
+        self.learner = learner
+        self.join_partitions = join_partitions
+        self.batch_size = batch_size
+        self.checkpoint_seconds = checkpoint_seconds
+        self.expire_seconds = expire_seconds
+        self._delivery_errors: list[str] = []
+        self._producer = kafka.producer(bootstrap, on_delivery=self._on_delivery, **PRODUCER_CONFIG)
+        self._consumer = kafka.consumer(bootstrap, topology.group, **CONSUMER_CONFIG)
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._assigned: set[tuple[str, int]] = set()
+        self.ready = threading.Event()  # set once the first assignment is restored
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        t = self.topology
+        self._consumer.subscribe([t.events, t.outcomes, t.pending, t.outcomes_by_id], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        next_checkpoint = time.monotonic() + self.checkpoint_seconds
+        next_expiry = time.monotonic() + self.expire_seconds
+        try:
+            while not stop.is_set():
+                messages = self._consumer.consume(self.batch_size, timeout=0.05)
+                if messages:
+                    self._handle(messages)
+                self._producer.poll(0)
+                if self.learner is not None:
+                    self.learner.poll()
+                now = time.monotonic()
+                if now >= next_checkpoint:
+                    self.checkpoint()
+                    self._observe_gauges()
+                    next_checkpoint = now + self.checkpoint_seconds
+                if now >= next_expiry:
+                    self._expire()
+                    next_expiry = now + self.expire_seconds
+            self.checkpoint()
+        finally:
+            self._consumer.close()  # leaves the group at once, so the partitions move without a timeout
+
+    def _handle(self, messages: list) -> None:
+        by_topic: dict[str, list] = defaultdict(list)
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    _LOG.warning("consumer: %s", error.str())
+                continue
+            by_topic[m.topic()].append(m)
+            self._next_offsets[(m.topic(), m.partition())] = m.offset() + 1
+        t = self.topology
+        if by_topic.get(t.events):
+            self._score(by_topic[t.events])
+        if by_topic.get(t.outcomes):
+            self._route_outcomes(by_topic[t.outcomes])
+        if by_topic.get(t.pending) or by_topic.get(t.outcomes_by_id):
+            self._join(by_topic.get(t.pending, ()), by_topic.get(t.outcomes_by_id, ()))
+
+    def _score(self, messages: list) -> None:
+        t = self.topology
+        records = [Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())
+                   for m in messages]
+        scored = self.scorer.process(records)
+        started = time.perf_counter()
+        produce = self._produce
+        for key, value in scored.predictions:
+            produce(t.predictions, value, key)
+        for key, value in scored.dead_letters:
+            produce(t.events_dlq, value, key)
+        partitions = self.join_partitions
+        for event_id, value in scored.pending:
+            produce(t.pending, value, event_id.encode(), join_partition(event_id, partitions))
+        scored.stage_seconds["produce"] = time.perf_counter() - started
+        if scored.feast_rows:
+            self.feast.submit(scored.feast_rows)
+        _record_scored(self.metrics, scored, len(records))
+
+    def _route_outcomes(self, messages: list) -> None:
+        t = self.topology
+        now = time.time()
+        invalid = 0
+        for m in messages:
+            outcome = parse_outcome(m.value(), self.spec, now)
+            if isinstance(outcome, Outcome):
+                self._produce(t.outcomes_by_id, m.value(), outcome.event_id.encode(),
+                              join_partition(outcome.event_id, self.join_partitions))
+                continue
+            invalid += 1
+            source = contracts.Source(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key())
+            self._produce(t.outcomes_dlq, contracts.dead_letter(m.value(), source, outcome.reason, outcome.detail,
+                                                                outcome.field), m.key())
+        if invalid:
+            self.metrics.outcomes("invalid", invalid)
+
+    def _join(self, pending: list, outcomes: list) -> None:
+        result = JoinResult()
+        now = time.time()
+        for m in pending:
+            self.joiner.add_pending(m.partition(), m.value(), result)
+        for m in outcomes:
+            outcome = parse_outcome(m.value(), self.spec, now)  # validated before it was re-keyed
+            self.joiner.add_outcome(m.partition(), outcome, result)
+        for key, value in result.labeled:
+            self._produce(self.topology.labeled, value, key)
+        for name, count in result.counts.items():
+            self.metrics.outcomes(name, count)
+
+    def _expire(self) -> None:
+        result = JoinResult()
+        partitions = sorted(p for topic, p in self._assigned if topic == self.topology.pending)
+        self.joiner.expire(partitions, result)
+        for name, count in result.counts.items():
+            self.metrics.outcomes(name, count)
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int | None = None) -> None:
+        while True:
+            try:
+                if partition is None:
+                    self._producer.produce(topic, value, key)
+                else:
+                    self._producer.produce(topic, value, key, partition)
+                return
+            except BufferError:  # the local queue is full: let librdkafka drain it, then retry
+                self._producer.poll(0.05)
+
+    def _on_delivery(self, error, message) -> None:
+        if error is not None:
+            self._delivery_errors.append(f"{message.topic()}[{message.partition()}]: {error.str()}")
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def checkpoint(self, timeout: float = 30.0) -> None:
+        """Make everything processed durable, then commit the offsets that produced it."""
+        started = time.perf_counter()
+        self.feast.flush(timeout)
+        self.entity_states.flush_to(self._producer)
+        self.join_table.flush_to(self._producer)
+        if self._producer.flush(timeout) > 0:
+            raise DriftloopError(f"the broker did not acknowledge every record within {timeout:.0f}s; "
+                                 f"offsets were not committed (the records will be processed again)")
+        self.entity_states.check_delivered()  # changelog records report through their own callback
+        self.join_table.check_delivered()
+        if self._delivery_errors:
+            raise DriftloopError(f"{len(self._delivery_errors)} records were not delivered "
+                                 f"(first: {self._delivery_errors[0]}); offsets were not committed")
+        if self._next_offsets:
+            offsets = [TopicPartition(topic, p, offset) for (topic, p), offset in self._next_offsets.items()]
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._next_offsets.clear()
+        self.metrics.stage("checkpoint", time.perf_counter() - started)
+
+    def _observe_gauges(self) -> None:
+        lags = {}
+        for topic, partition in self._assigned:
+            tp = TopicPartition(topic, partition)
+            # cached = the high watermark of the last fetch response: Tansu's ListOffsets is unreliable
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            position = self._consumer.position([tp])[0].offset
+            if high >= 0 and position >= 0:
+                lags[(topic, partition)] = max(high - position, 0)
+        self.metrics.consumer_lag(lags)
+        waiting = self.joiner.waiting()
+        self.metrics.join_pending(predictions=waiting["prediction"], outcomes=waiting["outcome"])
+        self.metrics.model_versions({(self.spec.model.name, variant): serving.version
+                                     for variant, serving in self.scorer.router.variants.items()})
+        if self.learner is not None:
+            self.metrics.live_metrics(self.learner.live.snapshot())
+
+    # -- rebalances ---------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        t = self.topology
+        assigned = [(tp.topic, tp.partition) for tp in partitions]
+        started = time.monotonic()
+        states = self.entity_states.restore(self.bootstrap, [p for topic, p in assigned if topic == t.events])
+        waiting = self.join_table.restore(self.bootstrap, [p for topic, p in assigned if topic == t.pending])
+        self._assigned.update(assigned)
+        _LOG.info("assigned %d partitions; restored %s entity states and %s waiting join entries in %.1fs",
+                  len(assigned), states, waiting, time.monotonic() - started)
+        self.ready.set()
+
+    def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
+        self.checkpoint()
+        self._forget(partitions)
+
+    def _on_lost(self, consumer, partitions: list[TopicPartition]) -> None:
+        # Another worker owns them already: committing would be refused; their records are replayed there.
+        for tp in partitions:
+            self._next_offsets.pop((tp.topic, tp.partition), None)
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        t = self.topology
+        revoked = [(tp.topic, tp.partition) for tp in partitions]
+        self._assigned.difference_update(revoked)
+        events = [p for topic, p in revoked if topic == t.events]
+        self.entity_states.drop(events)
+        self.scorer.forget(events)
+        self.join_table.drop([p for topic, p in revoked if topic == t.pending])
+
+
+def _record_scored(metrics, scored, consumed: int) -> None:
+    """Batch-level metric updates: a handful of calls per batch, not per event."""
+    metrics.batch(consumed, scored.stage_seconds)
+    metrics.events_predicted(len(scored.predictions))
+    for reason, count in scored.dlq_reasons.items():
+        metrics.dead_lettered(reason, count)
+    for (version, variant), count in scored.served.items():
+        metrics.predictions(version, variant, count)
+    for field, count in scored.unseen.items():
+        metrics.unseen_categories(field, count)
+    for field, count in scored.missing.items():
+        metrics.missing_values(field, count)
+    metrics.event_latencies(scored.latencies)

@@ -1,0 +1,100 @@
+"""`driftloop worker`: one scoring/join worker process, assembled from the settings and the spec.
+
+Start-up order: broker reachable -> topics (public and internal) -> state changelogs -> a champion in
+the registry (a cold-start River model is registered when there is none) -> model router (follows the
+aliases) -> Feast writer -> metrics endpoint -> the batch loop, until `stop` is set. Shutdown
+checkpoints (everything produced is acknowledged, offsets committed) and leaves the group at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from contextlib import ExitStack
+from typing import Callable
+
+from driftloop import kafka
+from driftloop.errors import DriftloopError
+from driftloop.features.feast_repo import feature_view_name, feature_view_version
+from driftloop.settings import Settings
+from driftloop.spec import load_spec
+from driftloop.streams.changelog import ChangelogTable
+from driftloop.streams.join import OutcomeJoiner
+from driftloop.streams.learner import LabeledLearner
+from driftloop.streams.metrics import WorkerMetrics
+from driftloop.streams.pipeline import Pipeline
+from driftloop.streams.scoring import EventScorer
+from driftloop.streams.topology import Topology
+
+_LOG = logging.getLogger("driftloop.streams.worker")
+
+
+def resolve_endpoints(settings: Settings) -> tuple[str, str]:
+    """(bootstrap, MLflow tracking URI): the settings, else what a running `driftloop up` recorded."""
+    recorded = {}
+    stack_file = settings.data_dir / "stack.json"
+    if stack_file.is_file():
+        recorded = json.loads(stack_file.read_text())
+    bootstrap = settings.kafka_bootstrap_servers or recorded.get("bootstrap")
+    tracking_uri = settings.mlflow_tracking_uri or recorded.get("mlflow_tracking_uri")
+    if not bootstrap or not tracking_uri:
+        missing = "KAFKA_BOOTSTRAP_SERVERS" if not bootstrap else "MLFLOW_TRACKING_URI"
+        raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in {stack_file}")
+    return bootstrap, tracking_uri
+
+
+def _partition_count(bootstrap: str, topic: str) -> int:
+    metadata = kafka.admin(bootstrap).list_topics(topic, timeout=15)
+    return len(metadata.topics[topic].partitions)
+
+
+def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | None = None,
+               on_ready: Callable[[int], None] | None = None) -> None:
+    """Run one worker until `stop` is set; `on_ready(metrics_port)` is called once it consumes."""
+    from driftloop.features.feast_writer import FeastWriter  # feast is slow to import
+    from driftloop.models.bootstrap import ensure_champion
+    from driftloop.models.live_metrics import LiveMetrics
+    from driftloop.models.routing import ModelRouter
+
+    spec = load_spec(settings.spec)
+    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    bootstrap, tracking_uri = resolve_endpoints(settings)
+    kafka.wait_for_broker(bootstrap, timeout=15)
+    topology = Topology.of(settings, spec)
+    kafka.ensure_topics(bootstrap, settings.topics + topology.internal, settings.partitions)
+    join_partitions = _partition_count(bootstrap, topology.pending)
+    if _partition_count(bootstrap, topology.outcomes_by_id) != join_partitions:
+        raise DriftloopError(f"{topology.pending} and {topology.outcomes_by_id} must have the same partition count")
+    entity_states = ChangelogTable("entity-state", topology.entity_changelog, _partition_count(bootstrap, topology.events))
+    join_table = ChangelogTable("join", topology.join_changelog, join_partitions)
+    entity_states.ensure_changelog(bootstrap)
+    join_table.ensure_changelog(bootstrap)
+
+    champion = ensure_champion(spec, tracking_uri)
+    _LOG.info("champion of %s is v%d", spec.model.name, champion.version)
+    with ExitStack() as cleanup:
+        router = ModelRouter(spec, tracking_uri)
+        router.start()
+        cleanup.callback(router.stop)
+        metrics = WorkerMetrics()
+        metrics.info(worker_id=worker_id, spec=spec.name)
+        port = metrics.serve(settings.metrics_port)
+        cleanup.callback(metrics.stop_serving)
+        feast = FeastWriter(settings, spec, on_write=lambda rows, seconds: (
+            metrics.feast_rows(rows), metrics.stage("feast_write", seconds)))
+        cleanup.callback(feast.close)
+        learner = LabeledLearner(bootstrap, topology.labeled, router, LiveMetrics(threshold=spec.model.threshold),
+                                 group=topology.group)
+        cleanup.callback(learner.close)
+        scorer = EventScorer(spec, entity_states, router, feature_view=feature_view_name(spec),
+                             feature_view_version=feature_view_version(spec))
+        pipeline = Pipeline(spec, topology, bootstrap, scorer=scorer, joiner=OutcomeJoiner(spec, join_table),
+                            entity_states=entity_states, join_table=join_table, feast_sink=feast, metrics=metrics,
+                            learner=learner, join_partitions=join_partitions)
+        _LOG.info("worker %s consuming %s and %s; metrics on :%d", worker_id, topology.events, topology.outcomes, port)
+        if on_ready is not None:
+            on_ready(port)
+        pipeline.run(stop)
