@@ -16,10 +16,10 @@ def _say(line: str) -> None:
     print(f"driftloop: {line}", flush=True)
 
 
-def cmd_up(config: settings_module.Settings, _args: argparse.Namespace) -> int:
+def cmd_up(config: settings_module.Settings, args: argparse.Namespace) -> int:
     from driftloop.stack import run_stack
 
-    run_stack(config, _say)
+    run_stack(config, _say, demo_rate=args.demo_rate if args.demo else None)
     return 0
 
 
@@ -158,8 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"driftloop {__version__}")
     parser.add_argument("--config", help="YAML settings file (default: $DRIFTLOOP_CONFIG); environment wins over it")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("up", help="start the stack: embedded broker, MLflow, Feast, topics, workers").set_defaults(
-        run=cmd_up)
+    up = commands.add_parser("up", help="start the stack: embedded broker, MLflow, Feast, topics, a worker")
+    up.add_argument("--demo", action="store_true", help="also produce the synthetic card-fraud stream")
+    up.add_argument("--demo-rate", type=float, default=200.0, metavar="EPS",
+                    help="events per second of the demo stream (default 200)")
+    up.set_defaults(run=cmd_up)
     commands.add_parser("broker", help="run only the embedded broker and print its bootstrap address").set_defaults(
         run=cmd_broker)
     commands.add_parser("mlflow", help="run only the MLflow tracking server and UI").set_defaults(run=cmd_mlflow)

@@ -44,7 +44,8 @@ def _raise_stopped(signum: int, _frame: object) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[StackInfo], None] | None = None) -> None:
+def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[StackInfo], None] | None = None,
+              demo_rate: float | None = None) -> None:
     """Bring the stack up, report it, then block until SIGTERM/SIGINT or a component dies."""
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     children: list[ManagedProcess] = []
@@ -63,6 +64,8 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
                              [metrics_url])
             stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
             info.write(settings.data_dir)
+            if demo_rate is not None:
+                _start_demo_stream(settings, bootstrap, demo_rate, stack, children, say)
             say("stack is up; Ctrl-C (or SIGTERM) stops it")
             if ready is not None:
                 ready(info)
@@ -128,6 +131,19 @@ def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: 
     children.append(worker)
     say(f"worker scoring {settings.topic_events} -> {settings.topic_predictions}; metrics at {url}")
     return url
+
+
+def _start_demo_stream(settings: Settings, bootstrap: str, rate: float, stack: ExitStack,
+                       children: list[ManagedProcess], say: Callable[[str], None]) -> None:
+    """The synthetic card-fraud stream (load/generator.py) at `rate` events/s, outcomes 50 events later."""
+    generator = ManagedProcess("demo generator", [
+        sys.executable, "-m", "driftloop.load.generator", "--bootstrap", bootstrap, "--events", "1000000000",
+        "--rate", str(rate), "--label-delay-events", "50", "--now", "--events-topic", settings.topic_events,
+        "--outcomes-topic", settings.topic_outcomes], settings.data_dir / "logs" / "generator.log")
+    stack.callback(generator.stop)
+    generator.start()
+    children.append(generator)
+    say(f"demo: producing the synthetic fraud stream at {rate:g} events/s; `driftloop status` shows the pipeline")
 
 
 def _watch(children: list[ManagedProcess]) -> None:

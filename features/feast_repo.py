@@ -3,7 +3,10 @@
 The feature view holds the model's whole input vector per entity (windowed features plus the event
 fields the model reads), so the vector that scores an event is exactly what Feast serves for it.
 Its batch source is a directory of parquet files, one per written batch (`feast_writer` appends them):
-Feast's file offline store reads every `*.parquet` under the directory.
+Feast's file offline store reads every `*.parquet` under the directory. Two things to know when asking
+it for history (`get_historical_features`, Feast 0.67 with dask): once there is more than one file, an
+entity_df row whose entity has no rows at all makes dask fail ("Divisions calculation failed"), so ask
+only about written entities; and entity_df rows with the same entity and timestamp come back as one.
 
 Feast is imported only by the functions that build Feast objects: it takes seconds to import, and the
 names and config here are needed by processes that never touch a FeatureStore.

@@ -8,6 +8,7 @@ changelog-backed table (partition = join partition, key = event id) holding whic
     {"p": <pending prediction>, "at": <wall time it arrived>}   or   {"o": <outcome>, "at": ...}
 
 When the other side arrives, the joined record goes to the `labeled` topic and the entry is deleted.
+A second prediction for a waiting id (re-emitted after a worker restart) leaves the first in place.
 Entries older than the spec's `outcomes.join_ttl` (wall clock) expire and are counted, so memory stays
 bounded by the live waiting set. A second outcome for a waiting prediction's id is counted as a
 duplicate; one for an id already joined waits like any other unmatched outcome and expires.
@@ -98,10 +99,12 @@ class OutcomeJoiner:
         pending = _decode(pending_json)
         event_id = pending["event_id"]
         waiting = self.table.get(partition, event_id)
-        if waiting is not None and "o" in waiting:
-            self._joined(partition, pending, waiting["o"], result)
-        else:  # first sighting, or the same prediction replayed: the later copy is as good
+        if waiting is None:
             self.table.set(partition, event_id, {"p": pending, "at": self.clock()})
+        elif "o" in waiting:
+            self._joined(partition, pending, waiting["o"], result)
+        # else: a prediction re-emitted after a worker restart; the first one holds the row that was
+        # really scored (the replay's row may count the event twice), so it stays
 
     def add_outcome(self, partition: int, outcome: Outcome, result: JoinResult) -> None:
         side = {"label": outcome.label, "time": outcome.outcome_time}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -71,6 +71,8 @@ class Pipeline:
         self._producer = kafka.producer(bootstrap, on_delivery=self._on_delivery, **PRODUCER_CONFIG)
         self._consumer = kafka.consumer(bootstrap, topology.group, **CONSUMER_CONFIG)
         self._next_offsets: dict[tuple[str, int], int] = {}
+        # (Feast writer mark, offsets) acknowledged by the broker, waiting for their Feast rows
+        self._uncommitted: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
         self._assigned: set[tuple[str, int]] = set()
         self.ready = threading.Event()  # set once the first assignment is restored
 
@@ -84,7 +86,9 @@ class Pipeline:
         next_expiry = time.monotonic() + self.expire_seconds
         try:
             while not stop.is_set():
-                messages = self._consumer.consume(self.batch_size, timeout=0.05)
+                # A short wait: consume() returns early only when the batch is full, so at low rates
+                # this timeout is added to every event's latency.
+                messages = self._consumer.consume(self.batch_size, timeout=0.005)
                 if messages:
                     self._handle(messages)
                 self._producer.poll(0)
@@ -92,7 +96,7 @@ class Pipeline:
                     self.learner.poll()
                 now = time.monotonic()
                 if now >= next_checkpoint:
-                    self.checkpoint()
+                    self.checkpoint(wait_for_feast=False)
                     self._observe_gauges()
                     next_checkpoint = now + self.checkpoint_seconds
                 if now >= next_expiry:
@@ -193,10 +197,15 @@ class Pipeline:
 
     # -- checkpoints --------------------------------------------------------------------------------
 
-    def checkpoint(self, timeout: float = 30.0) -> None:
-        """Make everything processed durable, then commit the offsets that produced it."""
+    def checkpoint(self, timeout: float = 30.0, *, wait_for_feast: bool = True) -> None:
+        """Make everything processed durable, then commit the offsets that produced it.
+
+        The broker side (outputs, changelogs) is flushed at once; it takes milliseconds. Feast writes
+        can take a second, so in the loop (`wait_for_feast=False`) the offsets wait in a queue until the
+        Feast writer has written the rows submitted before them, and are committed then, without
+        stalling scoring. Rebalances and shutdown wait for everything.
+        """
         started = time.perf_counter()
-        self.feast.flush(timeout)
         self.entity_states.flush_to(self._producer)
         self.join_table.flush_to(self._producer)
         if self._producer.flush(timeout) > 0:
@@ -208,9 +217,16 @@ class Pipeline:
             raise DriftloopError(f"{len(self._delivery_errors)} records were not delivered "
                                  f"(first: {self._delivery_errors[0]}); offsets were not committed")
         if self._next_offsets:
-            offsets = [TopicPartition(topic, p, offset) for (topic, p), offset in self._next_offsets.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._uncommitted.append((self.feast.mark(), dict(self._next_offsets)))
             self._next_offsets.clear()
+        if wait_for_feast:
+            self.feast.flush(timeout)
+        ready: dict[tuple[str, int], int] = {}
+        while self._uncommitted and self.feast.written_through(self._uncommitted[0][0]):
+            ready.update(self._uncommitted.popleft()[1])
+        if ready:
+            offsets = [TopicPartition(topic, p, offset) for (topic, p), offset in ready.items()]
+            self._consumer.commit(offsets=offsets, asynchronous=False)
         self.metrics.stage("checkpoint", time.perf_counter() - started)
 
     def _observe_gauges(self) -> None:
@@ -249,8 +265,10 @@ class Pipeline:
 
     def _on_lost(self, consumer, partitions: list[TopicPartition]) -> None:
         # Another worker owns them already: committing would be refused; their records are replayed there.
-        for tp in partitions:
-            self._next_offsets.pop((tp.topic, tp.partition), None)
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        for offsets in [self._next_offsets, *(pending for _, pending in self._uncommitted)]:
+            for key in lost & offsets.keys():
+                del offsets[key]
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:

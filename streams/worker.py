@@ -59,6 +59,8 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     from driftloop.models.live_metrics import LiveMetrics
     from driftloop.models.routing import ModelRouter
 
+    # Feast logs every registry cache refresh (each 5 s) at INFO: noise in a long-running worker's log.
+    logging.getLogger("feast").setLevel(logging.WARNING)
     spec = load_spec(settings.spec)
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     bootstrap, tracking_uri = resolve_endpoints(settings)
