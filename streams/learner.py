@@ -32,7 +32,8 @@ class LabeledLearner:
         self.live = live
         self.batch_size = batch_size
         # A group id is required by librdkafka even for assign(); nothing is ever committed under it.
-        self._consumer = kafka.consumer(bootstrap, f"{group}-learner", **{"enable.auto.commit": False})
+        self._consumer = kafka.consumer(bootstrap, f"{group}-learner",
+                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": 25})
         partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self.learned = 0

@@ -40,10 +40,10 @@ _LOG = logging.getLogger("driftloop.streams.pipeline")
 CONSUMER_CONFIG = {
     "enable.auto.commit": False,
     "partition.assignment.strategy": "range",  # co-locates partition p of the two join topics
-    # Tansu answers a fetch within fetch.wait.max.ms even when that leaves later partitions of the
-    # request unread; at 5 ms, partitions late in the request starved under load. A fetch returns
-    # as soon as any data is there (fetch.min.bytes=1), so a longer wait costs no latency.
-    "fetch.wait.max.ms": 100,
+    # Tansu holds every fetch for about fetch.wait.max.ms (even with data ready), so this is a floor
+    # on latency per hop; but at 5 ms, partitions late in a fetch request starved under load (the
+    # elec2 replay stalled at ~25k events). 25 ms is both.
+    "fetch.wait.max.ms": 25,
 }
 # Large batches amortise Tansu's per-request cost; 5 ms linger keeps p99 latency low.
 PRODUCER_CONFIG = {"linger.ms": 5, "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
