@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
+
+_encode = msgspec.json.Encoder().encode  # ~4x json.dumps on the per-prediction hot path
+
 CONTRACT_VERSION = 1
 
 
@@ -66,7 +70,7 @@ def prediction(*, event_id: str, entity: str, event_time: float, score: float, t
         "feature_view_version": feature_view_version,
         "latency_ms": round(latency_ms, 3),
     }
-    return json.dumps(record, separators=(",", ":")).encode()
+    return _encode(record)
 
 
 def iso_time(epoch_seconds: float) -> str:

@@ -179,6 +179,9 @@ class Pipeline:
         result = JoinResult()
         partitions = sorted(p for topic, p in self._assigned if topic == self.topology.pending)
         self.joiner.expire(partitions, result)
+        # counted here, with the expiry scan, not every second: it walks every waiting entry
+        waiting = self.joiner.waiting()
+        self.metrics.join_pending(predictions=waiting["prediction"], outcomes=waiting["outcome"])
         for name, count in result.counts.items():
             self.metrics.outcomes(name, count)
 
@@ -241,8 +244,6 @@ class Pipeline:
             if high >= 0 and position >= 0:
                 lags[(topic, partition)] = max(high - position, 0)
         self.metrics.consumer_lag(lags)
-        waiting = self.joiner.waiting()
-        self.metrics.join_pending(predictions=waiting["prediction"], outcomes=waiting["outcome"])
         self.metrics.model_versions({(self.spec.model.name, variant): serving.version
                                      for variant, serving in self.scorer.router.variants.items()})
         if self.learner is not None:

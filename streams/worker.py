@@ -85,7 +85,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
         metrics.info(worker_id=worker_id, spec=spec.name)
         port = metrics.serve(settings.metrics_port)
         cleanup.callback(metrics.stop_serving)
-        feast = FeastWriter(settings, spec, on_write=lambda rows, seconds: (
+        feast = FeastWriter(settings, spec, separate_process=True, on_write=lambda rows, seconds: (
             metrics.feast_rows(rows), metrics.stage("feast_write", seconds)))
         cleanup.callback(feast.close)
         learner = LabeledLearner(bootstrap, topology.labeled, router, LiveMetrics(threshold=spec.model.threshold),

@@ -168,19 +168,26 @@ def test_every_input_ends_in_a_prediction_or_the_dlq_and_feast_serves_the_scorin
     latest = {}
     for record in labeled:
         latest[record["entity"]] = max(latest.get(record["entity"], record), record, key=lambda r: r["event_time"])
-    worker_metrics = worker.metrics()
     reader = FeastWriter(settings, spec)
+    sample = list(latest.items())[:25]
     try:
-        for entity, record in list(latest.items())[:25]:
+        deadline = time.monotonic() + 30  # Feast writes trail predictions by up to a checkpoint or two
+        while time.monotonic() < deadline and any(reader.online_vector(e) != r["features"] for e, r in sample):
+            time.sleep(0.5)
+        for entity, record in sample:
             assert reader.online_vector(entity) == record["features"], entity
     finally:
         reader.close()
 
+    version = str(predictions[0]["model_version"])
+    live_samples = ("driftloop_live_samples", (("model_version", version),))
+    deadline = time.monotonic() + 30  # the learner reads `labeled` itself; gauges update every second
+    while (worker_metrics := worker.metrics()).get(live_samples, 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker_metrics[live_samples] > 0
     assert worker_metrics[("driftloop_outcomes_total", (("result", "joined"),))] == valid
     assert worker_metrics[("driftloop_events_total", (("result", "predicted"),))] == len(predictions)
     assert worker_metrics[("driftloop_events_total", (("result", "dead_lettered"),))] == len(dead)
-    version = str(predictions[0]["model_version"])
-    assert worker_metrics[("driftloop_live_samples", (("model_version", version),))] > 0
 
 
 def _start_worker_process(environ: dict[str, str], log: Path) -> subprocess.Popen:

@@ -68,7 +68,7 @@ def test_status_reports_what_the_worker_counted(serve, capsys):
     assert summary["models"] == {"card_fraud": {"champion": [3]}}
     assert summary["consumer_lag"] == {"total": 10, "by_topic": {"events": 10}}
     assert summary["outcomes"] == {"joined": 45, "expired_unmatched": 1, "invalid": 0, "duplicate": 0,
-                                   "pending_predictions": 45, "pending_outcomes": 2}
+                                   "prediction_expired": 0, "pending_predictions": 45, "pending_outcomes": 2}
     assert summary["feast_rows"] == 90
     assert summary["batches"] == {"count": 1, "mean_size": 100.0}
     assert summary["workers"]["info"] == [{"worker_id": "w-1", "spec": "card_fraud", "version": "0.1.0"}]
