@@ -1,1 +1,2 @@
-"""The Faust app: topology, agents and the JSON topic contracts."""
+"""The worker: topology, batch loop, validation, scoring, outcome join, changelog-backed tables, metrics,
+and the JSON topic contracts."""

@@ -76,7 +76,6 @@ class Pipeline:
         # (Feast writer mark, offsets) acknowledged by the broker, waiting for their Feast rows
         self._uncommitted: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
         self._assigned: set[tuple[str, int]] = set()
-        self.ready = threading.Event()  # set once the first assignment is restored
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -258,9 +257,8 @@ class Pipeline:
         states = self.entity_states.restore(self.bootstrap, [p for topic, p in assigned if topic == t.events])
         waiting = self.join_table.restore(self.bootstrap, [p for topic, p in assigned if topic == t.pending])
         self._assigned.update(assigned)
-        _LOG.info("assigned %d partitions; restored %s entity states and %s waiting join entries in %.1fs",
-                  len(assigned), states, waiting, time.monotonic() - started)
-        self.ready.set()
+        _LOG.info("assigned %d partitions; restored %d entity states and %d waiting join entries in %.1fs",
+                  len(assigned), states.keys, waiting.keys, time.monotonic() - started)
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         self.checkpoint()
