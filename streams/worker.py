@@ -1,8 +1,9 @@
 """`driftloop worker`: one scoring/join worker process, assembled from the settings and the spec.
 
-Start-up order: broker reachable -> topics (public and internal) -> state changelogs -> a champion in
-the registry (a cold-start River model is registered when there is none) -> model router (follows the
-aliases) -> Feast writer -> metrics endpoint -> the batch loop, until `stop` is set. Shutdown
+Start-up order: broker reachable -> topics (public and internal) -> state changelogs -> the Feast
+objects applied -> a champion in the registry (a cold-start River model is registered when there is
+none) -> model router (follows the aliases) -> Feast writer -> metrics endpoint -> the batch loop,
+until `stop` is set. Shutdown
 checkpoints (everything produced is acknowledged, offsets committed) and leaves the group at once.
 """
 
@@ -54,7 +55,8 @@ def _partition_count(bootstrap: str, topic: str) -> int:
 def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | None = None,
                on_ready: Callable[[int], None] | None = None) -> None:
     """Run one worker until `stop` is set; `on_ready(metrics_port)` is called once it consumes."""
-    from driftloop.features.feast_writer import FeastWriter  # feast is slow to import
+    from driftloop.features.feast_repo import apply as apply_feast  # feast is slow to import
+    from driftloop.features.feast_writer import FeastWriter
     from driftloop.models.bootstrap import ensure_champion
     from driftloop.models.live_metrics import LiveMetrics
     from driftloop.models.routing import ModelRouter
@@ -75,6 +77,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     entity_states.ensure_changelog(bootstrap)
     join_table.ensure_changelog(bootstrap)
 
+    apply_feast(settings, spec)  # idempotent; a worker started without `driftloop up` (compose) needs it
     champion = ensure_champion(spec, tracking_uri)
     _LOG.info("champion of %s is v%d", spec.model.name, champion.version)
     with ExitStack() as cleanup:
