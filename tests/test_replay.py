@@ -25,6 +25,7 @@ from driftloop.streams.validation import Event, EventValidator
 REPO = Path(__file__).resolve().parents[1]
 ELEC2 = REPO.parent / "shared" / "data" / "elec2.csv"
 ELEC2_SPEC = REPO / "driftloop" / "specs" / "elec2.yaml"
+needs_elec2 = pytest.mark.skipif(not ELEC2.is_file(), reason=f"{ELEC2} (the shared elec2 dataset, ../shared) is not here")
 ELEC2_FIELDS = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
 
 
@@ -63,6 +64,7 @@ def _elec2_rows(count: int) -> list[dict[str, str]]:
         return [next(reader) for _ in range(count)]
 
 
+@needs_elec2
 @pytest.mark.integration
 def test_cli_replays_elec2_rows_as_events_the_validator_accepts(kafka_bootstrap, unique, tmp_path, monkeypatch,
                                                                 capsys):
@@ -98,6 +100,7 @@ def test_cli_replays_elec2_rows_as_events_the_validator_accepts(kafka_bootstrap,
     assert started - 1800 <= times[-1] <= started  # the last period just ended: nothing lies in the future
 
 
+@needs_elec2
 @pytest.mark.integration
 def test_cli_prints_a_table_and_shows_progress_on_stderr(kafka_bootstrap, unique, tmp_path, monkeypatch, capsys):
     for name, value in _environment(kafka_bootstrap, unique, tmp_path).items():
@@ -120,6 +123,7 @@ def _replay_onto_one_partition(kafka_bootstrap, unique, tmp_path, **options):
     return report, records
 
 
+@needs_elec2
 @pytest.mark.integration
 def test_outcomes_follow_their_event_by_the_label_delay_in_events(kafka_bootstrap, unique, tmp_path):
     rows, delay = 12, 3
@@ -148,6 +152,7 @@ def test_outcomes_follow_their_event_by_the_label_delay_in_events(kafka_bootstra
         assert record["outcome_time"] == events[f"{report.run_id}-{latest}"]["event_time"]
 
 
+@needs_elec2
 @pytest.mark.integration
 def test_outcomes_follow_their_event_by_the_label_delay_in_seconds(kafka_bootstrap, unique, tmp_path):
     report, records = _replay_onto_one_partition(kafka_bootstrap, unique, tmp_path, limit=10, rate=50.0,
@@ -277,6 +282,7 @@ def _write_elec2_slice(path: Path, drop: tuple[str, ...] = (), label: dict[int, 
     ((), {3: "2"}, "row 3, column 'class': '2' is not a 0/1 label"),
     ((), {1: ""}, "row 1, column 'class': the label is empty"),
 ])
+@needs_elec2
 def test_a_table_that_cannot_be_replayed_is_one_error_line(tmp_path, capsys, drop, label, message):
     table = _write_elec2_slice(tmp_path / "slice.csv", drop=drop, label=label)
     assert main(["replay", str(table), "--spec", str(ELEC2_SPEC)]) == 2
@@ -286,6 +292,7 @@ def test_a_table_that_cannot_be_replayed_is_one_error_line(tmp_path, capsys, dro
     assert err.count("\n") == 1
 
 
+@needs_elec2
 def test_without_a_broker_replay_says_to_start_the_stack(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.setenv("DRIFTLOOP_DATA_DIR", str(tmp_path))
