@@ -171,7 +171,8 @@ class EventScorer:
         threshold = spec.model.threshold
         now = time.time()
         for (record, event), row, (score, serving) in zip(events, rows, scores):
-            latency = now - record.timestamp_ms / 1000 if record.timestamp_ms else 0.0
+            # librdkafka reports -1 when a record carries no timestamp
+            latency = now - record.timestamp_ms / 1000 if record.timestamp_ms and record.timestamp_ms > 0 else 0.0
             latency_ms = max(latency, 0.0) * 1000
             out.predictions.append((record.key or event.entity.encode(), contracts.prediction(
                 event_id=event.event_id, entity=event.entity, event_time=event.event_time, score=score,
