@@ -40,6 +40,16 @@ class StackInfo:
         return path
 
 
+def running_stack(data_dir: Path) -> dict:
+    """What a running `driftloop up` recorded in `<data_dir>/stack.json` (bootstrap, MLflow URI, worker
+    metrics URLs); {} when none is running, or while one is still writing the file."""
+    try:
+        recorded = json.loads((data_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def _raise_stopped(signum: int, _frame: object) -> None:
     raise Stopped(signal.Signals(signum).name)
 

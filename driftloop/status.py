@@ -10,7 +10,6 @@ the histogram buckets the way Prometheus' `histogram_quantile` does.
 
 from __future__ import annotations
 
-import json
 import math
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.errors import DriftloopError
 from driftloop.settings import Settings
+from driftloop.stack import running_stack
 from driftloop.streams.metrics import JOIN_SIDES, LIVE_METRICS, OUTCOME_RESULTS, STAGES
 
 TIMEOUT_SECONDS = 2.0
@@ -35,11 +35,7 @@ def metrics_urls(settings: Settings) -> list[str]:
     urls = []
     if settings.metrics_port:  # port 0 means "a free port": only stack.json can say which
         urls.append(f"http://127.0.0.1:{settings.metrics_port}/metrics")
-    try:
-        stack = json.loads((settings.data_dir / "stack.json").read_text())
-    except (OSError, ValueError):  # no stack running (or one still writing the file): defaults only
-        stack = {}
-    for url in stack.get("metrics_urls") or []:
+    for url in running_stack(settings.data_dir).get("metrics_urls") or []:
         if url not in urls:
             urls.append(url)
     return urls

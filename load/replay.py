@@ -46,6 +46,7 @@ from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.load.generator import _send
 from driftloop.settings import Settings
+from driftloop.stack import running_stack
 from driftloop.spec import FieldSpec, PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
 
@@ -60,13 +61,10 @@ def resolve_bootstrap(settings: Settings) -> str:
         kafka.wait_for_broker(settings.kafka_bootstrap_servers, timeout=10)
         return settings.kafka_bootstrap_servers
     stack_file = settings.data_dir / "stack.json"
-    try:
-        bootstrap = json.loads(stack_file.read_text())["bootstrap"]
-    except FileNotFoundError:
+    bootstrap = running_stack(settings.data_dir).get("bootstrap")
+    if not bootstrap:
         raise DriftloopError(f"no running stack: start `driftloop up` (it writes {stack_file}) or set "
-                             f"KAFKA_BOOTSTRAP_SERVERS") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise DriftloopError(f"{stack_file} has no bootstrap address; restart `driftloop up`") from None
+                             f"KAFKA_BOOTSTRAP_SERVERS")
     if not kafka.broker_answers(bootstrap):
         raise DriftloopError(f"no Kafka broker answers at {bootstrap} (from {stack_file}); "
                              f"is `driftloop up` still running?")

@@ -9,7 +9,6 @@ checkpoints (everything produced is acknowledged, offsets committed) and leaves 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ from driftloop.errors import DriftloopError
 from driftloop.features.feast_repo import feature_view_name, feature_view_version
 from driftloop.settings import Settings
 from driftloop.spec import load_spec
+from driftloop.stack import running_stack
 from driftloop.streams.changelog import ChangelogTable
 from driftloop.streams.join import OutcomeJoiner
 from driftloop.streams.learner import LabeledLearner
@@ -35,15 +35,13 @@ _LOG = logging.getLogger("driftloop.streams.worker")
 
 def resolve_endpoints(settings: Settings) -> tuple[str, str]:
     """(bootstrap, MLflow tracking URI): the settings, else what a running `driftloop up` recorded."""
-    recorded = {}
-    stack_file = settings.data_dir / "stack.json"
-    if stack_file.is_file():
-        recorded = json.loads(stack_file.read_text())
+    recorded = running_stack(settings.data_dir)
     bootstrap = settings.kafka_bootstrap_servers or recorded.get("bootstrap")
     tracking_uri = settings.mlflow_tracking_uri or recorded.get("mlflow_tracking_uri")
     if not bootstrap or not tracking_uri:
         missing = "KAFKA_BOOTSTRAP_SERVERS" if not bootstrap else "MLFLOW_TRACKING_URI"
-        raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in {stack_file}")
+        raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in "
+                             f"{settings.data_dir / 'stack.json'}")
     return bootstrap, tracking_uri
 
 
