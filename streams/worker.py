@@ -101,3 +101,46 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
         if on_ready is not None:
             on_ready(port)
         pipeline.run(stop)
+
+
+class WorkerThread:
+    """`run_worker` in a thread of this process, for benchmarks and tests: `start` returns the metrics
+    port once the worker consumes (or re-raises its start-up failure); `stop` makes it checkpoint and
+    leave, and re-raises a failure it died of."""
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None):
+        self.settings = settings
+        self.worker_id = worker_id
+        self.port: int | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="driftloop-worker", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            run_worker(self.settings, self._stop, worker_id=self.worker_id, on_ready=self._on_ready)
+        except BaseException as exc:  # re-raised by start()/stop(), not lost in the thread
+            self._error = exc
+            self._ready.set()
+
+    def _on_ready(self, port: int) -> None:
+        self.port = port
+        self._ready.set()
+
+    def start(self, timeout: float = 180.0) -> int:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise DriftloopError(f"the worker did not start within {timeout:.0f}s")
+        if self._error is not None:
+            raise self._error
+        return self.port
+
+    def stop(self, timeout: float = 90.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise DriftloopError(f"the worker did not stop within {timeout:.0f}s")
+        if self._error is not None:
+            raise self._error
