@@ -184,7 +184,9 @@ class DataPlaneWorker:
         self.input_topic, self.output_topic = topology.events, topology.predictions
         self.dead_letter_topic: str | None = topology.events_dlq
         self.topics = [*self.settings.topics, *topology.internal, topology.entity_changelog, topology.join_changelog]
-        self._worker = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
         self._port: int | None = None
 
     def prepare(self) -> None:
@@ -194,10 +196,27 @@ class DataPlaneWorker:
         kafka.ensure_topics(self.bootstrap, self.settings.topics, self.settings.partitions)
 
     def start(self) -> None:
-        from driftloop.streams.worker import WorkerThread
+        from driftloop.streams.worker import run_worker
 
-        self._worker = WorkerThread(self.settings, worker_id="bench")
-        self._port = self._worker.start()
+        ready = threading.Event()
+
+        def on_ready(port: int) -> None:
+            self._port = port
+            ready.set()
+
+        def run() -> None:
+            try:
+                run_worker(self.settings, self._stop, worker_id="bench", on_ready=on_ready)
+            except BaseException as exc:  # reported by start()/stop(), not lost in the thread
+                self._error = exc
+                ready.set()
+
+        self._thread = threading.Thread(target=run, name="worker", daemon=True)
+        self._thread.start()
+        if not ready.wait(180):
+            raise DriftloopError("bench: the worker did not start within 180s")
+        if self._error is not None:
+            raise self._error
 
     def stage_seconds(self) -> dict[str, dict[str, float]]:
         """{stage: {"sum": seconds, "count": observations}} from the worker's /metrics."""
@@ -215,8 +234,13 @@ class DataPlaneWorker:
         return stages
 
     def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(90)
+            if self._thread.is_alive():
+                raise DriftloopError("bench: the worker did not stop within 90s")
+        if self._error is not None:
+            raise self._error
 
 
 # -- measuring (the child process's side) ---------------------------------------------------------

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,7 +25,7 @@ from driftloop.spec import load_spec
 from driftloop.streams.contracts import original_bytes
 from driftloop.streams.topology import Topology
 from driftloop.streams.validation import EventValidator
-from driftloop.streams.worker import WorkerThread
+from driftloop.streams.worker import run_worker
 from test_validation import _hostile
 
 SPECS = Path(__file__).resolve().parents[1] / "driftloop" / "specs"
@@ -60,17 +61,42 @@ def pipeline_environ(tmp_path: Path, bootstrap: str, unique: str, spec_file: Pat
     return environ
 
 
-class RunningWorker(WorkerThread):
-    """A worker thread whose metrics a test reads."""
-
+class RunningWorker:
     def __init__(self, settings: settings_module.Settings):
-        super().__init__(settings)
-        self.start(120)
+        self.settings = settings
+        self.stop = threading.Event()
+        self.port: int | None = None
+        self.error: BaseException | None = None
+        ready = threading.Event()
+
+        def on_ready(port: int) -> None:
+            self.port = port
+            ready.set()
+
+        def run() -> None:
+            try:
+                run_worker(settings, self.stop, on_ready=on_ready)
+            except BaseException as exc:  # surfaced by the test, not lost in a thread
+                self.error = exc
+                ready.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(120), "worker did not start"
+        if self.error:
+            raise self.error
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "worker did not stop"
+        if self.error:
+            raise self.error
 
 
 @pytest.fixture
@@ -80,7 +106,7 @@ def plane(tmp_path, kafka_bootstrap, unique):
     feast_apply(settings, spec)
     worker = RunningWorker(settings)
     yield settings, spec, worker
-    worker.stop()
+    worker.close()
 
 
 def consume_all(bootstrap: str, topics: list[str], until, timeout: float) -> dict[str, list]:
@@ -231,7 +257,7 @@ def test_replaying_a_public_drifting_dataset_through_the_live_worker(tmp_path, k
     try:
         report = replay(settings, ELEC2, limit=3000, rate=500, entity_value="nsw", timeout=60).as_dict()
     finally:
-        worker.stop()
+        worker.close()
     assert report["predicted"] == 3000 and report["missing"] == 0 and report["dead_lettered"] == 0
     metrics = report["metrics"]
     # The model starts cold and learns as outcomes come back: by the second half of the replay it must
