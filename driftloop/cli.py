@@ -84,13 +84,81 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     return 0
 
 
+def cmd_control(config: settings_module.Settings, _args: argparse.Namespace) -> int:
+    """The control plane (drift agent, trigger policy, promotion controller): one per pipeline."""
+    from driftloop.spec import load_spec
+    from driftloop.streams.control_app import run_control_plane
+    from driftloop.stack import resolve_endpoints
+
+    bootstrap, tracking_uri = resolve_endpoints(config)
+    run_control_plane(config, load_spec(config.spec), bootstrap, tracking_uri)
+    return 0
+
+
+def cmd_retrain_worker(config: settings_module.Settings, _args: argparse.Namespace) -> int:
+    """Consumes retrain requests; SIGTERM or Ctrl-C stops it between requests (an unfinished one is redone)."""
+    import signal
+    import threading
+
+    from driftloop.retrain.worker import run_retrain_worker
+    from driftloop.stack import resolve_endpoints
+
+    bootstrap, tracking_uri = resolve_endpoints(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    run_retrain_worker(config, stop, bootstrap=bootstrap, tracking_uri=tracking_uri)
+    _say("retrain worker stopped")
+    return 0
+
+
+def _operator_action(config: settings_module.Settings, act: Callable[..., bytes]) -> int:
+    """Run an alias move and publish its audit record, as the automatic decisions are."""
+    import json
+
+    from driftloop import kafka
+    from driftloop.spec import load_spec
+    from driftloop.stack import resolve_endpoints
+
+    bootstrap, tracking_uri = resolve_endpoints(config)
+    record = act(load_spec(config.spec), tracking_uri)
+    producer = kafka.producer(bootstrap)
+    producer.produce(config.topic_audit, record)
+    if producer.flush(15) > 0:
+        raise DriftloopError(f"the alias moved, but its audit record did not reach {config.topic_audit}")
+    _say(json.loads(record)["reason"])
+    return 0
+
+
+def cmd_promote(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    from driftloop.retrain.operator import promote
+
+    return _operator_action(config, lambda spec, uri: promote(spec, uri, args.version))
+
+
+def cmd_rollback(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    from driftloop.retrain.operator import rollback
+
+    return _operator_action(config, lambda spec, uri: rollback(spec, uri, args.to_version))
+
+
 def cmd_status(config: settings_module.Settings, args: argparse.Namespace) -> int:
     import json
 
+    from driftloop.loop_status import collect_loop, render_loop
+    from driftloop.spec import load_spec
     from driftloop.status import collect, metrics_urls, render
+    from driftloop.stack import resolve_endpoints
 
     summary = collect(args.urls or metrics_urls(config))
-    print(json.dumps(summary, indent=2) if args.json else render(summary), flush=True)
+    try:
+        bootstrap, tracking_uri = resolve_endpoints(config)
+    except DriftloopError as exc:  # workers given by URL only: their metrics are still the status
+        summary["loop"], loop_text = None, f"loop        not shown: {exc}"
+    else:
+        summary["loop"] = collect_loop(config, load_spec(config.spec), bootstrap, tracking_uri)
+        loop_text = render_loop(summary["loop"])
+    print(json.dumps(summary, indent=2) if args.json else f"{render(summary)}\n{loop_text}", flush=True)
     return 0
 
 
@@ -131,7 +199,9 @@ def cmd_bench(config: settings_module.Settings, args: argparse.Namespace) -> int
     return run_cli(config, args)
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above zero (also used by the load tools' own CLIs)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -158,20 +228,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"driftloop {__version__}")
     parser.add_argument("--config", help="YAML settings file (default: $DRIFTLOOP_CONFIG); environment wins over it")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    up = commands.add_parser("up", help="start the stack: embedded broker, MLflow, Feast, topics, a worker")
-    up.add_argument("--demo", action="store_true", help="also produce the synthetic card-fraud stream")
-    up.add_argument("--demo-rate", type=float, default=200.0, metavar="EPS",
-                    help="events per second of the demo stream (default 200)")
+    up = commands.add_parser("up", help="start the stack: embedded broker, MLflow, Feast, topics, a worker, the "
+                                            "control plane and a retrain worker")
+    up.add_argument("--demo", action="store_true",
+                    help="also run the demo: a synthetic card-fraud stream with a concept drift, until a retrained "
+                         "model is promoted; then a timeline PNG in the data dir")
+    up.add_argument("--demo-rate", type=positive(float), default=500.0, metavar="EPS",
+                    help="events per second of the demo stream (default 500)")
     up.set_defaults(run=cmd_up)
     commands.add_parser("broker", help="run only the embedded broker and print its bootstrap address").set_defaults(
         run=cmd_broker)
     commands.add_parser("mlflow", help="run only the MLflow tracking server and UI").set_defaults(run=cmd_mlflow)
     commands.add_parser("worker", help="run one scoring/join worker against the configured or running stack"
                         ).set_defaults(run=cmd_worker)
+    commands.add_parser("control", help="run the control plane: drift agent, retrain trigger, canary promotion"
+                        ).set_defaults(run=cmd_control)
+    commands.add_parser("retrain-worker", help="run a worker that turns retrain requests into MLflow versions"
+                        ).set_defaults(run=cmd_retrain_worker)
+    promote = commands.add_parser("promote", help="make a version the champion (default: the challenger)")
+    promote.add_argument("version", nargs="?", type=positive(int), help="model version (default: the challenger)")
+    promote.set_defaults(run=cmd_promote)
+    rollback = commands.add_parser("rollback", help="drop the challenger, or without one return to the previous "
+                                                    "champion")
+    rollback.add_argument("--to", dest="to_version", type=positive(int), metavar="VERSION",
+                          help="the version to make champion again (default: the alias `previous`)")
+    rollback.set_defaults(run=cmd_rollback)
     check = commands.add_parser("check-spec", help="validate a pipeline spec")
     check.add_argument("spec", nargs="?", help="spec file (default: $DRIFTLOOP_SPEC)")
     check.set_defaults(run=cmd_check_spec)
-    status = commands.add_parser("status", help="summarize what the running workers report on /metrics")
+    status = commands.add_parser("status", help="summarize the workers' /metrics, the registry aliases, drift and decisions")
     status.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     status.add_argument("--url", dest="urls", action="extend", nargs="+", metavar="URL",
                         help="a worker's metrics URL (default: $DRIFTLOOP_METRICS_PORT on 127.0.0.1, "
@@ -185,18 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     delay = replay.add_mutually_exclusive_group()
     delay.add_argument("--label-delay", type=int, default=0, metavar="N",
                        help="produce each outcome N events after its event (default 0: right after it)")
-    delay.add_argument("--label-delay-seconds", type=_positive(float), metavar="S",
+    delay.add_argument("--label-delay-seconds", type=positive(float), metavar="S",
                        help="produce each outcome S wall-clock seconds after its event")
-    replay.add_argument("--rate", type=_positive(float), metavar="EPS",
+    replay.add_argument("--rate", type=positive(float), metavar="EPS",
                         help="events per second (default: as fast as possible)")
-    replay.add_argument("--limit", type=_positive(int), metavar="N", help="replay only the first N rows")
+    replay.add_argument("--limit", type=positive(int), metavar="N", help="replay only the first N rows")
     replay.add_argument("--entity-value", default="all", metavar="V",
                         help="the entity of every event when the table has no entity column (default: all)")
     replay.add_argument("--start", metavar="ISO", help="event time of the first row when the table has no time "
                                                        "column (default: the last row at the latest whole step)")
     replay.add_argument("--time-step", type=_duration, default="30m", metavar="DURATION",
                         help="event-time distance between rows without a time column (default: 30m)")
-    replay.add_argument("--timeout", type=_positive(float), default=30.0, metavar="S",
+    replay.add_argument("--timeout", type=positive(float), default=30.0, metavar="S",
                         help="give up on the rows still unanswered after S seconds without a prediction or "
                              "dead letter of this run (default: 30)")
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object, without progress")
@@ -204,13 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmark the data plane against raw passthrough (JSON on stdout)",
                                 description="Throughput and produce->prediction latency of one in-process worker, "
                                             "beside a bare consume->produce loop on the same broker.")
-    bench.add_argument("--events", type=_positive(int), default=100_000, metavar="N",
+    bench.add_argument("--events", type=positive(int), default=100_000, metavar="N",
                        help="events pre-loaded for the throughput phase (default 100000)")
-    bench.add_argument("--rate-events-per-s", type=_positive(float), default=5000.0, metavar="EPS",
+    bench.add_argument("--rate-events-per-s", type=positive(float), default=5000.0, metavar="EPS",
                        help="events per second offered in the latency phase (default 5000)")
-    bench.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S",
+    bench.add_argument("--latency-seconds", type=positive(float), default=10.0, metavar="S",
                        help="length of the latency phase (default 10)")
-    bench.add_argument("--partitions", type=_positive(int), metavar="P",
+    bench.add_argument("--partitions", type=positive(int), metavar="P",
                        help="partitions of the benchmark's topics (default: $DRIFTLOOP_PARTITIONS)")
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
     bench.set_defaults(run=cmd_bench)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import Any, Iterable
+import uuid
+from typing import Any, Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -81,3 +83,62 @@ def _wait_until_visible(client: AdminClient, names: list[str], timeout: float) -
             return
         time.sleep(0.1)
     raise DriftloopError(f"topics {names} were created but did not appear in metadata within {timeout:.0f}s")
+
+
+def read_topic(bootstrap: str, topic: str, *, since: float | None = None, until: float | None = None,
+               decode: Callable[[bytes], Any] | None = None, timeout: float = 10.0) -> list[Any]:
+    """The values of `topic` (decoded, when `decode` is given), in Kafka-timestamp order.
+
+    Read from the beginning to each partition's end, rather than seeking back from the high watermark,
+    because Tansu's ListOffsets answers are not reliable. With `since`/`until` (epoch seconds) only
+    records stamped in [since, until] are kept, and a partition is done at its first record after
+    `until`, so a topic that keeps growing while it is read still ends. A value `decode` raises on
+    (msgspec/JSON/type errors) is skipped: another client's garbage on a shared topic must not stop a
+    report. DriftloopError when the topic cannot be read within `timeout` seconds.
+    """
+    import msgspec
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+    since_ms = -math.inf if since is None else since * 1000
+    until_ms = math.inf if until is None else until * 1000
+    # A busy Tansu answers fetches that wait less than its read takes with nothing, indefinitely.
+    client = consumer(bootstrap, f"driftloop-reader-{uuid.uuid4().hex[:10]}",
+                      **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 500})
+    try:
+        metadata = client.list_topics(topic, timeout=min(timeout, 15)).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return []
+        client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
+        open_partitions = set(metadata.partitions)
+        kept: list[tuple[int, Any]] = []
+        deadline = time.monotonic() + timeout
+        while open_partitions:
+            if time.monotonic() > deadline:
+                raise DriftloopError(f"could not read topic {topic!r} to its end within {timeout:.0f}s "
+                                     f"(partitions still open: {sorted(open_partitions)})")
+            for message in client.consume(10_000, timeout=0.2):
+                partition = message.partition()
+                if partition not in open_partitions:
+                    continue
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        open_partitions.discard(partition)
+                    elif error.fatal():
+                        raise DriftloopError(f"reading {topic!r}: {error.str()}")
+                    continue
+                stamp = message.timestamp()[1]
+                if stamp > until_ms:
+                    open_partitions.discard(partition)
+                elif stamp >= since_ms:
+                    value = message.value()
+                    if decode is not None:
+                        try:
+                            value = decode(value or b"")
+                        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError):
+                            continue
+                    kept.append((stamp, value))
+        kept.sort(key=lambda pair: pair[0])
+        return [value for _, value in kept]
+    finally:
+        client.close()

@@ -108,11 +108,26 @@ class DriftSpec(_Strict):
     drifted_share: float = Field(default=0.15, gt=0, le=1)
     sustained_windows: int = Field(default=3, ge=1)
     concept_detector: Literal["adwin", "page_hinkley"] = "adwin"
+    # schema/data-quality drift: a window whose rate exceeds one of these is flagged (and audited)
+    max_unseen_rate: float = Field(default=0.05, gt=0, le=1)
+    max_missing_rate: float = Field(default=0.2, gt=0, le=1)
+    max_dlq_rate: float = Field(default=0.05, gt=0, le=1)
     schedule_every_events: int | None = Field(default=None, ge=1)
     schedule_every_hours: float | None = Field(default=None, gt=0)
     cooldown: float = 600
 
     _cooldown = field_validator("cooldown", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+
+class RetrainSpec(_Strict):
+    window_events: int = Field(default=20000, ge=100)  # at most this many labelled events, newest first
+    min_rows: int = Field(default=1000, ge=50)  # wait for this many labelled events after the drift point
+    holdout_share: float = Field(default=0.25, gt=0, lt=1)  # the newest share, for validation
+    gate_metric: Literal["accuracy", "roc_auc", "log_loss"] = "roc_auc"
+    min_improvement: float = Field(default=0.0, ge=0)  # over the champion on the same holdout
+    onnx_estimator: Literal["logistic_regression", "gradient_boosting", "random_forest"] = "gradient_boosting"
+    river_estimator: Literal["logistic_regression", "hoeffding_adaptive_tree", "adaptive_random_forest"] = \
+        "logistic_regression"
 
 
 class CanarySpec(_Strict):
@@ -122,6 +137,7 @@ class CanarySpec(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     max_error_rate: float = Field(default=0.5, gt=0, le=1)
     max_latency_ms: float = Field(default=250, gt=0)
+    max_samples: int = Field(default=5000, ge=10)  # per variant: no significant difference by then -> roll back
 
 
 class PipelineSpec(_Strict):
@@ -132,6 +148,7 @@ class PipelineSpec(_Strict):
     feature_ttl: float = 86400  # Feast feature-view TTL
     model: ModelSpec
     drift: DriftSpec = DriftSpec()
+    retrain: RetrainSpec = RetrainSpec()
     canary: CanarySpec = CanarySpec()
 
     _ttl = field_validator("feature_ttl", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
@@ -244,5 +261,9 @@ def _cross_checks(spec: PipelineSpec):
         yield "model.inputs", "the model has no inputs"
     if spec.outcomes.label in ev.fields:
         yield "outcomes.label", "the label must not be an event field (it arrives later on the outcomes topic)"
+    if spec.canary.max_samples < spec.canary.min_samples:
+        yield "canary.max_samples", "must be at least canary.min_samples"
+    if spec.retrain.min_rows > spec.retrain.window_events:
+        yield "retrain.min_rows", "must be at most retrain.window_events"
     if not math.isfinite(spec.canary.max_latency_ms):
         yield "canary.max_latency_ms", "must be finite"

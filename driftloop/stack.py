@@ -21,6 +21,10 @@ from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec, load_spec
 
 
+CONTROL_PLANE_READY = "[^Worker]: Ready"  # Faust's worker, once its agents are assigned
+RETRAIN_WORKER_READY = "retrain worker for model"
+
+
 class Stopped(Exception):
     """Raised in the main thread by SIGTERM/SIGINT so the ExitStack unwinds in order."""
 
@@ -50,6 +54,18 @@ def running_stack(data_dir: Path) -> dict:
     return recorded if isinstance(recorded, dict) else {}
 
 
+def resolve_endpoints(settings: Settings) -> tuple[str, str]:
+    """(bootstrap, MLflow tracking URI): the settings, else what a running `driftloop up` recorded."""
+    recorded = running_stack(settings.data_dir)
+    bootstrap = settings.kafka_bootstrap_servers or recorded.get("bootstrap")
+    tracking_uri = settings.mlflow_tracking_uri or recorded.get("mlflow_tracking_uri")
+    if not bootstrap or not tracking_uri:
+        missing = "KAFKA_BOOTSTRAP_SERVERS" if not bootstrap else "MLFLOW_TRACKING_URI"
+        raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in "
+                             f"{settings.data_dir / 'stack.json'}")
+    return bootstrap, tracking_uri
+
+
 def _raise_stopped(signum: int, _frame: object) -> None:
     raise Stopped(signal.Signals(signum).name)
 
@@ -70,12 +86,13 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
             say(f"topics ready ({len(settings.topics)}, {len(created)} created, "
                 f"{settings.partitions} partitions each): {', '.join(settings.topics)}")
             metrics_url = _start_worker(settings, bootstrap, tracking_uri, stack, children, say)
+            _start_adaptive_loop(settings, bootstrap, tracking_uri, stack, children, say)
             info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid(),
                              [metrics_url])
             stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
             info.write(settings.data_dir)
             if demo_rate is not None:
-                _start_demo_stream(settings, bootstrap, demo_rate, stack, children, say)
+                _start_demo(settings, bootstrap, tracking_uri, demo_rate, stack, children, say)
             say("stack is up; Ctrl-C (or SIGTERM) stops it")
             if ready is not None:
                 ready(info)
@@ -124,13 +141,18 @@ def _apply_feast(settings: Settings, spec: PipelineSpec, say: Callable[[str], No
         f"(online store: {settings.online_store})")
 
 
+def _child_env(settings: Settings, bootstrap: str, tracking_uri: str, **extra: str) -> dict[str, str]:
+    """A child's environment: pointed at what this stack runs, with absolute paths."""
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri,
+            "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()), "DRIFTLOOP_SPEC": str(settings.spec.resolve()),
+            "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve()), **extra}
+
+
 def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
                   children: list[ManagedProcess], say: Callable[[str], None]) -> str:
-    """One `driftloop worker` child, pointed at what this stack runs; ready when its metrics answer."""
+    """One `driftloop worker` child; ready when its metrics answer."""
     port = reserve_port(settings.metrics_port, "DRIFTLOOP_METRICS_PORT")
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri,
-           "DRIFTLOOP_METRICS_PORT": str(port), "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()),
-           "DRIFTLOOP_SPEC": str(settings.spec.resolve()), "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve())}
+    env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_METRICS_PORT=str(port))
     worker = ManagedProcess("worker", [sys.executable, "-m", "driftloop.cli", "worker"],
                             settings.data_dir / "logs" / "worker.log", env=env)
     stack.callback(worker.stop)
@@ -143,17 +165,37 @@ def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: 
     return url
 
 
-def _start_demo_stream(settings: Settings, bootstrap: str, rate: float, stack: ExitStack,
-                       children: list[ManagedProcess], say: Callable[[str], None]) -> None:
-    """The synthetic card-fraud stream (load/generator.py) at `rate` events/s, outcomes 50 events later."""
-    generator = ManagedProcess("demo generator", [
-        sys.executable, "-m", "driftloop.load.generator", "--bootstrap", bootstrap, "--events", "1000000000",
-        "--rate", str(rate), "--label-delay-events", "50", "--now", "--events-topic", settings.topic_events,
-        "--outcomes-topic", settings.topic_outcomes], settings.data_dir / "logs" / "generator.log")
-    stack.callback(generator.stop)
-    generator.start()
-    children.append(generator)
-    say(f"demo: producing the synthetic fraud stream at {rate:g} events/s; `driftloop status` shows the pipeline")
+def _start_adaptive_loop(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
+                         children: list[ManagedProcess], say: Callable[[str], None]) -> None:
+    """The control plane (drift agent, trigger, promotion) and a retrain worker, as children."""
+    env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_LOG_LEVEL="INFO")
+    for name, command in (("control plane", "control"), ("retrain worker", "retrain-worker")):
+        child = ManagedProcess(name, [sys.executable, "-m", "driftloop.cli", command],
+                               settings.data_dir / "logs" / f"{command}.log", env=env)
+        stack.callback(child.stop)
+        child.start()
+        children.append(child)
+    # Ready = consuming: a demo started before would drift while nobody watches.
+    for child, ready_line in zip(children[-2:], (CONTROL_PLANE_READY, RETRAIN_WORKER_READY)):
+        child.wait_ready(lambda: ready_line in child.log_path.read_text(errors="replace"), timeout=180,
+                         what=f"logging {ready_line!r}")
+    say(f"control plane watching drift and canaries ({settings.topic_drift}, {settings.topic_audit}); "
+        f"retrain worker consuming {settings.topic_retrain_requests}")
+
+
+def _start_demo(settings: Settings, bootstrap: str, tracking_uri: str, rate: float, stack: ExitStack,
+                children: list[ManagedProcess], say: Callable[[str], None]) -> None:
+    """The scripted demo (load/demo.py): the synthetic card-fraud stream at `rate` events/s with an
+    abrupt concept drift, until the loop has promoted a retrained model; then the timeline PNG."""
+    demo = ManagedProcess("demo", [
+        sys.executable, "-m", "driftloop.load.demo", "--bootstrap", bootstrap, "--rate", str(rate),
+        "--mlflow-url", tracking_uri, "--data-dir", str(settings.data_dir.resolve())],
+        settings.data_dir / "logs" / "demo.log", env=_child_env(settings, bootstrap, tracking_uri))
+    stack.callback(demo.stop)
+    demo.start()
+    children.append(demo)
+    say(f"demo: synthetic fraud stream at {rate:g} events/s with a concept drift; follow it in "
+        f"{settings.data_dir / 'logs' / 'demo.log'} or with `driftloop status`")
 
 
 def _watch(children: list[ManagedProcess]) -> None:

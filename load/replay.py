@@ -21,6 +21,9 @@ latest event time produced so far.
 Collecting: the predictions topic and `<events>.dlq` are read from where they ended before the
 run's first event (see `RunCollector`), keeping the records whose event id belongs to this run,
 until every row is accounted for or nothing of this run has arrived for `timeout` seconds.
+
+Never retrained: beside the live figures, the version that was champion when the replay started is scored
+on this run's labeled records as if nothing had ever been retrained or promoted (`load/never_retrained.py`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from tqdm import tqdm
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.load.generator import _send
+from driftloop.load.never_retrained import NeverRetrained
 from driftloop.settings import Settings
 from driftloop.stack import running_stack
 from driftloop.spec import FieldSpec, PipelineSpec, load_spec
@@ -489,6 +493,7 @@ class ReplayReport:
     duplicate_predictions: int
     dead_letter_reasons: dict[str, int]
     metrics: dict[str, Any]  # prequential_metrics()
+    never_retrained: dict[str, Any] | None = None  # NeverRetrained.score(): the starting champion, kept all along
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -518,7 +523,18 @@ class ReplayReport:
         lines += [f"{key.replace('_', ' '):<10}{_cell(m[key])}" for key in ("precision", "recall", "f1", "log_loss",
                                                                             "roc_auc")]
         lines.append("accuracy by tenth of the stream: " + " ".join(_cell(d["accuracy"], 0) for d in m["deciles"]))
+        baseline = self.never_retrained
+        if baseline is not None:
+            lines.append(_never_retrained_line(baseline))
         return "\n".join(lines)
+
+
+def _never_retrained_line(baseline: dict[str, Any]) -> str:
+    if baseline.get("model_version") is None:
+        return f"never retrained: not scored: {baseline.get('problem')}"
+    return (f"never retrained: champion v{baseline['model_version']} as the replay started ({baseline['flavor']}, "
+            f"learning {baseline['learning']}): accuracy {_cell(baseline['accuracy'], 0).strip()} on "
+            f"{baseline['rows']} labeled rows, where the live pipeline had {_cell(baseline['live_accuracy'], 0).strip()}")
 
 
 def _cell(value: float | None, width: int = 8) -> str:
@@ -547,6 +563,7 @@ def replay(settings: Settings, path: str | Path, *, spec: PipelineSpec | None = 
     kafka.ensure_topics(bootstrap, [settings.topic_events, settings.topic_outcomes, settings.topic_predictions,
                                     settings.topic_dlq], settings.partitions)
     row_of = {row.event_id: index for index, row in enumerate(rows)}
+    baseline = NeverRetrained.at_start(settings, spec)
     with RunCollector(bootstrap, settings.topic_predictions, settings.topic_dlq, spec.events.id_field,
                       row_of) as collector:
         started = time.monotonic()
@@ -558,6 +575,10 @@ def replay(settings: Settings, path: str | Path, *, spec: PipelineSpec | None = 
         predictions = [collector.predictions.get(index) for index in range(len(rows))]
         reasons = collector.dead_letter_reasons()
         answering = (collector.last_arrival - started) if collector.predictions and collector.last_arrival else None
+        # the baseline learns each row as late as the live model got its outcome, in rows
+        delay_rows = label_delay if label_delay_seconds is None else (round(label_delay_seconds * rate) if rate else 0)
+        never_retrained = baseline.score(bootstrap, settings.topic_labeled, row_of, len(collector.predictions),
+                                         delay_rows, timeout)
         return ReplayReport(
             run_id=run_id, table=str(path), spec=spec.name, rows=len(rows), produced_events=len(rows),
             produced_outcomes=produced_outcomes, produce_seconds=round(produce_seconds, 3),
@@ -566,7 +587,7 @@ def replay(settings: Settings, path: str | Path, *, spec: PipelineSpec | None = 
             predicted=len(collector.predictions), dead_lettered=sum(reasons.values()),
             missing=collector.missing, duplicate_predictions=collector.duplicate_predictions,
             dead_letter_reasons=dict(reasons.most_common()),
-            metrics=prequential_metrics([row.label for row in rows], predictions))
+            metrics=prequential_metrics([row.label for row in rows], predictions), never_retrained=never_retrained)
 
 
 def _produce(rows: list[ReplayRow], bootstrap: str, settings: Settings, spec: PipelineSpec, collector: RunCollector,

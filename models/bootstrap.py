@@ -1,8 +1,13 @@
 """The first model: make sure the registered model has a `champion` before anything scores.
 
 `ensure_champion(spec, tracking_uri, warmup)` returns the champion version when the alias exists; otherwise
-it builds one (River: learn from `warmup`, or start cold when there is none; ONNX: train on `warmup`, which
-is then required), registers it with the tag `driftloop.origin=bootstrap`, and points `champion` at it.
+it builds one, registers it with the tag `driftloop.origin=bootstrap`, and points `champion` at it:
+- River: learn from `warmup`, or start cold when there is none;
+- ONNX: train on `warmup`; without warm-up rows an ONNX model cannot exist yet, so the champion is a
+  cold-start River *placeholder* over the same inputs (tag `driftloop.placeholder=warmup`). It serves and
+  learns until the control plane has seen `model.warmup_events` labelled events with full feature
+  windows and asks for a "warmup" retraining, whose ONNX model then replaces it directly (no canary:
+  the placeholder is not a model anyone chose).
 The warmup rows (at most spec.drift.reference_size of them) become the version's reference sample.
 
 Two workers bootstrapping the same empty registry at once can both register a version. A worker that
@@ -15,13 +20,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from driftloop.errors import DriftloopError
-from driftloop.models.flavors import new_model, train_onnx
+from driftloop.models.flavors import new_model, train_onnx, with_model
 from driftloop.models.registry import ModelVersionInfo, get_alias_version, register, set_alias, version_info
 from driftloop.spec import PipelineSpec
 
 CHAMPION = "champion"
 ORIGIN_TAG = "driftloop.origin"
+PLACEHOLDER_TAG = "driftloop.placeholder"
+
+
+def placeholder_spec(spec: PipelineSpec) -> PipelineSpec:
+    """The spec of the cold-start River model that serves an ONNX pipeline until its first training."""
+    return with_model(spec, "river", "logistic_regression")
 
 
 def ensure_champion(spec: PipelineSpec, tracking_uri: str,
@@ -34,21 +44,23 @@ def ensure_champion(spec: PipelineSpec, tracking_uri: str,
     pairs = list(warmup) if warmup is not None else []
     rows = [row for row, _ in pairs]
     labels = [int(label) for _, label in pairs]
+    tags = {ORIGIN_TAG: "bootstrap"}
+    built_by = spec
     if spec.model.flavor == "river":
         model = new_model(spec)
         if rows:
             model.learn(rows, labels)
-    else:
-        if not rows:
-            raise DriftloopError(f"model {name}: no champion in the registry and no warmup events to train the first "
-                                 f"onnx model on (an onnx model cannot start cold; collect "
-                                 f"model.warmup_events={spec.model.warmup_events} labelled events first)")
+    elif rows:
         model = train_onnx(spec, rows, labels)
+    else:
+        built_by = placeholder_spec(spec)
+        model = new_model(built_by)
+        tags[PLACEHOLDER_TAG] = "warmup"
 
     metrics = {"warmup_rows": float(len(rows)), "warmup_positive_rate": sum(labels) / len(labels) if labels else 0.0}
-    info = register(model, spec, tracking_uri=tracking_uri, reference_rows=rows[-spec.drift.reference_size:],
+    info = register(model, built_by, tracking_uri=tracking_uri, reference_rows=rows[-spec.drift.reference_size:],
                     metrics=metrics, params={"origin": "bootstrap", "cold_start": not rows},
-                    tags={ORIGIN_TAG: "bootstrap"}, run_name=f"{name}-bootstrap")
+                    tags=tags, run_name=f"{name}-bootstrap")
     if get_alias_version(name, CHAMPION, tracking_uri=tracking_uri) is None:
         set_alias(name, CHAMPION, info.version, tracking_uri=tracking_uri)
         return info

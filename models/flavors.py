@@ -3,6 +3,7 @@
 - `Model` — what the scorer, the registry and retraining rely on.
 - `new_model(spec)` — a fresh, untrained River model (ONNX models are trained: `train_onnx`).
 - `train_onnx(spec, rows, labels)` — fit and export an ONNX model.
+- `with_model(spec, flavor, estimator)` — the spec with another model in its `model` section.
 - `load(directory)` — a model saved by `Model.save`, whichever its flavor.
 
 Rows are dicts name -> value over `spec.model_inputs` (see `driftloop.models.inputs`); labels are 0/1.
@@ -23,7 +24,7 @@ from driftloop.models.onnx_flavor import OnnxModel, train_onnx
 from driftloop.models.river_flavor import RiverModel
 from driftloop.spec import PipelineSpec
 
-__all__ = ["Model", "OnnxModel", "RiverModel", "load", "new_model", "train_onnx"]
+__all__ = ["Model", "OnnxModel", "RiverModel", "load", "new_model", "train_onnx", "with_model"]
 
 
 @runtime_checkable
@@ -40,6 +41,15 @@ class Model(Protocol):
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write the model's file(s) into directory (created if needed); returns their paths."""
+
+
+def with_model(spec: PipelineSpec, flavor: str, estimator: str) -> PipelineSpec:
+    """The spec whose `model` section names another flavor/estimator (same name, inputs, threshold). The spec's
+    `model.params` belong to its own estimator, so they carry over only when that stays the same."""
+    same = (flavor, estimator) == (spec.model.flavor, spec.model.estimator)
+    model = spec.model.model_copy(update={"flavor": flavor, "estimator": estimator,
+                                          "params": spec.model.params if same else {}})
+    return spec.model_copy(update={"model": model})
 
 
 def new_model(spec: PipelineSpec) -> Model:

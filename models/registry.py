@@ -34,6 +34,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.tracking import MlflowClient
 
 from driftloop.errors import DriftloopError
+from driftloop.mlflow_server import server_aliases
 from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models.flavors import Model, load
 from driftloop.models.inputs import input_columns, rows_to_frame
@@ -134,17 +135,16 @@ def _requirements(flavor: str) -> list[str]:
 def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
              reference_rows: Sequence[Mapping[str, Any]],
              metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,
-             tags: Mapping[str, str] | None = None, run_name: str | None = None) -> ModelVersionInfo:
+             tags: Mapping[str, str] | None = None, run_name: str | None = None,
+             artifacts: Sequence[str | Path] = ()) -> ModelVersionInfo:
     """Log `model` in a new MLflow run and register it as a new version of spec.model.name.
 
     `params`/`metrics` go to the run (with the flavor, estimator and spec model params); `tags` go to both
     the run and the model version; the version also gets `driftloop.checksum` and `driftloop.flavor`.
+    `artifacts` are local files (reports, say) logged at the root of the run's artifacts.
     """
-    if model.flavor != spec.model.flavor:
-        raise DriftloopError(f"model {spec.model.name}: a {model.flavor} model cannot register under a "
-                             f"{spec.model.flavor} spec")
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    run_params = {"flavor": spec.model.flavor, "estimator": spec.model.estimator,
+    run_params = {"flavor": model.flavor, "estimator": spec.model.estimator,
                   **{f"model.{k}": v for k, v in spec.model.params.items()}, **(params or {})}
     reference = rows_to_frame(input_columns(spec), list(reference_rows))
     with tempfile.TemporaryDirectory(prefix="driftloop-register-") as tmp:
@@ -160,12 +160,14 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
                 mlflow.log_params(run_params)
                 if metrics:
                     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                for path in artifacts:
+                    mlflow.log_artifact(str(path))
                 logged = mlflow.pyfunc.log_model(
                     name="model", python_model=DriftloopPyfunc(),
                     artifacts={"model": str(model_dir), "reference": str(reference_path)},
-                    signature=signature_for(spec), pip_requirements=_requirements(spec.model.flavor),
+                    signature=signature_for(spec), pip_requirements=_requirements(model.flavor),
                     input_example=reference.head(5) if len(reference) else None,
-                    metadata={CHECKSUM_TAG: checksum, FLAVOR_TAG: spec.model.flavor})
+                    metadata={CHECKSUM_TAG: checksum, FLAVOR_TAG: model.flavor})
                 try:
                     client.create_registered_model(spec.model.name)
                 except MlflowException as exc:
@@ -173,7 +175,7 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
                         raise
                 version = client.create_model_version(
                     spec.model.name, source=logged.model_uri, run_id=run_id, model_id=logged.model_id,
-                    tags={**tags, CHECKSUM_TAG: checksum, FLAVOR_TAG: spec.model.flavor})
+                    tags={**tags, CHECKSUM_TAG: checksum, FLAVOR_TAG: model.flavor})
     return ModelVersionInfo(spec.model.name, int(version.version), run_id, checksum)
 
 
@@ -190,6 +192,8 @@ def get_alias_version(name: str, alias: str, *, tracking_uri: str) -> int | None
 
 def aliases(name: str, *, tracking_uri: str) -> dict[str, int]:
     """Every alias of the registered model and its version ({} when the model is not registered)."""
+    if tracking_uri.startswith(("http://", "https://")):  # polled every second or two: the fast path
+        return server_aliases(tracking_uri, name)
     with _mlflow(tracking_uri) as client:
         try:
             registered = client.get_registered_model(name)
@@ -198,6 +202,24 @@ def aliases(name: str, *, tracking_uri: str) -> dict[str, int]:
                 return {}
             raise
     return {alias: int(version) for alias, version in (registered.aliases or {}).items()}
+
+
+def set_version_tag(name: str, version: int, key: str, value: str, *, tracking_uri: str) -> None:
+    with _mlflow(tracking_uri) as client:
+        client.set_model_version_tag(name, str(version), key, value)
+
+
+def version_tags(name: str, version: int, *, tracking_uri: str) -> dict[str, str]:
+    with _mlflow(tracking_uri) as client:
+        return dict(client.get_model_version(name, str(version)).tags or {})
+
+
+def versions_tagged(name: str, key: str, value: str, *, tracking_uri: str) -> list[int]:
+    """The versions of the registered model whose tag `key` equals `value`, oldest first."""
+    quoted = value.replace("'", "\\'")
+    with _mlflow(tracking_uri) as client:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{key}` = '{quoted}'")
+    return sorted(int(mv.version) for mv in found)
 
 
 def set_alias(name: str, alias: str, version: int, *, tracking_uri: str) -> None:

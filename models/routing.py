@@ -2,7 +2,8 @@
 
 - `champion` serves every entity, except that while the alias `challenger` exists (and the spec's
   canary is not in shadow mode) a stable share of entities (`canary.share`, by a hash of the entity id,
-  so an entity stays on one variant) is served by it as the `canary`.
+  so an entity stays on one variant) is served by it as the `canary`. In shadow mode the challenger is
+  loaded as `shadow`: it scores every event beside the champion and serves none.
 - A background thread reads the aliases every `poll_seconds` (default 2 s, so a move in the MLflow UI
   or by `driftloop promote` takes effect within one poll plus the load time). A version is loaded
   (downloaded, checksum-verified) before it is swapped in, so scoring never waits for the registry.
@@ -31,7 +32,7 @@ _BUCKETS = 10_000
 
 @dataclass(frozen=True)
 class Serving:
-    variant: str  # "champion" | "canary"
+    variant: str  # "champion" | "canary" | "shadow"
     version: int
     model: Model
     created_ms: int
@@ -90,8 +91,8 @@ class ModelRouter:
         if CHAMPION not in wanted:
             raise DriftloopError(f"model {self.spec.model.name}: the registry has no {CHAMPION!r} alias")
         targets = {CHAMPION: wanted[CHAMPION]}
-        if CHALLENGER in wanted and wanted[CHALLENGER] != wanted[CHAMPION] and not self.spec.canary.shadow:
-            targets["canary"] = wanted[CHALLENGER]
+        if CHALLENGER in wanted and wanted[CHALLENGER] != wanted[CHAMPION]:
+            targets["shadow" if self.spec.canary.shadow else "canary"] = wanted[CHALLENGER]
         changes = []
         serving = dict(self._serving)
         for variant, version in targets.items():

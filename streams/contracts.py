@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -71,6 +72,73 @@ def prediction(*, event_id: str, entity: str, event_time: float, score: float, t
         "latency_ms": round(latency_ms, 3),
     }
     return _encode(record)
+
+
+def observation(*, worker: str, valid: int, rows: list[dict[str, Any]], columns: tuple[str, ...],
+                event_time_max: float | None, dlq: dict[str, int], unseen: dict[str, int], missing: dict[str, int],
+                champion_version: int | None) -> bytes:
+    """What one scored batch looked like, for the drift agent (internal topic `driftloop-<spec>-observations`).
+
+    rows: the model-input rows of the batch's valid events, columnar (column -> values in event order),
+    so data drift is measured on exactly what the models read; the counters feed data-quality drift.
+    """
+    record = {
+        "contract": CONTRACT_VERSION,
+        "worker": worker,
+        "at": time.time(),
+        "event_time_max": event_time_max,
+        "valid": valid,
+        "dlq": dlq,
+        "unseen": unseen,
+        "missing": missing,
+        "champion_version": champion_version,
+        "rows": {name: [row.get(name) for row in rows] for name in columns},
+    }
+    return _encode(record)
+
+
+def audit(*, actor: str, action: str, model_name: str, reason: str, version: int | None = None,
+          details: dict[str, Any] | None = None, at: float | None = None) -> bytes:
+    """One decision on the audit topic, automatic or by an operator, taken or declined.
+
+    actor: "trigger" | "retrain" | "promotion" | "operator". action, e.g. "retrain_triggered",
+    "retrain_declined", "registered", "challenger_set", "rejected", "retrain_failed", "trial_started",
+    "canary_waiting", "promoted", "rolled_back", "alias_moved". reason: one human-readable sentence.
+    """
+    record = {
+        "contract": CONTRACT_VERSION,
+        "at": iso_time(time.time() if at is None else at),
+        "actor": actor,
+        "action": action,
+        "model_name": model_name,
+        "version": version,
+        "reason": reason,
+        "details": details or {},
+    }
+    return json.dumps(record, separators=(",", ":"), default=str).encode()
+
+
+def retrain_request(*, request_id: str, model_name: str, champion_version: int | None, reason: str,
+                    train_from: float | None, drift_report: dict[str, Any] | None,
+                    current_rows: dict[str, list[Any]] | None, at: float | None = None) -> bytes:
+    """A request on the retrain-requests topic (from the trigger policy or `driftloop retrain`).
+
+    reason: "warmup" | "data_drift" | "concept_drift" | "schedule" | "operator". train_from: event time (epoch s)
+    of the estimated drift point, or None to train on the newest `retrain.window_events` labelled
+    events. current_rows: the drift window's model-input rows, columnar, for the Evidently report.
+    """
+    record = {
+        "contract": CONTRACT_VERSION,
+        "request_id": request_id,
+        "at": iso_time(time.time() if at is None else at),
+        "model_name": model_name,
+        "champion_version": champion_version,
+        "reason": reason,
+        "train_from": None if train_from is None else iso_time(train_from),
+        "drift_report": drift_report,
+        "current_rows": current_rows,
+    }
+    return json.dumps(record, separators=(",", ":"), default=str).encode()
 
 
 def iso_time(epoch_seconds: float) -> str:

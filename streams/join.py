@@ -149,6 +149,11 @@ class OutcomeJoiner:
             "outcome_time": iso_time(outcome["time"]),
             "predicted_at": iso_time(pending["predicted_at"]),
             "joined_at": iso_time(self.clock()),
+            # absent in pending records of older workers
+            "latency_ms": pending.get("latency_ms"),  # Kafka append to scored, queueing included
+            "model_ms": pending.get("model_ms"),  # the serving model's own scoring time per event
         }
+        if "shadow" in pending:
+            record["shadow"] = pending["shadow"]
         result.labeled.append((pending["entity"].encode(), _encode(record)))
         result.counts["joined"] += 1

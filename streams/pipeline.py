@@ -3,7 +3,7 @@
 One consumer in the group `driftloop-<spec name>` reads four topics with the range assignor, so
 partition p of the two internal join topics always lands on the same worker:
 
-    events           -> EventScorer   -> predictions, events.dlq, <pending>, Feast rows
+    events           -> EventScorer   -> predictions, events.dlq, <pending>, Feast rows, <observations>
     outcomes         -> parse_outcome -> <outcomes-by-id> (re-keyed by event id), outcomes.dlq
     <pending>        -> OutcomeJoiner -> labeled
     <outcomes-by-id> -> OutcomeJoiner -> labeled
@@ -53,7 +53,7 @@ PRODUCER_CONFIG = {"linger.ms": 5, "batch.size": 1_000_000, "queue.buffering.max
 class Pipeline:
     def __init__(self, spec: PipelineSpec, topology: Topology, bootstrap: str, *, scorer: EventScorer,
                  joiner: OutcomeJoiner, entity_states: ChangelogTable, join_table: ChangelogTable,
-                 feast_sink, metrics, learner=None, join_partitions: int,
+                 feast_sink, metrics, learner=None, join_partitions: int, worker_id: str = "worker",
                  batch_size: int = 2000, checkpoint_seconds: float = 1.0, expire_seconds: float = 30.0):
         self.spec = spec
         self.topology = topology
@@ -66,6 +66,7 @@ class Pipeline:
         self.metrics = metrics
         self.learner = learner
         self.join_partitions = join_partitions
+        self.worker_id = worker_id
         self.batch_size = batch_size
         self.checkpoint_seconds = checkpoint_seconds
         self.expire_seconds = expire_seconds
@@ -139,10 +140,18 @@ class Pipeline:
         partitions = self.join_partitions
         for event_id, value in scored.pending:
             produce(t.pending, value, event_id.encode(), join_partition(event_id, partitions))
+        produce(t.observations, self._observation(scored), self.worker_id.encode())
         scored.stage_seconds["produce"] = time.perf_counter() - started
         if scored.feast_rows:
             self.feast.submit(scored.feast_rows)
         _record_scored(self.metrics, scored, len(records))
+
+    def _observation(self, scored) -> bytes:
+        champion = self.scorer.router.variants.get("champion")
+        return contracts.observation(
+            worker=self.worker_id, valid=len(scored.rows), rows=scored.rows, columns=self.spec.model_inputs,
+            event_time_max=scored.event_time_max, dlq=dict(scored.dlq_reasons), unseen=dict(scored.unseen),
+            missing=dict(scored.missing), champion_version=champion.version if champion else None)
 
     def _route_outcomes(self, messages: list) -> None:
         t = self.topology

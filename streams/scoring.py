@@ -12,9 +12,10 @@ Per event record, in order:
   model scores is the features plus the event fields the model reads, in `spec.model_inputs` order;
   that same row goes to Feast, so Feast serves exactly the vector that scored the event.
 - `score`: the router names each entity's variant (champion, or canary for a stable hash share of
-  entities); each variant's rows are scored in one `predict_proba` call.
+  entities); each variant's rows are scored in one `predict_proba` call. In shadow mode the challenger
+  also scores every row; its score rides along to the outcome join and is never served.
 - the outputs: one prediction per valid event, one pending-join record (prediction + row) keyed by
-  event id for the outcome join, and the Feast rows.
+  event id for the outcome join, the Feast rows, and the batch's rows for the drift agent.
 
 Replays after a crash: the table value keeps the offset of the last record applied to the entity's
 windows. A record at or below it (consumed again because the crash came before the offset commit)
@@ -61,6 +62,8 @@ class ScoredBatch:
     missing: Counter = field(default_factory=Counter)  # optional field -> absent values
     served: Counter = field(default_factory=Counter)  # (model version, variant) -> predictions
     latencies: list[float] = field(default_factory=list)  # seconds from Kafka timestamp to scored, per prediction
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the model-input row of each valid event
+    event_time_max: float | None = None
     replayed: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -96,8 +99,9 @@ class EventScorer:
         rows = self._features(events, out)
         t2 = time.perf_counter()
         scores = self._score(events, rows)
+        shadow = self._shadow_scores(rows)
         t3 = time.perf_counter()
-        self._emit(events, rows, scores, out)
+        self._emit(events, rows, scores, shadow, out)
         out.stage_seconds = {"ingest": t1 - t0, "features": t2 - t1, "score": t3 - t2}
         return out
 
@@ -151,26 +155,42 @@ class EventScorer:
             rows.append({name: feats[name] if is_feature else values.get(name) for name, is_feature in self._inputs})
         return rows
 
-    def _score(self, events: list[tuple[Record, Event]], rows: list[dict[str, Any]]) -> list[tuple[float, Any]]:
-        """(score, serving model) per event; one predict_proba call per variant in the batch."""
+    def _score(self, events: list[tuple[Record, Event]], rows: list[dict[str, Any]]) -> list[tuple[float, Any, float]]:
+        """(score, serving model, model ms) per event; one predict_proba call per variant in the batch."""
         by_variant: dict[str, list[int]] = {}
         route = self.router.variant_for
         for i, (_, event) in enumerate(events):
             by_variant.setdefault(route(event.entity), []).append(i)
-        scored: list[tuple[float, Any]] = [None] * len(events)  # type: ignore[list-item]
+        scored: list[tuple[float, Any, float]] = [None] * len(events)  # type: ignore[list-item]
         for variant, indices in by_variant.items():
             serving = self.router.serving(variant)
+            started = time.perf_counter()
             probabilities = serving.model.predict_proba([rows[i] for i in indices])
+            # the model's own time per event (its batch call shared out), for the canary latency guardrail
+            model_ms = (time.perf_counter() - started) * 1000 / len(indices)
             for i, p in zip(indices, probabilities):
-                scored[i] = (float(p), serving)
+                scored[i] = (float(p), serving, model_ms)
         return scored
 
+    def _shadow_scores(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """In shadow mode: {"model_version", "score"} of the challenger for every row, else None."""
+        shadow = self.router.variants.get("shadow")
+        if shadow is None or not rows:
+            return None
+        started = time.perf_counter()
+        probabilities = shadow.model.predict_proba(rows)
+        model_ms = (time.perf_counter() - started) * 1000 / len(rows)
+        return [{"model_version": shadow.version, "score": float(p), "model_ms": model_ms} for p in probabilities]
+
     def _emit(self, events: list[tuple[Record, Event]], rows: list[dict[str, Any]],
-              scores: list[tuple[float, Any]], out: ScoredBatch) -> None:
+              scores: list[tuple[float, Any, float]], shadow: list[dict[str, Any]] | None, out: ScoredBatch) -> None:
         spec = self.spec
         threshold = spec.model.threshold
         now = time.time()
-        for (record, event), row, (score, serving) in zip(events, rows, scores):
+        out.rows = rows
+        if events:
+            out.event_time_max = max(event.event_time for _, event in events)
+        for i, ((record, event), row, (score, serving, model_ms)) in enumerate(zip(events, rows, scores)):
             # librdkafka reports -1 when a record carries no timestamp
             latency = now - record.timestamp_ms / 1000 if record.timestamp_ms and record.timestamp_ms > 0 else 0.0
             latency_ms = max(latency, 0.0) * 1000
@@ -179,10 +199,12 @@ class EventScorer:
                 threshold=threshold, model_name=spec.model.name, model_version=serving.version,
                 variant=serving.variant, feature_view=self.feature_view,
                 feature_view_version=self.feature_view_version, latency_ms=latency_ms)))
-            out.pending.append((event.event_id, _encode({
-                "event_id": event.event_id, "entity": event.entity, "event_time": event.event_time,
-                "score": score, "model_version": serving.version, "variant": serving.variant,
-                "predicted_at": now, "row": row})))
+            pending = {"event_id": event.event_id, "entity": event.entity, "event_time": event.event_time,
+                       "score": score, "model_version": serving.version, "variant": serving.variant,
+                       "predicted_at": now, "latency_ms": latency_ms, "model_ms": model_ms, "row": row}
+            if shadow is not None:
+                pending["shadow"] = shadow[i]
+            out.pending.append((event.event_id, _encode(pending)))
             out.feast_rows.append({self._entity_field: event.entity, "event_timestamp": event.event_time, **row})
             out.served[(serving.version, serving.variant)] += 1
             out.latencies.append(max(latency, 0.0))

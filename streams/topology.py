@@ -21,6 +21,7 @@ class Topology:
     outcomes_by_id: str  # internal: outcomes re-keyed with the join partition function
     entity_changelog: str  # internal: per-entity window state
     join_changelog: str  # internal: the join's waiting sides
+    observations: str  # internal: each scored batch's model-input rows and data-quality counts, for drift
 
     @classmethod
     def of(cls, settings: Settings, spec: PipelineSpec) -> Topology:
@@ -29,9 +30,10 @@ class Topology:
                    predictions=settings.topic_predictions, events_dlq=settings.topic_dlq,
                    outcomes_dlq=settings.topic_outcomes_dlq, labeled=settings.topic_labeled,
                    pending=f"{prefix}-pending", outcomes_by_id=f"{prefix}-outcomes-by-id",
-                   entity_changelog=f"{prefix}-entity-state-changelog", join_changelog=f"{prefix}-join-changelog")
+                   entity_changelog=f"{prefix}-entity-state-changelog", join_changelog=f"{prefix}-join-changelog",
+                   observations=f"{prefix}-observations")
 
     @property
     def internal(self) -> tuple[str, ...]:
         """The internal topics created with the settings' partition count (changelogs are the tables' own)."""
-        return (self.pending, self.outcomes_by_id)
+        return (self.pending, self.outcomes_by_id, self.observations)

@@ -21,7 +21,7 @@ from driftloop.errors import DriftloopError
 from driftloop.features.feast_repo import feature_view_name, feature_view_version
 from driftloop.settings import Settings
 from driftloop.spec import load_spec
-from driftloop.stack import running_stack
+from driftloop.stack import resolve_endpoints
 from driftloop.streams.changelog import ChangelogTable
 from driftloop.streams.join import OutcomeJoiner
 from driftloop.streams.learner import LabeledLearner
@@ -31,18 +31,6 @@ from driftloop.streams.scoring import EventScorer
 from driftloop.streams.topology import Topology
 
 _LOG = logging.getLogger("driftloop.streams.worker")
-
-
-def resolve_endpoints(settings: Settings) -> tuple[str, str]:
-    """(bootstrap, MLflow tracking URI): the settings, else what a running `driftloop up` recorded."""
-    recorded = running_stack(settings.data_dir)
-    bootstrap = settings.kafka_bootstrap_servers or recorded.get("bootstrap")
-    tracking_uri = settings.mlflow_tracking_uri or recorded.get("mlflow_tracking_uri")
-    if not bootstrap or not tracking_uri:
-        missing = "KAFKA_BOOTSTRAP_SERVERS" if not bootstrap else "MLFLOW_TRACKING_URI"
-        raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in "
-                             f"{settings.data_dir / 'stack.json'}")
-    return bootstrap, tracking_uri
 
 
 def _partition_count(bootstrap: str, topic: str) -> int:
@@ -96,7 +84,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
                              feature_view_version=feature_view_version(spec))
         pipeline = Pipeline(spec, topology, bootstrap, scorer=scorer, joiner=OutcomeJoiner(spec, join_table),
                             entity_states=entity_states, join_table=join_table, feast_sink=feast, metrics=metrics,
-                            learner=learner, join_partitions=join_partitions)
+                            learner=learner, join_partitions=join_partitions, worker_id=worker_id)
         _LOG.info("worker %s consuming %s and %s; metrics on :%d", worker_id, topology.events, topology.outcomes, port)
         if on_ready is not None:
             on_ready(port)

@@ -22,7 +22,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
-SERVICES = {"kafka", "redis", "postgres", "mlflow", "worker", "prometheus", "grafana"}
+SERVICES = {"kafka", "redis", "postgres", "mlflow", "worker", "control", "retrain", "prometheus", "grafana"}
+DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running driftloop commands
 # The settings the compose stack may set: the documented names from driftloop's settings table.
 DOCUMENTED_SETTINGS = {
     "KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "DRIFTLOOP_ONLINE_STORE", "DRIFTLOOP_REDIS_URL",
@@ -177,25 +178,37 @@ def test_no_undocumented_settings(services):
         assert not stray, f"{name} sets unknown {sorted(stray)}"
 
 
-def test_worker_settings_are_real_settings(services):
+@pytest.mark.parametrize("name", DRIFTLOOP_SERVICES)
+def test_driftloop_settings_are_real_settings(services, name):
     from driftloop.settings import SETTINGS
 
     known = {setting.env for setting in SETTINGS}
-    assert set(env(services["worker"])) <= known
+    assert set(env(services[name])) <= known
 
 
-def test_worker_reaches_kafka_on_its_internal_listener(services):
+@pytest.mark.parametrize("name", DRIFTLOOP_SERVICES)
+def test_driftloop_commands_exist(services, name):
+    from driftloop.cli import build_parser
+
+    program, command_name = services[name]["command"][:2]
+    assert program == "driftloop"
+    build_parser().parse_args([command_name])  # exits (fails the test) on an unknown command
+
+
+@pytest.mark.parametrize("name", DRIFTLOOP_SERVICES)
+def test_driftloop_reaches_kafka_on_its_internal_listener(services, name):
     kafka = env(services["kafka"])
     advertised = set(listeners(kafka["KAFKA_ADVERTISED_LISTENERS"]).values())
-    for server in env(services["worker"])["KAFKA_BOOTSTRAP_SERVERS"].split(","):
+    for server in env(services[name])["KAFKA_BOOTSTRAP_SERVERS"].split(","):
         host, _, port = server.strip().rpartition(":")
         assert host == "kafka", f"{server} is not the kafka service"
         assert (host, int(port)) in advertised, f"{server} is not an advertised listener"
 
 
-def test_worker_reaches_mlflow(services):
+@pytest.mark.parametrize("name", DRIFTLOOP_SERVICES)
+def test_driftloop_reaches_mlflow(services, name):
     mlflow = command(services["mlflow"])
-    uri = urlparse(env(services["worker"])["MLFLOW_TRACKING_URI"])
+    uri = urlparse(env(services[name])["MLFLOW_TRACKING_URI"])
     assert uri.scheme == "http" and uri.hostname == "mlflow"
     assert uri.port == int(option(mlflow, "--port"))
     assert option(mlflow, "--host") == "0.0.0.0", "MLflow must listen beyond its own container"

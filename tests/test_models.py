@@ -14,7 +14,7 @@ import yaml
 
 from driftloop.errors import DriftloopError
 from driftloop.models import registry
-from driftloop.models.bootstrap import CHAMPION, ORIGIN_TAG, ensure_champion
+from driftloop.models.bootstrap import CHAMPION, ORIGIN_TAG, PLACEHOLDER_TAG, ensure_champion
 from driftloop.models.flavors import Model, OnnxModel, RiverModel, load, new_model, train_onnx
 from driftloop.models.inputs import UNSEEN, frame_to_rows, input_columns, rows_to_frame
 from driftloop.settings import DEMO_SPEC
@@ -311,13 +311,21 @@ def test_ensure_champion_cold_starts_a_river_model(tracking):
     assert np.allclose(champion.model.predict_proba(TEST[:10]), 0.5)
 
 
-def test_ensure_champion_trains_onnx_on_warmup_and_requires_it(tracking):
+def test_ensure_champion_trains_onnx_on_warmup(tracking):
     spec = make_spec("onnx", "gradient_boosting", {"random_state": 0})
-    with pytest.raises(DriftloopError, match="no warmup events"):
-        ensure_champion(spec, tracking, None)
-    with pytest.raises(DriftloopError, match="no warmup events"):
-        ensure_champion(spec, tracking, [])
     info = ensure_champion(spec, tracking, zip(TRAIN, TRAIN_Y))
     champion = registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
     assert champion.version == info.version and champion.model.flavor == "onnx"
     assert accuracy(champion.model) > MAJORITY_ACCURACY + 0.08
+
+
+def test_an_onnx_pipeline_without_warm_up_rows_starts_on_a_river_placeholder(tracking):
+    spec = make_spec("onnx", "gradient_boosting")
+    info = ensure_champion(spec, tracking, None)
+    tags = registry.version_tags(spec.model.name, info.version, tracking_uri=tracking)
+    assert tags[ORIGIN_TAG] == "bootstrap" and tags[PLACEHOLDER_TAG] == "warmup"
+    loaded = registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
+    assert loaded.model.flavor == "river" and loaded.model.online  # it serves, and learns, until the first model
+    assert len(loaded.model.predict_proba(TRAIN[:5])) == 5
+    trained = ensure_champion(make_spec("onnx", "gradient_boosting"), tracking, zip(TRAIN, TRAIN_Y))
+    assert trained.version == info.version  # a champion exists: replacing it is the warm-up retraining's job

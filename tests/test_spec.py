@@ -63,7 +63,7 @@ def _break(document, path, value):
     (("features", 5, "window"), {"size": "1h"}, "features[5].window: time_since_last takes no window"),
     (("features", 1, "name"), "amount", "features[1].name: 'amount' is already used"),
     (("features", 1, "window", "size"), "3d", "features[1].window.size: window is longer than feature_ttl"),
-    (("model", "estimator"), "xgboost", "model.estimator: river estimators are"),
+    (("model", "estimator"), "xgboost", "model.estimator: onnx estimators are"),
     (("model", "threshold"), 1.5, "model.threshold: Input should be less than 1"),
     (("model", "inputs"), ["amount", "user_ip"], "model.inputs[1]: 'user_ip' is neither a feature nor an event field"),
     (("model", "inputs"), ["event_time"], "model.inputs[0]: 'event_time' is a timestamp field"),

@@ -1,0 +1,35 @@
+"""One run's records read back from a topic: those written between two wall times.
+
+A record is kept when its Kafka timestamp lies in [since, until]; the reading itself (from the
+beginning, to each partition's end or its first record after `until`, skipping what does not decode)
+is `driftloop.kafka.read_topic`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import msgspec
+
+from driftloop import kafka
+
+T = TypeVar("T")
+_decode_json = msgspec.json.Decoder().decode
+
+
+def read_between(bootstrap: str, topic: str, since: float, until: float,
+                 decode: Callable[[bytes], T] = _decode_json, *, timeout: float = 120.0) -> list[T]:
+    """The decoded values of `topic` written between `since` and `until` (epoch seconds), in timestamp order.
+
+    `decode` turns a value into what is returned (default: the JSON document); a value it raises on is
+    skipped (see `driftloop.kafka.read_topic`).
+    """
+    return kafka.read_topic(bootstrap, topic, since=since, until=until, decode=decode, timeout=timeout)
+
+
+def json_object(value: bytes) -> dict[str, Any]:
+    """A JSON object record; ValueError for anything else (so read_between skips it)."""
+    document = _decode_json(value)
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return document

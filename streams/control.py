@@ -1,0 +1,165 @@
+"""The control plane's decisions, fed by the Faust agents in streams/control_app.py.
+
+`ControlPlane` owns the drift monitors, the trigger policy and the promotion controller, and turns
+what the agents hand it (observation batches, labeled records, audit records, a 1 s tick) into
+outputs: ("drift", report), ("audit", decision), ("retrain", request). It is called from a single
+thread, so its state needs no locks; the registry calls and Evidently evaluations it makes block that
+thread, never Faust's event loop.
+
+What happens when:
+- tick: read the registry aliases. A new champion gets a fresh data-drift monitor over its reference
+  sample (saved with the version in MLflow) and resets the trigger policy; the promotion controller
+  sees challengers come and go and audits alias moves it did not make (the MLflow UI, the CLI).
+  The registry being unreachable only delays this: scoring and the monitors go on.
+- observations: rows go into the data-drift window, counts into the quality window; an evaluation
+  runs every `drift.evaluate_every_events` rows or `drift.evaluate_every_seconds`.
+- labeled: the concept-drift detectors and the canary trial see every outcome; a concept detection
+  on the champion is evaluated at once rather than at the next window, since that is the signal the
+  loop must act on fastest.
+- audit: a retrain worker's final record for a request ends the "in flight" state of the policy.
+- warm-up: while the champion is the placeholder of an ONNX pipeline (tag `driftloop.placeholder`, see
+  models/bootstrap.py), labelled events whose event time is past the data monitor's window warm-up are
+  counted, and every evaluation hands the count to the policy, which asks for the first real model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from driftloop.models.bootstrap import PLACEHOLDER_TAG
+from driftloop.models.registry import aliases as registry_aliases
+from driftloop.models.registry import load_version, version_tags
+from driftloop.retrain.promotion import PromotionController
+from driftloop.spec import PipelineSpec
+from driftloop.streams.concept_drift import ConceptDriftMonitor
+from driftloop.streams.data_drift import DataDriftMonitor
+from driftloop.streams.drift_report import build_report
+from driftloop.streams.quality_drift import QualityMonitor
+from driftloop.streams.drift_report import epoch
+from driftloop.streams.trigger import TriggerPolicy, Warmup
+
+_LOG = logging.getLogger("driftloop.streams.control")
+Output = tuple[str, bytes]  # ("drift" | "audit" | "retrain", record)
+RETRAIN_FINISHED = ("challenger_set", "rejected", "retrain_failed", "promoted")  # promoted: a warm-up
+
+
+class ControlPlane:
+    def __init__(self, spec: PipelineSpec, tracking_uri: str, *, clock: Callable[[], float] = time.time):
+        self.spec = spec
+        self.tracking_uri = tracking_uri
+        self.clock = clock
+        self.policy = TriggerPolicy(spec, clock=clock)
+        self.promotion = PromotionController(spec, tracking_uri, clock=clock)
+        self.concept = ConceptDriftMonitor(spec)
+        self.quality = QualityMonitor(spec)
+        self.data: DataDriftMonitor | None = None  # for the current champion, once its reference is loaded
+        self.champion: int | None = None
+        self.warmup_rows: int | None = None  # labelled events with full windows, while the champion is a placeholder
+        self.detections: list[dict[str, Any]] = []  # concept detections since the last report
+        self.evaluations = 0
+        self.registry_error: str | None = None
+
+    # -- what the agents call -----------------------------------------------------------------------
+
+    def on_tick(self) -> list[Output]:
+        out: list[Output] = []
+        try:
+            current = registry_aliases(self.spec.model.name, tracking_uri=self.tracking_uri)
+            if self.registry_error:
+                _LOG.info("model registry reachable again")
+            self.registry_error = None
+        except Exception as exc:  # MLflow down: keep judging with what is loaded
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if message != self.registry_error:
+                _LOG.warning("model registry unreachable (%s); drift monitoring goes on", message)
+            self.registry_error = message
+            return out
+        out += [("audit", record) for record in self.promotion.observe_aliases(current)]
+        champion = current.get("champion")
+        if champion is not None and champion != self.champion:
+            self._new_champion(champion)
+        if self.data is not None and self.data.due():
+            out += self._evaluate()
+        return out
+
+    def on_observations(self, values: list[bytes]) -> list[Output]:
+        for value in values:
+            observation = json.loads(value)
+            self.quality.add(observation)
+            if self.data is not None and observation.get("valid"):
+                self.data.add(observation["rows"], observation["event_time_max"])
+        if self.data is not None and self.data.due():
+            return self._evaluate()
+        return []
+
+    def on_labeled(self, values: list[bytes]) -> list[Output]:
+        out: list[Output] = []
+        champion_detected = False
+        for value in values:
+            record = json.loads(value)
+            if self.warmup_rows is not None and self._windows_full(record["event_time"]):
+                self.warmup_rows += 1
+            detection = self.concept.update(record)
+            if detection is not None:
+                # which outcome tipped it: how many events after the onset the loop noticed
+                detection["detected_on"] = {"event_id": record["event_id"], "event_time": record["event_time"]}
+                self.detections.append(detection)
+                champion_detected |= detection["version"] == self.champion
+            out += [("audit", audit) for audit in self.promotion.update(record)]
+        if champion_detected:
+            out += self._evaluate()
+        return out
+
+    def on_audit(self, values: list[bytes]) -> list[Output]:
+        for value in values:
+            record = json.loads(value)
+            if record.get("actor") == "retrain" and record.get("action") in RETRAIN_FINISHED:
+                self.policy.retrain_finished(record.get("version"), record["action"])
+                if record["action"] == "promoted":  # the warm-up is over: no second one before the tick sees v2
+                    self.warmup_rows = None
+        return []
+
+    def state(self) -> dict[str, Any]:
+        return {"champion": self.champion, "evaluations": self.evaluations, "trigger": self.policy.state(),
+                "promotion": self.promotion.state(), "registry_error": self.registry_error}
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _windows_full(self, event_time: str) -> bool:
+        full_from = self.data.warm_from if self.data is not None else None
+        return full_from is not None and epoch(event_time) >= full_from
+
+    def _new_champion(self, version: int) -> None:
+        try:
+            reference = load_version(self.spec.model.name, version, tracking_uri=self.tracking_uri).reference
+            placeholder = PLACEHOLDER_TAG in version_tags(self.spec.model.name, version, tracking_uri=self.tracking_uri)
+        except Exception as exc:  # a tampered or unreachable version: keep the previous monitor
+            _LOG.warning("champion v%d: cannot load its reference sample (%s); data drift stays on v%s",
+                         version, exc, self.champion)
+            return
+        _LOG.info("champion is v%d: data drift against its %d-row reference sample", version, len(reference))
+        self.data = DataDriftMonitor(self.spec, reference, version, clock=self.clock)
+        self.champion = version
+        self.warmup_rows = 0 if placeholder else None
+        self.policy.reset_for(version)
+        self.detections = [d for d in self.detections if d["version"] == version]
+
+    def _evaluate(self) -> list[Output]:
+        self.evaluations += 1
+        data = self.data.evaluate() if self.data is not None and self.data.ready() else None
+        report = build_report(self.spec, champion_version=self.champion, evaluation=self.evaluations,
+                              data=data, window=self.data.window_info() if self.data is not None else None,
+                              detections=self.detections, quality=self.quality.evaluate(), at=self.clock())
+        self.detections = []
+        warmup = None if self.warmup_rows is None else Warmup(self.warmup_rows, self.data.warm_from)
+        decision = self.policy.decide(report, self.data.current_rows() if self.data is not None else None, warmup)
+        out: list[Output] = [("drift", json.dumps(report, separators=(",", ":"), default=str).encode())]
+        if decision.noteworthy:
+            out.append(("audit", decision.audit))
+            _LOG.info("trigger: %s", decision.sentence)
+        if decision.request is not None:
+            out.append(("retrain", decision.request))
+        return out
