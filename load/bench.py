@@ -583,13 +583,26 @@ def run_cli(config: Any, args: Any) -> int:
     """`driftloop bench`: print the report as one JSON object; exit 1 when an event went unaccounted."""
     options = BenchOptions(args.events, args.rate_events_per_s, args.latency_seconds,
                            args.partitions or config.partitions)
-    # SIGTERM unwinds like Ctrl-C, so everything the run started is stopped either way.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM unwinds like Ctrl-C, so everything the run started is stopped either way. A KeyboardInterrupt
+    # raised while a finalizer (__del__, a weakref callback) runs is printed and dropped by CPython; the flag
+    # makes the next progress line raise it again, so one Ctrl-C always ends the run.
+    interrupted = threading.Event()
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    def say(line: str) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        print(f"driftloop: bench: {line}", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = run_bench(options, config.kafka_bootstrap_servers,
-                           say=lambda line: print(f"driftloop: bench: {line}", file=sys.stderr, flush=True))
+        result = run_bench(options, config.kafka_bootstrap_servers, say=say)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     text = json.dumps(result, indent=2)
     if args.json_out:
         Path(args.json_out).write_text(text + "\n")

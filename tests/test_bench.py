@@ -91,11 +91,12 @@ def test_ctrl_c_stops_the_embedded_broker_and_every_child(tmp_path):
             time.sleep(0.05)
         assert _spawned_children(run.pid)
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does
-        assert run.wait(60) == 130
+        code = run.wait(60)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-        run.communicate()
+        rest = run.communicate()[1]
+    assert code == 130, ("".join(lines) + rest)[-3000:]
 
     assert not kafka.broker_answers(bootstrap.group(1), timeout=2)  # the embedded broker is gone
     deadline = time.monotonic() + 10
