@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -19,6 +19,7 @@ CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, 
 PRODUCER_DEFAULTS = {"linger.ms": 5, "enable.idempotence": False, "acks": "all"}
 # librdkafka otherwise writes its own lines straight to stderr; route them through Python logging.
 _LOGGER = logging.getLogger("driftloop.kafka.client")
+_LOG = logging.getLogger("driftloop.kafka")
 
 
 def _base(bootstrap: str) -> dict[str, Any]:
@@ -97,7 +98,6 @@ def read_topic(bootstrap: str, topic: str, *, since: float | None = None, until:
     report. DriftloopError when the topic cannot be read within `timeout` seconds.
     """
     import msgspec
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     since_ms = -math.inf if since is None else since * 1000
     until_ms = math.inf if until is None else until * 1000
@@ -108,37 +108,59 @@ def read_topic(bootstrap: str, topic: str, *, since: float | None = None, until:
         metadata = client.list_topics(topic, timeout=min(timeout, 15)).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
             return []
-        client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
-        open_partitions = set(metadata.partitions)
         kept: list[tuple[int, Any]] = []
-        deadline = time.monotonic() + timeout
-        while open_partitions:
-            if time.monotonic() > deadline:
-                raise DriftloopError(f"could not read topic {topic!r} to its end within {timeout:.0f}s "
-                                     f"(partitions still open: {sorted(open_partitions)})")
-            for message in client.consume(10_000, timeout=0.2):
-                partition = message.partition()
-                if partition not in open_partitions:
-                    continue
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        open_partitions.discard(partition)
-                    elif error.fatal():
-                        raise DriftloopError(f"reading {topic!r}: {error.str()}")
-                    continue
-                stamp = message.timestamp()[1]
-                if stamp > until_ms:
-                    open_partitions.discard(partition)
-                elif stamp >= since_ms:
-                    value = message.value()
-                    if decode is not None:
-                        try:
-                            value = decode(value or b"")
-                        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError):
-                            continue
-                    kept.append((stamp, value))
+        for message in consume_to_end(client, topic, metadata.partitions, timeout=timeout,
+                                      past_end=lambda m: m.timestamp()[1] > until_ms):
+            stamp = message.timestamp()[1]
+            if stamp >= since_ms:
+                value = message.value()
+                if decode is not None:
+                    try:
+                        value = decode(value or b"")
+                    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError):
+                        continue
+                kept.append((stamp, value))
         kept.sort(key=lambda pair: pair[0])
         return [value for _, value in kept]
     finally:
         client.close()
+
+
+def consume_to_end(client: Consumer, topic: str, partitions: Iterable[int], *, timeout: float,
+                   batch: int = 10_000, poll: float = 0.2,
+                   past_end: Callable[[Any], bool] | None = None) -> Iterator[Any]:
+    """Assign `partitions` of `topic` to `client` (created with enable.partition.eof) from their beginning and
+    yield their records until each has reported its end, or a record `past_end` says lies beyond what is
+    wanted (that record is not yielded). Later records are not read: a topic that keeps growing still ends.
+
+    The end is where the consumer reports end-of-partition, because Tansu's ListOffsets (the watermarks)
+    can be wrong. DriftloopError on a fatal consumer error or when `timeout` seconds pass first.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+    open_partitions = set(partitions)
+    client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in open_partitions])
+    deadline = time.monotonic() + timeout
+    read = 0
+    while open_partitions:
+        if time.monotonic() > deadline:
+            raise DriftloopError(f"could not read topic {topic!r} to its end within {timeout:g}s ({read} records "
+                                 f"read, partitions still open: {sorted(open_partitions)})")
+        for message in client.consume(batch, timeout=poll):
+            partition = message.partition()
+            if partition not in open_partitions:
+                continue  # its end was reached already
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(partition)
+                elif error.fatal():
+                    raise DriftloopError(f"reading {topic!r}: {error.str()}")
+                else:
+                    _LOG.warning("reading %s: %s", topic, error.str())
+                continue
+            if past_end is not None and past_end(message):
+                open_partitions.discard(partition)
+                continue
+            read += 1
+            yield message

@@ -25,7 +25,6 @@ import heapq
 import itertools
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaError, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
@@ -118,48 +116,31 @@ def read_window(bootstrap: str, topic: str, spec: PipelineSpec, train_from: floa
         metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise DriftloopError(f"the labeled topic {topic!r} does not exist")
-        # The end is where the consumer reports end-of-partition (the high watermark of its fetch):
-        # Tansu's ListOffsets (get_watermark_offsets) can be wrong. Later records are not read.
-        todo = set(metadata.partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in todo])
-        deadline = time.monotonic() + timeout
-        while todo:
-            if time.monotonic() > deadline:
-                raise DriftloopError(f"reading {topic!r} to its end took longer than {timeout:g}s "
-                                     f"({read} records read, partitions {sorted(todo)} unfinished)")
-            for message in consumer.consume(5000, timeout=0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(message.partition())
-                    else:
-                        _LOG.warning("reading %s: %s", topic, error.str())
-                    continue
-                if message.partition() not in todo:
-                    continue  # written after its partition's end was reached
-                read += 1
-                try:
-                    record = decode(message.value())
-                except msgspec.DecodeError as exc:  # also its subclass ValidationError (a missing field)
-                    _LOG.warning("skipping an unreadable labeled record at %s[%d]@%d: %s",
-                                 topic, message.partition(), message.offset(), exc)
-                    continue
-                if record.event_id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(record.event_id)
-                event_time = record.event_time.timestamp()
-                if train_from is not None and event_time < train_from:
-                    early += 1
-                    continue
-                eligible += 1
-                row = LabeledRow(record.event_id, record.entity, event_time, int(bool(record.label)),
-                                 record.features, message.timestamp()[1], record.score, record.model_version)
-                item = (event_time, next(order), row)
-                if len(newest) < size:
-                    heapq.heappush(newest, item)
-                elif item > newest[0]:
-                    heapq.heapreplace(newest, item)
+        for message in kafka.consume_to_end(consumer, topic, metadata.partitions, timeout=timeout, batch=5000,
+                                            poll=0.5):
+            read += 1
+            try:
+                record = decode(message.value())
+            except msgspec.DecodeError as exc:  # also its subclass ValidationError (a missing field)
+                _LOG.warning("skipping an unreadable labeled record at %s[%d]@%d: %s",
+                             topic, message.partition(), message.offset(), exc)
+                continue
+            if record.event_id in seen:
+                duplicates += 1
+                continue
+            seen.add(record.event_id)
+            event_time = record.event_time.timestamp()
+            if train_from is not None and event_time < train_from:
+                early += 1
+                continue
+            eligible += 1
+            row = LabeledRow(record.event_id, record.entity, event_time, int(bool(record.label)),
+                             record.features, message.timestamp()[1], record.score, record.model_version)
+            item = (event_time, next(order), row)
+            if len(newest) < size:
+                heapq.heappush(newest, item)
+            elif item > newest[0]:
+                heapq.heapreplace(newest, item)
     finally:
         consumer.close()
     rows = [row for _, _, row in sorted(newest, key=lambda item: (item[0], item[2].event_id))]
