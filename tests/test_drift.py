@@ -25,6 +25,7 @@ from driftloop.streams.data_drift import DataDriftMonitor, html, warmup_seconds
 from driftloop.streams.drift_report import build_report, epoch
 from driftloop.streams.quality_drift import QualityMonitor
 from driftloop.streams.trigger import TriggerPolicy, Warmup
+from tests.fake_clock import Clock
 
 SPEC = load_spec(DEMO_SPEC)
 COLUMNS = input_columns(SPEC)
@@ -47,14 +48,6 @@ def _columnar(batches, start: int, stop: int) -> dict[str, list]:
 
 def _frame(columnar: dict[str, list]):
     return rows_to_frame(COLUMNS, [dict(zip(NAMES, values)) for values in zip(*columnar.values())])
-
-
-class Clock:
-    def __init__(self, now: float = START):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- data drift (Evidently) -------------------------------------------------------------------------
@@ -136,7 +129,7 @@ def test_a_cold_start_reference_is_observed_after_the_longest_window_has_filled(
 
 
 def test_evaluations_are_due_every_n_events_or_seconds_with_new_rows_and_a_full_window(covariate_stream):
-    clock = Clock()
+    clock = Clock(START)
     reference = _frame(_columnar(covariate_stream, 4_500, 9_500))
     monitor = DataDriftMonitor(SPEC, reference, 1, clock=clock)
     rows = _columnar(covariate_stream, 5_000, 7_500)
@@ -293,7 +286,7 @@ def _audit(decision) -> dict:
 
 
 def test_data_drift_triggers_only_when_sustained():
-    policy = TriggerPolicy(SPEC, clock=Clock())
+    policy = TriggerPolicy(SPEC, clock=Clock(START))
     first = policy.decide(_report(1, drifted=True))
     second = policy.decide(_report(2, drifted=True))
     assert not first.trigger and first.declined == "not_sustained" and "1/3" in first.sentence
@@ -317,7 +310,7 @@ def test_data_drift_triggers_only_when_sustained():
 
 
 def test_a_concept_detection_on_the_champion_triggers_at_once():
-    policy = TriggerPolicy(SPEC, clock=Clock())
+    policy = TriggerPolicy(SPEC, clock=Clock(START))
     canary_only = policy.decide(_report(1, detections=[_detection(version=4)]))
     assert not canary_only.trigger and canary_only.declined == "no_drift"
     decision = policy.decide(_report(2, detections=[_detection()]), current_rows={})
@@ -329,7 +322,7 @@ def test_a_concept_detection_on_the_champion_triggers_at_once():
 
 
 def test_schedule_fallback_every_n_events():
-    clock = Clock()
+    clock = Clock(START)
     policy = TriggerPolicy(_with_drift(schedule_every_events=10_000, schedule_every_hours=2.0), clock=clock)
     assert policy.decide(_report(1, quality=_quality(events_total=500))).declined == "no_drift"
     assert not policy.decide(_report(2, quality=_quality(events_total=10_400))).trigger
@@ -344,7 +337,7 @@ def test_schedule_fallback_every_n_events():
 
 
 def test_one_retraining_in_flight_then_a_cooldown():
-    clock = Clock()
+    clock = Clock(START)
     policy = TriggerPolicy(SPEC, clock=clock)
     first = policy.decide(_report(1, detections=[_detection()]))
     assert first.trigger
@@ -368,7 +361,7 @@ def test_one_retraining_in_flight_then_a_cooldown():
 
 
 def test_the_placeholder_champion_is_retrained_once_its_warm_up_is_in_and_no_drift_counts_before():
-    clock = Clock()
+    clock = Clock(START)
     policy = TriggerPolicy(SPEC, clock=clock)
     needed = SPEC.model.warmup_events
     filling = policy.decide(_report(1, detections=[_detection()]), warmup=Warmup(0, None))
@@ -390,7 +383,7 @@ def test_the_placeholder_champion_is_retrained_once_its_warm_up_is_in_and_no_dri
 
 
 def test_quality_drift_alone_is_audited_but_never_retrains():
-    policy = TriggerPolicy(SPEC, clock=Clock())
+    policy = TriggerPolicy(SPEC, clock=Clock(START))
     flagged = _quality(flagged=["unseen_rate"])
     first = policy.decide(_report(1, quality=flagged))
     again = policy.decide(_report(2, quality=flagged))
@@ -404,7 +397,7 @@ def test_quality_drift_alone_is_audited_but_never_retrains():
 
 
 def test_a_new_champion_starts_its_drift_history_over():
-    policy = TriggerPolicy(SPEC, clock=Clock())
+    policy = TriggerPolicy(SPEC, clock=Clock(START))
     policy.decide(_report(1, drifted=True))
     policy.decide(_report(2, drifted=True))
     policy.reset_for(4)

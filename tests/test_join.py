@@ -12,16 +12,9 @@ from driftloop.spec import load_spec
 from driftloop.streams.changelog import ChangelogTable
 from driftloop.streams.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
 from driftloop.streams.validation import Rejection
+from tests.fake_clock import Clock
 
 SPEC = load_spec(DEMO_SPEC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -29,7 +22,7 @@ def joiner(kafka_bootstrap, unique):
     table = ChangelogTable("join", f"join-{unique}", partitions=2)
     table.ensure_changelog(kafka_bootstrap)
     table.restore(kafka_bootstrap, [0, 1])
-    return OutcomeJoiner(SPEC, table, clock=Clock())
+    return OutcomeJoiner(SPEC, table, clock=Clock(1_700_000_000.0))
 
 
 def pending(event_id: str, score: float = 0.9) -> bytes:

@@ -24,6 +24,7 @@ from driftloop.retrain.significance import fisher_fewer_errors, mcnemar_fewer_er
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, parse_spec
 from driftloop.streams.contracts import iso_time
+from tests.fake_clock import Clock
 
 START = 1_795_435_200.0  # 2026-11-23 12:00 UTC
 
@@ -37,14 +38,6 @@ def make_spec(**canary) -> PipelineSpec:
 
 SPEC = make_spec()
 NAME = SPEC.model.name
-
-
-class Clock:
-    def __init__(self, now: float = START):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +100,7 @@ def feed(controller: PromotionController, records: Iterable[dict]) -> list[dict]
 
 
 def started(tracking: str, spec: PipelineSpec = SPEC, clock: Clock | None = None) -> PromotionController:
-    controller = PromotionController(spec, tracking, clock=clock or Clock())
+    controller = PromotionController(spec, tracking, clock=clock or Clock(START))
     [trial_started] = [json.loads(r) for r in controller.observe_aliases(registry.aliases(NAME, tracking_uri=tracking))]
     assert (trial_started["actor"], trial_started["action"], trial_started["version"]) == \
         ("promotion", "trial_started", 2)
@@ -241,7 +234,7 @@ def test_records_predicted_before_the_trial_started_do_not_count(tracking):
 
 
 def test_alias_moved_behind_the_controllers_back_is_audited_and_starts_a_new_trial(tracking):
-    clock = Clock()
+    clock = Clock(START)
     controller = started(tracking, clock=clock)
     feed(controller, canary_stream(champion_error=0.05, challenger_error=0.05, n=500))
 
@@ -264,7 +257,7 @@ def test_alias_moved_behind_the_controllers_back_is_audited_and_starts_a_new_tri
 
 
 def test_a_snapshot_older_than_the_controllers_own_move_is_not_taken_for_an_operator(tracking):
-    clock = Clock()
+    clock = Clock(START)
     controller = started(tracking, clock=clock)
     before = registry.aliases(NAME, tracking_uri=tracking)
     [promoted] = feed(controller, canary_stream(champion_error=0.07, challenger_error=0.015, n=6000))
@@ -277,7 +270,7 @@ def test_a_snapshot_older_than_the_controllers_own_move_is_not_taken_for_an_oper
 
 
 def test_a_challenger_set_by_retraining_starts_a_trial_without_an_operator_record(tracking):
-    clock = Clock()
+    clock = Clock(START)
     controller = started(tracking, clock=clock)
     registry.set_version_tag(NAME, 3, "driftloop.origin", "retrain", tracking_uri=tracking)
     registry.set_alias(NAME, "challenger", 3, tracking_uri=tracking)  # the retraining worker audits this itself
@@ -291,7 +284,7 @@ def test_decision_waits_for_an_unreachable_registry_and_is_published_once(tracki
     # plain file; making it a link to the database's directory brings the registry back.
     gateway = tmp_path / "gateway"
     gateway.write_text("not a directory: the registry is unreachable through here")
-    clock = Clock()
+    clock = Clock(START)
     controller = PromotionController(SPEC, f"sqlite:///{gateway}/mlflow.db", clock=clock)
     controller.observe_aliases(registry.aliases(NAME, tracking_uri=tracking))
     records = canary_stream(champion_error=0.07, challenger_error=0.015, n=6000)
@@ -323,7 +316,7 @@ def test_decision_waits_for_an_unreachable_registry_and_is_published_once(tracki
 # --- operator commands -------------------------------------------------------------------------------------
 
 def test_operator_promote_moves_the_aliases_and_the_controller_does_not_audit_it_twice(tracking):
-    clock = Clock()
+    clock = Clock(START)
     controller = started(tracking, clock=clock)
 
     record = json.loads(operator.promote(SPEC, tracking, None))
