@@ -4,8 +4,10 @@ and the background writer drains, pushes back and surfaces failures."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -15,20 +17,23 @@ import yaml
 
 from driftloop import settings as settings_module
 from driftloop.errors import DriftloopError
-from driftloop.features.feast_repo import apply, feature_view_name, offline_dir
-from driftloop.features.feast_writer import FeastWriteError, FeastWriter, arrow_schema
+from driftloop.features.feast_repo import apply, feature_view_name, offline_dir, repo_config
+from driftloop.features.feast_writer import (
+    FeastWriteError, FeastWriter, _sqlite_upserts, arrow_schema, rows_to_table,
+)
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import parse_spec
 
 NOW = time.time()
 
 
-def _spec(unique: str):
+def _spec(unique: str, entity_type: str = "string"):
     """The demo spec under its own name (its own Feast project), with optional float, category and bool fields."""
     document = yaml.safe_load(DEMO_SPEC.read_text())
     document["name"] = f"fw_{unique}"
     for name in ("amount", "merchant_category", "card_present"):
         document["events"]["fields"][name]["required"] = False
+    document["events"]["fields"][document["events"]["entity"]]["type"] = entity_type
     return parse_spec(document)
 
 
@@ -116,7 +121,7 @@ def test_history_joins_point_in_time_across_batches(sqlite_repo):
 def test_background_writer_drains_on_flush_and_reports_each_write(sqlite_repo):
     settings, spec, _, _ = sqlite_repo
     writes: list[tuple[int, float]] = []
-    writer = FeastWriter(settings, spec, max_pending_batches=3, on_write=lambda rows, s: writes.append((rows, s)))
+    writer = FeastWriter(settings, spec, max_pending_rows=100, on_write=lambda rows, s: writes.append((rows, s)))
     batches = [[_row(spec, f"u-{b}-{i}", NOW - 30 + b, b + i / 100) for i in range(40)] for b in range(10)]
     for batch in batches:
         writer.submit(batch)
@@ -129,13 +134,13 @@ def test_background_writer_drains_on_flush_and_reports_each_write(sqlite_repo):
     writer.close()
 
 
-def test_submit_blocks_only_when_the_writer_is_max_pending_batches_behind(sqlite_repo):
+def test_submit_blocks_only_when_the_writer_is_max_pending_rows_behind(sqlite_repo):
     settings, spec, _, _ = sqlite_repo
     release = threading.Event()
-    writer = FeastWriter(settings, spec, max_pending_batches=2, on_write=lambda rows, s: release.wait(30))
+    writer = FeastWriter(settings, spec, max_pending_rows=2, on_write=lambda rows, s: release.wait(30))
     rows = [_row(spec, "u-1", NOW, 1.0)]
     writer.submit(rows)  # taken by the writer thread, which then stalls in on_write
-    writer.submit(rows)  # two batches unwritten: the limit
+    writer.submit(rows)  # two rows unwritten: the limit
     third = threading.Thread(target=writer.submit, args=(rows,))
     third.start()
     third.join(0.5)
@@ -184,3 +189,121 @@ def test_redis_online_store_serves_exactly_the_written_vectors(tmp_path, unique,
     finally:
         writer.close()
         store.teardown()
+
+
+# -- the online write is Feast's own, value for value -------------------------------------------------
+
+def _parity_batches(spec, entity) -> list[list[dict]]:
+    """Batches covering every kind of value: missing values in each column type, a float NaN, an int in a
+    float column, an empty and an unseen category, an entity twice in a batch, an entity overwritten by a
+    later batch, a row whose inputs are all missing, and a batch whose inputs are all missing."""
+    nothing = {name: None for name in spec.model_inputs}
+    return [
+        [_row(spec, entity(1), NOW - 90, 1.0), _row(spec, entity(2), NOW - 90, 2.0, account_age_days=7),
+         _row(spec, entity(3), NOW - 80.123456, 3.0, amount=None, merchant_category=None, card_present=None,
+              account_age_days=None),
+         _row(spec, entity(4), NOW - 80, 4.0, amount=float("nan"), merchant_category="__unseen__",
+              card_present=False, account_age_days=0),
+         _row(spec, entity(5), NOW - 70, 5.0, amount=12, merchant_category="", country="other")],
+        [_row(spec, entity(1), NOW - 30, 6.0, card_present=False, channel="app"),
+         _row(spec, entity(2), NOW - 30, 7.0, account_age_days=2**40 + 1),
+         _row(spec, entity(2), NOW - 30, 8.0, account_age_days=None, merchant_category="__unseen__"),
+         _row(spec, entity(6), NOW - 20, 9.0, **nothing)],
+        [_row(spec, entity(1), NOW - 10, 0.0, **nothing), _row(spec, entity(7), NOW - 10, 0.0, **nothing)],
+    ]
+
+
+def _served(store, spec, entity_ids) -> list:
+    """Everything get_online_features answers per input: values, statuses, event times."""
+    response = store.get_online_features(features=[f"{feature_view_name(spec)}:{name}" for name in spec.model_inputs],
+                                         entity_rows=[{spec.events.entity: e} for e in entity_ids])
+    names = list(response.proto.metadata.feature_names.val)
+    return [(names[i], list(result.values), list(result.statuses), [t.ToNanoseconds() for t in result.event_timestamps])
+            for i, result in enumerate(response.proto.results)]
+
+
+@pytest.mark.parametrize("online_store,entity_type", [("sqlite", "string"), ("sqlite", "int"), ("redis", "string")])
+def test_the_online_store_serves_what_feasts_own_write_would_have(tmp_path, unique, request, online_store,
+                                                                  entity_type):
+    """FeastWriter builds the online records itself (and on SQLite upserts them in one executemany): a second
+    repo written through FeatureStore.write_to_online_store, as the writer used to, serves the same."""
+    env = {}
+    if online_store == "redis":
+        env = {"DRIFTLOOP_ONLINE_STORE": "redis", "DRIFTLOOP_REDIS_URL": request.getfixturevalue("redis_url")}
+    fast_spec, feast_spec = _spec(f"{unique}_fast", entity_type), _spec(f"{unique}_feast", entity_type)
+    entity = int if entity_type == "int" else "u-{}".format
+    fast_settings, feast_settings = _settings(tmp_path / "fast", **env), _settings(tmp_path / "feast", **env)
+    fast_store, feast_store = apply(fast_settings, fast_spec), apply(feast_settings, feast_spec)
+    fast, reference = FeastWriter(fast_settings, fast_spec), FeastWriter(feast_settings, feast_spec)
+    entities = [entity(i) for i in range(1, 9)]  # 8: never written
+    try:
+        for batch in _parity_batches(fast_spec, entity):
+            fast.write(batch)
+            latest = list({row[fast_spec.events.entity]: row for row in batch}.values())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Feast warns about the all-missing batch it skips
+                feast_store.write_to_online_store(
+                    feature_view_name(feast_spec), rows_to_table(latest, arrow_schema(feast_spec)).to_pandas())
+            assert _served(fast_store, fast_spec, entities) == _served(feast_store, feast_spec, entities)
+            assert fast.online_vectors(entities) == reference.online_vectors(entities)
+
+        served = dict(zip(entities, fast.online_vectors(entities)))
+        assert served[entity(1)]["channel"] == "app"  # overwritten by a later batch; the all-missing batch skipped
+        assert served[entity(2)]["amount_sum_1h"] == 8.0 + 1 / 3  # the last of two rows in one batch
+        assert served[entity(4)]["amount"] is None and served[entity(4)]["merchant_category"] == "__unseen__"
+        assert served[entity(5)]["amount"] == 12.0 and type(served[entity(5)]["amount"]) is float
+        assert served[entity(6)] == {name: None for name in fast_spec.model_inputs}
+        assert served[entity(7)] is None and served[entity(8)] is None
+        if online_store == "sqlite":  # the rows themselves, byte for byte
+            assert _sqlite_rows(fast_settings, fast_spec) == _sqlite_rows(feast_settings, feast_spec)
+    finally:
+        fast.close()
+        reference.close()
+        fast_store.teardown()
+        feast_store.teardown()
+
+
+def _sqlite_rows(settings, spec) -> list[tuple]:
+    with sqlite3.connect(settings.data_dir / "feast" / "online.db") as connection:
+        return connection.execute(f'SELECT * FROM "{spec.name}_{feature_view_name(spec)}" '
+                                  f"ORDER BY entity_key, feature_name").fetchall()
+
+
+def test_an_int_beyond_2_53_is_served_exactly_even_next_to_a_missing_one(sqlite_repo):
+    # Feast's own write_to_online_store would round it: pandas makes an int column holding a None float64.
+    _, spec, _, writer = sqlite_repo
+    rows = [_row(spec, "u-1", NOW, 1.0, account_age_days=2**53 + 1), _row(spec, "u-2", NOW, 2.0, account_age_days=None)]
+    writer.write(rows)
+    _assert_served(writer, spec, {"u-1": rows[0], "u-2": rows[1]})
+
+
+def test_configurations_the_sqlite_upserts_do_not_reproduce_go_through_feasts_own_write(sqlite_repo):
+    from feast import FeatureStore, RepoConfig
+
+    settings, spec, store, _ = sqlite_repo
+    view = store.get_feature_view(feature_view_name(spec))
+    assert _sqlite_upserts(store, view) is not None
+    for option in ("enable_openai_compatible_store", "vector_enabled"):
+        config = repo_config(settings, spec)
+        config["online_store"][option] = True
+        other = FeatureStore(repo_path=str(settings.feast_repo.resolve()), config=RepoConfig(**config))
+        assert _sqlite_upserts(other, view) is None, option
+
+
+def test_background_writes_wait_out_the_interval_unless_a_flush_asks(sqlite_repo):
+    settings, spec, _, _ = sqlite_repo
+    writes: list[int] = []
+    writer = FeastWriter(settings, spec, write_interval=30.0, on_write=lambda rows, s: writes.append(rows))
+    writer.submit([_row(spec, "u-1", NOW, 1.0)])
+    deadline = time.monotonic() + 10
+    while not writes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writes == [1]  # the first write is not held back
+    writer.submit([_row(spec, "u-2", NOW, 2.0)])
+    writer.submit([_row(spec, "u-3", NOW, 3.0)])
+    time.sleep(0.5)
+    assert writes == [1]  # the next one waits for the interval, collecting rows
+    started = time.monotonic()
+    writer.flush(timeout=10)  # ... unless a flush waits
+    assert writes == [1, 2] and time.monotonic() - started < 5
+    writer.close()
