@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.admin import ConfigResource
@@ -80,15 +81,27 @@ def test_a_restarted_worker_gets_back_every_flushed_write_and_loses_unflushed_on
     assert len(restarted) == 3 and restarted.assigned == frozenset(range(PARTITIONS))
 
 
-def test_changelog_records_are_utf8_keys_and_json_values_in_the_state_partition(kafka_bootstrap, topic, producer):
+def test_changelog_records_are_utf8_keys_and_msgpack_values_in_the_state_partition(kafka_bootstrap, topic, producer):
     table = _new_worker_table(kafka_bootstrap, topic)
-    table.set(2, "ü-1", {"amount": 31.5, "ids": ["e-1"]})
+    table.set(2, "ü-1", {"amount": 31.5, "ids": ["e-1"], "raw": b"{}"})
     table.set(2, "u-2", {"n": 1})
     table.delete(2, "u-2")  # set then deleted before the flush: only the tombstone goes out
     _flush(table, producer)
-    assert sorted(_raw_records(kafka_bootstrap, topic, 2)) == [
-        ("u-2".encode(), None), ("ü-1".encode(), b'{"amount":31.5,"ids":["e-1"]}')]
+    records = sorted(_raw_records(kafka_bootstrap, topic, 2))
+    assert records[0] == ("u-2".encode(), None)
+    assert records[1][0] == "ü-1".encode()
+    assert msgspec.msgpack.decode(records[1][1]) == {"amount": 31.5, "ids": ["e-1"], "raw": b"{}"}
     assert [_raw_records(kafka_bootstrap, topic, p) for p in (0, 1, 3)] == [[], [], []]
+
+
+def test_a_changelog_written_as_json_is_still_restored(kafka_bootstrap, topic, producer):
+    table = _new_worker_table(kafka_bootstrap, topic)  # creates the topic
+    producer.produce(topic, value=b'{"w":{"latest":1.5},"o":7}', key=b"u-old", partition=1)
+    producer.produce(topic, value=None, key=b"u-gone", partition=1)
+    assert producer.flush(10) == 0
+    restarted = ChangelogTable("entity-state", topic, PARTITIONS)
+    restarted.restore(kafka_bootstrap, [1])
+    assert restarted.get(1, "u-old") == {"w": {"latest": 1.5}, "o": 7}
 
 
 def test_ten_writes_to_a_key_between_flushes_are_one_record_with_the_last_value(kafka_bootstrap, topic, producer):
@@ -97,7 +110,7 @@ def test_ten_writes_to_a_key_between_flushes_are_one_record_with_the_last_value(
         table.set(1, "u-1", {"count": count})
     assert _flush(table, producer) == 1
     assert _flush(table, producer) == 0  # nothing written since
-    assert _raw_records(kafka_bootstrap, topic, 1) == [(b"u-1", b'{"count":10}')]
+    assert _raw_records(kafka_bootstrap, topic, 1) == [(b"u-1", msgspec.msgpack.encode({"count": 10}))]
 
 
 def test_a_deleted_key_stays_deleted_after_a_restart(kafka_bootstrap, topic, producer):
