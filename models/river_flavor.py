@@ -76,8 +76,15 @@ class RiverModel:
         return cls(columns, build_pipeline(spec, columns), spec.model.estimator)
 
     def _x(self, row: Row) -> dict[str, Any]:
-        return {c.name: as_category(row.get(c.name)) if c.kind == "category" else as_float(row.get(c.name))
-                for c in self.columns}
+        x = {}
+        for c in self.columns:
+            v = row.get(c.name)
+            # the scorer's rows already hold str categories and float numbers: skip the converters for them
+            if c.kind == "category":
+                x[c.name] = v if type(v) is str else as_category(v)
+            else:
+                x[c.name] = v if type(v) is float and v == v else as_float(v)  # v == v: NaN becomes None
+        return x
 
     def predict_proba(self, rows: Sequence[Row]) -> np.ndarray:
         predict = self.pipeline.predict_proba_one

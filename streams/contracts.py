@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,26 +53,32 @@ def original_bytes(envelope: dict[str, Any]) -> bytes:
     return base64.b64decode(envelope["original_b64"])
 
 
+class Prediction(msgspec.Struct, frozen=True):
+    """One record per valid event on the predictions topic; the field order is the JSON key order."""
+
+    contract: int
+    event_id: str
+    entity: str
+    event_time: str  # ISO-8601, UTC, milliseconds
+    score: float
+    decision: int
+    threshold: float
+    model_name: str
+    model_version: int
+    variant: str
+    feature_view: str
+    feature_view_version: str
+    latency_ms: float
+
+
 def prediction(*, event_id: str, entity: str, event_time: float, score: float, threshold: float, model_name: str,
                model_version: int, variant: str, feature_view: str, feature_view_version: str,
                latency_ms: float) -> bytes:
     """One record per valid event on the predictions topic."""
-    record = {
-        "contract": CONTRACT_VERSION,
-        "event_id": event_id,
-        "entity": entity,
-        "event_time": iso_time(event_time),
-        "score": round(float(score), 6),
-        "decision": int(score >= threshold),
-        "threshold": threshold,
-        "model_name": model_name,
-        "model_version": model_version,
-        "variant": variant,
-        "feature_view": feature_view,
-        "feature_view_version": feature_view_version,
-        "latency_ms": round(latency_ms, 3),
-    }
-    return _encode(record)
+    # A Struct, not a dict: a third of the cost on the per-prediction hot path.
+    return _encode(Prediction(CONTRACT_VERSION, event_id, entity, iso_time(event_time), round(float(score), 6),
+                              int(score >= threshold), threshold, model_name, model_version, variant,
+                              feature_view, feature_view_version, round(latency_ms, 3)))
 
 
 def observation(*, worker: str, valid: int, rows: list[dict[str, Any]], columns: tuple[str, ...],
@@ -142,7 +149,28 @@ def retrain_request(*, request_id: str, model_name: str, champion_version: int |
 
 
 def iso_time(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC ISO-8601 with milliseconds ("...T12:00:00.123Z"), exactly as datetime would print it, 4x faster.
+
+    datetime.fromtimestamp rounds the fraction to microseconds (half to even) and isoformat then
+    truncates to milliseconds; so does this, with the whole seconds' text cached (events of a batch
+    share seconds), because this runs for every prediction and every labeled record.
+    """
+    if epoch_seconds < 0:  # never for a validated event; the fraction arithmetic below assumes t >= 0
+        return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z")
+    whole = math.floor(epoch_seconds)
+    micros = round((epoch_seconds - whole) * 1_000_000)  # exact subtraction for t >= 0; round() is half-even
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    prefix = _SECONDS_TEXT.get(whole)
+    if prefix is None:
+        if len(_SECONDS_TEXT) >= 65_536:
+            _SECONDS_TEXT.clear()
+        prefix = _SECONDS_TEXT[whole] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{prefix}.{micros // 1000:03d}Z"
+
+
+_SECONDS_TEXT: dict[int, str] = {}
 
 
 def _text_or_none(data: bytes | None) -> str | None:

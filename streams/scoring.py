@@ -84,6 +84,10 @@ class EventScorer:
         self._recent_capacity = recent_ids_capacity
         feature_names = set(self.computer.names)
         self._inputs = [(name, name in feature_names) for name in spec.model_inputs]
+        # The usual layout (the default model inputs): every feature in spec order, then event fields.
+        names = tuple(self.computer.names)
+        self._feature_led = spec.model_inputs[:len(names)] == names
+        self._field_inputs = spec.model_inputs[len(names):]
         self._entity_field = spec.events.entity
 
     def forget(self, partitions: list[int]) -> None:
@@ -98,7 +102,7 @@ class EventScorer:
         t1 = time.perf_counter()
         rows = self._features(events, out)
         t2 = time.perf_counter()
-        scores = self._score(events, rows)
+        scores = self._score(events, rows, out)
         shadow = self._shadow_scores(rows)
         t3 = time.perf_counter()
         self._emit(events, rows, scores, shadow, out)
@@ -138,24 +142,31 @@ class EventScorer:
 
     def _features(self, events: list[tuple[Record, Event]], out: ScoredBatch) -> list[dict[str, Any]]:
         update = self.computer.update
-        states = self.states
+        get, put = self.states.get, self.states.set
+        feature_led, fields, inputs = self._feature_led, self._field_inputs, self._inputs
         rows = []
         for record, event in events:
-            entry = states.get(record.partition, event.entity)
+            entry = get(record.partition, event.entity)
             if entry is None:
                 entry = {"w": None, "o": -1}
             if record.offset <= entry["o"]:
                 out.replayed += 1
                 _, feats = update(_copy_state(_encode(entry["w"])), event.event_time, event.values)
             else:
-                window, feats = update(entry["w"], event.event_time, event.values)
-                entry = {"w": window, "o": record.offset}
-                states.set(record.partition, event.entity, entry)
+                entry["w"], feats = update(entry["w"], event.event_time, event.values)
+                entry["o"] = record.offset
+                put(record.partition, event.entity, entry)  # marks the key for the next changelog flush
             values = event.values
-            rows.append({name: feats[name] if is_feature else values.get(name) for name, is_feature in self._inputs})
+            if feature_led:  # `feats` is a fresh dict in input order already: extend it into the row
+                for name in fields:
+                    feats[name] = values.get(name)
+                rows.append(feats)
+            else:
+                rows.append({name: feats[name] if is_feature else values.get(name) for name, is_feature in inputs})
         return rows
 
-    def _score(self, events: list[tuple[Record, Event]], rows: list[dict[str, Any]]) -> list[tuple[float, Any, float]]:
+    def _score(self, events: list[tuple[Record, Event]], rows: list[dict[str, Any]],
+               out: ScoredBatch) -> list[tuple[float, Any, float]]:
         """(score, serving model, model ms) per event; one predict_proba call per variant in the batch."""
         by_variant: dict[str, list[int]] = {}
         route = self.router.variant_for
@@ -168,8 +179,9 @@ class EventScorer:
             probabilities = serving.model.predict_proba([rows[i] for i in indices])
             # the model's own time per event (its batch call shared out), for the canary latency guardrail
             model_ms = (time.perf_counter() - started) * 1000 / len(indices)
-            for i, p in zip(indices, probabilities):
-                scored[i] = (float(p), serving, model_ms)
+            for i, p in zip(indices, probabilities.tolist()):
+                scored[i] = (p, serving, model_ms)
+            out.served[(serving.version, serving.variant)] += len(indices)
         return scored
 
     def _shadow_scores(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
@@ -185,26 +197,43 @@ class EventScorer:
     def _emit(self, events: list[tuple[Record, Event]], rows: list[dict[str, Any]],
               scores: list[tuple[float, Any, float]], shadow: list[dict[str, Any]] | None, out: ScoredBatch) -> None:
         spec = self.spec
-        threshold = spec.model.threshold
+        threshold, model_name = spec.model.threshold, spec.model.name
+        view, view_version, entity_field = self.feature_view, self.feature_view_version, self._entity_field
+        prediction, encode = contracts.prediction, _encode
+        predictions, pending, feast_rows, latencies = out.predictions, out.pending, out.feast_rows, out.latencies
         now = time.time()
         out.rows = rows
         if events:
             out.event_time_max = max(event.event_time for _, event in events)
         for i, ((record, event), row, (score, serving, model_ms)) in enumerate(zip(events, rows, scores)):
-            # librdkafka reports -1 when a record carries no timestamp
-            latency = now - record.timestamp_ms / 1000 if record.timestamp_ms and record.timestamp_ms > 0 else 0.0
-            latency_ms = max(latency, 0.0) * 1000
-            out.predictions.append((record.key or event.entity.encode(), contracts.prediction(
+            appended_ms = record.timestamp_ms  # librdkafka reports -1 when a record carries no timestamp
+            latency = max(now - appended_ms / 1000, 0.0) if appended_ms and appended_ms > 0 else 0.0
+            latency_ms = latency * 1000
+            version, variant = serving.version, serving.variant
+            predictions.append((record.key or event.entity.encode(), prediction(
                 event_id=event.event_id, entity=event.entity, event_time=event.event_time, score=score,
-                threshold=threshold, model_name=spec.model.name, model_version=serving.version,
-                variant=serving.variant, feature_view=self.feature_view,
-                feature_view_version=self.feature_view_version, latency_ms=latency_ms)))
-            pending = {"event_id": event.event_id, "entity": event.entity, "event_time": event.event_time,
-                       "score": score, "model_version": serving.version, "variant": serving.variant,
-                       "predicted_at": now, "latency_ms": latency_ms, "model_ms": model_ms, "row": row}
-            if shadow is not None:
-                pending["shadow"] = shadow[i]
-            out.pending.append((event.event_id, _encode(pending)))
-            out.feast_rows.append({self._entity_field: event.entity, "event_timestamp": event.event_time, **row})
-            out.served[(serving.version, serving.variant)] += 1
-            out.latencies.append(max(latency, 0.0))
+                threshold=threshold, model_name=model_name, model_version=version, variant=variant,
+                feature_view=view, feature_view_version=view_version, latency_ms=latency_ms)))
+            pending.append((event.event_id, encode(_Pending(
+                event.event_id, event.entity, event.event_time, score, version, variant, now, latency_ms, model_ms,
+                row, None if shadow is None else shadow[i]))))
+            feast_row = {entity_field: event.entity, "event_timestamp": event.event_time}
+            feast_row.update(row)
+            feast_rows.append(feast_row)
+            latencies.append(latency)
+
+
+class _Pending(msgspec.Struct, omit_defaults=True):
+    """A prediction waiting for its outcome (internal `…-pending` topic, read by streams/join.py)."""
+
+    event_id: str
+    entity: str
+    event_time: float
+    score: float
+    model_version: int
+    variant: str
+    predicted_at: float
+    latency_ms: float
+    model_ms: float
+    row: dict[str, Any]
+    shadow: dict[str, Any] | None = None  # the challenger's score, in shadow mode

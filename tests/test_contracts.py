@@ -1,8 +1,11 @@
 """The JSON records consumers read: parseable with plain json, original bytes recoverable exactly."""
 
 import json
+import math
+import random
+from datetime import datetime, timezone
 
-from driftloop.streams.contracts import Source, dead_letter, original_bytes, prediction
+from driftloop.streams.contracts import Source, dead_letter, iso_time, original_bytes, prediction
 
 
 def test_dead_letter_keeps_the_exact_original_bytes_and_the_reason():
@@ -24,3 +27,15 @@ def test_prediction_record():
                       "score": 0.831235, "decision": 1, "threshold": 0.5, "model_name": "card_fraud",
                       "model_version": 3, "variant": "canary", "feature_view": "card_fraud_features",
                       "feature_view_version": "v1", "latency_ms": 4.568}
+
+
+def test_iso_time_prints_what_datetime_prints():
+    """The fast formatter must agree with datetime's rounding to microseconds and truncation to milliseconds."""
+    rng = random.Random(7)
+    times = [rng.uniform(0, 253402300799) for _ in range(20_000)] + [rng.uniform(1.6e9, 1.8e9) for _ in range(20_000)]
+    # fractions at the rounding edges: half a microsecond, the last microsecond before a carry
+    times += [math.floor(t) + edge / 1e6 for t in times[:500] for edge in (0.5, 1.5, 2.5, 999_999.4999, 999_999.5)]
+    times += [0.0, 1e-7, 0.9999995, 253402300799.0, -1.5, -86400.25]
+    for t in times:
+        assert iso_time(t) == datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z"), t
