@@ -60,6 +60,7 @@ STAGE_METRIC = "driftloop_stage_seconds"
 # The worker's consume call (streams/pipeline.py), mirrored by the raw passthrough: consume() returns
 # early only for a full batch, so the wait is part of every event's latency at low rates.
 RAW_BATCH, RAW_WAIT_SECONDS = 2000, 0.005
+WARMUP_EVENTS = 20_000  # the data plane's champion is trained on this many events first
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,21 @@ class BenchOptions:
     def command(self) -> str:
         return (f"driftloop bench --events {self.events} --rate-events-per-s {self.rate_events_per_s:g} "
                 f"--latency-seconds {self.latency_seconds:g} --partitions {self.partitions}")
+
+
+def warm_up_set(spec: Any, count: int) -> list[tuple[dict[str, Any], int]]:
+    """(model-input row, label) of `count` demo events of another seed, featurised as the worker does."""
+    from driftloop.features.windows import FeatureComputer
+    from driftloop.streams.validation import EventValidator
+
+    validator, computer = EventValidator(spec, max_future_skew=math.inf), FeatureComputer(spec)
+    features, states, pairs = set(computer.names), {}, []
+    for event_doc, outcome in itertools.islice(FraudStream(seed=4, id_prefix="bench-warmup-"), count):
+        event = validator.validate(encode(event_doc))
+        states[event.entity], feats = computer.update(states.get(event.entity), event.event_time, event.values)
+        pairs.append(({name: feats[name] if name in features else event.values.get(name)
+                       for name in spec.model_inputs}, outcome[spec.outcomes.label]))
+    return pairs
 
 
 def demo_events(count: int) -> list[tuple[bytes, bytes, str]]:
@@ -188,12 +204,20 @@ class DataPlaneWorker:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._port: int | None = None
+        self.model: dict[str, Any] | None = None  # the champion it scores with, once prepared
 
     def prepare(self) -> None:
         from driftloop.features.feast_repo import apply as feast_apply
+        from driftloop.models.bootstrap import ensure_champion
 
         feast_apply(self.settings, self.spec)
         kafka.ensure_topics(self.bootstrap, self.settings.topics, self.settings.partitions)
+        # The demo's steady state: its own model (gradient boosting, ONNX) as champion, trained on a
+        # warm-up slice of the stream, not the River placeholder that serves only until the first training.
+        warmup = warm_up_set(self.spec, WARMUP_EVENTS)
+        champion = ensure_champion(self.spec, self.settings.mlflow_tracking_uri, warmup=warmup)
+        self.model = {"name": self.spec.model.name, "version": champion.version, "flavor": self.spec.model.flavor,
+                      "estimator": self.spec.model.estimator, "trained_on_events": len(warmup)}
 
     def start(self) -> None:
         from driftloop.streams.worker import run_worker
@@ -465,7 +489,10 @@ def measure(system: Any, backlog: list[tuple[bytes, bytes, str]], offered: list[
     throughput = throughput_summary(seen, len(backlog), started_ms)
     if stages is not None:
         throughput["stage_seconds"] = stage_summary(stages, throughput["seconds"])
-    return {"throughput": throughput, "latency": latency}
+    result = {"throughput": throughput, "latency": latency}
+    if getattr(system, "model", None) is not None:
+        result["model"] = system.model
+    return result
 
 
 def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> dict[str, Any]:
