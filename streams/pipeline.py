@@ -95,7 +95,7 @@ class Pipeline:
         self.max_delivery_wait = max_delivery_wait
         self._delivery_errors: list[str] = []
         self._producer = kafka.producer(bootstrap, on_delivery=self._on_delivery, **PRODUCER_CONFIG)
-        self._consumer = kafka.consumer(bootstrap, topology.group, **CONSUMER_CONFIG)
+        self._consumer = kafka.consumer(bootstrap, topology.group, on_commit=self._on_commit, **CONSUMER_CONFIG)
         self._next_offsets: dict[tuple[str, int], int] = {}
         self._uncommitted: deque[_Checkpoint] = deque()  # oldest first
         self._draining: _Checkpoint | None = None  # the one whose changed keys are being produced
@@ -242,6 +242,10 @@ class Pipeline:
             except BufferError:  # the local queue is full: let librdkafka drain it, then retry
                 self._producer.poll(0.05)
 
+    def _on_commit(self, error, _partitions) -> None:
+        if error is not None:  # the next checkpoint commits these offsets again, or later ones
+            _LOG.warning("committing offsets failed: %s", error)
+
     def _on_delivery(self, error, message) -> None:
         if error is not None:
             self._delivery_errors.append(f"{message.topic()}[{message.partition()}]: {error.str()}")
@@ -276,7 +280,9 @@ class Pipeline:
                 for c in written:
                     c.delivered = True
         self._check_delivered()
-        self._commit_ready()
+        # Not waiting for the broker's answer: a commit that fails is covered by the next one (offsets
+        # only move forward), and a record whose commit was lost is processed again, as after a crash.
+        self._commit_ready(asynchronous=True)
         self.metrics.stage("checkpoint", time.perf_counter() - started)
 
     def checkpoint(self, timeout: float = 30.0) -> None:
@@ -294,7 +300,7 @@ class Pipeline:
             c.changelogs_at, c.delivered = c.changelogs_at or time.monotonic(), True
         self._check_delivered()
         self.feast.flush(timeout)
-        self._commit_ready()
+        self._commit_ready(asynchronous=False)  # a rebalance or shutdown hands the partitions over next
         self.metrics.stage("checkpoint", time.perf_counter() - started)
 
     def _flush_producer(self, timeout: float) -> None:
@@ -309,7 +315,7 @@ class Pipeline:
             raise DriftloopError(f"{len(self._delivery_errors)} records were not delivered "
                                  f"(first: {self._delivery_errors[0]}); offsets were not committed")
 
-    def _commit_ready(self) -> None:
+    def _commit_ready(self, *, asynchronous: bool) -> None:
         """Commit the delivered checkpoints, oldest first, whose Feast rows are written."""
         ready: dict[tuple[str, int], int] = {}
         while self._uncommitted and self._uncommitted[0].delivered \
@@ -317,7 +323,7 @@ class Pipeline:
             ready.update(self._uncommitted.popleft().offsets)
         if ready:
             offsets = [TopicPartition(topic, p, offset) for (topic, p), offset in ready.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
 
     def _observe_gauges(self) -> None:
         lags = {}
