@@ -44,7 +44,7 @@ REASONS: dict[str, str] = {
     "missing_field": "a required field is absent, null, or (id/entity) empty",
     "wrong_type": "a field has the wrong JSON type for its spec type",
     "not_finite": "a number field is NaN or infinite",
-    "out_of_range": "a number is below the field's min or above its max",
+    "out_of_range": "a number is below the field's min or above its max (an integer: or outside 64 bits)",
     "too_long": "a string is longer than the field's max_length",
     "bad_timestamp": "a timestamp is not ISO-8601 or epoch seconds, or lies outside years 1970..9999",
     "event_time_in_future": "the event time is further ahead of the worker's clock than max_future_skew",
@@ -52,6 +52,9 @@ REASONS: dict[str, str] = {
 }
 
 _MAX_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z: datetime's ceiling
+# Whatever the spec says, an int field is stored as int64 (Feast, parquet): a larger one would fail the
+# Feast write and with it every later checkpoint, so it is out of range here, at the door.
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _JSON_TYPE = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 _decode = msgspec.json.Decoder().decode
 
@@ -132,6 +135,8 @@ def _int_checker(spec: FieldSpec) -> Callable[[Any], int]:
             raise _Invalid("wrong_type", f"expected an integer, got {_kind(v)}")
         if not lo <= v <= hi:
             raise _out_of_range(spec, v)
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            raise _Invalid("out_of_range", "outside the 64-bit integer range")
         return v
 
     return check

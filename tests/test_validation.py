@@ -247,6 +247,18 @@ def test_unseen_is_a_reserved_category_value():
         EventValidator(parse_spec(doc))
 
 
+def test_an_int_field_without_bounds_still_fits_64_bits():
+    """Feast and the offline parquet store ints as int64: a larger one goes to the DLQ, not into a write."""
+    doc = yaml.safe_load(DEMO_SPEC.read_text())
+    del doc["events"]["fields"]["account_age_days"]["min"], doc["events"]["fields"]["account_age_days"]["max"]
+    unbounded = EventValidator(parse_spec(doc))
+    for fits in (2 ** 63 - 1, -(2 ** 63), 0):
+        assert unbounded.validate(encode(event(account_age_days=fits))).values["account_age_days"] == fits
+    for too_big in (2 ** 63, -(2 ** 63) - 1, 10 ** 30):
+        rejection = unbounded.validate(encode(event(account_age_days=too_big)))
+        assert (rejection.reason, rejection.field) == ("out_of_range", "account_age_days")
+
+
 # --- fuzz -----------------------------------------------------------------------------------------
 
 FUZZ_SEED = 20261123
