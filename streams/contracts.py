@@ -75,7 +75,7 @@ def prediction(*, event_id: str, entity: str, event_time: float, score: float, t
                model_version: int, variant: str, feature_view: str, feature_view_version: str,
                latency_ms: float) -> bytes:
     """One record per valid event on the predictions topic."""
-    # A Struct, not a dict: a third of the cost on the per-prediction hot path.
+    # A Struct, not a dict: cheaper to build and to encode, once per prediction.
     return _encode(Prediction(CONTRACT_VERSION, event_id, entity, iso_time(event_time), round(float(score), 6),
                               int(score >= threshold), threshold, model_name, model_version, variant,
                               feature_view, feature_view_version, round(latency_ms, 3)))
@@ -149,7 +149,7 @@ def retrain_request(*, request_id: str, model_name: str, champion_version: int |
 
 
 def iso_time(epoch_seconds: float) -> str:
-    """UTC ISO-8601 with milliseconds ("...T12:00:00.123Z"), exactly as datetime would print it, 4x faster.
+    """UTC ISO-8601 with milliseconds ("...T12:00:00.123Z"), exactly as datetime prints it, 2.5x faster.
 
     datetime.fromtimestamp rounds the fraction to microseconds (half to even) and isoformat then
     truncates to milliseconds; so does this, with the whole seconds' text cached (events of a batch

@@ -9,7 +9,7 @@ changelog-backed table (partition = join partition, key = event id) holding whic
 
 A waiting prediction is kept as the JSON bytes it arrived as and decoded only when its outcome
 comes: every scored event passes through here, and decoding it to re-encode it for the changelog cost
-more than the join itself. (Changelogs written before 0.2 hold it decoded, as a dict.)
+more than the join itself. (Changelogs that earlier versions wrote hold it decoded, as a dict.)
 
 When the other side arrives, the joined record goes to the `labeled` topic and the entry is deleted.
 A second prediction for a waiting id (re-emitted after a worker restart) leaves the first in place.
