@@ -52,7 +52,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-import msgspec
 import numpy as np
 
 from driftloop import __version__
@@ -61,7 +60,7 @@ from driftloop.load.demo import (
     DEMO_STREAM, LABEL_DELAY, ONSET, AuditWatch, StreamPlayer, drifted_after, play, stream_start,
 )
 from driftloop.load.generator import DriftPlan, FraudStream
-from driftloop.load.run_records import json_object, read_between
+from driftloop.load.run_records import Labeled, decode_labeled, json_object, read_between
 from driftloop.load.timeline import Outcomes, RunRecords, draw_timeline, epoch, is_promotion, timeline_facts
 from driftloop.process import ManagedProcess
 from driftloop import settings as settings_module
@@ -74,22 +73,6 @@ TARGET_CHAMPION_SECONDS = 120.0
 TARGET_ACCURACY_POINTS = 2.0
 TARGET_STATIONARY_RETRAININGS = 0
 STACK_READY_SECONDS = 420.0  # `driftloop up` on a busy 2-core machine, then Faust's first group join
-
-
-class _Labeled(msgspec.Struct):
-    """What the benchmark reads of a labeled record (streams/join.py)."""
-
-    event_id: str
-    predicted_at: str
-    joined_at: str
-    decision: int
-    label: int
-    variant: str
-    model_version: int
-    features: dict[str, Any]
-
-
-_decode_labeled = msgspec.json.Decoder(_Labeled).decode
 
 
 # --- the stack ------------------------------------------------------------------------------------
@@ -214,7 +197,7 @@ def drift_phase(options: argparse.Namespace, workdir: Path, say: Callable[[str],
         ended = time.time()
         time.sleep(3)  # the last outcomes' join
         say(f"played {player.produced:,} events in {ended - started:.0f} s; reading the run back")
-        labeled = read_between(stack.bootstrap, settings.topic_labeled, started - 1, time.time(), _decode_labeled)
+        labeled = read_between(stack.bootstrap, settings.topic_labeled, started - 1, time.time(), decode_labeled)
         audit = read_between(stack.bootstrap, settings.topic_audit, started - 1, time.time(), json_object)
         drift = read_between(stack.bootstrap, settings.topic_drift, started - 1, time.time(), json_object)
         run = RunRecords(started - 1, ended, Outcomes.of(labeled, drifted_after(stream.id_prefix, options.onset)),
@@ -249,7 +232,7 @@ def _sorted(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r in records if isinstance(r.get("at"), str)), key=lambda r: epoch(r["at"]))
 
 
-def _detection(run: RunRecords, labeled: list[_Labeled], sent_at: Any, onset: float,
+def _detection(run: RunRecords, labeled: list[Labeled], sent_at: Any, onset: float,
                onset_event: int) -> dict[str, Any]:
     trigger = next((r for r in run.audit if r.get("action") == "retrain_triggered" and epoch(r["at"]) >= onset), None)
     result: dict[str, Any] = {"target_events": TARGET_DETECTION_EVENTS, "met": False, "delay_events": None}
@@ -285,7 +268,7 @@ def _new_champion(facts: dict[str, Any]) -> dict[str, Any]:
             "rollbacks": len(facts["rollbacks"])}
 
 
-def _accuracy_against_post_drift_model(spec: PipelineSpec, tracking_uri: str, labeled: list[_Labeled],
+def _accuracy_against_post_drift_model(spec: PipelineSpec, tracking_uri: str, labeled: list[Labeled],
                                        onset_event: int, version: int, promoted_at: float) -> dict[str, Any]:
     """The promoted version's live accuracy after the promotion, against a model of its kind trained offline on
     the post-drift events predicted before the promotion, on the same events (module docstring)."""

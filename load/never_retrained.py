@@ -33,23 +33,13 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from driftloop import kafka
+from driftloop.load.run_records import Labeled, decode_labeled
 from driftloop.models.registry import LoadedModel, load_alias
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 from driftloop.stack import running_stack
 
 CHAMPION = "champion"
-
-
-class _Labeled(msgspec.Struct):
-    event_id: str
-    label: int
-    decision: int
-    model_version: int
-    features: dict[str, Any]
-
-
-_decode = msgspec.json.Decoder(_Labeled).decode
 
 
 @dataclass
@@ -89,7 +79,7 @@ class NeverRetrained:
         rows = sorted(run)
         threshold = self.spec.model.threshold
         decisions = np.empty(len(rows), dtype=np.int64)
-        pending: deque[_Labeled] = deque()
+        pending: deque[Labeled] = deque()
         for i, row in enumerate(rows):
             record = run[row]
             decisions[i] = int(model.predict_proba([record.features])[0] >= threshold)
@@ -113,7 +103,7 @@ class NeverRetrained:
 
 
 def _read_labeled(bootstrap: str, topic: str, row_of: Mapping[str, int], registered_ms: int, started_ms: int,
-                  expected: int, timeout: float) -> tuple[list[_Labeled], dict[int, _Labeled]]:
+                  expected: int, timeout: float) -> tuple[list[Labeled], dict[int, Labeled]]:
     """(history: records joined in [registered_ms, started_ms), in time order; this run's records by row).
 
     Reads from the beginning to the end of every partition, then on until `expected` records of the run
@@ -122,8 +112,8 @@ def _read_labeled(bootstrap: str, topic: str, row_of: Mapping[str, int], registe
     consumer = kafka.consumer(bootstrap, f"driftloop-replay-baseline-{uuid.uuid4().hex[:10]}",
                               **{"enable.auto.commit": False, "enable.partition.eof": True,
                                  "fetch.wait.max.ms": 500})
-    history: list[tuple[int, _Labeled]] = []
-    run: dict[int, _Labeled] = {}
+    history: list[tuple[int, Labeled]] = []
+    run: dict[int, Labeled] = {}
     try:
         metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
@@ -144,7 +134,7 @@ def _read_labeled(bootstrap: str, topic: str, row_of: Mapping[str, int], registe
                         unread.discard(message.partition())
                     continue
                 try:
-                    record = _decode(message.value() or b"")
+                    record = decode_labeled(message.value() or b"")
                 except msgspec.DecodeError:
                     continue
                 row = row_of.get(record.event_id)

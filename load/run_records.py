@@ -27,6 +27,22 @@ def read_between(bootstrap: str, topic: str, since: float, until: float,
     return kafka.read_topic(bootstrap, topic, since=since, until=until, decode=decode, timeout=timeout)
 
 
+class Labeled(msgspec.Struct):
+    """What the load tools read of a `labeled` record (streams/join.py writes it; other fields are skipped)."""
+
+    event_id: str
+    predicted_at: str
+    joined_at: str
+    decision: int
+    label: int
+    variant: str
+    model_version: int
+    features: dict[str, Any]
+
+
+decode_labeled = msgspec.json.Decoder(Labeled).decode
+
+
 def json_object(value: bytes) -> dict[str, Any]:
     """A JSON object record; ValueError for anything else (so read_between skips it)."""
     document = _decode_json(value)
