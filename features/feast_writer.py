@@ -67,6 +67,7 @@ _ACCEPTS = {pa.float64(): {pa.float64(), pa.int64(), pa.null()}, pa.int64(): {pa
 _encode_rows = msgspec.msgpack.Encoder().encode
 _decode_rows = msgspec.msgpack.Decoder().decode
 WRITER_NICENESS = 10  # added to the background writer process's nice value (lower CPU priority)
+CHILD_START_TIMEOUT = 120.0  # seconds for the writer process to import Feast and open the store
 
 
 class FeastWriteError(DriftloopError):
@@ -269,6 +270,16 @@ class FeastWriter:
                                       name="driftloop-feast-writer", daemon=True)
         self._child.start()
         child_end.close()
+        # Wait until the child has imported Feast and opened the store: seconds of CPU that would
+        # otherwise compete with the worker's first batches (and hold up the first write anyway).
+        if not self._connection.poll(CHILD_START_TIMEOUT):
+            raise FeastWriteError(f"the Feast writer process did not start within {CHILD_START_TIMEOUT:g}s")
+        try:
+            status, detail, _seconds = self._connection.recv()
+        except EOFError:
+            raise FeastWriteError(f"the Feast writer process exited (code {self._child.exitcode})") from None
+        if status != "ready":
+            raise FeastWriteError(f"the Feast writer process could not start: {detail}")
 
     def _write_in_child(self, rows: Sequence[dict[str, Any]]) -> None:
         # MessagePack, not pickle: this thread holds the GIL while it serialises, and msgspec does it in
@@ -460,7 +471,12 @@ def _serve_writes(settings: Settings, spec: PipelineSpec, connection) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     os.nice(WRITER_NICENESS)
-    writer = FeastWriter(settings, spec)
+    try:
+        writer = FeastWriter(settings, spec)
+    except Exception as exc:
+        connection.send(("error", f"{type(exc).__name__}: {exc}", 0.0))
+        return
+    connection.send(("ready", "", 0.0))
     while True:
         try:
             rows = _decode_rows(connection.recv_bytes())
