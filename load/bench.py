@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from driftloop import __version__, kafka
@@ -60,6 +61,7 @@ STAGE_METRIC = "driftloop_stage_seconds"
 # The worker's consume call (streams/pipeline.py), mirrored by the raw passthrough: consume() returns
 # early only for a full batch, so the wait is part of every event's latency at low rates.
 RAW_BATCH, RAW_WAIT_SECONDS = 2000, 0.005
+READER_FETCH_WAIT_MS = 200
 WARMUP_EVENTS = 20_000  # the data plane's champion is trained on this many events first
 
 
@@ -269,17 +271,24 @@ class DataPlaneWorker:
 
 # -- measuring (the child process's side) ---------------------------------------------------------
 
+class _Identified(msgspec.Struct):
+    event_id: Any = None
+
+
+# Decodes only the event id: the reader runs beside the system under test, on the same cores.
+_decode_identified = msgspec.json.Decoder(_Identified).decode
+
+
 def _event_id(value: bytes | None, dead_letter: bool) -> str | None:
     """The id of the event an output record stands for (a DLQ record: of its original bytes)."""
     from driftloop.streams.contracts import original_bytes
 
     try:
-        record = json.loads(value)
         if dead_letter:
-            record = json.loads(original_bytes(record))
-    except (TypeError, ValueError, KeyError):
+            value = original_bytes(json.loads(value))
+        return str(_decode_identified(value).event_id)
+    except (TypeError, ValueError, KeyError, msgspec.DecodeError):
         return None
-    return str(record.get("event_id")) if isinstance(record, dict) else None
 
 
 class OutputReader:
@@ -288,8 +297,11 @@ class OutputReader:
     def __init__(self, bootstrap: str, output_topic: str, dead_letter_topic: str | None,
                  start_offsets: dict[str, dict[int, int]] | None = None):
         self.dead_letter_topic = dead_letter_topic
+        # Latencies come from the outputs' Kafka timestamps, so reading late costs nothing; reading
+        # often does: every fetch that returns data costs Tansu's memory store time in proportion to
+        # the batches the partition holds, and at 10 ms the reader was the broker's busiest client.
         self._consumer = kafka.consumer(bootstrap, f"bench-reader-{uuid.uuid4().hex[:10]}",
-                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": 10})
+                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": READER_FETCH_WAIT_MS})
         assignment = []
         for topic in filter(None, (output_topic, dead_letter_topic)):
             offsets = (start_offsets or {}).get(topic, {})
