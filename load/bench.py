@@ -90,16 +90,12 @@ class BenchOptions:
 
 def warm_up_set(spec: Any, count: int) -> list[tuple[dict[str, Any], int]]:
     """(model-input row, label) of `count` demo events of another seed, featurised as the worker does."""
-    from driftloop.features.windows import FeatureComputer
-    from driftloop.streams.validation import EventValidator
+    from driftloop.load.featurise import Featuriser
 
-    validator, computer = EventValidator(spec, max_future_skew=math.inf), FeatureComputer(spec)
-    features, states, pairs = set(computer.names), {}, []
+    featuriser, pairs = Featuriser(spec), []
     for event_doc, outcome in itertools.islice(FraudStream(seed=4, id_prefix="bench-warmup-"), count):
-        event = validator.validate(encode(event_doc))
-        states[event.entity], feats = computer.update(states.get(event.entity), event.event_time, event.values)
-        pairs.append(({name: feats[name] if name in features else event.values.get(name)
-                       for name in spec.model_inputs}, outcome[spec.outcomes.label]))
+        _, row = featuriser.featurise(encode(event_doc))
+        pairs.append((row, outcome[spec.outcomes.label]))
     return pairs
 
 

@@ -6,7 +6,7 @@ prints one JSON object. Each run plays the control plane's part in-process, as s
 it live, on the synthetic fraud stream (load/generator.py) with the demo spec:
 
 - events are validated and get their windowed features as the worker computes them
-  (`EventValidator`, `FeatureComputer`), and are scored by the champion the live pipeline would have:
+  (`load.featurise.Featuriser`), and are scored by the champion the live pipeline would have:
   a River spec's cold-start model, learning online from each outcome `LABEL_DELAY` events later, as
   workers learn from `labeled`; for an ONNX spec (the demo's) the cold-start River placeholder until
   `model.warmup_events` outcomes with full feature windows are in, then (as version 2) the spec's model
@@ -40,7 +40,7 @@ from typing import Any
 
 from evidently.legacy.calculations.stattests import wasserstein_stat_test
 
-from driftloop.features.windows import FeatureComputer
+from driftloop.load.featurise import Featuriser
 from driftloop.load.generator import DriftPlan, FraudStream, encode
 from driftloop.models.bootstrap import placeholder_spec
 from driftloop.models.flavors import new_model, train_onnx
@@ -53,7 +53,6 @@ from driftloop.streams.data_drift import DataDriftMonitor, warmup_seconds
 from driftloop.streams.drift_report import build_report
 from driftloop.streams.quality_drift import QualityMonitor
 from driftloop.streams.trigger import TriggerPolicy
-from driftloop.streams.validation import Event, EventValidator
 
 # The demo stream's parameters: 2,000 cards, 5% fraud, one event every 2 s of event time (each card
 # used about every 67 min), so the spec's 24 h windows fill after 43,200 events instead of never.
@@ -77,9 +76,7 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
     The champion (module docstring) scores each event; the labeled records carry the score served at
     prediction time and the version that served it, and so does each batch.
     """
-    validator = EventValidator(spec, max_future_skew=float("inf"))
-    computer = FeatureComputer(spec)
-    features = set(computer.names)
+    featuriser = Featuriser(spec)
     inputs = spec.model_inputs
     warming_up = spec.model.flavor == "onnx"
     model, version = new_model(placeholder_spec(spec) if warming_up else spec), 1
@@ -87,18 +84,15 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
     warmup_rows: list[dict[str, Any]] = []
     warmup_labels: list[int] = []
     threshold = spec.model.threshold
-    states: dict[str, Any] = {}
     waiting: deque[tuple[dict[str, Any], dict[str, Any], float]] = deque()
     batch, labeled = _new_batch(inputs, version), []
     for index, (event_doc, outcome) in enumerate(itertools.islice(stream, events), start=1):
-        event = validator.validate(encode(event_doc))
-        if not isinstance(event, Event):
+        event, row = featuriser.featurise(encode(event_doc))
+        if row is None:
             batch["dlq"][event.reason] += 1
         else:
             if full_from is None:
                 full_from = event.event_time + warmup_seconds(spec)
-            states[event.entity], feats = computer.update(states.get(event.entity), event.event_time, event.values)
-            row = {name: feats[name] if name in features else event.values.get(name) for name in inputs}
             score = float(model.predict_proba([row])[0])
             for name in inputs:
                 batch["rows"][name].append(row[name])

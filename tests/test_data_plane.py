@@ -19,12 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop import kafka, settings as settings_module
 from driftloop.features.feast_repo import apply as feast_apply
+from driftloop.load.featurise import Featuriser
 from driftloop.load.generator import FraudStream, encode, produce
-from driftloop.features.windows import FeatureComputer
 from driftloop.spec import load_spec
 from driftloop.streams.contracts import original_bytes
 from driftloop.streams.topology import Topology
-from driftloop.streams.validation import EventValidator
 from driftloop.streams.worker import run_worker
 from test_validation import _hostile
 
@@ -264,13 +263,10 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
 
     # The restored window state is exact: each entity's last event scored on the features an
     # uninterrupted pass computes (replayed records were not counted twice).
-    validator, computer = EventValidator(spec, max_future_skew=float("inf")), FeatureComputer(spec)
-    states, expected = {}, {}
+    featuriser, expected = Featuriser(spec), {}
     for event_doc, _ in stream.take(count):
-        event = validator.validate(encode(event_doc))
-        states[event.entity], feats = computer.update(states.get(event.entity), event.event_time, event.values)
-        expected[event.entity] = (event.event_id, {name: feats.get(name, event.values.get(name))
-                                                   for name in spec.model_inputs})
+        event, row = featuriser.featurise(encode(event_doc))
+        expected[event.entity] = (event.event_id, row)
     by_id = {}
     for record in labeled:  # at-least-once: around the kill an event may be labeled twice; the first counts
         by_id.setdefault(record["event_id"], record["features"])

@@ -15,14 +15,14 @@ import yaml
 from driftloop import kafka, settings as settings_module
 from driftloop.features.feast_repo import apply as feast_apply
 from driftloop.features.feast_writer import FeastWriter
-from driftloop.features.windows import FeatureComputer
+from driftloop.load.featurise import Featuriser
 from driftloop.load.generator import DriftPlan, FraudStream, encode
 from driftloop.retrain.feast_offline import OfflineHistory
 from driftloop.retrain.training_set import NotEnoughData, build_training_set, fingerprint, read_window
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
-from driftloop.streams.validation import Event, EventValidator
+from driftloop.streams.validation import Event
 
 START = datetime.now(timezone.utc) - timedelta(hours=2)
 
@@ -58,14 +58,10 @@ def scored_stream(spec: PipelineSpec, count: int, *, seed: int, onset: int | Non
     plan = DriftPlan("none", 0) if onset is None else DriftPlan("abrupt", onset)
     stream = FraudStream(seed=seed, users=300, fraud_rate=fraud_rate, drift=plan, start=START,
                          events_per_second=20, id_prefix=f"s{seed}-")
-    validator, computer, states = EventValidator(spec), FeatureComputer(spec), {}
-    features = set(computer.names)
-    out = []
+    featuriser, out = Featuriser(spec), []
     for raw, outcome in stream.take(count):
-        event = validator.validate(encode(raw))
+        event, row = featuriser.featurise(encode(raw))
         assert isinstance(event, Event), event
-        states[event.entity], values = computer.update(states.get(event.entity), event.event_time, event.values)
-        row = {name: values[name] if name in features else event.values.get(name) for name in spec.model_inputs}
         out.append((event, row, outcome["is_fraud"]))
     return out
 
@@ -114,7 +110,6 @@ def pipeline(tmp_path, kafka_bootstrap, unique):
 def test_training_set_is_the_window_with_feast_features_equal_to_the_scored_rows(pipeline, kafka_bootstrap):
     settings, spec, writer = pipeline
     stream = scored_stream(spec, 900, seed=11)
-    entity = spec.events.entity
     # Two events of one entity in the same millisecond: Feast answers such a pair with one vector.
     twin_event, twin_row, _ = stream[850]
     twin = Event(f"{twin_event.event_id}-twin", twin_event.entity, twin_event.event_time, twin_event.values, (), (), b"")
