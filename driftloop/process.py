@@ -107,6 +107,9 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
 def reserve_port(port: int, setting: str) -> int:
     """Return `port` if 127.0.0.1 has it free (or a free port for 0); a clear error if it is taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves bind (uvicorn, Tansu): connections of a server stopped a moment ago
+        # linger in TIME_WAIT for a minute and do not make the port taken; a listener still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

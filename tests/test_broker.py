@@ -8,6 +8,7 @@ import pytest
 from driftloop.broker import EmbeddedBroker
 from driftloop.errors import DriftloopError
 from driftloop.kafka import broker_answers
+from driftloop.process import reserve_port
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,23 @@ def test_taken_port_is_a_clear_error(tmp_path):
         port = holder.getsockname()[1]
         with pytest.raises(DriftloopError, match=f"port {port} on 127.0.0.1 is taken; set DRIFTLOOP_BROKER_PORT"):
             EmbeddedBroker(port, tmp_path)
+
+
+def test_a_port_whose_last_server_just_stopped_is_free_again(tmp_path):
+    # The server closes first, as a stopped stack's servers do: its side of the connection stays in
+    # TIME_WAIT for a minute, which must not stop `driftloop up` from starting again at once. The
+    # server sets SO_REUSEADDR as uvicorn (MLflow) and Tansu (tokio) do; the kernel requires it of both.
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()
+        client.recv(1)  # the server's FIN: the client closes second, leaving the server side in TIME_WAIT
+        client.close()
+    assert reserve_port(port, "DRIFTLOOP_BROKER_PORT") == port
 
 
 def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
