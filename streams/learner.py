@@ -23,6 +23,7 @@ from driftloop.models.routing import ModelRouter
 
 _LOG = logging.getLogger("driftloop.streams.learner")
 _decode = msgspec.json.Decoder().decode
+LEARNER_FETCH_WAIT_MS = 500
 
 
 class LabeledLearner:
@@ -32,8 +33,12 @@ class LabeledLearner:
         self.live = live
         self.batch_size = batch_size
         # A group id is required by librdkafka even for assign(); nothing is ever committed under it.
+        # Outcomes arrive late by nature, so half a second more costs the models nothing, while on the
+        # embedded broker every fetch that returns records costs in proportion to the batches stored
+        # in the partition (README, "What `driftloop up` starts"): at 25 ms the learner's fetches of
+        # the ever-growing `labeled` topic were a large share of a long demo's broker CPU.
         self._consumer = kafka.consumer(bootstrap, f"{group}-learner",
-                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": 25})
+                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": LEARNER_FETCH_WAIT_MS})
         partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self.learned = 0
