@@ -66,9 +66,10 @@ _PROGRESS_SECONDS = 15.0
 # A busy Tansu answers a fetch that waits less than its read takes with nothing, again and again: a reader
 # that is not latency-bound waits longer.
 _FETCH_WAIT_MS = 500
-# Like an upstream service batching its sends. At 500 events/s the default 5 ms linger makes a batch of
-# one or two records per partition, and the embedded broker's fetches cost in proportion to the batches
-# a partition holds: the worker fell behind after a few minutes. It adds ~50 ms to the latency shown.
+# Like an upstream service batching its sends. At 500 events/s the default 5 ms linger makes batches of
+# one or two records, each of which the embedded broker pays for when it stores it and again, in
+# proportion to the batches a partition holds, in every fetch: at 5 ms it spent a core from the first
+# minute and the worker fell behind after the drift onset. Adds up to 100 ms to the latency shown.
 _LINGER_MS = 100
 _QUIET_ACTIONS = frozenset({"canary_waiting", "retrain_declined"})  # progress noise, not decisions worth a line
 
