@@ -37,13 +37,6 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
-class _EventId(msgspec.Struct):
-    event_id: str
-
-
-_decode_event_id = msgspec.json.Decoder(_EventId).decode  # reads one field, skips the rest
-
-
 def join_partition(event_id: str, partitions: int) -> int:
     """The internal join partition of an event id: CRC-32, the same in every worker and for both sides."""
     return zlib.crc32(event_id.encode()) % partitions
@@ -106,8 +99,8 @@ class OutcomeJoiner:
         self.ttl = spec.outcomes.join_ttl
         self.clock = clock
 
-    def add_pending(self, partition: int, pending_json: bytes, result: JoinResult) -> None:
-        event_id = _decode_event_id(pending_json).event_id
+    def add_pending(self, partition: int, event_id: str, pending_json: bytes, result: JoinResult) -> None:
+        """`event_id` is the one `pending_json` holds: the scorer's, or the key of its `…-pending` record."""
         waiting = self.table.get(partition, event_id)
         if waiting is None:
             self.table.set(partition, event_id, {"p": pending_json, "at": self.clock()})

@@ -166,7 +166,7 @@ class Pipeline:
         for event_id, value in scored.pending:
             partition = join_partition(event_id, partitions)
             if partition in local:
-                self.joiner.add_pending(partition, value, joined)
+                self.joiner.add_pending(partition, event_id, value, joined)
             else:
                 produce(t.pending, value, event_id.encode(), partition)
         produce(t.observations, self._observation(scored), self.worker_id.encode())
@@ -209,7 +209,7 @@ class Pipeline:
         result = JoinResult()
         now = time.time()
         for m in pending:
-            self.joiner.add_pending(m.partition(), m.value(), result)
+            self.joiner.add_pending(m.partition(), m.key().decode(), m.value(), result)
         for m in outcomes:
             outcome = parse_outcome(m.value(), self.spec, now)  # validated before it was re-keyed
             self.joiner.add_outcome(m.partition(), outcome, result)

@@ -33,7 +33,7 @@ def pending(event_id: str, score: float = 0.9) -> bytes:
 
 def test_prediction_then_outcome_joins_once(joiner):
     result = JoinResult()
-    joiner.add_pending(0, pending("e-1"), result)
+    joiner.add_pending(0, "e-1", pending("e-1"), result)
     assert result.labeled == []
     joiner.add_outcome(0, Outcome("e-1", 1, 1_700_000_100.0), result)
     (key, value), = result.labeled
@@ -50,14 +50,14 @@ def test_outcome_before_prediction_waits_for_it(joiner):
     joiner.add_outcome(1, Outcome("e-2", 0, 1_700_000_100.0), result)
     joiner.add_outcome(1, Outcome("e-2", 0, 1_700_000_100.0), result)
     assert joiner.waiting() == {"outcome": 1} and result.counts == {"duplicate": 1}
-    joiner.add_pending(1, pending("e-2", score=0.2), result)
+    joiner.add_pending(1, "e-2", pending("e-2", score=0.2), result)
     assert json.loads(result.labeled[0][1])["label"] == 0
     assert result.counts["joined"] == 1
 
 
 def test_unmatched_sides_expire_after_the_ttl(joiner):
     result = JoinResult()
-    joiner.add_pending(0, pending("lonely-prediction"), result)
+    joiner.add_pending(0, "lonely-prediction", pending("lonely-prediction"), result)
     joiner.add_outcome(1, Outcome("lonely-outcome", 1, 0.0), result)
     joiner.clock.now += SPEC.outcomes.join_ttl - 1
     joiner.expire([0, 1], result)
