@@ -95,13 +95,14 @@ def test_changelog_records_are_utf8_keys_and_msgpack_values_in_the_state_partiti
 
 
 def test_a_changelog_written_as_json_is_still_restored(kafka_bootstrap, topic, producer):
-    table = _new_worker_table(kafka_bootstrap, topic)  # creates the topic
+    _new_worker_table(kafka_bootstrap, topic)  # creates the topic
     producer.produce(topic, value=b'{"w":{"latest":1.5},"o":7}', key=b"u-old", partition=1)
     producer.produce(topic, value=None, key=b"u-gone", partition=1)
     assert producer.flush(10) == 0
     restarted = ChangelogTable("entity-state", topic, PARTITIONS)
     restarted.restore(kafka_bootstrap, [1])
     assert restarted.get(1, "u-old") == {"w": {"latest": 1.5}, "o": 7}
+    assert restarted.get(1, "u-gone") is None
 
 
 def test_ten_writes_to_a_key_between_flushes_are_one_record_with_the_last_value(kafka_bootstrap, topic, producer):
