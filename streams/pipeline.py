@@ -52,9 +52,10 @@ _LOG = logging.getLogger("driftloop.streams.pipeline")
 CONSUMER_CONFIG = {
     "enable.auto.commit": False,
     "partition.assignment.strategy": "range",  # co-locates partition p of the two join topics
-    # Tansu holds every fetch for about fetch.wait.max.ms (even with data ready), so this is a floor
-    # on latency per hop; but at 5 ms, partitions late in a fetch request starved under load (the
-    # elec2 replay stalled at ~25k events). 25 ms is both.
+    # Tansu answers a fetch at once when a partition has data; otherwise it looks again after half the
+    # remaining wait, then half of the rest, and so on, so a record arriving mid-wait is seen up to half
+    # of this later: a floor on latency per hop. But at 5 ms, partitions late in a fetch request
+    # starved under load (the elec2 replay stalled at ~25k events). 25 ms is both.
     "fetch.wait.max.ms": 25,
 }
 # Large batches amortise Tansu's per-request cost; 5 ms linger keeps p99 latency low.
