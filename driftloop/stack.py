@@ -142,10 +142,12 @@ def _apply_feast(settings: Settings, spec: PipelineSpec, say: Callable[[str], No
 
 
 def _child_env(settings: Settings, bootstrap: str, tracking_uri: str, **extra: str) -> dict[str, str]:
-    """A child's environment: pointed at what this stack runs, with absolute paths."""
+    """A child's environment: pointed at what this stack runs, with absolute paths, and the stack's
+    partition count (the default depends on KAFKA_BOOTSTRAP_SERVERS, which a child always has)."""
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri,
             "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()), "DRIFTLOOP_SPEC": str(settings.spec.resolve()),
-            "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve()), **extra}
+            "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve()),
+            "DRIFTLOOP_PARTITIONS": str(settings.partitions), **extra}
 
 
 def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,

@@ -51,8 +51,8 @@ def _wait_for_line(process, text, timeout):
 
 
 def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
-    process = subprocess.Popen(_driftloop("up"), env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    env = _env(tmp_path, DRIFTLOOP_PARTITIONS="")  # unset: the embedded broker's default, one partition
+    process = subprocess.Popen(_driftloop("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_line(process, "stack is up", timeout=240)
         info = json.loads((tmp_path / "data" / "stack.json").read_text())
@@ -63,7 +63,7 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
         topics = kafka.admin(info["bootstrap"]).list_topics(timeout=10).topics
         assert {"events", "events.dlq", "outcomes", "predictions", "labeled", "drift", "audit",
                 "retrain-requests"} <= set(topics)
-        assert len(topics["events"].partitions) == 2
+        assert len(topics["events"].partitions) == 1
         with urllib.request.urlopen(info["mlflow_tracking_uri"], timeout=10) as ui:
             assert ui.status == 200 and b"<html" in ui.read().lower()
         assert (tmp_path / "repo" / "feature_store.yaml").exists()
@@ -84,8 +84,11 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
         reader.close()
         assert seen["predictions"]["event_id"] == "e-1" and seen["predictions"]["variant"] == "champion"
         assert seen["events.dlq"]["reason"] == "missing_field"
-        status = subprocess.run(_driftloop("status", "--json"), env=_env(tmp_path), capture_output=True, text=True,
-                                timeout=30)
+        # The worker's own topics (join, changelogs, observations) follow the stack's count, not Kafka's default.
+        partitions = {name: len(topic.partitions)
+                      for name, topic in kafka.admin(info["bootstrap"]).list_topics(timeout=10).topics.items()}
+        assert "driftloop-card_fraud-pending" in partitions and set(partitions.values()) == {1}, partitions
+        status = subprocess.run(_driftloop("status", "--json"), env=env, capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stderr
         assert info["metrics_urls"] and json.loads(status.stdout)
     finally:

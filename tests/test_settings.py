@@ -18,6 +18,15 @@ def test_defaults_need_no_external_services():
     assert len(set(config.topics)) == 9
 
 
+def test_partitions_default_to_one_on_the_embedded_broker_and_four_on_kafka(tmp_path):
+    assert settings.load(environ={}).partitions == 1
+    assert settings.load(environ={"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}).partitions == 4
+    file = tmp_path / "c.yaml"
+    file.write_text("partitions: 3\n")
+    assert settings.load(file, environ={}).partitions == 3  # set explicitly, it is kept either way
+    assert settings.load(environ={"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", "DRIFTLOOP_PARTITIONS": "2"}).partitions == 2
+
+
 def test_environment_wins_over_config_file(tmp_path):
     file = tmp_path / "driftloop.yaml"
     file.write_text("partitions: 8\ntopic_events: tx\nonline_store: redis\n")
