@@ -82,7 +82,8 @@ def passthrough(bootstrap: str, source_topic: str, sink_topic: str, count: int, 
         consumer.close()  # commits the consumed offsets (auto-commit), outside the measured time
     assert first is not None
     seconds = finished - first
-    return {"events": forwarded, "seconds": round(seconds, 3),
+    # Microseconds: a fast run forwards 20k messages in ~35 ms, where milliseconds were 1 % of the time.
+    return {"events": forwarded, "seconds": round(seconds, 6),
             "events_per_s": round(forwarded / seconds, 1) if seconds > 0 else float(forwarded),
             "wait_for_first_s": round(first - subscribed, 3), "batch_size": batch_size}
 
