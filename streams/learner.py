@@ -34,9 +34,9 @@ class LabeledLearner:
         self.batch_size = batch_size
         # A group id is required by librdkafka even for assign(); nothing is ever committed under it.
         # Outcomes arrive late by nature, so half a second more costs the models nothing, while on the
-        # embedded broker every fetch that returns records costs in proportion to the batches stored
-        # in the partition (README, "What `driftloop up` starts") and `labeled` only grows: 2 fetches
-        # a second instead of 40.
+        # embedded broker every fetch, and every re-check within its wait, lists the batches stored in
+        # the partition (README, "What `driftloop up` starts") and `labeled` only grows: 2 fetches a
+        # second instead of 40.
         self._consumer = kafka.consumer(bootstrap, f"{group}-learner",
                                         **{"enable.auto.commit": False, "fetch.wait.max.ms": LEARNER_FETCH_WAIT_MS})
         partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
