@@ -7,6 +7,7 @@ original bytes exactly (base64), because a bad record may not be text at all.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import time
@@ -32,24 +33,64 @@ class Source:
     key: bytes | None = None
 
 
+# Dead-letter reasons of the worker itself, beside the validator's (streams/validation.py REASONS).
+WORKER_DLQ_REASONS: dict[str, str] = {
+    "processing_failed": "the event's features could not be computed (a defect; its entity's windows restart)",
+    "scoring_failed": "the serving model raised on this event, or returned a non-finite score",
+    "produce_failed": "the broker refused the event's prediction (e.g. larger than its message limit)",
+}
+
+# The producer's default message.max.bytes is 1,000,000 and a broker's is about the same, while an
+# input record can be far larger (the embedded broker accepts 10 MB): an envelope that carried such a
+# record whole would fail to produce and take the worker with it. Inputs up to this size travel whole
+# (base64 and, when UTF-8, as text: about 2.4x their size); larger ones as a prefix, a size and a hash.
+DLQ_WHOLE_ORIGINAL_BYTES = 256 * 1024
+DLQ_ENVELOPE_BYTES = 900_000  # JSON escapes a control character in six: such text is left out above this
+DLQ_PREFIX_BYTES = 4096
+DLQ_KEY_BYTES = 1024  # a longer key is replaced by its SHA-256 (as the record's key and in `source`)
+
+
 def dead_letter(original: bytes | None, source: Source, reason: str, detail: str, field: str | None = None) -> bytes:
-    """The DLQ envelope for an input that could not be scored."""
+    """The DLQ envelope for an input that could not be scored; below 1 MB whatever the input's size."""
+    original = original or b""
+    truncated = len(original) > DLQ_WHOLE_ORIGINAL_BYTES
+    kept = original[:DLQ_PREFIX_BYTES] if truncated else original
     record = {
         "contract": CONTRACT_VERSION,
         "reason": reason,
         "field": field,
-        "detail": detail,
+        "detail": detail[:500],
         "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset,
-                   "timestamp_ms": source.timestamp_ms, "key": _text_or_none(source.key)},
-        "original_b64": base64.b64encode(original or b"").decode("ascii"),
-        "original_utf8": _text_or_none(original),
+                   "timestamp_ms": source.timestamp_ms, "key": _text_or_none(dead_letter_key(source.key))},
+        "original_b64": base64.b64encode(kept).decode("ascii"),
+        "original_utf8": _text_or_none(kept, prefix=truncated),
+        "original_size": len(original),
+        "original_sha256": hashlib.sha256(original).hexdigest(),
+        "original_truncated": truncated,
         "dead_lettered_at": iso_time(datetime.now(timezone.utc).timestamp()),
     }
-    return json.dumps(record, separators=(",", ":")).encode()
+    envelope = json.dumps(record, separators=(",", ":")).encode()
+    if len(envelope) > DLQ_ENVELOPE_BYTES:
+        record["original_utf8"] = None  # original_b64 still has every byte
+        envelope = json.dumps(record, separators=(",", ":")).encode()
+    return envelope
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The DLQ record's key: the input's own, or its SHA-256 (hex) when it is longer than DLQ_KEY_BYTES."""
+    if key is None or len(key) <= DLQ_KEY_BYTES:
+        return key
+    return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
 
 
 def original_bytes(envelope: dict[str, Any]) -> bytes:
-    """Recover the exact input bytes from a parsed DLQ envelope (for replaying a fixed record)."""
+    """Recover the exact input bytes from a parsed DLQ envelope (for replaying a fixed record).
+
+    Raises ValueError for an envelope of an oversized input, which carries only its prefix.
+    """
+    if envelope.get("original_truncated"):
+        raise ValueError(f"the original was {envelope['original_size']} bytes; the envelope keeps only its "
+                         f"first {DLQ_PREFIX_BYTES} (SHA-256 {envelope['original_sha256']})")
     return base64.b64decode(envelope["original_b64"])
 
 
@@ -173,10 +214,13 @@ def iso_time(epoch_seconds: float) -> str:
 _SECONDS_TEXT: dict[int, str] = {}
 
 
-def _text_or_none(data: bytes | None) -> str | None:
+def _text_or_none(data: bytes | None, prefix: bool = False) -> str | None:
+    """The bytes as UTF-8 text, or None when they are not; a prefix may end inside a character."""
     if data is None:
         return None
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        if prefix and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
+            return data[:exc.start].decode("utf-8")
         return None

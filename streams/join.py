@@ -49,11 +49,18 @@ class Outcome:
     outcome_time: float
 
 
+# An outcome is a few fields; one this large is not an outcome, and re-keying it whole onto the
+# internal topic could exceed the producer's message limit.
+MAX_OUTCOME_BYTES = 65536
+
+
 def parse_outcome(raw: bytes | None, spec: PipelineSpec, now: float) -> Outcome | Rejection:
     """An outcome record by the spec's `outcomes` section; anything else is a Rejection for the DLQ."""
     names = spec.outcomes
     if raw is None:
         return Rejection("invalid_json", None, "no value (a tombstone)", b"")
+    if len(raw) > MAX_OUTCOME_BYTES:
+        return Rejection("too_large", None, f"{len(raw)} bytes, more than {MAX_OUTCOME_BYTES}", raw)
     try:
         doc = _decode(raw)
     except Exception as exc:  # DecodeError, deep nesting: bad input, not a crash

@@ -5,7 +5,12 @@ import math
 import random
 from datetime import datetime, timezone
 
-from driftloop.streams.contracts import Source, dead_letter, iso_time, original_bytes, prediction
+import hashlib
+
+import pytest
+
+from driftloop.streams.contracts import (DLQ_PREFIX_BYTES, Source, dead_letter, dead_letter_key, iso_time,
+                                         original_bytes, prediction)
 
 
 def test_dead_letter_keeps_the_exact_original_bytes_and_the_reason():
@@ -17,6 +22,36 @@ def test_dead_letter_keeps_the_exact_original_bytes_and_the_reason():
         assert envelope["source"] == {"topic": "events", "partition": 2, "offset": 41,
                                       "timestamp_ms": 1700000000000, "key": "u-1"}
     assert json.loads(dead_letter(b"\xff", Source("events", 0, 0), "invalid_json", "x"))["original_utf8"] is None
+
+
+def test_a_dead_letter_stays_below_the_producers_limit_whatever_the_input():
+    """The producer refuses records over 1,000,000 bytes, so an envelope must never reach that."""
+    cases = {
+        "5 MB of text": b"A" * 5_000_000,
+        "256 KiB of NUL bytes (JSON escapes each as \\u0000)": b"\x00" * (256 * 1024),
+        "a 4 MB binary blob": random.Random(1).randbytes(4_000_000),
+        "a multi-byte character cut by the prefix": "\u20ac".encode() * 300_000,
+    }
+    key = b"k" * 2_000_000
+    for what, original in cases.items():
+        raw = dead_letter(original, Source("events", 0, 7, None, key), "too_large", "x" * 10_000)
+        envelope = json.loads(raw)
+        assert len(raw) < 1_000_000, what
+        assert envelope["original_size"] == len(original), what
+        assert envelope["original_sha256"] == hashlib.sha256(original).hexdigest(), what
+        truncated = envelope["original_truncated"]
+        kept = __import__("base64").b64decode(envelope["original_b64"])
+        assert kept == (original[:DLQ_PREFIX_BYTES] if truncated else original), what
+        if truncated:
+            with pytest.raises(ValueError, match="keeps only"):
+                original_bytes(envelope)
+        else:
+            assert original_bytes(envelope) == original
+        assert envelope["source"]["key"] == "sha256:" + hashlib.sha256(key).hexdigest()
+    assert dead_letter_key(key) == b"sha256:" + hashlib.sha256(key).hexdigest().encode()
+    assert dead_letter_key(b"u-1") == b"u-1" and dead_letter_key(None) is None
+    prefix = json.loads(dead_letter("\u20ac".encode() * 300_000, Source("events", 0, 0), "too_large", ""))
+    assert prefix["original_utf8"] == "\u20ac" * (DLQ_PREFIX_BYTES // 3)  # the cut character is left out
 
 
 def test_prediction_record():
