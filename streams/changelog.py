@@ -73,12 +73,18 @@ Writes and flushing (at-least-once)
     Values are held by reference: mutating a value in place changes memory but is not flushed unless
     the key is `set` again (as with Faust tables).
     Incremental: `seal()` moves the dirty marks into a draining set, and each `drain(producer, limit)`
-    produces up to `limit` of those keys (their values at drain time) and returns True once none is
-    left; keys written after the seal are marked for the next seal. So a caller that commits only the
-    source offsets it had consumed when it sealed, once drain has returned True and the producer has
-    delivered everything, keeps the guarantee above, and spreads the encoding of a checkpoint's
-    changed keys (tens of milliseconds for a few thousand window states) over its loop's iterations.
+    produces up to `limit` of those keys and returns True once none is left; keys written after the
+    seal are marked for the next seal. A drain writes each key's value AS OF THE SEAL: a sealed key
+    that changes before it is drained has its sealed value encoded first (`set`, `delete`, and
+    `get_for_update`, which a caller that mutates values in place must use). So the changelog never
+    holds a state newer than the last seal, and a caller that sealed at a moment when every output of
+    the records before it was delivered knows that a restored state never reflects a record whose
+    outputs were lost. It also spreads the encoding of a checkpoint's changed keys (tens of
+    milliseconds for a few thousand window states) over its loop's iterations.
     `flush_to` is `seal` and a `drain` without limit.
+    Write-ahead: `append(producer, partition, key, value, on_delivery)` produces one record now,
+    outside the dirty/seal cycle and without keeping the value in memory (a restore loads it back);
+    the caller learns of its delivery through `on_delivery`.
 
 Memory
     One dict entry per live key of the assigned partitions, plus one set entry per key written since
@@ -144,7 +150,9 @@ class ChangelogTable:
         self._state: dict[int, dict[str, Any]] = {}  # only assigned partitions have an entry
         self._dirty: dict[int, set[str]] = {}
         self._draining: dict[int, set[str]] = {}  # sealed dirty keys not yet produced
+        self._sealed: dict[int, dict[str, bytes | None]] = {}  # sealed values of draining keys changed since
         self._failed_deliveries: list[KafkaError] = []
+        self.in_flight = 0  # flushed records whose delivery has not been reported yet
 
     # -- topic -------------------------------------------------------------------------------------
 
@@ -227,6 +235,7 @@ class ChangelogTable:
         self._state.update(loaded)
         self._dirty.update((p, set()) for p in wanted)
         self._draining.update((p, set()) for p in wanted)
+        self._sealed.update((p, {}) for p in wanted)
         return Restored(records, sum(map(len, loaded.values())), time.perf_counter() - started)
 
     def _read_to_end(self, bootstrap: str, loaded: dict[int, dict[str, Any]], timeout: float) -> int:
@@ -289,6 +298,7 @@ class ChangelogTable:
             self._state.pop(partition, None)
             self._dirty.pop(partition, None)
             self._draining.pop(partition, None)
+            self._sealed.pop(partition, None)
 
     # -- reads and writes --------------------------------------------------------------------------
 
@@ -299,11 +309,22 @@ class ChangelogTable:
         except KeyError:
             raise self._not_assigned(partition) from None
 
+    def get_for_update(self, partition: int, key: str) -> Any:
+        """The key's value (None if absent), to be mutated in place and `set` again: a sealed key's
+        value as of the seal is kept for the drain first."""
+        value = self.get(partition, key)
+        if key in self._draining[partition]:
+            self._keep_sealed(partition, key, value)
+        return value
+
     def set(self, partition: int, key: str, value: Any) -> None:
         if value is None:
             raise ValueError(f"table {self.name!r}: None is not a storable value; use delete({partition}, {key!r})")
         try:
-            self._state[partition][key] = value
+            state = self._state[partition]
+            if key in self._draining[partition]:
+                self._keep_sealed(partition, key, state.get(key))
+            state[key] = value
             self._dirty[partition].add(key)
         except KeyError:
             raise self._not_assigned(partition) from None
@@ -311,10 +332,18 @@ class ChangelogTable:
     def delete(self, partition: int, key: str) -> None:
         """Remove the key; the next flush writes a tombstone (also for a key that was never there)."""
         try:
-            self._state[partition].pop(key, None)
+            state = self._state[partition]
+            if key in self._draining[partition]:
+                self._keep_sealed(partition, key, state.get(key))
+            state.pop(key, None)
             self._dirty[partition].add(key)
         except KeyError:
             raise self._not_assigned(partition) from None
+
+    def _keep_sealed(self, partition: int, key: str, value: Any) -> None:
+        sealed = self._sealed[partition]
+        if key not in sealed:  # the first change since the seal: what it replaces is the sealed value
+            sealed[key] = None if value is None else _encode(value)
 
     def items(self, partition: int) -> list[tuple[str, Any]]:
         """A snapshot of the partition's (key, value) pairs; safe to modify the table while iterating it."""
@@ -333,10 +362,8 @@ class ChangelogTable:
         Scans the whole partition: meant for periodic sweeps of a join table, not for every event.
         """
         expired = [(key, value) for key, value in self.items(partition) if time_of(value) < older_than]
-        state, dirty = self._state[partition], self._dirty[partition]
         for key, _ in expired:
-            del state[key]
-            dirty.add(key)
+            self.delete(partition, key)
         return expired
 
     def _check_range(self, partition: int) -> None:
@@ -361,6 +388,9 @@ class ChangelogTable:
         """Move the keys written so far into the draining set, for `drain`."""
         for partition, dirty in self._dirty.items():
             if dirty:
+                sealed = self._sealed[partition]
+                for key in dirty & sealed.keys():  # still draining from an earlier seal: this one is newer
+                    del sealed[key]
                 self._draining[partition] |= dirty
                 dirty.clear()
 
@@ -372,23 +402,38 @@ class ChangelogTable:
     def _produce_draining(self, producer: Producer, limit: int | None) -> int:
         produced = 0
         for partition, draining in self._draining.items():
-            state = self._state[partition]
+            state, sealed = self._state[partition], self._sealed[partition]
             while draining and (limit is None or produced < limit):
                 key = draining.pop()
-                value = state.get(key)
-                self._produce(producer, partition, key.encode(), None if value is None else _encode(value))
+                if key in sealed:
+                    encoded = sealed.pop(key)
+                else:
+                    value = state.get(key)
+                    encoded = None if value is None else _encode(value)
+                self._produce(producer, partition, key.encode(), encoded)
                 produced += 1
         return produced
 
-    def _produce(self, producer: Producer, partition: int, key: bytes, value: bytes | None) -> None:
+    def append(self, producer: Producer, partition: int, key: str, value: bytes,
+               on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
+        """Produce one already-encoded record now (write-ahead), without keeping it in memory."""
+        self._check_range(partition)
+        self._produce(producer, partition, key.encode(), value, on_delivery)
+
+    def _produce(self, producer: Producer, partition: int, key: bytes, value: bytes | None,
+                 on_delivery: Callable[[KafkaError | None, Any], None] | None = None) -> None:
         while True:
             try:
-                producer.produce(self.topic, value=value, key=key, partition=partition, on_delivery=self._delivered)
+                producer.produce(self.topic, value=value, key=key, partition=partition,
+                                 on_delivery=on_delivery or self._delivered)
+                if on_delivery is None:
+                    self.in_flight += 1
                 return
             except BufferError:  # the producer's local queue is full: let it deliver, then retry
                 producer.poll(0.05)
 
     def _delivered(self, error: KafkaError | None, _message: Any) -> None:
+        self.in_flight -= 1
         if error is not None:
             self._failed_deliveries.append(error)
 
