@@ -197,7 +197,7 @@ class DataPlaneWorker:
         self.bootstrap = bootstrap
         self.input_topic, self.output_topic = topology.events, topology.predictions
         self.dead_letter_topic: str | None = topology.events_dlq
-        self.topics = [*self.settings.topics, *topology.internal, topology.entity_changelog, topology.join_changelog]
+        self.topics = [*self.settings.topics, *topology.internal, *topology.changelogs]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None

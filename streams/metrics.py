@@ -23,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from driftloop import __version__
 from driftloop.errors import DriftloopError
+from driftloop.streams.contracts import WORKER_DLQ_REASONS
 from driftloop.streams.validation import REASONS
 
 EVENT_RESULTS = ("predicted", "dead_lettered")
@@ -115,14 +116,20 @@ class WorkerMetrics:
         self._live_samples = Gauge("driftloop_live_samples", "Joined outcomes in the live-metric window.",
                                    ["model_version"], registry=r)
         self._feast_rows = Counter("driftloop_feast_rows", "Feature rows written to Feast.", registry=r)
+        self._recovered = Counter("driftloop_recovered_events", "Event records consumed again after a restart, by "
+                                  "how: answered from the output journal, or skipped (outputs already delivered).",
+                                  ["how"], registry=r)
+        self._bad_records = Counter("driftloop_bad_records", "Records of internal or learned-from topics that could "
+                                    "not be read and were skipped, by topic.", ["topic"], registry=r)
         self._info = Info("driftloop_worker", "Which worker, spec and driftloop version this is.", registry=r)
 
         # Every fixed label value exists from the start, so a rate is 0 (not absent) until it moves.
         self._event_result = {result: self._events.labels(result) for result in EVENT_RESULTS}
-        self._dlq_reason = {reason: self._dlq.labels(reason) for reason in REASONS}
+        self._dlq_reason = {reason: self._dlq.labels(reason) for reason in (*REASONS, *WORKER_DLQ_REASONS)}
         self._stage = {stage: self._stage_seconds.labels(stage) for stage in STAGES}
         self._outcome_result = {result: self._outcomes.labels(result) for result in OUTCOME_RESULTS}
         self._pending = {side: self._join_pending.labels(side) for side in JOIN_SIDES}
+        self._recovered_how = {how: self._recovered.labels(how) for how in ("replayed", "skipped")}
         # Label sets of the gauges whose series come and go (partitions, variants, model versions).
         self._lag_labels: set[tuple[str, str]] = set()
         self._model_labels: set[tuple[str, str]] = set()
@@ -147,7 +154,7 @@ class WorkerMetrics:
         self._event_result["predicted"].inc(events)
 
     def dead_lettered(self, reason: str, events: int = 1) -> None:
-        """Event records sent to the DLQ; reason is a key of validation.REASONS."""
+        """Event records sent to the DLQ; reason is a key of validation.REASONS or contracts.WORKER_DLQ_REASONS."""
         self._dlq_reason[reason].inc(events)
         self._event_result["dead_lettered"].inc(events)
 
@@ -166,6 +173,16 @@ class WorkerMetrics:
 
     def feast_rows(self, rows: int) -> None:
         self._feast_rows.inc(rows)
+
+    def recovered(self, *, replayed: int, skipped: int) -> None:
+        """Records consumed again after a restart (streams/scoring.py): from the journal, or skipped."""
+        if replayed:
+            self._recovered_how["replayed"].inc(replayed)
+        if skipped:
+            self._recovered_how["skipped"].inc(skipped)
+
+    def bad_records(self, topic: str, count: int = 1) -> None:
+        self._bad_records.labels(topic).inc(count)
 
     def outcomes(self, result: str, count: int = 1) -> None:
         """Outcome records by result, a value of OUTCOME_RESULTS."""

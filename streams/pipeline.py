@@ -1,4 +1,4 @@
-"""The worker's batch loop: consume, score or join, produce, checkpoint. At-least-once, never lossy.
+"""The worker's batch loop: consume, score or join, produce, checkpoint. Nothing lost, nothing counted twice.
 
 One consumer in the group `driftloop-<spec name>` reads four topics with the range assignor, so
 partition p of the two internal join topics always lands on the same worker:
@@ -10,20 +10,19 @@ partition p of the two internal join topics always lands on the same worker:
 
 A prediction or outcome whose join partition this worker owns skips its internal topic and goes
 straight into the join table (always, with one worker): the round trip through the broker cost two
-more records per event, and the table's changelog makes it just as durable (see checkpoints below).
+more records per event, and the table's changelog makes it just as durable.
 
-Offsets are committed only after everything the records produced is acknowledged by the broker:
-outputs, state changelogs and Feast rows (`checkpoint`). A killed worker therefore loses nothing: its
-successor restores the state tables from their changelogs and re-processes at most the records since
-the last checkpoint (streams/scoring.py explains why windows do not count them twice). On a rebalance
-the revoked partitions are checkpointed before they go.
+A scored batch is *staged*: its journal entries (streams/journal.py) are produced first, and its
+outputs (predictions, dead letters, join records, Feast rows, the drift observation) are released
+only once the broker has acknowledged them, in consumption order. The loop does not wait for that:
+it goes on with the next batch while the acknowledgements come back.
 
-In the loop a checkpoint never stalls scoring (it used to, for 40-180 ms a second: the p99 latency).
-Every `checkpoint_seconds` it notes the offsets consumed so far and seals the tables' changed keys;
-the next iterations write those keys to the changelogs a slice at a time (`CHANGELOG_SLICE`); once
-they are all out, the checkpoint is delivered when the producer is seen with nothing in flight (or,
-under a load that never lets it drain, after one `flush` at most `max_delivery_wait` later), and its
-offsets are committed when the Feast rows submitted before it are written too.
+Offsets are committed by the checkpoint protocol (streams/checkpoint.py, which also proves that a
+restart is exact): only for released records, and only after their outputs, the state they changed
+and their Feast rows are all durable. One record never stops the loop: a record that cannot be
+validated, featurised, scored or produced ends in the DLQ with its reason; an internal or outcome
+record that cannot be read is dead-lettered or counted. On a rebalance the revoked partitions are
+checkpointed before they go.
 
 The loop runs in one thread; Kafka I/O happens in librdkafka's threads, so Python spends its time on
 validation, features and scoring, in batches of up to `batch_size` records.
@@ -35,17 +34,20 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, TopicPartition
+import msgspec
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.spec import PipelineSpec
 from driftloop.streams import contracts
 from driftloop.streams.changelog import ChangelogTable
+from driftloop.streams.checkpoint import Checkpoints
+from driftloop.streams.journal import OutputJournal
 from driftloop.streams.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
-from driftloop.streams.scoring import EventScorer, Record
+from driftloop.streams.scoring import EventScorer, Record, ScoredBatch, decode_pending
 from driftloop.streams.topology import Topology
 
 _LOG = logging.getLogger("driftloop.streams.pipeline")
@@ -61,23 +63,36 @@ CONSUMER_CONFIG = {
 # Large batches amortise Tansu's per-request cost; 5 ms linger keeps p99 latency low.
 PRODUCER_CONFIG = {"linger.ms": 5, "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
                    "delivery.report.only.error": True}
+# The journal goes out at once: a batch's outputs wait for its acknowledgement.
+JOURNAL_PRODUCER_CONFIG = {"linger.ms": 0, "batch.size": 1_000_000, "queue.buffering.max.messages": 100_000}
+# Changelog records report every delivery: a checkpoint commits once they are all in.
+CHANGELOG_PRODUCER_CONFIG = {"linger.ms": 5, "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000}
 CHANGELOG_SLICE = 500  # changed keys written per loop iteration while a checkpoint drains (~1-3 ms)
+_OBSERVATION_ROWS = 1000  # rows per observation record: a wide spec's batch stays far below 1 MB
 
 
 @dataclass
-class _Checkpoint:
-    offsets: dict[tuple[str, int], int]  # next offset per input partition, as consumed when it was taken
-    feast_mark: int  # the Feast writer's position then
-    changelogs_at: float | None = None  # monotonic time its changed keys were all produced
-    delivered: bool = False  # every record produced before changelogs_at is acknowledged
+class _Staged:
+    """A scored batch waiting for its journal chunks to be acknowledged."""
+
+    scored: ScoredBatch
+    offsets: dict[tuple[str, int], int]  # next offset per events partition once it is released
+    consumed: int
+    waiting: int = 0  # journal chunks not yet acknowledged
+    errors: list[str] = field(default_factory=list)
+
+    def acknowledged(self, error: KafkaError | None, _message) -> None:
+        if error is not None:
+            self.errors.append(error.str())
+        self.waiting -= 1
 
 
 class Pipeline:
     def __init__(self, spec: PipelineSpec, topology: Topology, bootstrap: str, *, scorer: EventScorer,
                  joiner: OutcomeJoiner, entity_states: ChangelogTable, join_table: ChangelogTable,
-                 feast_sink, metrics, learner=None, join_partitions: int, worker_id: str = "worker",
-                 batch_size: int = 2000, checkpoint_seconds: float = 1.0, expire_seconds: float = 30.0,
-                 max_delivery_wait: float = 5.0):
+                 journal: OutputJournal, feast_sink, metrics, learner=None, join_partitions: int,
+                 worker_id: str = "worker", batch_size: int = 2000, checkpoint_seconds: float = 1.0,
+                 expire_seconds: float = 30.0, max_delivery_wait: float = 5.0):
         self.spec = spec
         self.topology = topology
         self.bootstrap = bootstrap
@@ -85,6 +100,7 @@ class Pipeline:
         self.joiner = joiner
         self.entity_states = entity_states
         self.join_table = join_table
+        self.journal = journal
         self.feast = feast_sink
         self.metrics = metrics
         self.learner = learner
@@ -93,13 +109,15 @@ class Pipeline:
         self.batch_size = batch_size
         self.checkpoint_seconds = checkpoint_seconds
         self.expire_seconds = expire_seconds
-        self.max_delivery_wait = max_delivery_wait
-        self._delivery_errors: list[str] = []
         self._producer = kafka.producer(bootstrap, on_delivery=self._on_delivery, **PRODUCER_CONFIG)
+        self._journal_producer = kafka.producer(bootstrap, **JOURNAL_PRODUCER_CONFIG)
         self._consumer = kafka.consumer(bootstrap, topology.group, on_commit=self._on_commit, **CONSUMER_CONFIG)
-        self._next_offsets: dict[tuple[str, int], int] = {}
-        self._uncommitted: deque[_Checkpoint] = deque()  # oldest first
-        self._draining: _Checkpoint | None = None  # the one whose changed keys are being produced
+        self.checkpoints = Checkpoints(kafka.producer(bootstrap, **CHANGELOG_PRODUCER_CONFIG), self._consumer,
+                                       [entity_states, join_table, journal.table], feast_sink, metrics,
+                                       on_committed=self._committed, slice_keys=CHANGELOG_SLICE,
+                                       max_delivery_wait=max_delivery_wait)
+        self._next_offsets: dict[tuple[str, int], int] = {}  # of released records, since the last seal
+        self._staged: deque[_Staged] = deque()  # oldest first
         self._assigned: set[tuple[str, int]] = set()
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -117,16 +135,19 @@ class Pipeline:
                 messages = self._consumer.consume(self.batch_size, timeout=0.005)
                 if messages:
                     self._handle(messages)
+                self._journal_producer.poll(0)
+                self._release_acknowledged()
                 self._producer.poll(0)
+                self.checkpoints.producer.poll(0)
                 if self.learner is not None:
                     self.learner.poll()
                 now = time.monotonic()
-                if now >= next_checkpoint:
-                    self._begin_checkpoint()
+                if now >= next_checkpoint and not self.checkpoints.draining:
+                    self._quiesce(30.0)
+                    self.checkpoints.seal(self._take_offsets())
                     self._observe_gauges()
                     next_checkpoint = now + self.checkpoint_seconds
-                if self._uncommitted:
-                    self._advance_checkpoints(now)
+                self.checkpoints.advance(now)
                 if now >= next_expiry:
                     self._expire()
                     next_expiry = now + self.expire_seconds
@@ -143,24 +164,46 @@ class Pipeline:
                     _LOG.warning("consumer: %s", error.str())
                 continue
             by_topic[m.topic()].append(m)
-            self._next_offsets[(m.topic(), m.partition())] = m.offset() + 1
         t = self.topology
         if by_topic.get(t.events):
             self._score(by_topic[t.events])
+        for topic, messages_of_topic in by_topic.items():  # not scored: these count as handled at once
+            if topic != t.events:
+                for m in messages_of_topic:
+                    self._next_offsets[(topic, m.partition())] = m.offset() + 1
         if by_topic.get(t.outcomes):
             self._route_outcomes(by_topic[t.outcomes])
         if by_topic.get(t.pending) or by_topic.get(t.outcomes_by_id):
             self._join(by_topic.get(t.pending, ()), by_topic.get(t.outcomes_by_id, ()))
 
     def _score(self, messages: list) -> None:
-        t = self.topology
         records = [Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())
                    for m in messages]
         scored = self.scorer.process(records)
+        offsets = {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
+        staged = _Staged(scored, offsets, len(records))
+        for partition, entries in scored.journal.items():
+            staged.waiting += self.journal.write(self._journal_producer, partition, entries, staged.acknowledged)
+        self._staged.append(staged)
+        self._release_acknowledged()  # at once when nothing was journaled (every record was skipped)
+
+    def _release_acknowledged(self) -> None:
+        while self._staged and self._staged[0].waiting <= 0:
+            staged = self._staged.popleft()
+            if staged.errors:
+                raise DriftloopError(f"the output journal was not written ({staged.errors[0]}); the batch's "
+                                     f"outputs were not released and its records will be processed again")
+            self._release(staged)
+
+    def _release(self, staged: _Staged) -> None:
+        t, scored = self.topology, staged.scored
         started = time.perf_counter()
         produce = self._produce
-        for key, value in scored.predictions:
-            produce(t.predictions, value, key)
+        for (key, value), record in zip(scored.predictions, scored.sources):
+            try:
+                produce(t.predictions, value, key)
+            except KafkaException as exc:  # refused by the client at once, e.g. too large: the event goes to the DLQ
+                self._prediction_refused(record, exc, scored)
         for key, value in scored.dead_letters:
             produce(t.events_dlq, value, key)
         partitions, local, joined = self.join_partitions, self.join_table.assigned, JoinResult()
@@ -170,19 +213,34 @@ class Pipeline:
                 self.joiner.add_pending(partition, event_id, value, joined)
             else:
                 produce(t.pending, value, event_id.encode(), partition)
-        produce(t.observations, self._observation(scored), self.worker_id.encode())
+        for observation in self._observations(scored):
+            produce(t.observations, observation, self.worker_id.encode())
         self._publish(joined)  # outcomes that were waiting for these predictions
         scored.stage_seconds["produce"] = time.perf_counter() - started
         if scored.feast_rows:
             self.feast.submit(scored.feast_rows)
-        _record_scored(self.metrics, scored, len(records))
+        self._next_offsets.update(staged.offsets)
+        _record_scored(self.metrics, scored, staged.consumed)
 
-    def _observation(self, scored) -> bytes:
+    def _prediction_refused(self, record: Record, exc: KafkaException, scored: ScoredBatch) -> None:
+        source = contracts.Source(record.topic, record.partition, record.offset, record.timestamp_ms, record.key)
+        envelope = contracts.dead_letter(record.value, source, "produce_failed", exc.args[0].str())
+        self._produce(self.topology.events_dlq, envelope, contracts.dead_letter_key(record.key))
+        scored.dlq_reasons["produce_failed"] += 1
+        scored.refused += 1
+
+    def _observations(self, scored: ScoredBatch):
+        """The batch's drift observation; a wide spec's large batch in several records."""
         champion = self.scorer.router.variants.get("champion")
-        return contracts.observation(
-            worker=self.worker_id, valid=len(scored.rows), rows=scored.rows, columns=self.spec.model_inputs,
-            event_time_max=scored.event_time_max, dlq=dict(scored.dlq_reasons), unseen=dict(scored.unseen),
-            missing=dict(scored.missing), champion_version=champion.version if champion else None)
+        rows = scored.rows
+        for start in range(0, max(len(rows), 1), _OBSERVATION_ROWS):
+            first = start == 0  # the counters go with the first record only
+            yield contracts.observation(
+                worker=self.worker_id, valid=len(rows[start:start + _OBSERVATION_ROWS]),
+                rows=rows[start:start + _OBSERVATION_ROWS], columns=self.spec.model_inputs,
+                event_time_max=scored.event_time_max, dlq=dict(scored.dlq_reasons) if first else {},
+                unseen=dict(scored.unseen) if first else {}, missing=dict(scored.missing) if first else {},
+                champion_version=champion.version if champion else None)
 
     def _route_outcomes(self, messages: list) -> None:
         t = self.topology
@@ -201,20 +259,34 @@ class Pipeline:
             invalid += 1
             source = contracts.Source(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key())
             self._produce(t.outcomes_dlq, contracts.dead_letter(m.value(), source, outcome.reason, outcome.detail,
-                                                                outcome.field), m.key())
+                                                                outcome.field), contracts.dead_letter_key(m.key()))
         if invalid:
             self.metrics.outcomes("invalid", invalid)
         self._publish(joined)
 
     def _join(self, pending: list, outcomes: list) -> None:
+        """Both sides from the internal topics, which only workers write; a record that is not theirs
+        (written by someone else) is counted and logged, never joined."""
         result = JoinResult()
         now = time.time()
         for m in pending:
-            self.joiner.add_pending(m.partition(), m.key().decode(), m.value(), result)
+            try:
+                event_id = decode_pending(m.value() or b"").event_id
+            except msgspec.DecodeError as exc:
+                self._unreadable(m, f"not a pending-join record: {exc}")
+                continue
+            self.joiner.add_pending(m.partition(), event_id, m.value(), result)
         for m in outcomes:
             outcome = parse_outcome(m.value(), self.spec, now)  # validated before it was re-keyed
-            self.joiner.add_outcome(m.partition(), outcome, result)
+            if isinstance(outcome, Outcome):
+                self.joiner.add_outcome(m.partition(), outcome, result)
+            else:
+                self._unreadable(m, f"not an outcome: {outcome.detail}")
         self._publish(result)
+
+    def _unreadable(self, message, why: str) -> None:
+        self.metrics.bad_records(message.topic())
+        _LOG.warning("skipping %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), why)
 
     def _publish(self, result: JoinResult) -> None:
         for key, value in result.labeled:
@@ -243,88 +315,38 @@ class Pipeline:
             except BufferError:  # the local queue is full: let librdkafka drain it, then retry
                 self._producer.poll(0.05)
 
-    def _on_commit(self, error, _partitions) -> None:
-        if error is not None:  # the next checkpoint commits these offsets again, or later ones
-            _LOG.warning("committing offsets failed: %s", error)
+    def _on_commit(self, error, partitions) -> None:
+        self.checkpoints.committed(error, partitions)
+
+    def _committed(self, topic: str, partition: int, offset: int) -> None:
+        if topic == self.topology.events:
+            self.journal.prune(partition, offset)
 
     def _on_delivery(self, error, message) -> None:
         if error is not None:
-            self._delivery_errors.append(f"{message.topic()}[{message.partition()}]: {error.str()}")
+            self.checkpoints.delivery_errors.append(f"{message.topic()}[{message.partition()}]: {error.str()}")
 
-    # -- checkpoints --------------------------------------------------------------------------------
+    # -- checkpoints (streams/checkpoint.py) --------------------------------------------------------
 
-    def _begin_checkpoint(self) -> None:
-        """Note the offsets consumed so far and seal the changed keys; `_advance_checkpoints` does the rest."""
-        if self._draining is not None or not self._next_offsets:
-            return  # the last one is still writing its changelogs (it covers more then), or nothing new
-        self.entity_states.seal()
-        self.join_table.seal()
-        self._draining = _Checkpoint(dict(self._next_offsets), self.feast.mark())
-        self._next_offsets.clear()
-        self._uncommitted.append(self._draining)
+    def _quiesce(self, timeout: float) -> None:
+        """Step 1: release every staged batch, then have every produced record acknowledged."""
+        deadline = time.monotonic() + timeout
+        while self._staged:
+            if time.monotonic() > deadline:
+                raise DriftloopError(f"the output journal was not acknowledged within {timeout:.0f}s")
+            self._journal_producer.poll(0.01)
+            self._release_acknowledged()
+        self.checkpoints.flush(timeout, self._producer)
 
-    def _advance_checkpoints(self, now: float) -> None:
-        started = time.perf_counter()
-        draining = self._draining
-        if draining is not None and self.entity_states.drain(self._producer, CHANGELOG_SLICE) \
-                and self.join_table.drain(self._producer, CHANGELOG_SLICE):
-            draining.changelogs_at, self._draining = now, None
-        written = [c for c in self._uncommitted if c.changelogs_at is not None and not c.delivered]
-        if written:
-            # Nothing queued, in flight or reported and not yet served by poll: every record produced so
-            # far is acknowledged, or failed and its report reached `_on_delivery`.
-            if len(self._producer) == 0:
-                for c in written:
-                    c.delivered = True
-            elif now - written[0].changelogs_at >= self.max_delivery_wait:
-                self._flush_producer(30.0)
-                for c in written:
-                    c.delivered = True
-        self._check_delivered()
-        # Not waiting for the broker's answer: a commit that fails is covered by the next one (offsets
-        # only move forward), and a record whose commit was lost is processed again, as after a crash.
-        self._commit_ready(asynchronous=True)
-        self.metrics.stage("checkpoint", time.perf_counter() - started)
+    def _take_offsets(self) -> dict[tuple[str, int], int]:
+        offsets, self._next_offsets = self._next_offsets, {}
+        return offsets
 
     def checkpoint(self, timeout: float = 30.0) -> None:
         """Make everything processed so far durable and commit it, waiting as long as that takes
         (up to `timeout` per step): on a rebalance and at shutdown."""
-        started = time.perf_counter()
-        self._draining = None  # the one draining (if any) completes with this one
-        if self._next_offsets:
-            self._uncommitted.append(_Checkpoint(dict(self._next_offsets), self.feast.mark()))
-            self._next_offsets.clear()
-        self.entity_states.flush_to(self._producer)
-        self.join_table.flush_to(self._producer)
-        self._flush_producer(timeout)
-        for c in self._uncommitted:
-            c.changelogs_at, c.delivered = c.changelogs_at or time.monotonic(), True
-        self._check_delivered()
-        self.feast.flush(timeout)
-        self._commit_ready(asynchronous=False)  # a rebalance or shutdown hands the partitions over next
-        self.metrics.stage("checkpoint", time.perf_counter() - started)
-
-    def _flush_producer(self, timeout: float) -> None:
-        if self._producer.flush(timeout) > 0:
-            raise DriftloopError(f"the broker did not acknowledge every record within {timeout:.0f}s; "
-                                 f"offsets were not committed (the records will be processed again)")
-
-    def _check_delivered(self) -> None:
-        self.entity_states.check_delivered()  # changelog records report through their own callback
-        self.join_table.check_delivered()
-        if self._delivery_errors:
-            raise DriftloopError(f"{len(self._delivery_errors)} records were not delivered "
-                                 f"(first: {self._delivery_errors[0]}); offsets were not committed")
-
-    def _commit_ready(self, *, asynchronous: bool) -> None:
-        """Commit the delivered checkpoints, oldest first, whose Feast rows are written."""
-        ready: dict[tuple[str, int], int] = {}
-        while self._uncommitted and self._uncommitted[0].delivered \
-                and self.feast.written_through(self._uncommitted[0].feast_mark):
-            ready.update(self._uncommitted.popleft().offsets)
-        if ready:
-            offsets = [TopicPartition(topic, p, offset) for (topic, p), offset in ready.items()]
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        self._quiesce(timeout)
+        self.checkpoints.complete(self._take_offsets(), timeout)
 
     def _observe_gauges(self) -> None:
         lags = {}
@@ -347,22 +369,27 @@ class Pipeline:
         t = self.topology
         assigned = [(tp.topic, tp.partition) for tp in partitions]
         started = time.monotonic()
-        states = self.entity_states.restore(self.bootstrap, [p for topic, p in assigned if topic == t.events])
+        events = [p for topic, p in assigned if topic == t.events]
+        states = self.entity_states.restore(self.bootstrap, events)
+        journaled = self.journal.restore(self.bootstrap, events)
         waiting = self.join_table.restore(self.bootstrap, [p for topic, p in assigned if topic == t.pending])
         self._assigned.update(assigned)
-        _LOG.info("assigned %d partitions; restored %d entity states and %d waiting join entries in %.1fs",
-                  len(assigned), states.keys, waiting.keys, time.monotonic() - started)
+        _LOG.info("assigned %d partitions; restored %d entity states, %d journal chunks and %d waiting join "
+                  "entries in %.1fs", len(assigned), states.keys, journaled.keys, waiting.keys,
+                  time.monotonic() - started)
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         self.checkpoint()
         self._forget(partitions)
 
     def _on_lost(self, consumer, partitions: list[TopicPartition]) -> None:
-        # Another worker owns them already: committing would be refused; their records are replayed there.
+        # Another worker owns them already: committing would be refused; their records are replayed there
+        # (and answered from the journal this worker wrote for them).
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        for offsets in [self._next_offsets, *(c.offsets for c in self._uncommitted)]:
-            for key in lost & offsets.keys():
-                del offsets[key]
+        self._quiesce(30.0)
+        for key in lost & self._next_offsets.keys():
+            del self._next_offsets[key]
+        self.checkpoints.forget(lost)
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
@@ -371,14 +398,16 @@ class Pipeline:
         self._assigned.difference_update(revoked)
         events = [p for topic, p in revoked if topic == t.events]
         self.entity_states.drop(events)
+        self.journal.drop(events)
         self.scorer.forget(events)
         self.join_table.drop([p for topic, p in revoked if topic == t.pending])
 
 
-def _record_scored(metrics, scored, consumed: int) -> None:
+def _record_scored(metrics, scored: ScoredBatch, consumed: int) -> None:
     """Batch-level metric updates: a handful of calls per batch, not per event."""
     metrics.batch(consumed, scored.stage_seconds)
-    metrics.events_predicted(len(scored.predictions))
+    metrics.recovered(replayed=scored.replayed, skipped=scored.skipped)
+    metrics.events_predicted(len(scored.predictions) - scored.refused)
     for reason, count in scored.dlq_reasons.items():
         metrics.dead_lettered(reason, count)
     for (version, variant), count in scored.served.items():

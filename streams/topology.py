@@ -21,6 +21,7 @@ class Topology:
     outcomes_by_id: str  # internal: outcomes re-keyed with the join partition function
     entity_changelog: str  # internal: per-entity window state
     join_changelog: str  # internal: the join's waiting sides
+    journal_changelog: str  # internal: each event record's outputs, written before they leave (journal.py)
     observations: str  # internal: each scored batch's model-input rows and data-quality counts, for drift
 
     @classmethod
@@ -31,7 +32,13 @@ class Topology:
                    outcomes_dlq=settings.topic_outcomes_dlq, labeled=settings.topic_labeled,
                    pending=f"{prefix}-pending", outcomes_by_id=f"{prefix}-outcomes-by-id",
                    entity_changelog=f"{prefix}-entity-state-changelog", join_changelog=f"{prefix}-join-changelog",
+                   journal_changelog=f"{prefix}-journal-changelog",
                    observations=f"{prefix}-observations")
+
+    @property
+    def changelogs(self) -> tuple[str, ...]:
+        """The compacted topics the worker's tables and journal persist to (created by their owners)."""
+        return (self.entity_changelog, self.join_changelog, self.journal_changelog)
 
     @property
     def internal(self) -> tuple[str, ...]:

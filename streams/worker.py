@@ -25,6 +25,7 @@ from driftloop.spec import load_spec
 from driftloop.stack import resolve_endpoints
 from driftloop.streams.changelog import ChangelogTable
 from driftloop.streams.join import OutcomeJoiner
+from driftloop.streams.journal import OutputJournal
 from driftloop.streams.learner import LabeledLearner
 from driftloop.streams.metrics import WorkerMetrics
 from driftloop.streams.pipeline import Pipeline
@@ -63,10 +64,13 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     join_partitions = _partition_count(bootstrap, topology.pending)
     if _partition_count(bootstrap, topology.outcomes_by_id) != join_partitions:
         raise DriftloopError(f"{topology.pending} and {topology.outcomes_by_id} must have the same partition count")
-    entity_states = ChangelogTable("entity-state", topology.entity_changelog, _partition_count(bootstrap, topology.events))
+    event_partitions = _partition_count(bootstrap, topology.events)
+    entity_states = ChangelogTable("entity-state", topology.entity_changelog, event_partitions)
     join_table = ChangelogTable("join", topology.join_changelog, join_partitions)
+    journal = OutputJournal(topology.journal_changelog, event_partitions)
     entity_states.ensure_changelog(bootstrap)
     join_table.ensure_changelog(bootstrap)
+    journal.ensure_changelog(bootstrap)
 
     apply_feast(settings, spec)  # idempotent; a worker started without `driftloop up` (compose) needs it
     champion = ensure_champion(spec, tracking_uri)
@@ -84,13 +88,13 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
                                                             metrics.stage("feast_write", seconds)))
         cleanup.callback(feast.close)
         learner = LabeledLearner(bootstrap, topology.labeled, router, LiveMetrics(threshold=spec.model.threshold),
-                                 group=topology.group)
+                                 group=topology.group, metrics=metrics)
         cleanup.callback(learner.close)
         scorer = EventScorer(spec, entity_states, router, feature_view=feature_view_name(spec),
-                             feature_view_version=feature_view_version(spec))
+                             feature_view_version=feature_view_version(spec), journal=journal)
         pipeline = Pipeline(spec, topology, bootstrap, scorer=scorer, joiner=OutcomeJoiner(spec, join_table),
-                            entity_states=entity_states, join_table=join_table, feast_sink=feast, metrics=metrics,
-                            learner=learner, join_partitions=join_partitions, worker_id=worker_id)
+                            entity_states=entity_states, join_table=join_table, journal=journal, feast_sink=feast,
+                            metrics=metrics, learner=learner, join_partitions=join_partitions, worker_id=worker_id)
         # Start-up left ~0.5 M long-lived objects (MLflow, Feast, pandas, sklearn); a full collection
         # scanned them all, a 300 ms pause in the loop every few seconds. Frozen, they are never scanned.
         gc.collect()
