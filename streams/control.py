@@ -20,6 +20,10 @@ What happens when:
 - warm-up: while the champion is the placeholder of an ONNX pipeline (tag `driftloop.placeholder`, see
   models/bootstrap.py), labelled events whose event time is past the data monitor's window warm-up are
   counted, and every evaluation hands the count to the policy, which asks for the first real model.
+
+The topics are read as untrusted input: a record that does not have the shape its topic's contract
+gives (anyone may produce to `labeled` or the observations topic) is logged and skipped, counted in
+`unreadable`; a labeled event id seen again (a join re-emitted after a worker restart) counts once.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 from typing import Any, Callable
+
+import msgspec
 
 from driftloop.models.bootstrap import PLACEHOLDER_TAG
 from driftloop.models.registry import aliases as registry_aliases
@@ -40,9 +47,38 @@ from driftloop.streams.drift_report import build_report
 from driftloop.streams.quality_drift import QualityMonitor
 from driftloop.streams.drift_report import epoch
 from driftloop.streams.trigger import TriggerPolicy, Warmup
+from driftloop.streams.validation import RecentIds
 
 _LOG = logging.getLogger("driftloop.streams.control")
 Output = tuple[str, bytes]  # ("drift" | "audit" | "retrain", record)
+
+
+class _Observation(msgspec.Struct):
+    """The shape of an observation record (streams/contracts.py `observation`), checked before use."""
+
+    valid: int
+    rows: dict[str, list[Any]]
+    event_time_max: float | None = None
+    dlq: dict[str, int] = {}
+    unseen: dict[str, int] = {}
+    missing: dict[str, int] = {}
+
+
+class _Labeled(msgspec.Struct):
+    """The fields of a `labeled` record the monitors and the canary trial read, checked before use."""
+
+    event_id: str
+    event_time: datetime
+    predicted_at: datetime
+    label: int
+    decision: int
+    score: float
+    model_version: int
+    variant: str
+
+
+_check_observation = msgspec.json.Decoder(_Observation).decode
+_check_labeled = msgspec.json.Decoder(_Labeled).decode
 RETRAIN_FINISHED = ("challenger_set", "rejected", "retrain_failed", "promoted")  # promoted: a warm-up
 
 
@@ -61,6 +97,8 @@ class ControlPlane:
         self.detections: list[dict[str, Any]] = []  # concept detections since the last report
         self.evaluations = 0
         self.registry_error: str | None = None
+        self.unreadable = 0  # records skipped because they are not what their topic carries
+        self._labeled_ids = RecentIds(200_000)
 
     # -- what the agents call -----------------------------------------------------------------------
 
@@ -87,7 +125,9 @@ class ControlPlane:
 
     def on_observations(self, values: list[bytes]) -> list[Output]:
         for value in values:
-            observation = json.loads(value)
+            observation = self._readable(value, _check_observation, "observation")
+            if observation is None:
+                continue
             self.quality.add(observation)
             if self.data is not None and observation.get("valid"):
                 self.data.add(observation["rows"], observation["event_time_max"])
@@ -99,7 +139,9 @@ class ControlPlane:
         out: list[Output] = []
         champion_detected = False
         for value in values:
-            record = json.loads(value)
+            record = self._readable(value, _check_labeled, "labeled record")
+            if record is None or self._labeled_ids.seen_before(record["event_id"]):
+                continue
             if self.warmup_rows is not None and self._windows_full(record["event_time"]):
                 self.warmup_rows += 1
             detection = self.concept.update(record)
@@ -127,6 +169,16 @@ class ControlPlane:
                 "promotion": self.promotion.state(), "registry_error": self.registry_error}
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _readable(self, value: bytes | None, check: Callable[[bytes], Any], what: str) -> dict[str, Any] | None:
+        """The record as a dict when it has its contract's shape; else None (logged and counted)."""
+        try:
+            check(value or b"")
+            return json.loads(value)
+        except (msgspec.DecodeError, ValueError) as exc:
+            self.unreadable += 1
+            _LOG.warning("skipping a record that is not a valid %s: %s", what, str(exc)[:200])
+            return None
 
     def _windows_full(self, event_time: str) -> bool:
         full_from = self.data.warm_from if self.data is not None else None

@@ -418,3 +418,18 @@ def test_the_drift_report_is_json_with_the_documented_sections():
     no_monitor = build_report(SPEC, champion_version=None, evaluation=1, data=None, window=None, detections=[],
                               quality=_quality(), at=START)
     assert no_monitor["data"]["status"] == "not_evaluated" and no_monitor["window"]["events"] == 0
+
+
+def test_the_control_plane_skips_records_that_are_not_what_their_topic_carries():
+    """`labeled` and the observations topic are open to any producer: junk is counted, never a crash, and a
+    labeled event re-emitted after a worker restart reaches the detectors once."""
+    from driftloop.streams.control import ControlPlane
+
+    control = ControlPlane(SPEC, "http://127.0.0.1:9")  # the registry is never asked here
+    record = {"event_id": "e-1", "event_time": iso_time(START), "predicted_at": iso_time(START + 1), "label": 1,
+              "decision": 0, "score": 0.2, "model_version": 3, "variant": "champion", "features": {}}
+    junk = [b"", b"\x00", b"[]", b'{"event_id": 1}', json.dumps({**record, "event_time": "soon"}).encode(), None]
+    assert control.on_labeled(junk + [json.dumps(record).encode()] * 2) == []
+    assert control.on_observations([b"{", b'{"valid": "many"}', None]) == []
+    assert control.unreadable == len(junk) + 3
+    assert control.concept._versions[3].labeled == 1
