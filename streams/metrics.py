@@ -115,6 +115,9 @@ class WorkerMetrics:
         self._live_samples = Gauge("driftloop_live_samples", "Joined outcomes in the live-metric window.",
                                    ["model_version"], registry=r)
         self._feast_rows = Counter("driftloop_feast_rows", "Feature rows written to Feast.", registry=r)
+        self._models_refused = Counter("driftloop_models_refused",
+                                       "Model versions this worker refused to load (unsigned or failing their "
+                                       "signature), each counted once.", registry=r)
         self._info = Info("driftloop_worker", "Which worker, spec and driftloop version this is.", registry=r)
 
         # Every fixed label value exists from the start, so a rate is 0 (not absent) until it moves.
@@ -166,6 +169,9 @@ class WorkerMetrics:
 
     def feast_rows(self, rows: int) -> None:
         self._feast_rows.inc(rows)
+
+    def model_refused(self) -> None:
+        self._models_refused.inc()
 
     def outcomes(self, result: str, count: int = 1) -> None:
         """Outcome records by result, a value of OUTCOME_RESULTS."""

@@ -29,6 +29,7 @@ from driftloop.models.live_metrics import roc_auc
 from driftloop.models.routing import CHALLENGER
 from driftloop.retrain.registration import FINGERPRINT_TAG, GATE_TAG, REJECTED_TAG, REQUEST_TAG
 from driftloop.retrain.worker import run_retrain_worker
+from driftloop.signing import configured_key
 from driftloop.spec import load_spec
 from driftloop.streams import contracts
 from test_retrain_training_set import (
@@ -87,7 +88,15 @@ def _request(bootstrap, settings, spec, request_id, train_from, champion_version
         request_id=request_id, model_name=spec.model.name, champion_version=champion_version,
         reason=reason, train_from=train_from, current_rows=current_rows,
         drift_report={"kind": "concept", "detector": "adwin", "drift_at": contracts.iso_time(train_from)})
-    publish(bootstrap, settings.topic_retrain_requests, [(spec.model.name, value)])
+    publish_signed(bootstrap, settings.topic_retrain_requests, spec.model.name, value)
+
+
+def publish_signed(bootstrap, topic, key, value):
+    """A record signed as the control plane signs its retrain requests."""
+    producer = kafka.producer(bootstrap)
+    producer.produce(topic, key=key.encode(), value=value,
+                     headers=contracts.signature_headers(configured_key(), topic, value))
+    assert producer.flush(30) == 0
 
 
 class Worker:
