@@ -156,6 +156,19 @@ def cmd_rollback(config: settings_module.Settings, args: argparse.Namespace) -> 
     return _operator_action(config, lambda spec, uri, key: rollback(spec, uri, args.to_version, key))
 
 
+def cmd_sign(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    """Vouch for a version registered before driftloop signed versions."""
+    from driftloop.models import registry
+    from driftloop.streams.contracts import audit
+
+    def sign(spec, uri, key) -> bytes:
+        registry.sign_version(spec.model.name, args.version, tracking_uri=uri, key=key)
+        return audit(actor="operator", action="signed", model_name=spec.model.name, version=args.version,
+                     reason=f"operator signed v{args.version}, vouching for its files as they are in the registry")
+
+    return _operator_action(config, sign)
+
+
 def cmd_keygen(config: settings_module.Settings, _args: argparse.Namespace) -> int:
     """Create the signing key (mode 0600) unless one exists; every process of a stack must read the same file."""
     from driftloop.signing import create_key, key_path, load_key
@@ -278,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", dest="to_version", type=positive(int), metavar="VERSION",
                           help="the version to make champion again (default: the alias `previous`)")
     rollback.set_defaults(run=cmd_rollback)
+    sign = commands.add_parser("sign", help="sign a version registered before driftloop signed versions, after "
+                                            "checking it is yours (anyone who reaches MLflow can register one)")
+    sign.add_argument("version", type=positive(int), help="model version")
+    sign.set_defaults(run=cmd_sign)
     commands.add_parser("keygen", help="create the key that signs models and control records, unless it exists "
                                        "(DRIFTLOOP_SIGNING_KEY_FILE, default <data dir>/signing.key)"
                         ).set_defaults(run=cmd_keygen)

@@ -288,10 +288,20 @@ def verify_version(name: str, version: int, *, tracking_uri: str, key: SigningKe
         pass
 
 
+def sign_version(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> None:
+    """Sign a version registered unsigned (before driftloop signed versions) that an operator vouches for;
+    its files must still match its `driftloop.checksum`. Every process accepts it from then on."""
+    key = key or configured_key()
+    with _verified(name, version, tracking_uri, key, signed=False) as (mv, local, _checksum):
+        signature = provenance.sign(key, name, mv.tags, local, SIGNED_FILES)
+    set_version_tag(name, version, SIGNATURE_TAG, signature, tracking_uri=tracking_uri)
+
+
 @contextmanager
-def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None) -> Iterator[tuple[Any, Path, str]]:
-    """(model version, local artifacts directory, model checksum), downloaded and verified; the files
-    last until the block ends."""
+def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None,
+              signed: bool = True) -> Iterator[tuple[Any, Path, str]]:
+    """(model version, local artifacts directory, model checksum), downloaded and verified (`signed`
+    False: all but the signature); the files last until the block ends."""
     key = key or configured_key()
     with _mlflow(tracking_uri) as client:
         mv = client.get_model_version(name, str(version))
@@ -299,7 +309,7 @@ def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None
         expected = tags.get(CHECKSUM_TAG)
         if not expected:
             raise ModelRefused(name, version, f"no {CHECKSUM_TAG} tag: an unverifiable model")
-        if not tags.get(SIGNATURE_TAG) or not tags.get(FLAVOR_TAG):
+        if (signed and not tags.get(SIGNATURE_TAG)) or not tags.get(FLAVOR_TAG):
             raise ModelRefused(name, version, f"unsigned: no {SIGNATURE_TAG} (or {FLAVOR_TAG}) tag, so nothing "
                                               f"proves driftloop registered it")
         source = client.get_model_version_download_uri(name, str(version)).rstrip("/")
@@ -310,5 +320,6 @@ def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None
             if actual != expected:
                 raise ModelRefused(name, version, f"checksum mismatch: the registry tag {CHECKSUM_TAG} is {expected} "
                                                   f"but the downloaded model files hash to {actual}")
-            provenance.verify(key, name, version, tags, local, SIGNED_FILES)
+            if signed:
+                provenance.verify(key, name, version, tags, local, SIGNED_FILES)
             yield mv, local, actual
