@@ -11,8 +11,8 @@ What happens when:
   sample (saved with the version in MLflow, read only once the version's signature verifies) and resets
   the trigger policy. A champion that fails verification is audited `model_refused` once and not tried
   again for a while (models/trusted.py): the monitor stays on the champion it had or, at start-up, goes
-  to the version the workers serve instead (`previous`, then the newest that verifies). The promotion controller
-  sees challengers come and go and audits alias moves it did not make (the MLflow UI, the CLI).
+  to the version the workers serve instead (`previous`, then the newest that verifies). The promotion
+  controller sees challengers come and go and audits alias moves it did not make (the MLflow UI, the CLI).
   The registry being unreachable only delays this: scoring and the monitors go on.
 - observations: rows go into the data-drift window, counts into the quality window; an evaluation
   runs every `drift.evaluate_every_events` rows or `drift.evaluate_every_seconds`.
@@ -22,8 +22,9 @@ What happens when:
 - audit: a retrain worker's final record for a request ends the "in flight" state of the policy, when it
   is signed (streams/contracts.py); one that is not is ignored and audited `request_refused`.
 - warm-up: while the champion is the placeholder of an ONNX pipeline (tag `driftloop.placeholder`, covered
-  by the version's signature, see models/bootstrap.py), labelled events whose event time is past the data monitor's window warm-up are
-  counted, and every evaluation hands the count to the policy, which asks for the first real model.
+  by the version's signature, see models/bootstrap.py), labelled events whose event time is past the data
+  monitor's window warm-up are counted, and every evaluation hands the count to the policy, which asks
+  for the first real model.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 from typing import Any, Callable
 
 from driftloop.models.provenance import ModelRefused
+from driftloop.models.registry import VerifiedReference
 from driftloop.models.registry import aliases as registry_aliases
 from driftloop.models.trusted import TrustedVersions, refusal_record
 from driftloop.retrain.promotion import PromotionController
@@ -155,21 +157,12 @@ class ControlPlane:
     def _new_champion(self, version: int, aliases: dict[str, int]) -> list[Output]:
         out: list[Output] = []
         try:
-            verified = self.trusted.reference(version)
-        except ModelRefused as refusal:
-            out += self._refused(refusal)
-            if self.champion is not None:  # the workers keep serving it too
-                return out
-            verified, others = self.trusted.fallback(aliases, self.trusted.reference)
-            for other in others:
-                out += self._refused(other)
-            if verified is None:
-                return out
-            _LOG.warning("champion v%d is refused: watching v%d instead, which the workers serve", version,
-                         verified.version)
+            verified = self._trusted_reference(version, aliases, out)
         except Exception as exc:  # an unreachable registry: keep the previous monitor, try on the next tick
             _LOG.warning("champion v%d: cannot read its reference sample (%s); data drift stays on v%s",
                          version, exc, self.champion)
+            return out
+        if verified is None:
             return out
         version, reference = verified.version, verified.reference
         _LOG.info("champion is v%d: data drift against its %d-row reference sample", version, len(reference))
@@ -179,6 +172,24 @@ class ControlPlane:
         self.policy.reset_for(version)
         self.detections = [d for d in self.detections if d["version"] == version]
         return out
+
+    def _trusted_reference(self, version: int, aliases: dict[str, int], out: list[Output]) -> VerifiedReference | None:
+        """The champion's verified reference sample. When the champion is refused (audited into `out`): None
+        while a champion is watched already (the workers keep serving it too), else that of the version the
+        workers fall back to."""
+        try:
+            return self.trusted.reference(version)
+        except ModelRefused as refusal:
+            out += self._refused(refusal)
+        if self.champion is not None:
+            return None
+        verified, others = self.trusted.fallback(aliases, self.trusted.reference)
+        for other in others:
+            out += self._refused(other)
+        if verified is not None:
+            _LOG.warning("champion v%d is refused: watching v%d instead, which the workers serve", version,
+                         verified.version)
+        return verified
 
     def _refused(self, refusal: ModelRefused) -> list[Output]:
         if not refusal.news:

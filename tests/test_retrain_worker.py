@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import socket
 import threading
 import time
@@ -346,3 +347,38 @@ def test_the_champion_is_judged_by_the_scores_it_served(drifted, tmp_path, kafka
 
     assert [r["action"] for r in audits] == ["started", "registered", "rejected"]
     assert f"<= champion v{snapshot} 1.0000" in audits[-1]["reason"]
+
+
+def test_a_forged_champion_is_never_loaded_and_a_warm_up_request_cannot_use_it_to_skip_the_comparison(
+        drifted, tmp_path, kafka_bootstrap):
+    settings, spec, uri, stream, onset = _setup(drifted, tmp_path, kafka_bootstrap)
+    pre = stream[:PRE]
+    served = _champion(spec, uri, [r for _, r, _ in pre], [label for _, _, label in pre])
+    marker = tmp_path / "the-command-ran"
+    forged = _forged_placeholder(spec, uri, tmp_path / "forged", marker)
+    registry.set_alias(spec.model.name, "previous", served, tracking_uri=uri)
+    registry.set_alias(spec.model.name, CHAMPION, forged, tracking_uri=uri)
+    _request(kafka_bootstrap, settings, spec, "req-forged", onset, forged, reason="warmup")
+
+    audits = _audits_until_decided(settings, kafka_bootstrap, uri)
+
+    assert not marker.exists()
+    assert [r["action"] for r in audits] == ["started", "model_refused", "registered", "challenger_set"]
+    assert audits[1]["version"] == forged and audits[1]["details"]["serving"] == served
+    assert audits[2]["details"]["champion_version"] == served  # compared with what the workers serve instead
+    assert registry.aliases(spec.model.name, tracking_uri=uri)[CHAMPION] == forged  # no promotion past it
+
+
+def _forged_placeholder(spec, uri, directory, marker) -> int:
+    """A version registered without the key, claiming (by tag) to be the warm-up placeholder; its model.pkl
+    runs a command when unpickled, and its checksum tag matches it."""
+    from driftloop.models.checksum import directory_checksum
+    from tests.test_trust import RunsACommand
+
+    model_dir = directory / "artifacts" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.pkl").write_bytes(pickle.dumps(RunsACommand(marker)))
+    tags = {"driftloop.checksum": directory_checksum(model_dir), "driftloop.flavor": "river",
+            "driftloop.placeholder": "warmup"}
+    return int(MlflowClient(uri, registry_uri=uri).create_model_version(spec.model.name, source=str(directory),
+                                                                        tags=tags).version)
