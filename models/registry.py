@@ -36,7 +36,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from driftloop.errors import DriftloopError
 from driftloop.mlflow_server import server_aliases
 from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models import provenance
