@@ -113,19 +113,33 @@ def cmd_retrain_worker(config: settings_module.Settings, _args: argparse.Namespa
 
 
 def _operator_action(config: settings_module.Settings, act: Callable[..., bytes]) -> int:
-    """Run an alias move and publish its audit record, as the automatic decisions are."""
+    """Run an alias move and publish its audit record (signed), as the automatic decisions are; a refused
+    model moves nothing and is audited `model_refused`."""
     import json
 
     from driftloop import kafka
+    from driftloop.models.provenance import ModelRefused
+    from driftloop.models.trusted import refusal_record
+    from driftloop.signing import key_path, load_key
     from driftloop.spec import load_spec
     from driftloop.stack import resolve_endpoints
+    from driftloop.streams.contracts import signature_headers
 
     bootstrap, tracking_uri = resolve_endpoints(config)
-    record = act(load_spec(config.spec), tracking_uri)
+    key = load_key(key_path(config))
     producer = kafka.producer(bootstrap)
-    producer.produce(config.topic_audit, record)
-    if producer.flush(15) > 0:
-        raise DriftloopError(f"the alias moved, but its audit record did not reach {config.topic_audit}")
+
+    def publish(record: bytes, failure: str) -> None:
+        producer.produce(config.topic_audit, record, headers=signature_headers(key, config.topic_audit, record))
+        if producer.flush(15) > 0:
+            raise DriftloopError(f"{failure}, but its audit record did not reach {config.topic_audit}")
+
+    try:
+        record = act(load_spec(config.spec), tracking_uri, key)
+    except ModelRefused as refusal:
+        publish(refusal_record("operator", refusal), "the model was refused")
+        raise DriftloopError(f"{refusal}; no alias moved") from None
+    publish(record, "the alias moved")
     _say(json.loads(record)["reason"])
     return 0
 
@@ -133,13 +147,37 @@ def _operator_action(config: settings_module.Settings, act: Callable[..., bytes]
 def cmd_promote(config: settings_module.Settings, args: argparse.Namespace) -> int:
     from driftloop.retrain.operator import promote
 
-    return _operator_action(config, lambda spec, uri: promote(spec, uri, args.version))
+    return _operator_action(config, lambda spec, uri, key: promote(spec, uri, args.version, key))
 
 
 def cmd_rollback(config: settings_module.Settings, args: argparse.Namespace) -> int:
     from driftloop.retrain.operator import rollback
 
-    return _operator_action(config, lambda spec, uri: rollback(spec, uri, args.to_version))
+    return _operator_action(config, lambda spec, uri, key: rollback(spec, uri, args.to_version, key))
+
+
+def cmd_sign(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    """Vouch for a version registered before driftloop signed versions."""
+    from driftloop.models import registry
+    from driftloop.streams.contracts import audit
+
+    def sign(spec, uri, key) -> bytes:
+        registry.sign_version(spec.model.name, args.version, tracking_uri=uri, key=key)
+        return audit(actor="operator", action="signed", model_name=spec.model.name, version=args.version,
+                     reason=f"operator signed v{args.version}, vouching for its files as they are in the registry")
+
+    return _operator_action(config, sign)
+
+
+def cmd_keygen(config: settings_module.Settings, _args: argparse.Namespace) -> int:
+    """Create the signing key (mode 0600) unless one exists; every process of a stack must read the same file."""
+    from driftloop.signing import create_key, key_path, load_key
+
+    path = key_path(config)
+    created = create_key(path)
+    load_key(path)  # an existing file must be a usable key too
+    _say(f"{'created the' if created else 'kept the existing'} signing key {path}")
+    return 0
 
 
 def cmd_status(config: settings_module.Settings, args: argparse.Namespace) -> int:
@@ -253,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", dest="to_version", type=positive(int), metavar="VERSION",
                           help="the version to make champion again (default: the alias `previous`)")
     rollback.set_defaults(run=cmd_rollback)
+    sign = commands.add_parser("sign", help="sign a version registered before driftloop signed versions, after "
+                                            "checking it is yours (anyone who reaches MLflow can register one)")
+    sign.add_argument("version", type=positive(int), help="model version")
+    sign.set_defaults(run=cmd_sign)
+    commands.add_parser("keygen", help="create the key that signs models and control records, unless it exists "
+                                       "(DRIFTLOOP_SIGNING_KEY_FILE, default <data dir>/signing.key)"
+                        ).set_defaults(run=cmd_keygen)
     check = commands.add_parser("check-spec", help="validate a pipeline spec")
     check.add_argument("spec", nargs="?", help="spec file (default: $DRIFTLOOP_SPEC)")
     check.set_defaults(run=cmd_check_spec)

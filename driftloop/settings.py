@@ -123,6 +123,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("topic_audit", "DRIFTLOOP_TOPIC_AUDIT", _topic, "audit", "Every autonomous or operator decision."),
     Setting("topic_retrain_requests", "DRIFTLOOP_TOPIC_RETRAIN_REQUESTS", _topic, "retrain-requests",
             "Retraining requests from the trigger policy."),
+    Setting("signing_key_file", "DRIFTLOOP_SIGNING_KEY_FILE", _path, None,
+            "File with the secret key that signs model versions and control records (HMAC-SHA256); the MLflow "
+            "registry and Kafka never see it. Unset: `signing.key` in the data dir, which `driftloop up` and "
+            "`driftloop keygen` create (mode 0600)."),
     Setting("log_level", "DRIFTLOOP_LOG_LEVEL", _level, "INFO", "Log level."),
 )
 
@@ -147,6 +151,7 @@ class Settings:
     topic_drift: str
     topic_audit: str
     topic_retrain_requests: str
+    signing_key_file: Path | None
     log_level: str
     source: str = field(default="defaults", compare=False)
 

@@ -18,6 +18,7 @@ from driftloop.kafka import ensure_topics, wait_for_broker
 from driftloop.mlflow_server import MlflowServer, backend_store_uri, http_ok, require_reachable
 from driftloop.process import ManagedProcess, reserve_port
 from driftloop.settings import Settings
+from driftloop.signing import create_key, key_path, load_key
 from driftloop.spec import PipelineSpec, load_spec
 
 
@@ -79,6 +80,7 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
         with ExitStack() as stack:
             spec = load_spec(settings.spec)
             settings.data_dir.mkdir(parents=True, exist_ok=True)
+            _ensure_signing_key(settings, say)
             bootstrap = _start_broker(settings, stack, children, say)
             tracking_uri = _start_mlflow(settings, stack, children, say)
             _apply_feast(settings, spec, say)
@@ -102,6 +104,14 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _ensure_signing_key(settings: Settings, say: Callable[[str], None]) -> None:
+    """The key every child signs and verifies with: the configured file, else one made in the data dir."""
+    path = key_path(settings)
+    if settings.signing_key_file is None and create_key(path):
+        say(f"created the signing key {path.resolve()} (mode 0600): it signs models and control records")
+    load_key(path)
 
 
 def _start_broker(settings: Settings, stack: ExitStack, children: list[ManagedProcess],
@@ -147,6 +157,7 @@ def _child_env(settings: Settings, bootstrap: str, tracking_uri: str, **extra: s
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri,
             "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()), "DRIFTLOOP_SPEC": str(settings.spec.resolve()),
             "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve()),
+            "DRIFTLOOP_SIGNING_KEY_FILE": str(key_path(settings).resolve()),
             "DRIFTLOOP_PARTITIONS": str(settings.partitions), **extra}
 
 

@@ -207,13 +207,16 @@ class DataPlaneWorker:
     def prepare(self) -> None:
         from driftloop.features.feast_repo import apply as feast_apply
         from driftloop.models.bootstrap import ensure_champion
+        from driftloop.signing import create_key, key_path, load_key
 
         feast_apply(self.settings, self.spec)
+        create_key(key_path(self.settings))  # a pipeline of its own, so a signing key of its own
         kafka.ensure_topics(self.bootstrap, self.settings.topics, self.settings.partitions)
         # The demo's steady state: its own model (gradient boosting, ONNX) as champion, trained on a
         # warm-up slice of the stream, not the River placeholder that serves only until the first training.
         warmup = warm_up_set(self.spec, WARMUP_EVENTS)
-        champion = ensure_champion(self.spec, self.settings.mlflow_tracking_uri, warmup=warmup)
+        champion = ensure_champion(self.spec, self.settings.mlflow_tracking_uri, warmup=warmup,
+                                   key=load_key(key_path(self.settings)))
         self.model = {"name": self.spec.model.name, "version": champion.version, "flavor": self.spec.model.flavor,
                       "estimator": self.spec.model.estimator, "trained_on_events": len(warmup)}
 

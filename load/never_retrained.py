@@ -4,7 +4,7 @@
     ...                                                      # the replay runs
     figures = baseline.score(bootstrap, settings.topic_labeled, row_of, expected, delay_rows, timeout)
 
-`at_start` loads the version the `champion` alias points at from the MLflow registry (checksum-verified).
+`at_start` loads the version the `champion` alias points at from the MLflow registry (signature-verified).
 `score` reads the `labeled` topic from its beginning and
 
 1. brings the snapshot to where the serving workers had it when the replay started: an online (River)
@@ -36,6 +36,7 @@ from driftloop import kafka
 from driftloop.load.run_records import Labeled, decode_labeled
 from driftloop.models.registry import LoadedModel, load_alias
 from driftloop.settings import Settings
+from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec
 from driftloop.stack import running_stack
 
@@ -57,7 +58,8 @@ class NeverRetrained:
             return cls(spec, None, "no MLflow tracking URI (MLFLOW_TRACKING_URI or a running `driftloop up`)",
                        started_ms)
         try:
-            champion = load_alias(spec.model.name, CHAMPION, tracking_uri=tracking_uri)
+            champion = load_alias(spec.model.name, CHAMPION, tracking_uri=tracking_uri,
+                                  key=load_key(key_path(settings)))
         except Exception as exc:  # the replay itself must not fail for its baseline
             return cls(spec, None, f"cannot load the champion from {tracking_uri}: {str(exc).splitlines()[0]}",
                        started_ms)

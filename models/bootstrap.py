@@ -21,12 +21,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from driftloop.models.flavors import new_model, train_onnx, with_model
+from driftloop.models.provenance import PLACEHOLDER_TAG
 from driftloop.models.registry import ModelVersionInfo, get_alias_version, register, set_alias, version_info
+from driftloop.signing import SigningKey
 from driftloop.spec import PipelineSpec
 
 CHAMPION = "champion"
 ORIGIN_TAG = "driftloop.origin"
-PLACEHOLDER_TAG = "driftloop.placeholder"
+__all__ = ["CHAMPION", "ORIGIN_TAG", "PLACEHOLDER_TAG", "ensure_champion", "placeholder_spec"]
 
 
 def placeholder_spec(spec: PipelineSpec) -> PipelineSpec:
@@ -35,7 +37,8 @@ def placeholder_spec(spec: PipelineSpec) -> PipelineSpec:
 
 
 def ensure_champion(spec: PipelineSpec, tracking_uri: str,
-                    warmup: Iterable[tuple[Mapping[str, Any], int]] | None = None) -> ModelVersionInfo:
+                    warmup: Iterable[tuple[Mapping[str, Any], int]] | None = None,
+                    key: SigningKey | None = None) -> ModelVersionInfo:
     name = spec.model.name
     current = get_alias_version(name, CHAMPION, tracking_uri=tracking_uri)
     if current is not None:
@@ -60,7 +63,7 @@ def ensure_champion(spec: PipelineSpec, tracking_uri: str,
     metrics = {"warmup_rows": float(len(rows)), "warmup_positive_rate": sum(labels) / len(labels) if labels else 0.0}
     info = register(model, built_by, tracking_uri=tracking_uri, reference_rows=rows[-spec.drift.reference_size:],
                     metrics=metrics, params={"origin": "bootstrap", "cold_start": not rows},
-                    tags=tags, run_name=f"{name}-bootstrap")
+                    tags=tags, run_name=f"{name}-bootstrap", key=key)
     if get_alias_version(name, CHAMPION, tracking_uri=tracking_uri) is None:
         set_alias(name, CHAMPION, info.version, tracking_uri=tracking_uri)
         return info

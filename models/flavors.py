@@ -59,11 +59,12 @@ def new_model(spec: PipelineSpec) -> Model:
     raise DriftloopError(f"model {spec.model.name}: an onnx model cannot start cold; train it with train_onnx")
 
 
-def load(directory: str | Path) -> Model:
-    """Load the model saved in directory. A River model is a pickle: verify its checksum first."""
+def load(directory: str | Path, flavor: str | None = None) -> Model:
+    """Load the model saved in directory, of `flavor` when given (the registry passes the signed one), else of
+    whichever flavor's file is there. A River model is a pickle: verify its signature first."""
     directory = Path(directory)
-    if (directory / river_flavor.FILENAME).is_file():
-        return RiverModel.load(directory)
-    if (directory / onnx_flavor.FILENAME).is_file():
-        return OnnxModel.load(directory)
-    raise DriftloopError(f"{directory}: no saved model ({river_flavor.FILENAME} or {onnx_flavor.FILENAME})")
+    for kind, filename in ((RiverModel, river_flavor.FILENAME), (OnnxModel, onnx_flavor.FILENAME)):
+        if flavor in (None, kind.flavor) and (directory / filename).is_file():
+            return kind.load(directory)
+    of_flavor = f" of flavor {flavor}" if flavor else ""
+    raise DriftloopError(f"{directory}: no saved model{of_flavor} ({river_flavor.FILENAME} or {onnx_flavor.FILENAME})")

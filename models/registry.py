@@ -1,4 +1,4 @@
-"""MLflow model registry access: register a model version, load one by alias (checksum-verified), move aliases.
+"""MLflow model registry access: register a model version (signed), load one by alias (verified), move aliases.
 
 A registered version is one MLflow run (experiment = spec.name) holding params, metrics and a pyfunc model
 whose artifacts are
@@ -6,13 +6,16 @@ whose artifacts are
     artifacts/model/            the files Model.save wrote (model.pkl or model.onnx)
     artifacts/reference.parquet the reference sample of input rows, for data-drift detection
 
-and the model version (under spec.model.name) carries the tag `driftloop.checksum`: the SHA-256 of the
-model directory (driftloop.models.checksum). `load_version`/`load_alias` download the artifacts, recompute
-it and refuse to load (DriftloopError "... checksum mismatch ...") when they differ, before unpickling.
+and the model version (under spec.model.name) carries the tags `driftloop.checksum` (the SHA-256 of the
+model directory, driftloop.models.checksum), `driftloop.flavor` and `driftloop.signature` (the signing key's
+HMAC of both artifacts and the flavor and placeholder tags, driftloop.models.provenance). `load_version`,
+`load_alias` and `load_reference` download the artifacts and raise `ModelRefused` when a tag is missing, the
+checksum or the signature does not match, before any file is unpickled, parsed or given to onnxruntime.
 
-Every function takes `tracking_uri` (also used as the registry URI). MLflow's model logging and the
-SQLAlchemy registry store read the process-global tracking URI, so calls here set it for their duration
-under a process-wide lock and restore it afterwards.
+Every function takes `tracking_uri` (also used as the registry URI); those that sign or verify take `key`
+(default: the key the process's settings name). MLflow's model logging and the SQLAlchemy registry store
+read the process-global tracking URI, so calls here set it for their duration under a process-wide lock and
+restore it afterwards.
 """
 
 from __future__ import annotations
@@ -33,17 +36,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from driftloop.errors import DriftloopError
 from driftloop.mlflow_server import server_aliases
 from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
+from driftloop.models import provenance
 from driftloop.models.flavors import Model, load
 from driftloop.models.inputs import input_columns, rows_to_frame
+from driftloop.models.provenance import FLAVOR_TAG, PLACEHOLDER_TAG, SIGNATURE_TAG, ModelRefused
 from driftloop.models.pyfunc import DriftloopPyfunc, signature_for
+from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
 
 MODEL_ARTIFACT = "model"  # artifacts/model/ inside the logged MLflow model
 REFERENCE_FILE = "reference.parquet"
-FLAVOR_TAG = "driftloop.flavor"
+SIGNED_FILES = (MODEL_ARTIFACT, REFERENCE_FILE)
 
 # Downloads happen in long-running workers whose logs are files: no terminal progress bars in them.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -66,6 +71,14 @@ class LoadedModel:
     reference: pd.DataFrame
     checksum: str
     created_ms: int  # when the version was registered: online learning since then is replayed on load
+    placeholder: bool  # the warm-up placeholder of an ONNX pipeline (signed, so a tag alone cannot make one)
+
+
+@dataclass(frozen=True)
+class VerifiedReference:
+    version: int
+    reference: pd.DataFrame
+    placeholder: bool
 
 
 @contextmanager
@@ -136,13 +149,15 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
              reference_rows: Sequence[Mapping[str, Any]],
              metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,
              tags: Mapping[str, str] | None = None, run_name: str | None = None,
-             artifacts: Sequence[str | Path] = ()) -> ModelVersionInfo:
+             artifacts: Sequence[str | Path] = (), key: SigningKey | None = None) -> ModelVersionInfo:
     """Log `model` in a new MLflow run and register it as a new version of spec.model.name.
 
     `params`/`metrics` go to the run (with the flavor, estimator and spec model params); `tags` go to both
-    the run and the model version; the version also gets `driftloop.checksum` and `driftloop.flavor`.
-    `artifacts` are local files (reports, say) logged at the root of the run's artifacts.
+    the run and the model version; the version also gets `driftloop.checksum`, `driftloop.flavor` and
+    `driftloop.signature` (by `key`). `artifacts` are local files (reports, say) logged at the root of the
+    run's artifacts.
     """
+    key = key or configured_key()
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
     run_params = {"flavor": model.flavor, "estimator": spec.model.estimator,
                   **{f"model.{k}": v for k, v in spec.model.params.items()}, **(params or {})}
@@ -153,6 +168,8 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
         checksum = directory_checksum(model_dir)
         reference_path = Path(tmp) / REFERENCE_FILE
         reference.to_parquet(reference_path, index=False)
+        version_tags = {**tags, CHECKSUM_TAG: checksum, FLAVOR_TAG: model.flavor}
+        version_tags[SIGNATURE_TAG] = provenance.sign(key, spec.model.name, version_tags, Path(tmp), SIGNED_FILES)
         with _mlflow(tracking_uri) as client:
             experiment_id = _ensure_experiment(client, spec.name, _local_artifact_root(tracking_uri))
             with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
@@ -175,7 +192,7 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
                         raise
                 version = client.create_model_version(
                     spec.model.name, source=logged.model_uri, run_id=run_id, model_id=logged.model_id,
-                    tags={**tags, CHECKSUM_TAG: checksum, FLAVOR_TAG: model.flavor})
+                    tags=version_tags)
     return ModelVersionInfo(spec.model.name, int(version.version), run_id, checksum)
 
 
@@ -235,28 +252,73 @@ def delete_alias(name: str, alias: str, *, tracking_uri: str) -> None:
         client.delete_registered_model_alias(name, alias)
 
 
-def load_alias(name: str, alias: str, *, tracking_uri: str) -> LoadedModel | None:
-    """The version `alias` points at, loaded and checksum-verified; None when the alias does not exist."""
+def versions(name: str, *, tracking_uri: str) -> list[int]:
+    """Every version of the registered model, newest first ([] when it is not registered)."""
+    quoted = name.replace("'", "\\'")
+    with _mlflow(tracking_uri) as client:
+        found = client.search_model_versions(f"name = '{quoted}'")
+    return sorted((int(mv.version) for mv in found), reverse=True)
+
+
+def load_alias(name: str, alias: str, *, tracking_uri: str, key: SigningKey | None = None) -> LoadedModel | None:
+    """The version `alias` points at, loaded and verified; None when the alias does not exist."""
     version = get_alias_version(name, alias, tracking_uri=tracking_uri)
-    return None if version is None else load_version(name, version, tracking_uri=tracking_uri)
+    return None if version is None else load_version(name, version, tracking_uri=tracking_uri, key=key)
 
 
-def load_version(name: str, version: int, *, tracking_uri: str) -> LoadedModel:
-    """Download a version's model files and reference sample, verify the checksum, load the model."""
+def load_version(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> LoadedModel:
+    """Download a version's model files and reference sample, verify them, load the model."""
+    with _verified(name, version, tracking_uri, key) as (mv, local, checksum):
+        model = load(local / MODEL_ARTIFACT, mv.tags[FLAVOR_TAG])
+        reference = pd.read_parquet(local / REFERENCE_FILE)
+    return LoadedModel(int(mv.version), model, reference, checksum, int(mv.creation_timestamp or 0),
+                       PLACEHOLDER_TAG in mv.tags)
+
+
+def load_reference(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> VerifiedReference:
+    """A version's reference sample, verified (with the whole version) and read; the model is not loaded."""
+    with _verified(name, version, tracking_uri, key) as (mv, local, _checksum):
+        return VerifiedReference(int(mv.version), pd.read_parquet(local / REFERENCE_FILE), PLACEHOLDER_TAG in mv.tags)
+
+
+def verify_version(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> None:
+    """Raise ModelRefused unless the version's artifacts are what driftloop signed; nothing is loaded."""
+    with _verified(name, version, tracking_uri, key):
+        pass
+
+
+def sign_version(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> None:
+    """Sign a version registered unsigned (before driftloop signed versions) that an operator vouches for;
+    its files must still match its `driftloop.checksum`. Every process accepts it from then on."""
+    key = key or configured_key()
+    with _verified(name, version, tracking_uri, key, signed=False) as (mv, local, _checksum):
+        signature = provenance.sign(key, name, mv.tags, local, SIGNED_FILES)
+    set_version_tag(name, version, SIGNATURE_TAG, signature, tracking_uri=tracking_uri)
+
+
+@contextmanager
+def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None,
+              signed: bool = True) -> Iterator[tuple[Any, Path, str]]:
+    """(model version, local artifacts directory, model checksum), downloaded and verified (`signed`
+    False: all but the signature); the files last until the block ends."""
+    key = key or configured_key()
     with _mlflow(tracking_uri) as client:
         mv = client.get_model_version(name, str(version))
-        expected = mv.tags.get(CHECKSUM_TAG)
+        tags = dict(mv.tags or {})
+        expected = tags.get(CHECKSUM_TAG)
         if not expected:
-            raise DriftloopError(f"model {name} v{version}: no {CHECKSUM_TAG} tag; refusing to load an unverifiable model")
+            raise ModelRefused(name, version, f"no {CHECKSUM_TAG} tag: an unverifiable model")
+        if (signed and not tags.get(SIGNATURE_TAG)) or not tags.get(FLAVOR_TAG):
+            raise ModelRefused(name, version, f"unsigned: no {SIGNATURE_TAG} (or {FLAVOR_TAG}) tag, so nothing "
+                                              f"proves driftloop registered it")
         source = client.get_model_version_download_uri(name, str(version)).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="driftloop-load-") as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts", dst_path=tmp,
                                                              tracking_uri=tracking_uri))
-            model_dir = local / MODEL_ARTIFACT
-            actual = directory_checksum(model_dir)
+            actual = directory_checksum(local / MODEL_ARTIFACT)
             if actual != expected:
-                raise DriftloopError(f"model {name} v{version}: checksum mismatch: the registry tag {CHECKSUM_TAG} "
-                                     f"is {expected} but the downloaded model files hash to {actual}; refusing to load")
-            model = load(model_dir)
-            reference = pd.read_parquet(local / REFERENCE_FILE)
-    return LoadedModel(int(mv.version), model, reference, actual, int(mv.creation_timestamp or 0))
+                raise ModelRefused(name, version, f"checksum mismatch: the registry tag {CHECKSUM_TAG} is {expected} "
+                                                  f"but the downloaded model files hash to {actual}")
+            if signed:
+                provenance.verify(key, name, version, tags, local, SIGNED_FILES)
+            yield mv, local, actual

@@ -6,9 +6,14 @@
   loaded as `shadow`: it scores every event beside the champion and serves none.
 - A background thread reads the aliases every `poll_seconds` (default 2 s, so a move in the MLflow UI
   or by `driftloop promote` takes effect within one poll plus the load time). A version is loaded
-  (downloaded, checksum-verified) before it is swapped in, so scoring never waits for the registry.
-  When the registry is unreachable or a version fails verification, the worker keeps serving what it
-  has and says so in the log; it tries again on the next poll.
+  (downloaded, signature-verified) before it is swapped in, so scoring never waits for the registry.
+  When the registry is unreachable, the worker keeps serving what it has, says so in the log and tries
+  again on the next poll.
+- A version that fails verification (models/trusted.py) is never loaded: the champion keeps serving
+  what it served (a canary or shadow goes), and `on_refused(refusal, serving_version)` is called once
+  per version (the worker audits `model_refused` and counts it). When nothing serves yet (start-up),
+  a refused champion is replaced by the last version that verifies: `previous`, then the others, newest
+  first; the worker starts on it and says so, and exits only when no version verifies.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from typing import Any
 
 from driftloop.errors import DriftloopError
 from driftloop.models.flavors import Model
-from driftloop.models.registry import LoadedModel, aliases, load_version
+from driftloop.models.provenance import ModelRefused
+from driftloop.models.registry import aliases
+from driftloop.models.trusted import PREVIOUS, TrustedVersions
+from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -40,11 +48,13 @@ class Serving:
 
 class ModelRouter:
     def __init__(self, spec: PipelineSpec, tracking_uri: str, *, poll_seconds: float = 2.0,
-                 loader: Callable[[int], LoadedModel] | None = None):
+                 key: SigningKey | None = None,
+                 on_refused: Callable[[ModelRefused, int | None], None] | None = None):
         self.spec = spec
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
-        self._load = loader or (lambda version: load_version(spec.model.name, version, tracking_uri=tracking_uri))
+        self.trusted = TrustedVersions(spec.model.name, tracking_uri, key or configured_key())
+        self.on_refused = on_refused
         self._serving: dict[str, Serving] = {}
         self._canary_buckets = int(spec.canary.share * _BUCKETS)
         self._stop = threading.Event()
@@ -100,7 +110,19 @@ class ModelRouter:
             if current is not None and current.version == version:
                 continue
             reuse = next((s for s in serving.values() if s.version == version), None)
-            loaded = (reuse.model, reuse.created_ms) if reuse else self._loaded(version)
+            try:
+                loaded = (reuse.model, reuse.created_ms) if reuse else self._loaded(version)
+            except ModelRefused as refusal:
+                if variant == CHAMPION and current is None:
+                    version, loaded = self._fallback(refusal, wanted)
+                elif variant == CHAMPION:
+                    self._refused(refusal, current.version)
+                    continue
+                else:  # the challenger alias left the version served: so does the canary (or shadow)
+                    self._refused(refusal, None)
+                    if current is not None:
+                        changes.append(f"{variant}: v{serving.pop(variant).version} -> -")
+                    continue
             serving[variant] = Serving(variant, version, *loaded)
             changes.append(f"{variant}: v{current.version if current else '-'} -> v{version}")
         for variant in set(serving) - set(targets):
@@ -109,8 +131,29 @@ class ModelRouter:
         return changes
 
     def _loaded(self, version: int) -> tuple[Model, int]:
-        loaded = self._load(version)
+        loaded = self.trusted.load(version)
         return loaded.model, loaded.created_ms
+
+    def _fallback(self, refusal: ModelRefused, wanted: dict[str, int]) -> tuple[int, tuple[Model, int]]:
+        """Nothing serves and the champion is refused: the last version that verifies, or an error."""
+        found, others = self.trusted.fallback(wanted, self.trusted.load)
+        for other in others:
+            self._refused(other, found.version if found else None)
+        if found is None:
+            raise DriftloopError(f"{refusal}; no other version of {self.spec.model.name} verifies either, so there "
+                                 f"is nothing safe to serve") from None
+        which = "previous" if wanted.get(PREVIOUS) == found.version else "the newest version that verifies"
+        _LOG.warning("champion v%d is refused (%s): serving v%d (%s) instead", refusal.version, refusal.reason,
+                     found.version, which)
+        self._refused(refusal, found.version)
+        return found.version, (found.model, found.created_ms)
+
+    def _refused(self, refusal: ModelRefused, serving: int | None) -> None:
+        if not refusal.news:
+            return
+        _LOG.warning("%s (still serving %s)", refusal, f"v{serving}" if serving is not None else "nothing for it")
+        if self.on_refused is not None:
+            self.on_refused(refusal, serving)
 
     def start(self) -> None:
         """Load the current aliases (raising if that fails), then follow them in the background."""
@@ -130,7 +173,7 @@ class ModelRouter:
                 for change in self.refresh():
                     _LOG.info("serving %s", change)
                 self.last_error = None
-            except Exception as exc:  # registry down, tampered artifact: keep serving what is loaded
+            except Exception as exc:  # registry down: keep serving what is loaded
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if message != self.last_error:
                     _LOG.warning("model registry: %s; still serving %s", message,

@@ -4,7 +4,9 @@ Each function moves the registry aliases (in the same safe orders as the promoti
 `alias_moves`) and returns the audit record (actor "operator") for the caller to publish. Before
 moving anything it tags the acted-on version with the alias state it is about to create, so the
 promotion controller recognises the change and does not audit it a second time. Misuse (nothing
-to promote, unknown version, already the champion) raises DriftloopError before anything moves.
+to promote, unknown version, already the champion) raises DriftloopError before anything moves, and
+so does a version that would become the champion but fails verification (`ModelRefused`: unsigned, or
+its files or tags not what driftloop signed), so a worker's next restart can never meet it.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from driftloop.errors import DriftloopError
 from driftloop.models import registry
 from driftloop.retrain import alias_moves
 from driftloop.retrain.alias_moves import CHALLENGER, CHAMPION, PREVIOUS, Step, describe
+from driftloop.signing import SigningKey
 from driftloop.spec import PipelineSpec
 from driftloop.streams.contracts import audit
 
 ROLLED_BACK_BY_OPERATOR = "rolled back by operator"
 
 
-def promote(spec: PipelineSpec, tracking_uri: str, version: int | None) -> bytes:
+def promote(spec: PipelineSpec, tracking_uri: str, version: int | None, key: SigningKey | None = None) -> bytes:
     """Make `version` (None: the current challenger) the champion; the old champion becomes `previous`."""
     name = spec.model.name
     current = registry.aliases(name, tracking_uri=tracking_uri)
@@ -35,13 +38,14 @@ def promote(spec: PipelineSpec, tracking_uri: str, version: int | None) -> bytes
     _require_version(name, version, tracking_uri)
     if current.get(CHAMPION) == version:
         raise DriftloopError(f"model {name} v{version} is already the champion")
+    registry.verify_version(name, version, tracking_uri=tracking_uri, key=key)
     now = time.time()
     steps = alias_moves.promotion(version, current, now)
     reason = f"operator promoted v{version} to champion (was {describe(current.get(CHAMPION))})"
     return _carry_out(spec, tracking_uri, "promoted", version, reason, current, steps, now)
 
 
-def rollback(spec: PipelineSpec, tracking_uri: str, to_version: int | None) -> bytes:
+def rollback(spec: PipelineSpec, tracking_uri: str, to_version: int | None, key: SigningKey | None = None) -> bytes:
     """Undo the latest change.
 
     With a challenger (and no `to_version`): end its trial and tag it rejected; the champion stays.
@@ -63,6 +67,7 @@ def rollback(spec: PipelineSpec, tracking_uri: str, to_version: int | None) -> b
     _require_version(name, target, tracking_uri)
     if target == champion:
         raise DriftloopError(f"model {name} v{target} is already the champion")
+    registry.verify_version(name, target, tracking_uri=tracking_uri, key=key)
     steps = alias_moves.restoration(target, current, f"{ROLLED_BACK_BY_OPERATOR} to v{target}")
     reason = f"operator rolled champion back from {describe(champion)} to v{target}"
     return _carry_out(spec, tracking_uri, "rolled_back", target, reason, current, steps, now)

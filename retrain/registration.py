@@ -35,6 +35,7 @@ from driftloop.models.bootstrap import ORIGIN_TAG
 from driftloop.models.inputs import input_columns
 from driftloop.models.registry import ModelVersionInfo, register
 from driftloop.retrain.train import Candidate
+from driftloop.signing import SigningKey
 from driftloop.spec import PipelineSpec
 
 _LOG = logging.getLogger("driftloop.retrain.registration")
@@ -73,7 +74,7 @@ def data_drift_report(spec: PipelineSpec, reference: pd.DataFrame, current: pd.D
     raise ValueError("Evidently's DataDriftPreset reported no DriftedColumnsCount")
 
 
-def record(spec: PipelineSpec, *, tracking_uri: str, request: Mapping[str, Any], winner: Candidate,
+def record(spec: PipelineSpec, *, tracking_uri: str, key: SigningKey, request: Mapping[str, Any], winner: Candidate,
            passed: bool, reason: str, params: Mapping[str, Any], metrics: Mapping[str, float | None],
            reference_rows: Sequence[Mapping[str, Any]], drift_reference: pd.DataFrame,
            drift_current: pd.DataFrame, fingerprint: str) -> ModelVersionInfo:
@@ -102,4 +103,4 @@ def record(spec: PipelineSpec, *, tracking_uri: str, request: Mapping[str, Any],
             all_params["data_drift_report"] = f"failed: {type(exc).__name__}: {exc}"[:500]
         return register(winner.model, winner.spec, tracking_uri=tracking_uri, reference_rows=reference_rows,
                         metrics=all_metrics, params=all_params, tags=tags, run_name=f"{spec.model.name}-retrain",
-                        artifacts=artifacts)
+                        artifacts=artifacts, key=key)

@@ -18,7 +18,14 @@ in the group `driftloop-<spec name>-retrain`, one request at a time, and for eac
 A "warmup" request (the champion is the placeholder of an ONNX pipeline, models/bootstrap.py) trains only
 the spec's own model, is not compared with the placeholder, and a version that passes replaces it as
 `champion` at once (the placeholder becomes `previous`; audit `promoted`): there is nothing to protect
-by a canary, and the placeholder was never anyone's choice.
+by a canary, and the placeholder was never anyone's choice. Whether the champion is the placeholder is
+read from its signed artifacts, never from the request: a "warmup" request that finds a real champion
+retrains like any other.
+
+Only signed requests are acted on (streams/contracts.py): one without a valid signature is audited
+`request_refused` and committed, untouched. The champion the candidates are compared with is loaded only
+once its signature verifies; a refused champion is audited `model_refused` (once per version) and the
+comparison is with the version the workers serve instead (models/trusted.py).
 
 The request's offset is committed only once the request is done: decided, or definitively failed (audit
 `retrain_failed`, aliases untouched). A crash before that replays it. When MLflow does not answer, nothing
@@ -42,12 +49,12 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.mlflow_server import http_ok
-from driftloop.models.bootstrap import CHAMPION, PLACEHOLDER_TAG
+from driftloop.models.bootstrap import CHAMPION
 from driftloop.models.inputs import input_columns, rows_to_frame
-from driftloop.models.registry import (
-    LoadedModel, aliases, get_alias_version, load_version, set_alias, set_version_tag, version_tags, versions_tagged,
-)
+from driftloop.models.provenance import ModelRefused
+from driftloop.models.registry import LoadedModel, aliases, set_alias, set_version_tag, version_tags, versions_tagged
 from driftloop.models.routing import CHALLENGER
+from driftloop.models.trusted import TrustedVersions, refusal_record
 from driftloop.retrain import alias_moves
 from driftloop.retrain.feast_offline import OfflineHistory
 from driftloop.retrain.registration import GATE_TAG, REQUEST_TAG, record
@@ -55,6 +62,7 @@ from driftloop.retrain.train import train_candidates, train_spec_model
 from driftloop.retrain.training_set import NotEnoughData, TrainingSet, build_training_set, read_window
 from driftloop.retrain.validate import METRICS, catch_up, gate, holdout_metrics, holdout_size, score
 from driftloop.settings import Settings
+from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams import contracts
 
@@ -79,6 +87,8 @@ class RetrainWorker:
         self.max_data_wait_seconds = max_data_wait_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.group = f"driftloop-{spec.name}-retrain"
+        self.key = load_key(key_path(settings))
+        self.trusted = TrustedVersions(spec.model.name, tracking_uri, self.key)
         self.history = OfflineHistory(settings, spec)
         # Evidently takes seconds to import: pay that at start-up, not inside the drift-to-challenger time.
         import evidently.presets  # noqa: F401
@@ -109,13 +119,19 @@ class RetrainWorker:
 
     def _process(self, message: Message) -> bool:
         """Handle one request; True when it is done (commit it), False when stopping before that."""
+        where = {"partition": message.partition(), "offset": message.offset()}
+        if not contracts.signed_by(self.key, message.topic(), message.value(), message.headers()):
+            _LOG.warning("retrain request at %s[%d]@%d has no valid signature: refused", message.topic(),
+                         message.partition(), message.offset())
+            self._audit("request_refused", "a retrain request without a valid signature (forged, or written "
+                                           "without the signing key) was ignored", details=where)
+            return True
         try:
             request = _parse(message.value())
         except DriftloopError as exc:
             _LOG.error("retrain request at %s[%d]@%d is unusable: %s", message.topic(), message.partition(),
                        message.offset(), exc)
-            self._audit("retrain_failed", f"unusable retrain request: {exc}",
-                        details={"partition": message.partition(), "offset": message.offset()})
+            self._audit("retrain_failed", f"unusable retrain request: {exc}", details=where)
             return True
         if request["model_name"] != self.spec.model.name:
             _LOG.warning("request %s is for model %r, not %r: skipped", request["request_id"],
@@ -168,8 +184,7 @@ class RetrainWorker:
         champion = self._champion()
         champion_version = None if champion is None else champion.version
         # a warm-up request that finds a real champion (one came meanwhile) retrains like any other
-        warmup = request["reason"] == "warmup" and champion is not None and \
-            PLACEHOLDER_TAG in version_tags(name, champion_version, tracking_uri=uri)
+        warmup = request["reason"] == "warmup" and champion is not None and champion.placeholder
         candidates = (train_spec_model if warmup else train_candidates)(spec, train_rows, train_labels)
         step = time.perf_counter()
         served = [i for i, row in enumerate(data.window.rows[cut:]) if row.served_version == champion_version]
@@ -215,7 +230,7 @@ class RetrainWorker:
                         "feast_mismatches": data.feast_mismatches, "labeled_duplicates": data.window.duplicates,
                         **{f"{c.name}.train_seconds": c.seconds for c in candidates}, **timings})
         step = time.perf_counter()
-        info = record(spec, tracking_uri=uri, request=request, winner=winner, passed=decision.passed,
+        info = record(spec, tracking_uri=uri, key=self.key, request=request, winner=winner, passed=decision.passed,
                       reason=decision.reason, params=params, metrics=metrics,
                       reference_rows=train_rows[-spec.drift.reference_size:], drift_reference=drift_reference,
                       drift_current=drift_current, fingerprint=data.fingerprint)
@@ -237,12 +252,31 @@ class RetrainWorker:
             self._audit("rejected", decision.reason, request, version=info.version)
 
     def _champion(self) -> LoadedModel | None:
-        """The registered champion (for its reference sample and, when needed, its snapshot); None without one."""
-        name, uri = self.spec.model.name, self.tracking_uri
-        version = get_alias_version(name, CHAMPION, tracking_uri=uri)
-        if version is None:
+        """The registered champion (for its reference sample and, when needed, its snapshot), verified; when it
+        is refused, the version the workers serve instead; None without either."""
+        current = aliases(self.spec.model.name, tracking_uri=self.tracking_uri)
+        if CHAMPION not in current:
             return None
-        return load_version(name, version, tracking_uri=uri)
+        try:
+            return self.trusted.load(current[CHAMPION])
+        except ModelRefused as refusal:
+            found, others = self.trusted.fallback(current, self.trusted.load)
+            for each in (refusal, *others):
+                self._refused(each, found.version if found else None)
+            return found
+
+    def _is_placeholder(self, version: int) -> bool:
+        """Whether the version's signed artifacts say it is the warm-up placeholder (a tag alone proves nothing)."""
+        try:
+            return self.trusted.reference(version).placeholder
+        except ModelRefused as refusal:
+            self._refused(refusal, None)
+            return False
+
+    def _refused(self, refusal: ModelRefused, serving: int | None) -> None:
+        if refusal.news:
+            _LOG.warning("%s", refusal)
+            self._publish(refusal_record(ACTOR, refusal, serving))
 
     def _training_set(self, request: dict[str, Any], train_from: float | None,
                       timings: dict[str, float]) -> TrainingSet:
@@ -287,7 +321,7 @@ class RetrainWorker:
         name, uri = self.spec.model.name, self.tracking_uri
         current = aliases(name, tracking_uri=uri)
         placeholder = current.get(CHAMPION)
-        if placeholder is None or PLACEHOLDER_TAG not in version_tags(name, placeholder, tracking_uri=uri):
+        if placeholder is None or not self._is_placeholder(placeholder):
             # someone chose a champion meanwhile: the warm-up model competes like any other
             self._set_challenger(request, version, reason)
             return
@@ -327,11 +361,16 @@ class RetrainWorker:
     def _audit(self, action: str, reason: str, request: Mapping[str, Any] | None = None, *,
                version: int | None = None, details: Mapping[str, Any] | None = None) -> None:
         context = {} if request is None else {"request_id": request["request_id"]}
-        record = contracts.audit(actor=ACTOR, action=action, model_name=self.spec.model.name, reason=reason,
-                                 version=version, details={**context, **(details or {})})
-        self.producer.produce(self.settings.topic_audit, value=record, key=self.spec.model.name.encode())
+        self._publish(contracts.audit(actor=ACTOR, action=action, model_name=self.spec.model.name, reason=reason,
+                                      version=version, details={**context, **(details or {})}))
+
+    def _publish(self, record: bytes) -> None:
+        """Produce a signed audit record (the control plane acts only on signed ones) and wait for it."""
+        topic = self.settings.topic_audit
+        self.producer.produce(topic, value=record, key=self.spec.model.name.encode(),
+                              headers=contracts.signature_headers(self.key, topic, record))
         if self.producer.flush(10):
-            raise DriftloopError(f"the audit record {action!r} was not delivered to {self.settings.topic_audit!r}")
+            raise DriftloopError(f"the audit record {json.loads(record)['action']!r} was not delivered to {topic!r}")
 
     def _idle(self, seconds: float) -> None:
         """Wait, polling the paused consumer so the group keeps this member; raises _Stopped on stop."""

@@ -17,9 +17,16 @@ from typing import Any
 
 import msgspec
 
+from driftloop.signing import SigningKey
+
 _encode = msgspec.json.Encoder().encode  # ~4x json.dumps on the per-prediction hot path
 
 CONTRACT_VERSION = 1
+# Kafka header of the control records (retrain requests, audit records): the signing key's HMAC of the
+# topic name and the record's exact bytes, so a record written without the key, or copied from another
+# topic, is refused by the consumers that act on it.
+SIGNATURE_HEADER = "driftloop-signature"
+_RECORD_DOMAIN = "driftloop-record-v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +194,18 @@ def retrain_request(*, request_id: str, model_name: str, champion_version: int |
         "current_rows": current_rows,
     }
     return json.dumps(record, separators=(",", ":"), default=str).encode()
+
+
+def signature_headers(key: SigningKey, topic: str, value: bytes) -> list[tuple[str, bytes]]:
+    """The headers to produce a control record with, on `topic`."""
+    return [(SIGNATURE_HEADER, key.sign(_RECORD_DOMAIN, topic.encode() + b"\0" + value).encode())]
+
+
+def signed_by(key: SigningKey, topic: str, value: bytes | None, headers: Any) -> bool:
+    """Whether a record read from `topic` carries a valid signature (headers as confluent-kafka or Faust give them)."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    signature = next((v for k, v in pairs if k == SIGNATURE_HEADER), None)
+    return key.verify(_RECORD_DOMAIN, topic.encode() + b"\0" + (value or b""), signature)
 
 
 def iso_time(epoch_seconds: float) -> str:

@@ -8,18 +8,23 @@ thread, never Faust's event loop.
 
 What happens when:
 - tick: read the registry aliases. A new champion gets a fresh data-drift monitor over its reference
-  sample (saved with the version in MLflow) and resets the trigger policy; the promotion controller
-  sees challengers come and go and audits alias moves it did not make (the MLflow UI, the CLI).
+  sample (saved with the version in MLflow, read only once the version's signature verifies) and resets
+  the trigger policy. A champion that fails verification is audited `model_refused` once and not tried
+  again for a while (models/trusted.py): the monitor stays on the champion it had or, at start-up, goes
+  to the version the workers serve instead (`previous`, then the newest that verifies). The promotion
+  controller sees challengers come and go and audits alias moves it did not make (the MLflow UI, the CLI).
   The registry being unreachable only delays this: scoring and the monitors go on.
 - observations: rows go into the data-drift window, counts into the quality window; an evaluation
   runs every `drift.evaluate_every_events` rows or `drift.evaluate_every_seconds`.
 - labeled: the concept-drift detectors and the canary trial see every outcome; a concept detection
   on the champion is evaluated at once rather than at the next window, since that is the signal the
   loop must act on fastest.
-- audit: a retrain worker's final record for a request ends the "in flight" state of the policy.
-- warm-up: while the champion is the placeholder of an ONNX pipeline (tag `driftloop.placeholder`, see
-  models/bootstrap.py), labelled events whose event time is past the data monitor's window warm-up are
-  counted, and every evaluation hands the count to the policy, which asks for the first real model.
+- audit: a retrain worker's final record for a request ends the "in flight" state of the policy, when it
+  is signed (streams/contracts.py); one that is not is ignored and audited `request_refused`.
+- warm-up: while the champion is the placeholder of an ONNX pipeline (tag `driftloop.placeholder`, covered
+  by the version's signature, see models/bootstrap.py), labelled events whose event time is past the data
+  monitor's window warm-up are counted, and every evaluation hands the count to the policy, which asks
+  for the first real model.
 
 The topics are read as untrusted input: a record that does not have the shape its topic's contract
 gives (anyone may produce to `labeled` or the observations topic) is logged and skipped, counted in
@@ -36,11 +41,14 @@ from typing import Any, Callable
 
 import msgspec
 
-from driftloop.models.bootstrap import PLACEHOLDER_TAG
+from driftloop.models.provenance import ModelRefused
+from driftloop.models.registry import VerifiedReference
 from driftloop.models.registry import aliases as registry_aliases
-from driftloop.models.registry import load_version, version_tags
+from driftloop.models.trusted import TrustedVersions, refusal_record
 from driftloop.retrain.promotion import PromotionController
+from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
+from driftloop.streams import contracts
 from driftloop.streams.concept_drift import ConceptDriftMonitor
 from driftloop.streams.data_drift import DataDriftMonitor
 from driftloop.streams.drift_report import build_report
@@ -83,9 +91,13 @@ RETRAIN_FINISHED = ("challenger_set", "rejected", "retrain_failed", "promoted") 
 
 
 class ControlPlane:
-    def __init__(self, spec: PipelineSpec, tracking_uri: str, *, clock: Callable[[], float] = time.time):
+    def __init__(self, spec: PipelineSpec, tracking_uri: str, *, key: SigningKey | None = None,
+                 audit_topic: str = "audit", clock: Callable[[], float] = time.time):
         self.spec = spec
         self.tracking_uri = tracking_uri
+        self.key = key or configured_key()
+        self.audit_topic = audit_topic  # signatures of the audit records it acts on cover the topic name
+        self.trusted = TrustedVersions(spec.model.name, tracking_uri, self.key)
         self.clock = clock
         self.policy = TriggerPolicy(spec, clock=clock)
         self.promotion = PromotionController(spec, tracking_uri, clock=clock)
@@ -118,7 +130,7 @@ class ControlPlane:
         out += [("audit", record) for record in self.promotion.observe_aliases(current)]
         champion = current.get("champion")
         if champion is not None and champion != self.champion:
-            self._new_champion(champion)
+            out += self._new_champion(champion, current)
         if self.data is not None and self.data.due():
             out += self._evaluate()
         return out
@@ -155,14 +167,24 @@ class ControlPlane:
             out += self._evaluate()
         return out
 
-    def on_audit(self, values: list[bytes]) -> list[Output]:
-        for value in values:
-            record = json.loads(value)
-            if record.get("actor") == "retrain" and record.get("action") in RETRAIN_FINISHED:
-                self.policy.retrain_finished(record.get("version"), record["action"])
-                if record["action"] == "promoted":  # the warm-up is over: no second one before the tick sees v2
-                    self.warmup_rows = None
-        return []
+    def on_audit(self, records: list[tuple[bytes, Any]]) -> list[Output]:
+        """(value, Kafka headers) of audit records; acts on the retrain worker's signed final words."""
+        out: list[Output] = []
+        for value, headers in records:
+            try:
+                record = json.loads(value)
+            except ValueError:
+                continue  # not a decision of anyone's: nothing here acts on it
+            if not isinstance(record, dict) or record.get("actor") != "retrain" \
+                    or record.get("action") not in RETRAIN_FINISHED:
+                continue
+            if not contracts.signed_by(self.key, self.audit_topic, value, headers):
+                out.append(("audit", self._request_refused(record)))
+                continue
+            self.policy.retrain_finished(record.get("version"), record["action"])
+            if record["action"] == "promoted":  # the warm-up is over: no second one before the tick sees v2
+                self.warmup_rows = None
+        return out
 
     def state(self) -> dict[str, Any]:
         return {"champion": self.champion, "evaluations": self.evaluations, "trigger": self.policy.state(),
@@ -184,20 +206,58 @@ class ControlPlane:
         full_from = self.data.warm_from if self.data is not None else None
         return full_from is not None and epoch(event_time) >= full_from
 
-    def _new_champion(self, version: int) -> None:
+    def _new_champion(self, version: int, aliases: dict[str, int]) -> list[Output]:
+        out: list[Output] = []
         try:
-            reference = load_version(self.spec.model.name, version, tracking_uri=self.tracking_uri).reference
-            placeholder = PLACEHOLDER_TAG in version_tags(self.spec.model.name, version, tracking_uri=self.tracking_uri)
-        except Exception as exc:  # a tampered or unreachable version: keep the previous monitor
-            _LOG.warning("champion v%d: cannot load its reference sample (%s); data drift stays on v%s",
+            verified = self._trusted_reference(version, aliases, out)
+        except Exception as exc:  # an unreachable registry: keep the previous monitor, try on the next tick
+            _LOG.warning("champion v%d: cannot read its reference sample (%s); data drift stays on v%s",
                          version, exc, self.champion)
-            return
+            return out
+        if verified is None:
+            return out
+        version, reference = verified.version, verified.reference
         _LOG.info("champion is v%d: data drift against its %d-row reference sample", version, len(reference))
         self.data = DataDriftMonitor(self.spec, reference, version, clock=self.clock)
         self.champion = version
-        self.warmup_rows = 0 if placeholder else None
+        self.warmup_rows = 0 if verified.placeholder else None
         self.policy.reset_for(version)
         self.detections = [d for d in self.detections if d["version"] == version]
+        return out
+
+    def _trusted_reference(self, version: int, aliases: dict[str, int], out: list[Output]) -> VerifiedReference | None:
+        """The champion's verified reference sample. When the champion is refused (audited into `out`): None
+        while a champion is watched already (the workers keep serving it too), else that of the version the
+        workers fall back to."""
+        try:
+            return self.trusted.reference(version)
+        except ModelRefused as refusal:
+            out += self._refused(refusal)
+        if self.champion is not None:
+            return None
+        verified, others = self.trusted.fallback(aliases, self.trusted.reference)
+        for other in others:
+            out += self._refused(other)
+        if verified is not None:
+            _LOG.warning("champion v%d is refused: watching v%d instead, which the workers serve", version,
+                         verified.version)
+        return verified
+
+    def _refused(self, refusal: ModelRefused) -> list[Output]:
+        if not refusal.news:
+            return []
+        _LOG.warning("%s (data drift stays on v%s)", refusal, self.champion)
+        return [("audit", refusal_record("control", refusal, self.champion))]
+
+    def _request_refused(self, record: dict[str, Any]) -> bytes:
+        details = record.get("details") if isinstance(record.get("details"), dict) else {}
+        version = record.get("version") if isinstance(record.get("version"), int) else None
+        what = f"{record['action']!r} record for request {str(details.get('request_id'))[:100]!r}"
+        _LOG.warning("ignored an audit %s: it has no valid signature", what)
+        return contracts.audit(actor="control", action="request_refused", model_name=self.spec.model.name,
+                               reason=f"ignored a forged or unsigned audit {what}: it has no valid signature",
+                               version=version, details={"topic": self.audit_topic, "actor": record["actor"],
+                                                         "action": record["action"]}, at=self.clock())
 
     def _evaluate(self) -> list[Output]:
         self.evaluations += 1

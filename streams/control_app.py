@@ -30,7 +30,9 @@ from typing import Any
 import faust
 
 from driftloop.settings import Settings
+from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec
+from driftloop.streams import contracts
 from driftloop.streams.control import ControlPlane, Output
 from driftloop.streams.topology import Topology
 
@@ -47,17 +49,18 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
         broker_session_timeout=6.0,
         # a new control plane judges what happens from now on, not the whole history of the topics
         consumer_auto_offset_reset="latest", datadir=str(settings.data_dir / "faust"))
-    control = ControlPlane(spec, tracking_uri)
+    key = load_key(key_path(settings))
+    control = ControlPlane(spec, tracking_uri, key=key, audit_topic=settings.topic_audit)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftloop-control")
     model_key = spec.model.name.encode()
-    outputs = {"drift": app.topic(settings.topic_drift, value_serializer="raw"),
-               "audit": app.topic(settings.topic_audit, value_serializer="raw"),
-               "retrain": app.topic(settings.topic_retrain_requests, value_serializer="raw")}
+    names = {"drift": settings.topic_drift, "audit": settings.topic_audit, "retrain": settings.topic_retrain_requests}
+    outputs = {kind: app.topic(name, value_serializer="raw") for kind, name in names.items()}
 
     async def run(method, *args: Any) -> None:
         produced: list[Output] = await asyncio.get_running_loop().run_in_executor(executor, method, *args)
-        for kind, value in produced:
-            await outputs[kind].send(key=model_key, value=value)
+        for kind, value in produced:  # signed: the retrain worker and this agent act only on signed records
+            await outputs[kind].send(key=model_key, value=value,
+                                     headers=contracts.signature_headers(key, names[kind], value))
 
     @app.agent(app.topic(topology.observations, value_serializer="raw"), name="drift-observations")
     async def observations(stream):
@@ -71,8 +74,8 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
 
     @app.agent(app.topic(settings.topic_audit, value_serializer="raw"), name="retrain-outcomes")
     async def audit(stream):
-        async for batch in stream.take(100, within=0.5):
-            await run(control.on_audit, batch)
+        async for events in stream.take_events(100, within=0.5):  # events: the signature is a header
+            await run(control.on_audit, [(event.value, event.headers) for event in events])
 
     @app.timer(1.0)
     async def tick():

@@ -121,6 +121,9 @@ class WorkerMetrics:
                                   ["how"], registry=r)
         self._bad_records = Counter("driftloop_bad_records", "Records of internal or learned-from topics that could "
                                     "not be read and were skipped, by topic.", ["topic"], registry=r)
+        self._models_refused = Counter("driftloop_models_refused",
+                                       "Model versions this worker refused to load (unsigned or failing their "
+                                       "signature), each counted once.", registry=r)
         self._info = Info("driftloop_worker", "Which worker, spec and driftloop version this is.", registry=r)
 
         # Every fixed label value exists from the start, so a rate is 0 (not absent) until it moves.
@@ -183,6 +186,9 @@ class WorkerMetrics:
 
     def bad_records(self, topic: str, count: int = 1) -> None:
         self._bad_records.labels(topic).inc(count)
+
+    def model_refused(self) -> None:
+        self._models_refused.inc()
 
     def outcomes(self, result: str, count: int = 1) -> None:
         """Outcome records by result, a value of OUTCOME_RESULTS."""

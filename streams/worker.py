@@ -15,14 +15,16 @@ import os
 import socket
 import threading
 from contextlib import ExitStack
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.features.feast_repo import feature_view_name, feature_view_version
 from driftloop.settings import Settings
+from driftloop.signing import SigningKey, key_path, load_key
 from driftloop.spec import load_spec
 from driftloop.stack import resolve_endpoints
+from driftloop.streams import contracts
 from driftloop.streams.changelog import ChangelogTable
 from driftloop.streams.join import OutcomeJoiner
 from driftloop.streams.journal import OutputJournal
@@ -31,6 +33,9 @@ from driftloop.streams.metrics import WorkerMetrics
 from driftloop.streams.pipeline import Pipeline
 from driftloop.streams.scoring import EventScorer
 from driftloop.streams.topology import Topology
+
+if TYPE_CHECKING:
+    from driftloop.models.provenance import ModelRefused
 
 _LOG = logging.getLogger("driftloop.streams.worker")
 # Feast's online store is at most this much (plus one write) behind the stream. Writing each entity's
@@ -56,6 +61,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     # Feast logs every registry cache refresh (each 5 s) at INFO: noise in a long-running worker's log.
     logging.getLogger("feast").setLevel(logging.WARNING)
     spec = load_spec(settings.spec)
+    key = load_key(key_path(settings))
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     bootstrap, tracking_uri = resolve_endpoints(settings)
     kafka.wait_for_broker(bootstrap, timeout=15)
@@ -73,14 +79,15 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     journal.ensure_changelog(bootstrap)
 
     apply_feast(settings, spec)  # idempotent; a worker started without `driftloop up` (compose) needs it
-    champion = ensure_champion(spec, tracking_uri)
+    champion = ensure_champion(spec, tracking_uri, key=key)
     _LOG.info("champion of %s is v%d", spec.model.name, champion.version)
     with ExitStack() as cleanup:
-        router = ModelRouter(spec, tracking_uri)
-        router.start()
-        cleanup.callback(router.stop)
         metrics = WorkerMetrics()
         metrics.info(worker_id=worker_id, spec=spec.name)
+        router = ModelRouter(spec, tracking_uri, key=key,
+                             on_refused=_refusal_reporter(settings, bootstrap, key, metrics, worker_id))
+        router.start()
+        cleanup.callback(router.stop)
         port = metrics.serve(settings.metrics_port)
         cleanup.callback(metrics.stop_serving)
         feast = FeastWriter(settings, spec, separate_process=True, write_interval=FEAST_WRITE_INTERVAL,
@@ -110,3 +117,21 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
         if on_ready is not None:
             on_ready(port)
         pipeline.run(stop)
+
+
+def _refusal_reporter(settings: Settings, bootstrap: str, key: SigningKey, metrics: WorkerMetrics,
+                      worker_id: str) -> Callable[[ModelRefused, int | None], None]:
+    """What the router calls on a refused model: count it and audit `model_refused` (signed)."""
+    from driftloop.models.trusted import refusal_record
+
+    producer = kafka.producer(bootstrap)
+
+    def report(refusal: ModelRefused, serving: int | None) -> None:
+        metrics.model_refused()
+        record = refusal_record("worker", refusal, serving, worker=worker_id)
+        producer.produce(settings.topic_audit, value=record, key=refusal.name.encode(),
+                         headers=contracts.signature_headers(key, settings.topic_audit, record))
+        if producer.flush(10):
+            _LOG.error("the audit record model_refused of v%d did not reach %s", refusal.version, settings.topic_audit)
+
+    return report

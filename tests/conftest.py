@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from driftloop.kafka import wait_for_broker
+from driftloop.signing import create_key
 
 REPO = Path(__file__).resolve().parents[1]
+KEY_ENV = "DRIFTLOOP_SIGNING_KEY_FILE"
 
 
 def _docker_reachable() -> bool:
@@ -30,6 +32,22 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One signing key for the session, named in the environment: what tests register is signed with the key
+    the components they start verify with, as in one stack (`key_environ()` for settings built by hand)."""
+    path = tmp_path_factory.mktemp("signing") / "signing.key"
+    create_key(path)
+    os.environ[KEY_ENV] = str(path)
+    yield path
+    os.environ.pop(KEY_ENV, None)
+
+
+def key_environ() -> dict[str, str]:
+    """The session's signing key setting, for `settings.load(environ=...)`."""
+    return {KEY_ENV: os.environ[KEY_ENV]}
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
-SERVICES = {"kafka", "redis", "postgres", "mlflow", "worker", "control", "retrain", "prometheus", "grafana"}
+SERVICES = {"kafka", "redis", "postgres", "mlflow", "keygen", "worker", "control", "retrain", "prometheus", "grafana"}
 DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running driftloop commands
 # The settings the compose stack may set: the documented names from driftloop's settings table.
 DOCUMENTED_SETTINGS = {
@@ -163,10 +163,26 @@ def test_depends_on_waits_for_health(services):
 
 
 def test_every_awaited_service_has_a_healthcheck(services):
-    awaited = {target for service in services.values() for target in depends_on(service)}
+    awaited = {target for service in services.values() for target, options in depends_on(service).items()
+               if options.get("condition") != "service_completed_successfully"}  # one-shot jobs finish instead
     assert {"kafka", "redis", "postgres", "mlflow"} <= awaited
     for target in awaited:
         assert has_healthcheck(services[target]), f"{target} is waited on but has no healthcheck"
+
+
+def test_every_driftloop_service_reads_the_signing_key_the_keygen_job_made_and_mlflow_cannot(services):
+    from driftloop.signing import KEY_FILE
+
+    keygen = services["keygen"]
+    assert command(keygen)[:2] == ["driftloop", "keygen"] and keygen.get("restart") == "no"
+    key_file = f"{env(keygen)['DRIFTLOOP_DATA_DIR']}/{KEY_FILE}"  # the default key path, no setting needed
+    key_volume = next(source for source, target in volume_mounts(keygen) if target == env(keygen)["DRIFTLOOP_DATA_DIR"])
+    for name in DRIFTLOOP_SERVICES:
+        service = services[name]
+        assert depends_on(service)["keygen"]["condition"] == "service_completed_successfully", name
+        assert f"{env(service)['DRIFTLOOP_DATA_DIR']}/{KEY_FILE}" == key_file, name
+        assert (key_volume, env(service)["DRIFTLOOP_DATA_DIR"]) in volume_mounts(service), name
+    assert key_volume not in {source for source, _ in volume_mounts(services["mlflow"])}
 
 
 def test_no_undocumented_settings(services):

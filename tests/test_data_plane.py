@@ -26,6 +26,7 @@ from driftloop.streams.contracts import original_bytes
 from driftloop.streams.topology import Topology
 from driftloop.streams.worker import run_worker
 from test_validation import _hostile
+from conftest import key_environ
 
 SPECS = Path(__file__).resolve().parents[1] / "driftloop" / "specs"
 DEMO = SPECS / "fraud.yaml"
@@ -52,6 +53,7 @@ def pipeline_environ(tmp_path: Path, bootstrap: str, unique: str, spec_file: Pat
         "DRIFTLOOP_FEAST_REPO": str(tmp_path / "feature_repo"),
         "DRIFTLOOP_SPEC": str(spec_path),
         "DRIFTLOOP_METRICS_PORT": "0",
+        **key_environ(),
         "DRIFTLOOP_PARTITIONS": "2",
         **{f"DRIFTLOOP_TOPIC_{name.upper()}": f"{name}-{unique}"
            for name in ("events", "outcomes", "predictions", "labeled", "drift", "audit")},

@@ -278,6 +278,28 @@ def test_tampered_artifact_is_refused(flavor, tracking, tmp_path):
         registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
 
 
+def test_a_tag_edit_breaks_the_signature_and_a_version_from_before_signing_can_be_vouched_for(tracking, tmp_path):
+    from driftloop.models.provenance import SIGNATURE_TAG, ModelRefused
+    from driftloop.signing import create_key, load_key
+
+    info = ensure_champion(DEMO, tracking, zip(TRAIN, TRAIN_Y))
+    registry.set_version_tag(DEMO.model.name, info.version, PLACEHOLDER_TAG, "warmup", tracking_uri=tracking)
+    with pytest.raises(ModelRefused, match="bad signature"):  # a tag alone cannot make a champion a placeholder
+        registry.load_version(DEMO.model.name, info.version, tracking_uri=tracking)
+
+    old = ensure_champion(make_spec(name="older"), tracking, zip(TRAIN, TRAIN_Y))
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking, registry_uri=tracking).delete_model_version_tag("older", str(old.version), SIGNATURE_TAG)
+    with pytest.raises(ModelRefused, match="unsigned"):
+        registry.load_version("older", old.version, tracking_uri=tracking)
+    registry.sign_version("older", old.version, tracking_uri=tracking)
+    assert registry.load_version("older", old.version, tracking_uri=tracking).version == old.version
+    create_key(tmp_path / "other.key")
+    with pytest.raises(ModelRefused, match="bad signature"):  # signed with another stack's key
+        registry.verify_version("older", old.version, tracking_uri=tracking, key=load_key(tmp_path / "other.key"))
+
+
 def test_register_leaves_the_global_tracking_uri_alone(tracking, monkeypatch):
     import mlflow
 

@@ -17,6 +17,7 @@ from driftloop.models.registry import ensure_experiment
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from driftloop.streams.contracts import iso_time
+from conftest import key_environ
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def test_the_starting_champion_catches_up_then_learns_this_runs_rows_in_row_orde
     spec, uri = champion_registry
     topic = f"nr-labeled-{unique}"
     settings = settings_module.load(environ={"MLFLOW_TRACKING_URI": uri, "DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
-                                             "DRIFTLOOP_TOPIC_LABELED": topic})
+                                             "DRIFTLOOP_TOPIC_LABELED": topic, **key_environ()})
     kafka.ensure_topics(kafka_bootstrap, [topic], partitions=2)
     producer = kafka.producer(kafka_bootstrap)
     time.sleep(0.5)  # room between the registration and the replay's start for the history below
@@ -101,7 +102,8 @@ def test_the_starting_champion_catches_up_then_learns_this_runs_rows_in_row_orde
 def test_without_a_champion_the_baseline_says_why(tmp_path, champion_registry):
     spec, uri = champion_registry
     unregistered = spec.model_copy(update={"model": spec.model.model_copy(update={"name": "nobody"})})
-    settings = settings_module.load(environ={"MLFLOW_TRACKING_URI": uri, "DRIFTLOOP_DATA_DIR": str(tmp_path)})
+    settings = settings_module.load(environ={"MLFLOW_TRACKING_URI": uri, "DRIFTLOOP_DATA_DIR": str(tmp_path),
+                                             **key_environ()})
     figures = NeverRetrained.at_start(settings, unregistered).score("127.0.0.1:1", "labeled", {}, 0, 0, 1)
     assert figures == {"model_version": None, "problem": f"model 'nobody' has no champion in {uri}"}
     nowhere = settings_module.load(environ={"DRIFTLOOP_DATA_DIR": str(tmp_path)})

@@ -21,6 +21,7 @@ from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from driftloop.streams import contracts
 from driftloop.streams.validation import Event, EventValidator
+from conftest import key_environ
 
 REPO = Path(__file__).resolve().parents[1]
 ELEC2 = REPO.parent / "shared" / "data" / "elec2.csv"
@@ -34,7 +35,7 @@ def _environment(bootstrap: str, unique: str, tmp_path: Path, **topics: str) -> 
             "DRIFTLOOP_SPEC": str(ELEC2_SPEC), "DRIFTLOOP_PARTITIONS": "2",
             "DRIFTLOOP_TOPIC_EVENTS": topics.get("events", f"replay-events-{unique}"),
             "DRIFTLOOP_TOPIC_OUTCOMES": topics.get("outcomes", f"replay-outcomes-{unique}"),
-            "DRIFTLOOP_TOPIC_PREDICTIONS": f"replay-predictions-{unique}"}
+            "DRIFTLOOP_TOPIC_PREDICTIONS": f"replay-predictions-{unique}", **key_environ()}
 
 
 def _read_all(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes, int]]:

@@ -23,6 +23,7 @@ from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
 from driftloop.streams.validation import Event
+from conftest import key_environ
 
 START = datetime.now(timezone.utc) - timedelta(hours=2)
 
@@ -47,6 +48,7 @@ def make_settings(directory: Path, bootstrap: str, suffix: str, spec_path: Path,
         "DRIFTLOOP_FEAST_REPO": str(directory / "feature_repo"),
         "DRIFTLOOP_SPEC": str(spec_path),
         "DRIFTLOOP_PARTITIONS": "2",
+        **key_environ(),
         **{f"DRIFTLOOP_TOPIC_{name.upper()}": f"{name}-{suffix}" for name in ("labeled", "audit", "retrain_requests")},
         **env,
     })

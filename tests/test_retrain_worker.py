@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from driftloop.models.live_metrics import roc_auc
 from driftloop.models.routing import CHALLENGER
 from driftloop.retrain.registration import FINGERPRINT_TAG, GATE_TAG, REJECTED_TAG, REQUEST_TAG
 from driftloop.retrain.worker import run_retrain_worker
+from driftloop.signing import configured_key
 from driftloop.spec import load_spec
 from driftloop.streams import contracts
 from test_retrain_training_set import (
@@ -87,7 +89,15 @@ def _request(bootstrap, settings, spec, request_id, train_from, champion_version
         request_id=request_id, model_name=spec.model.name, champion_version=champion_version,
         reason=reason, train_from=train_from, current_rows=current_rows,
         drift_report={"kind": "concept", "detector": "adwin", "drift_at": contracts.iso_time(train_from)})
-    publish(bootstrap, settings.topic_retrain_requests, [(spec.model.name, value)])
+    publish_signed(bootstrap, settings.topic_retrain_requests, spec.model.name, value)
+
+
+def publish_signed(bootstrap, topic, key, value):
+    """A record signed as the control plane signs its retrain requests."""
+    producer = kafka.producer(bootstrap)
+    producer.produce(topic, key=key.encode(), value=value,
+                     headers=contracts.signature_headers(configured_key(), topic, value))
+    assert producer.flush(30) == 0
 
 
 class Worker:
@@ -337,3 +347,38 @@ def test_the_champion_is_judged_by_the_scores_it_served(drifted, tmp_path, kafka
 
     assert [r["action"] for r in audits] == ["started", "registered", "rejected"]
     assert f"<= champion v{snapshot} 1.0000" in audits[-1]["reason"]
+
+
+def test_a_forged_champion_is_never_loaded_and_a_warm_up_request_cannot_use_it_to_skip_the_comparison(
+        drifted, tmp_path, kafka_bootstrap):
+    settings, spec, uri, stream, onset = _setup(drifted, tmp_path, kafka_bootstrap)
+    pre = stream[:PRE]
+    served = _champion(spec, uri, [r for _, r, _ in pre], [label for _, _, label in pre])
+    marker = tmp_path / "the-command-ran"
+    forged = _forged_placeholder(spec, uri, tmp_path / "forged", marker)
+    registry.set_alias(spec.model.name, "previous", served, tracking_uri=uri)
+    registry.set_alias(spec.model.name, CHAMPION, forged, tracking_uri=uri)
+    _request(kafka_bootstrap, settings, spec, "req-forged", onset, forged, reason="warmup")
+
+    audits = _audits_until_decided(settings, kafka_bootstrap, uri)
+
+    assert not marker.exists()
+    assert [r["action"] for r in audits] == ["started", "model_refused", "registered", "challenger_set"]
+    assert audits[1]["version"] == forged and audits[1]["details"]["serving"] == served
+    assert audits[2]["details"]["champion_version"] == served  # compared with what the workers serve instead
+    assert registry.aliases(spec.model.name, tracking_uri=uri)[CHAMPION] == forged  # no promotion past it
+
+
+def _forged_placeholder(spec, uri, directory, marker) -> int:
+    """A version registered without the key, claiming (by tag) to be the warm-up placeholder; its model.pkl
+    runs a command when unpickled, and its checksum tag matches it."""
+    from driftloop.models.checksum import directory_checksum
+    from tests.test_trust import RunsACommand
+
+    model_dir = directory / "artifacts" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.pkl").write_bytes(pickle.dumps(RunsACommand(marker)))
+    tags = {"driftloop.checksum": directory_checksum(model_dir), "driftloop.flavor": "river",
+            "driftloop.placeholder": "warmup"}
+    return int(MlflowClient(uri, registry_uri=uri).create_model_version(spec.model.name, source=str(directory),
+                                                                        tags=tags).version)

@@ -59,9 +59,10 @@ def test_shadow_mode_loads_the_challenger_beside_the_champion_and_serves_none_of
     assert {router.variant_for(f"user-{i}") for i in range(5000)} == {"champion"}
 
 
-def test_a_tampered_challenger_is_refused_and_the_champion_keeps_serving(tracking, tmp_path):
+def test_a_tampered_challenger_is_refused_once_and_the_champion_keeps_serving(tracking, tmp_path):
     champion = ensure_champion(DEMO, tracking).version
-    router = ModelRouter(DEMO, tracking)
+    refusals = []
+    router = ModelRouter(DEMO, tracking, on_refused=lambda refusal, serving: refusals.append((str(refusal), serving)))
     router.refresh()
     challenger = _register_challenger(DEMO, tracking)
     stored = [p for p in (tmp_path / "artifacts").rglob("artifacts/model/*")
@@ -71,8 +72,8 @@ def test_a_tampered_challenger_is_refused_and_the_champion_keeps_serving(trackin
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0x01
         path.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="checksum mismatch"):
-        router.refresh()
+    assert router.refresh() == [] and router.refresh() == []  # the second poll neither downloads nor reports it
+    assert len(refusals) == 1 and "checksum mismatch" in refusals[0][0] and refusals[0][1] is None
     assert set(router.variants) == {"champion"} and router.serving("champion").version == champion
     assert len(router.serving("champion").model.predict_proba(TRAIN[:5])) == 5
 
