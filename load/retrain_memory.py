@@ -11,8 +11,8 @@ of memory had left 303 files for 33,508 rows). Each row's `labeled` record goes 
 (KAFKA_BOOTSTRAP_SERVERS, else an embedded one on a free port). Then a child process does what the retrain
 worker does for a request without `train_from`: `OfflineHistory(...)`, `read_window(...)` and
 `build_training_set(...)`. Its peak RSS (the kernel's ru_maxrss, as the child reports it at the end) is
-the measurement; the parent also samples it and kills the child above `--limit-mb`, so a join that would take the machine down is reported
-as "killed" instead.
+the measurement; the parent also samples it and kills the child above `--limit-mb`, so a join that would
+take the machine down is reported as "killed" instead.
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ START = datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp()
 DAY = 86400.0
 
 
-def _settings(tmp_path, spec_path, **env) -> settings_module.Settings:
+def feast_settings(tmp_path, spec_path, **env) -> settings_module.Settings:
     return settings_module.load(environ={"DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
                                          "DRIFTLOOP_FEAST_REPO": str(tmp_path / "repo"),
                                          "DRIFTLOOP_SPEC": str(spec_path), **env})
 
 
-def _random_row(spec: PipelineSpec, rng: random.Random, entity: str, at: float) -> dict:
+def random_row(spec: PipelineSpec, rng: random.Random, entity: str, at: float) -> dict:
     """A stored row of every input type; optional inputs are sometimes missing (None or NaN)."""
     row = {spec.events.entity: entity, TIMESTAMP_COLUMN: at}
     for name, kind in input_types(spec).items():
@@ -46,7 +46,7 @@ def _random_row(spec: PipelineSpec, rng: random.Random, entity: str, at: float) 
     return row
 
 
-def _write_files(settings, spec, rows: list[dict], per_file: int) -> None:
+def write_files(settings, spec, rows: list[dict], per_file: int) -> None:
     """The rows in offline files of `per_file` rows each, written as the worker's Feast writer writes them."""
     writer = FeastWriter(settings, spec)
     try:
@@ -63,7 +63,7 @@ def _feast_value(value, kind: str):
     return {"float": float, "int": int, "bool": bool}.get(kind, str)(value)
 
 
-def _feast_answers(settings, spec, keys: list[tuple[str, int]]) -> list[dict | None]:
+def feast_answers(settings, spec, keys: list[tuple[str, int]]) -> list[dict | None]:
     """Feast's get_historical_features for each (entity, epoch microseconds); None where it returns no row."""
     from feast import FeatureStore, RepoConfig
 
@@ -87,7 +87,7 @@ def _feast_answers(settings, spec, keys: list[tuple[str, int]]) -> list[dict | N
 
 def test_the_join_answers_what_feast_answers(tmp_path):
     spec = load_spec(DEMO_SPEC)  # a 2-day TTL; inputs of every type
-    settings = _settings(tmp_path, DEMO_SPEC)
+    settings = feast_settings(tmp_path, DEMO_SPEC)
     apply(settings, spec)
     rng = random.Random(7)
     ttl = spec.feature_ttl
@@ -98,9 +98,9 @@ def test_the_join_answers_what_feast_answers(tmp_path):
         times = sorted({round(START + rng.uniform(0, 2 * DAY), 3) for _ in range(40)}
                        | {round(START + rng.uniform(5 * DAY, 8 * DAY), 3) for _ in range(40)})
         stored[entity] = times
-        rows += [_random_row(spec, rng, entity, at) for at in times]
+        rows += [random_row(spec, rng, entity, at) for at in times]
     rng.shuffle(rows)  # files are not in event-time order
-    _write_files(settings, spec, rows, per_file=37)
+    write_files(settings, spec, rows, per_file=37)
 
     keys = set()
     for entity, times in stored.items():
@@ -112,7 +112,7 @@ def test_the_join_answers_what_feast_answers(tmp_path):
 
     ours = OfflineHistory(settings, spec).features(keys)
     assert len(list(OfflineHistory(settings, spec).directory.glob("*.parquet"))) == 1  # compacted
-    theirs = _feast_answers(settings, spec, keys)
+    theirs = feast_answers(settings, spec, keys)
     assert ours == theirs
     answered = sum(answer is not None for answer in ours)
     assert 0.2 * len(keys) < answered < len(keys)  # both kinds of answer are exercised
@@ -120,22 +120,22 @@ def test_the_join_answers_what_feast_answers(tmp_path):
 
 def test_a_tie_is_answered_by_the_row_written_last(tmp_path):
     spec = load_spec(DEMO_SPEC)
-    settings = _settings(tmp_path, DEMO_SPEC)
+    settings = feast_settings(tmp_path, DEMO_SPEC)
     apply(settings, spec)
     rng = random.Random(3)
-    first, second = (_random_row(spec, rng, "u-1", START) for _ in range(2))
-    _write_files(settings, spec, [first, second], per_file=1)
+    first, second = (random_row(spec, rng, "u-1", START) for _ in range(2))
+    write_files(settings, spec, [first, second], per_file=1)
     answer, = OfflineHistory(settings, spec).features([("u-1", round(START * 1e6))])
     assert answer == {name: second[name] for name in spec.model_inputs}
 
 
 def test_compaction_streams_every_row_in_write_order(tmp_path):
     spec = load_spec(DEMO_SPEC)
-    settings = _settings(tmp_path, DEMO_SPEC)
+    settings = feast_settings(tmp_path, DEMO_SPEC)
     apply(settings, spec)
     rng = random.Random(5)
-    rows = [_random_row(spec, rng, f"u-{i % 7}", START + i) for i in range(1000)]
-    _write_files(settings, spec, rows, per_file=9)
+    rows = [random_row(spec, rng, f"u-{i % 7}", START + i) for i in range(1000)]
+    write_files(settings, spec, rows, per_file=9)
     history = OfflineHistory(settings, spec)
     before = pq.read_table(sorted(history.directory.glob("*.parquet")))
     compaction = history.compact()
@@ -155,7 +155,7 @@ def test_one_entity_store_builds_its_training_set_in_bounded_memory(tmp_path, ka
     columns = ["period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
     pd.DataFrame({**{name: [rng.random() for _ in range(30_000)] for name in columns},
                   "class": [rng.randint(0, 1) for _ in range(30_000)]}).to_csv(table, index=False)
-    settings = _settings(tmp_path, spec_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+    settings = feast_settings(tmp_path, spec_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
                          DRIFTLOOP_TOPIC_LABELED=f"labeled-{unique}")
     written = prepare(settings, spec, table, "nsw", rows_per_file=110)
     assert written == {"table_rows": 30_000, "scored_rows": 30_000, "offline_files": 273}
