@@ -31,7 +31,7 @@ def cmd_broker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     from driftloop.stack import Stopped, _raise_stopped
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker(config.broker_port, config.data_dir / "logs")
+    broker = EmbeddedBroker(config.broker_port, config.data_dir / "logs", config.bind_host)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stopped)
     try:
@@ -55,7 +55,7 @@ def cmd_mlflow(config: settings_module.Settings, _args: argparse.Namespace) -> i
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     server = MlflowServer(backend_store_uri(config.mlflow_tracking_uri, config.data_dir), config.data_dir,
-                          config.mlflow_port)
+                          config.mlflow_port, config.bind_host)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stopped)
     try:
@@ -74,12 +74,14 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     import signal
     import threading
 
+    from driftloop.process import client_address
     from driftloop.streams.worker import run_worker
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
-    run_worker(config, stop, on_ready=lambda port: _say(f"worker consuming; metrics at http://127.0.0.1:{port}/metrics"))
+    run_worker(config, stop, on_ready=lambda port: _say(
+        f"worker consuming; metrics at http://{client_address(config.bind_host, port)}/metrics"))
     _say("worker stopped after a final checkpoint")
     return 0
 

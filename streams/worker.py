@@ -77,7 +77,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
         cleanup.callback(router.stop)
         metrics = WorkerMetrics()
         metrics.info(worker_id=worker_id, spec=spec.name)
-        port = metrics.serve(settings.metrics_port)
+        port = metrics.serve(settings.metrics_port, settings.bind_host)
         cleanup.callback(metrics.stop_serving)
         feast = FeastWriter(settings, spec, separate_process=True, write_interval=FEAST_WRITE_INTERVAL,
                             on_write=lambda rows, seconds: (metrics.feast_rows(rows),
