@@ -194,6 +194,37 @@ def cmd_replay(config: settings_module.Settings, args: argparse.Namespace) -> in
     return 0
 
 
+def cmd_tail(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from driftloop.console import format_record, tail
+    from driftloop.stack import resolve_bootstrap
+
+    def show(message: Any) -> None:
+        print(format_record(message, as_json=args.json, key_separator=args.key_separator), flush=True)
+
+    try:
+        tail(resolve_bootstrap(config), args.topic, from_beginning=args.from_beginning, limit=args.limit,
+             exit_at_end=args.exit_at_end, show=show, announce=lambda line: print(f"driftloop: {line}",
+                                                                               file=sys.stderr, flush=True))
+    except KeyboardInterrupt:  # how a tail is meant to end
+        pass
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_produce(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    from driftloop.console import produce
+    from driftloop.stack import resolve_bootstrap
+
+    result = produce(resolve_bootstrap(config), args.topic, sys.stdin.buffer, key_separator=args.key_separator,
+                     report=lambda line: print(f"driftloop: {line}", file=sys.stderr, flush=True))
+    skipped = f"; {result.skipped} lines not sent (above)" if result.skipped else ""
+    print(f"driftloop: sent {result.records} records to {args.topic}{skipped}", file=sys.stderr, flush=True)
+    return 1 if result.skipped else 0
+
+
 def cmd_bench(config: settings_module.Settings, args: argparse.Namespace) -> int:
     """The data plane against raw passthrough on one broker; one JSON object on stdout."""
     from driftloop.load.bench import run_cli
@@ -288,6 +319,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "dead letter of this run (default: 30)")
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object, without progress")
     replay.set_defaults(run=cmd_replay)
+    tail_parser = commands.add_parser(
+        "tail", help="print a topic's records as they arrive (kcat -C for any broker)",
+        description="Print a topic's records, one per line, as they arrive: new ones (default) or all from the "
+                    "beginning, until Ctrl-C.")
+    tail_parser.add_argument("topic")
+    tail_parser.add_argument("--from-beginning", action="store_true", help="start at each partition's first record")
+    tail_parser.add_argument("-n", dest="limit", type=positive(int), metavar="N", help="stop after N records")
+    tail_parser.add_argument("-e", "--exit-at-end", action="store_true",
+                             help="stop once every partition's end is reached instead of waiting for more")
+    tail_parser.add_argument("--json", action="store_true",
+                             help="one JSON object per record: topic, partition, offset, timestamp_ms, key, value")
+    tail_parser.add_argument("--key-separator", metavar="SEP", help="print the key, SEP, then the value")
+    tail_parser.set_defaults(run=cmd_tail)
+    produce_parser = commands.add_parser(
+        "produce", help="send the lines of stdin to a topic (kcat -P for any broker)",
+        description="Send each line of stdin as one record's value; exits 1 when a line could not be sent (each "
+                    "is reported).")
+    produce_parser.add_argument("topic")
+    produce_parser.add_argument("--key-separator", metavar="SEP",
+                                help="the part of each line before the first SEP is the record's key")
+    produce_parser.set_defaults(run=cmd_produce)
     bench = commands.add_parser("bench", help="benchmark the data plane against raw passthrough (JSON on stdout)",
                                 description="Throughput and produce->prediction latency of one in-process worker, "
                                             "beside a bare consume->produce loop on the same broker.")

@@ -14,7 +14,7 @@ from typing import Callable
 
 from driftloop.broker import EmbeddedBroker
 from driftloop.errors import DriftloopError
-from driftloop.kafka import ensure_topics, wait_for_broker
+from driftloop.kafka import broker_answers, ensure_topics, wait_for_broker
 from driftloop.mlflow_server import MlflowServer, backend_store_uri, http_ok, require_reachable
 from driftloop.process import ManagedProcess, client_address, reserve_port
 from driftloop.settings import Settings
@@ -64,6 +64,22 @@ def resolve_endpoints(settings: Settings) -> tuple[str, str]:
         raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in "
                              f"{settings.data_dir / 'stack.json'}")
     return bootstrap, tracking_uri
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS, else the broker of a running `driftloop up` (its stack.json); checked to answer."""
+    if settings.kafka_bootstrap_servers:
+        wait_for_broker(settings.kafka_bootstrap_servers, timeout=10)
+        return settings.kafka_bootstrap_servers
+    stack_file = settings.data_dir / "stack.json"
+    bootstrap = running_stack(settings.data_dir).get("bootstrap")
+    if not bootstrap:
+        raise DriftloopError(f"no running stack: start `driftloop up` (it writes {stack_file}) or set "
+                             f"KAFKA_BOOTSTRAP_SERVERS")
+    if not broker_answers(bootstrap):
+        raise DriftloopError(f"no Kafka broker answers at {bootstrap} (from {stack_file}); "
+                             f"is `driftloop up` still running?")
+    return bootstrap
 
 
 def _raise_stopped(signum: int, _frame: object) -> None:
