@@ -31,8 +31,8 @@ _LONGEST_TOPIC = "driftloop-{}-control-__assignor-__leader"
 MAX_NAME_LENGTH = 249 - len(_LONGEST_TOPIC.format(""))
 # - The entity and the model inputs are the feature view's columns. The offline store's time column is
 #   `event_timestamp`, which is also the time column of Feast's entity_df; Feast names its own columns and
-#   entities with a leading "__" (`__dummy`, `__dummy_id` break `feast apply`d views, `__tmp` and
-#   `__event_timestamp` are its join's).
+#   entities with a leading "__" (an input `__dummy_id` or an entity `__dummy` broke the online read;
+#   `__tmp` and `__event_timestamp` are its join's).
 TIMESTAMP_COLUMN = "event_timestamp"
 # - Every retraining also trains an ONNX candidate (skl2onnx), whose outputs are `label` and
 #   `probabilities`: skl2onnx renames an input of either name, and the model no longer takes its rows.
@@ -147,7 +147,7 @@ class DriftSpec(_Strict):
 
 class RetrainSpec(_Strict):
     # At most this many labelled events, newest first. The retrain worker holds the window in memory:
-    # building a 200,000-row training set from an elec2 replay peaked at 712 MB (load/retrain_memory.py).
+    # building a 200,000-row training set from elec2 replayed five times peaked at 712 MB (load/retrain_memory.py).
     window_events: int = Field(default=20000, ge=100, le=200_000)
     min_rows: int = Field(default=1000, ge=50)  # wait for this many labelled events after the drift point
     holdout_share: float = Field(default=0.25, gt=0, lt=1)  # the newest share, for validation
