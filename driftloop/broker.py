@@ -6,7 +6,8 @@ from pathlib import Path
 
 from driftloop.errors import DriftloopError
 from driftloop.kafka import broker_answers
-from driftloop.process import ManagedProcess, reserve_port
+from driftloop.process import ManagedProcess, client_address, listen_address, reserve_port
+from driftloop.settings import LOOPBACK
 
 
 def tansu_binary() -> str:
@@ -22,14 +23,14 @@ def tansu_binary() -> str:
 
 
 class EmbeddedBroker(ManagedProcess):
-    """Tansu listening on 127.0.0.1; ready once it answers a real Kafka metadata request."""
+    """Tansu listening on `host` (loopback by default); ready once it answers a real Kafka metadata request."""
 
-    def __init__(self, port: int, log_dir: Path):
-        self.port = reserve_port(port, "DRIFTLOOP_BROKER_PORT")
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        url = f"tcp://{self.bootstrap}"
+    def __init__(self, port: int, log_dir: Path, host: str = LOOPBACK):
+        self.port = reserve_port(port, "DRIFTLOOP_BROKER_PORT", host)
+        self.bootstrap = client_address(host, self.port)  # also what it advertises to its clients
         super().__init__("embedded broker (tansu)", [
-            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            tansu_binary(), "broker", "--listener-url", f"tcp://{listen_address(host, self.port)}",
+            "--advertised-listener-url", f"tcp://{self.bootstrap}",
             "--storage-engine", "memory://tansu/", "--cluster-id", "driftloop",
         ], log_dir / "broker.log")
 

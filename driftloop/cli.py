@@ -31,7 +31,7 @@ def cmd_broker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     from driftloop.stack import Stopped, _raise_stopped
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker(config.broker_port, config.data_dir / "logs")
+    broker = EmbeddedBroker(config.broker_port, config.data_dir / "logs", config.bind_host)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stopped)
     try:
@@ -55,7 +55,7 @@ def cmd_mlflow(config: settings_module.Settings, _args: argparse.Namespace) -> i
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     server = MlflowServer(backend_store_uri(config.mlflow_tracking_uri, config.data_dir), config.data_dir,
-                          config.mlflow_port)
+                          config.mlflow_port, config.bind_host)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stopped)
     try:
@@ -74,12 +74,14 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     import signal
     import threading
 
+    from driftloop.process import client_address
     from driftloop.streams.worker import run_worker
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
-    run_worker(config, stop, on_ready=lambda port: _say(f"worker consuming; metrics at http://127.0.0.1:{port}/metrics"))
+    run_worker(config, stop, on_ready=lambda port: _say(
+        f"worker consuming; metrics at http://{client_address(config.bind_host, port)}/metrics"))
     _say("worker stopped after a final checkpoint")
     return 0
 
@@ -230,6 +232,37 @@ def cmd_replay(config: settings_module.Settings, args: argparse.Namespace) -> in
     return 0
 
 
+def cmd_tail(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from driftloop.console import format_record, tail
+    from driftloop.stack import resolve_bootstrap
+
+    def show(message: Any) -> None:
+        print(format_record(message, as_json=args.json, key_separator=args.key_separator), flush=True)
+
+    try:
+        tail(resolve_bootstrap(config), args.topic, from_beginning=args.from_beginning, limit=args.limit,
+             exit_at_end=args.exit_at_end, show=show, announce=lambda line: print(f"driftloop: {line}",
+                                                                               file=sys.stderr, flush=True))
+    except KeyboardInterrupt:  # how a tail is meant to end
+        pass
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_produce(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    from driftloop.console import produce
+    from driftloop.stack import resolve_bootstrap
+
+    result = produce(resolve_bootstrap(config), args.topic, sys.stdin.buffer, key_separator=args.key_separator,
+                     report=lambda line: print(f"driftloop: {line}", file=sys.stderr, flush=True))
+    skipped = f"; {result.skipped} lines not sent (above)" if result.skipped else ""
+    print(f"driftloop: sent {result.records} records to {args.topic}{skipped}", file=sys.stderr, flush=True)
+    return 1 if result.skipped else 0
+
+
 def cmd_bench(config: settings_module.Settings, args: argparse.Namespace) -> int:
     """The data plane against raw passthrough on one broker; one JSON object on stdout."""
     from driftloop.load.bench import run_cli
@@ -331,6 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "dead letter of this run (default: 30)")
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object, without progress")
     replay.set_defaults(run=cmd_replay)
+    tail_parser = commands.add_parser(
+        "tail", help="print a topic's records as they arrive (kcat -C for any broker)",
+        description="Print a topic's records, one per line, as they arrive: new ones (default) or all from the "
+                    "beginning, until Ctrl-C.")
+    tail_parser.add_argument("topic")
+    tail_parser.add_argument("--from-beginning", action="store_true", help="start at each partition's first record")
+    tail_parser.add_argument("-n", dest="limit", type=positive(int), metavar="N", help="stop after N records")
+    tail_parser.add_argument("-e", "--exit-at-end", action="store_true",
+                             help="stop once every partition's end is reached instead of waiting for more")
+    tail_parser.add_argument("--json", action="store_true",
+                             help="one JSON object per record: topic, partition, offset, timestamp_ms, key, value")
+    tail_parser.add_argument("--key-separator", metavar="SEP", help="print the key, SEP, then the value")
+    tail_parser.set_defaults(run=cmd_tail)
+    produce_parser = commands.add_parser(
+        "produce", help="send the lines of stdin to a topic (kcat -P for any broker)",
+        description="Send each line of stdin as one record's value; exits 1 when a line could not be sent (each "
+                    "is reported).")
+    produce_parser.add_argument("topic")
+    produce_parser.add_argument("--key-separator", metavar="SEP",
+                                help="the part of each line before the first SEP is the record's key")
+    produce_parser.set_defaults(run=cmd_produce)
     bench = commands.add_parser("bench", help="benchmark the data plane against raw passthrough (JSON on stdout)",
                                 description="Throughput and produce->prediction latency of one in-process worker, "
                                             "beside a bare consume->produce loop on the same broker.")

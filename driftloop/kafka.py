@@ -126,6 +126,32 @@ def read_topic(bootstrap: str, topic: str, *, since: float | None = None, until:
         client.close()
 
 
+def assign_at_end(client: Consumer, topics: list[str], *, timeout: float) -> None:
+    """Assign every partition of `topics` to `client` (created with enable.partition.eof) at its end, and return
+    once each has reported end-of-partition or delivered a record, so that what the client consumes next was
+    appended after this returned. Records delivered meanwhile are dropped: they were there before. (Tansu's
+    ListOffsets can resolve the end too low, and the client then first reads an old tail.) No group is joined.
+    DriftloopError when a topic does not exist, or when the ends are not found within `timeout` seconds."""
+    from confluent_kafka import OFFSET_END, KafkaError, TopicPartition
+
+    metadata = client.list_topics(timeout=timeout).topics
+    missing = [topic for topic in topics if topic not in metadata]
+    if missing:
+        raise DriftloopError(f"no topic {missing[0]!r} on the broker")
+    partitions = [TopicPartition(topic, p, OFFSET_END) for topic in topics for p in metadata[topic].partitions]
+    client.assign(partitions)
+    unsettled = {(tp.topic, tp.partition) for tp in partitions}
+    deadline = time.monotonic() + timeout
+    while unsettled:
+        if time.monotonic() > deadline:
+            raise DriftloopError(f"could not find where {' and '.join(topics)} end within {timeout:.0f}s "
+                                 f"(partitions still unsettled: {sorted(unsettled)})")
+        for message in client.consume(10_000, timeout=0.2):
+            error = message.error()
+            if error is None or error.code() == KafkaError._PARTITION_EOF:
+                unsettled.discard((message.topic(), message.partition()))
+
+
 def consume_to_end(client: Consumer, topic: str, partitions: Iterable[int], *, timeout: float,
                    batch: int = 10_000, poll: float = 0.2,
                    past_end: Callable[[Any], bool] | None = None) -> Iterator[Any]:

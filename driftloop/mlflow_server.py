@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 
 from driftloop.errors import DriftloopError
-from driftloop.process import ManagedProcess, reserve_port
+from driftloop.process import ManagedProcess, client_address, reserve_port
+from driftloop.settings import LOOPBACK
 
 
 def backend_store_uri(tracking_uri: str | None, data_dir: Path) -> str:
@@ -29,14 +30,14 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 
 
 class MlflowServer(ManagedProcess):
-    def __init__(self, backend_uri: str, data_dir: Path, port: int):
-        self.port = reserve_port(port, "DRIFTLOOP_MLFLOW_PORT")
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, backend_uri: str, data_dir: Path, port: int, host: str = LOOPBACK):
+        self.port = reserve_port(port, "DRIFTLOOP_MLFLOW_PORT", host)
+        self.url = f"http://{client_address(host, self.port)}"
         artifacts = (data_dir / "mlartifacts").resolve()
         super().__init__("MLflow server", [
             sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
             "--artifacts-destination", str(artifacts), "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--host", host, "--port", str(self.port), "--workers", "1",
         ], data_dir / "logs" / "mlflow.log")
 
     def start(self) -> None:

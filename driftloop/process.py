@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import signal
 import socket
@@ -104,15 +105,30 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def reserve_port(port: int, setting: str) -> int:
-    """Return `port` if 127.0.0.1 has it free (or a free port for 0); a clear error if it is taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def reserve_port(port: int, setting: str, host: str) -> int:
+    """Return `port` if `host` has it free (or a free port for 0); a clear error if it is taken."""
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         # As the servers themselves bind (uvicorn, Tansu): connections of a server stopped a moment ago
         # linger in TIME_WAIT for a minute and do not make the port taken; a listener still does.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
-            raise DriftloopError(f"port {port} on 127.0.0.1 is taken; set {setting} to another port "
+            raise DriftloopError(f"port {port} on {host} is taken; set {setting} to another port "
                                  f"(0 picks a free one)") from None
         return sock.getsockname()[1]
+
+
+def client_address(bind_host: str, port: int) -> str:
+    """host:port where a client on this machine reaches a server listening on bind_host:port (a server
+    on every interface, 0.0.0.0 or ::, is reached on loopback)."""
+    address = ipaddress.ip_address(bind_host)
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def listen_address(bind_host: str, port: int) -> str:
+    """host:port to listen on, bracketed for IPv6."""
+    return f"[{bind_host}]:{port}" if ipaddress.ip_address(bind_host).version == 6 else f"{bind_host}:{port}"

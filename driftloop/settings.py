@@ -6,6 +6,7 @@ configuration table (checked by a test) all come from that declaration.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from driftloop.errors import DriftloopError
 
 DEMO_SPEC = Path(__file__).parent / "specs" / "fraud.yaml"
+LOOPBACK = "127.0.0.1"  # where every server driftloop starts listens unless DRIFTLOOP_BIND_HOST says otherwise
 CONFIG_FILE_ENV = "DRIFTLOOP_CONFIG"
 
 
@@ -66,6 +68,14 @@ def _topic(text: str) -> str:
     return text
 
 
+def _ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError("must be an IP address: 127.0.0.1 (this host only) or 0.0.0.0 (every interface, "
+                         "as in a container)") from None
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_file():
@@ -111,6 +121,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Port of the MLflow server/UI that `driftloop up` starts on 127.0.0.1 (0 = a free port)."),
     Setting("metrics_port", "DRIFTLOOP_METRICS_PORT", _port, "9100",
             "Port of the worker's Prometheus /metrics endpoint (0 = a free port)."),
+    Setting("bind_host", "DRIFTLOOP_BIND_HOST", _ip_address, LOOPBACK,
+            "Address every server driftloop starts listens on (the worker's /metrics, the embedded broker, the "
+            "MLflow server). 0.0.0.0 in containers, so other containers reach them (docker-compose.yml sets it)."),
     Setting("partitions", "DRIFTLOOP_PARTITIONS", _positive_int, None,
             "Partitions for the topics driftloop creates. Unset: 4 with KAFKA_BOOTSTRAP_SERVERS, 1 on the embedded "
             "broker (it serves one worker, and each partition adds to its cost per fetch)."),
@@ -143,6 +156,7 @@ class Settings:
     broker_port: int
     mlflow_port: int
     metrics_port: int
+    bind_host: str
     partitions: int
     topic_events: str
     topic_outcomes: str

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,31 @@ from driftloop.errors import DriftloopError
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# What the spec's names become, and the rules of the systems that get them (read in their installed sources):
+# - `name` is the Feast project (feast/repo_config.py: letters, digits, '_' and '-', not first '_' or '-';
+#   no '-' with a SQLite online store: it goes into table names), the MLflow experiment, and part of
+#   every consumer group and internal topic; the longest of those is the control plane's Faust leader
+#   topic (faust/assignor/leader_assignor.py), and Kafka takes topic names of at most 249 characters.
+_PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+_LONGEST_TOPIC = "driftloop-{}-control-__assignor-__leader"
+MAX_NAME_LENGTH = 249 - len(_LONGEST_TOPIC.format(""))
+# - The entity and the model inputs are the feature view's columns. The offline store's time column is
+#   `event_timestamp`, which is also the time column of Feast's entity_df; Feast names its own columns and
+#   entities with a leading "__" (an input `__dummy_id` or an entity `__dummy` broke the online read;
+#   `__tmp` and `__event_timestamp` are its join's).
+TIMESTAMP_COLUMN = "event_timestamp"
+# - Every retraining also trains an ONNX candidate (skl2onnx), whose outputs are `label` and
+#   `probabilities`: skl2onnx renames an input of either name, and the model no longer takes its rows.
+_ONNX_OUTPUTS = ("label", "probabilities")
+# - `model.name` is the MLflow registered model (mlflow/utils/validation.py: not blank, no '/' or ':', its
+#   own normalised path; the registry's database column holds 256 characters), and driftloop quotes it
+#   in MLflow search filters, which cannot escape a "'".
+MAX_MODEL_NAME_LENGTH = 256
+# - Category values: the encoders name unseen and missing categories with these, and sklearn's one-hot
+#   encoder rejects repeated categories.
+UNSEEN = "__unseen__"
+MISSING = "__missing__"  # what a None category becomes before it reaches an encoder
 
 
 def parse_duration(text: Any) -> float:
@@ -120,7 +146,9 @@ class DriftSpec(_Strict):
 
 
 class RetrainSpec(_Strict):
-    window_events: int = Field(default=20000, ge=100)  # at most this many labelled events, newest first
+    # At most this many labelled events, newest first. The retrain worker holds the window in memory:
+    # building a 200,000-row training set from elec2 replayed five times peaked at 712 MB (load/retrain_memory.py).
+    window_events: int = Field(default=20000, ge=100, le=200_000)
     min_rows: int = Field(default=1000, ge=50)  # wait for this many labelled events after the drift point
     holdout_share: float = Field(default=0.25, gt=0, lt=1)  # the newest share, for validation
     gate_metric: Literal["accuracy", "roc_auc", "log_loss"] = "roc_auc"
@@ -141,7 +169,7 @@ class CanarySpec(_Strict):
 
 
 class PipelineSpec(_Strict):
-    name: str
+    name: str = Field(max_length=MAX_NAME_LENGTH)
     events: EventsSpec
     outcomes: OutcomesSpec
     features: tuple[FeatureSpec, ...] = ()
@@ -202,8 +230,68 @@ def _message(error: dict[str, Any]) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+def _path_not_unique(name: str) -> bool:
+    """MLflow's test of a model name (mlflow.utils.validation.path_not_unique)."""
+    norm = posixpath.normpath(name)
+    return norm != name or norm == "." or norm.startswith(("..", "/"))
+
+
+def _name_checks(spec: PipelineSpec):
+    """Yield (path, problem) for names that Feast, MLflow, Kafka or the model exporters would refuse later."""
+    if not _PIPELINE_NAME.match(spec.name):
+        suggestion = re.sub(r"[^A-Za-z0-9_]", "_", spec.name).lstrip("_") or "my_pipeline"
+        yield "name", (f"{spec.name!r} must be letters, digits and '_', not starting with '_': it names the Feast "
+                       f"project (whose SQLite tables take no '-'), Kafka topics and consumer groups; "
+                       f"try {suggestion!r}")
+    model_name = spec.model.name
+    if not model_name.strip():
+        yield "model.name", "the MLflow registered model needs a name"
+    elif any(c in model_name for c in "/:'"):
+        suggestion = re.sub(r"[/:']", "_", model_name)
+        yield "model.name", (f"{model_name!r}: MLflow model names take no '/' or ':', and driftloop's registry "
+                             f"searches cannot hold a \"'\"; try {suggestion!r}")
+    elif _path_not_unique(model_name):
+        yield "model.name", (f"{model_name!r} would be the file path {posixpath.normpath(model_name)!r}; MLflow "
+                             f"requires a model name that is its own normalised path, not '.', not starting "
+                             f"with '..'")
+    elif len(model_name) > MAX_MODEL_NAME_LENGTH:
+        yield "model.name", f"{len(model_name)} characters; MLflow's registry holds at most {MAX_MODEL_NAME_LENGTH}"
+    ev = spec.events
+    columns = [("events.entity", ev.entity)]
+    windowed = {f.name: i for i, f in enumerate(spec.features)}
+    for i, name in enumerate(spec.model_inputs):
+        if spec.model.inputs is not None:
+            columns.append((f"model.inputs[{i}]", name))
+        elif name in windowed:
+            columns.append((f"features[{windowed[name]}].name", name))
+        else:
+            columns.append((f"events.fields.{name}", name))
+    for where, name in columns:
+        if name == TIMESTAMP_COLUMN:
+            yield where, (f"{name!r} is the time column of the Feast offline store (and of Feast's entity_df); "
+                          f"rename it, e.g. {name + '_value'!r}")
+        elif name.startswith("__"):
+            yield where, f"{name!r}: names starting with '__' are Feast's own (__dummy, __dummy_id, ...); drop the '__'"
+        elif name in _ONNX_OUTPUTS and where != "events.entity":
+            yield where, (f"{name!r} is an output of the exported ONNX model (skl2onnx: label, probabilities), so "
+                          f"it cannot be an input; rename it, e.g. {name + '_value'!r}")
+    if ev.entity in (spec.model.inputs or ()):
+        yield f"model.inputs[{spec.model.inputs.index(ev.entity)}]", (
+            f"{ev.entity!r} is the entity (the Feast join key), which a model does not take as an input")
+    for i, name in enumerate(spec.model.inputs or ()):
+        if spec.model.inputs.index(name) != i:
+            yield f"model.inputs[{i}]", f"{name!r} is listed twice"
+    for name, f in ev.fields.items():
+        for value in set(f.values or ()) & {UNSEEN, MISSING}:
+            yield f"events.fields.{name}.values", f"{value!r} is reserved for unseen and missing categories"
+        if f.values is not None and len(set(f.values)) < len(f.values):
+            repeated = sorted({v for v in f.values if f.values.count(v) > 1})
+            yield f"events.fields.{name}.values", f"{', '.join(map(repr, repeated))} listed more than once"
+
+
 def _cross_checks(spec: PipelineSpec):
     """Yield (path, problem) for rules that span several parts of the spec."""
+    yield from _name_checks(spec)
     ev = spec.events
     for key, expected in (("id_field", ("string", "int")), ("entity", ("string", "int")),
                           ("time_field", ("timestamp",))):

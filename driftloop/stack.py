@@ -14,9 +14,9 @@ from typing import Callable
 
 from driftloop.broker import EmbeddedBroker
 from driftloop.errors import DriftloopError
-from driftloop.kafka import ensure_topics, wait_for_broker
+from driftloop.kafka import broker_answers, ensure_topics, wait_for_broker
 from driftloop.mlflow_server import MlflowServer, backend_store_uri, http_ok, require_reachable
-from driftloop.process import ManagedProcess, reserve_port
+from driftloop.process import ManagedProcess, client_address, reserve_port
 from driftloop.settings import Settings
 from driftloop.signing import create_key, key_path, load_key
 from driftloop.spec import PipelineSpec, load_spec
@@ -65,6 +65,22 @@ def resolve_endpoints(settings: Settings) -> tuple[str, str]:
         raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in "
                              f"{settings.data_dir / 'stack.json'}")
     return bootstrap, tracking_uri
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS, else the broker of a running `driftloop up` (its stack.json); checked to answer."""
+    if settings.kafka_bootstrap_servers:
+        wait_for_broker(settings.kafka_bootstrap_servers, timeout=10)
+        return settings.kafka_bootstrap_servers
+    stack_file = settings.data_dir / "stack.json"
+    bootstrap = running_stack(settings.data_dir).get("bootstrap")
+    if not bootstrap:
+        raise DriftloopError(f"no running stack: start `driftloop up` (it writes {stack_file}) or set "
+                             f"KAFKA_BOOTSTRAP_SERVERS")
+    if not broker_answers(bootstrap):
+        raise DriftloopError(f"no Kafka broker answers at {bootstrap} (from {stack_file}); "
+                             f"is `driftloop up` still running?")
+    return bootstrap
 
 
 def _raise_stopped(signum: int, _frame: object) -> None:
@@ -120,7 +136,7 @@ def _start_broker(settings: Settings, stack: ExitStack, children: list[ManagedPr
         wait_for_broker(settings.kafka_bootstrap_servers, timeout=15)
         say(f"using Kafka at {settings.kafka_bootstrap_servers}")
         return settings.kafka_bootstrap_servers
-    broker = EmbeddedBroker(settings.broker_port, settings.data_dir / "logs")
+    broker = EmbeddedBroker(settings.broker_port, settings.data_dir / "logs", settings.bind_host)
     stack.callback(broker.stop)
     broker.start()
     children.append(broker)
@@ -135,7 +151,8 @@ def _start_mlflow(settings: Settings, stack: ExitStack, children: list[ManagedPr
         require_reachable(uri)
         say(f"using MLflow at {uri}")
         return uri
-    server = MlflowServer(backend_store_uri(uri, settings.data_dir), settings.data_dir, settings.mlflow_port)
+    server = MlflowServer(backend_store_uri(uri, settings.data_dir), settings.data_dir, settings.mlflow_port,
+                          settings.bind_host)
     stack.callback(server.stop)
     server.start()
     children.append(server)
@@ -158,19 +175,19 @@ def _child_env(settings: Settings, bootstrap: str, tracking_uri: str, **extra: s
             "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()), "DRIFTLOOP_SPEC": str(settings.spec.resolve()),
             "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve()),
             "DRIFTLOOP_SIGNING_KEY_FILE": str(key_path(settings).resolve()),
-            "DRIFTLOOP_PARTITIONS": str(settings.partitions), **extra}
+            "DRIFTLOOP_PARTITIONS": str(settings.partitions), "DRIFTLOOP_BIND_HOST": settings.bind_host, **extra}
 
 
 def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
                   children: list[ManagedProcess], say: Callable[[str], None]) -> str:
     """One `driftloop worker` child; ready when its metrics answer."""
-    port = reserve_port(settings.metrics_port, "DRIFTLOOP_METRICS_PORT")
+    port = reserve_port(settings.metrics_port, "DRIFTLOOP_METRICS_PORT", settings.bind_host)
     env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_METRICS_PORT=str(port))
     worker = ManagedProcess("worker", [sys.executable, "-m", "driftloop.cli", "worker"],
                             settings.data_dir / "logs" / "worker.log", env=env)
     stack.callback(worker.stop)
     worker.start()
-    url = f"http://127.0.0.1:{port}/metrics"
+    url = f"http://{client_address(settings.bind_host, port)}/metrics"
     # First start registers a cold-start champion in MLflow and restores state: allow for it.
     worker.wait_ready(lambda: http_ok(url), timeout=180, what=f"serving metrics at {url}")
     children.append(worker)

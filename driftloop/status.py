@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.errors import DriftloopError
+from driftloop.process import client_address
 from driftloop.settings import Settings
 from driftloop.stack import running_stack
 from driftloop.streams.metrics import JOIN_SIDES, LIVE_METRICS, OUTCOME_RESULTS, STAGES
@@ -34,7 +35,7 @@ def metrics_urls(settings: Settings) -> list[str]:
     """The local worker's default endpoint, then those `driftloop up` lists in stack.json."""
     urls = []
     if settings.metrics_port:  # port 0 means "a free port": only stack.json can say which
-        urls.append(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+        urls.append(f"http://{client_address(settings.bind_host, settings.metrics_port)}/metrics")
     for url in running_stack(settings.data_dir).get("metrics_urls") or []:
         if url not in urls:
             urls.append(url)

@@ -24,12 +24,10 @@ from urllib.parse import urlparse
 import yaml
 
 from driftloop.settings import Settings
-from driftloop.spec import PipelineSpec
+from driftloop.spec import TIMESTAMP_COLUMN, PipelineSpec
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureStore, FeatureView, PushSource
-
-TIMESTAMP_COLUMN = "event_timestamp"
 
 
 def feature_view_name(spec: PipelineSpec) -> str:

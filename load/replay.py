@@ -42,7 +42,6 @@ from typing import Any, Callable
 import msgspec
 import numpy as np
 import pandas as pd
-from confluent_kafka import OFFSET_END, KafkaError, TopicPartition
 from tqdm import tqdm
 
 from driftloop import kafka
@@ -50,29 +49,13 @@ from driftloop.errors import DriftloopError
 from driftloop.load.generator import _send
 from driftloop.load.never_retrained import NeverRetrained
 from driftloop.settings import Settings
-from driftloop.stack import running_stack
+from driftloop.stack import resolve_bootstrap
 from driftloop.spec import FieldSpec, PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
 
 DEFAULT_TIME_STEP = 1800.0  # elec2's half-hour periods
 _decode = msgspec.json.Decoder().decode
 _BOOL_TEXT = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
-
-
-def resolve_bootstrap(settings: Settings) -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the broker of a running `driftloop up` (its stack.json)."""
-    if settings.kafka_bootstrap_servers:
-        kafka.wait_for_broker(settings.kafka_bootstrap_servers, timeout=10)
-        return settings.kafka_bootstrap_servers
-    stack_file = settings.data_dir / "stack.json"
-    bootstrap = running_stack(settings.data_dir).get("bootstrap")
-    if not bootstrap:
-        raise DriftloopError(f"no running stack: start `driftloop up` (it writes {stack_file}) or set "
-                             f"KAFKA_BOOTSTRAP_SERVERS")
-    if not kafka.broker_answers(bootstrap):
-        raise DriftloopError(f"no Kafka broker answers at {bootstrap} (from {stack_file}); "
-                             f"is `driftloop up` still running?")
-    return bootstrap
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -314,25 +297,11 @@ class RunCollector:
                                         **{"enable.auto.commit": False, "enable.partition.eof": True,
                                            "fetch.wait.max.ms": 100})
         try:
-            self._position([predictions_topic, dlq_topic], position_timeout)
+            kafka.assign_at_end(self._consumer, [predictions_topic, dlq_topic], timeout=position_timeout)
         except BaseException:
             self._consumer.close()
             raise
 
-    def _position(self, topics: list[str], timeout: float) -> None:
-        metadata = self._consumer.list_topics(timeout=timeout).topics
-        partitions = [TopicPartition(topic, p, OFFSET_END) for topic in topics for p in metadata[topic].partitions]
-        self._consumer.assign(partitions)
-        unsettled = {(tp.topic, tp.partition) for tp in partitions}
-        deadline = time.monotonic() + timeout
-        while unsettled:
-            if time.monotonic() > deadline:
-                raise DriftloopError(f"could not find where {' and '.join(topics)} end within {timeout:.0f}s "
-                                     f"(partitions still unsettled: {sorted(unsettled)})")
-            for message in self._consumer.consume(10_000, timeout=0.2):  # records from before the run
-                error = message.error()
-                if error is None or error.code() == KafkaError._PARTITION_EOF:
-                    unsettled.discard((message.topic(), message.partition()))
 
     @property
     def accounted(self) -> int:

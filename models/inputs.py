@@ -15,10 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from driftloop.spec import PipelineSpec
-
-UNSEEN = "__unseen__"
-MISSING = "__missing__"  # what a None category becomes before it reaches an encoder
+from driftloop.spec import MISSING, PipelineSpec
 
 Kind = Literal["numeric", "bool", "category"]
 Row = Mapping[str, Any]

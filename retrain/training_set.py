@@ -1,20 +1,20 @@
 """The training set of a retrain request: a window of the `labeled` log, features joined point-in-time from Feast.
 
 1. **Window.** Every partition of `labeled` is read from the beginning to its end (assigned, not a group:
-   nothing is committed). The log is at-least-once, so only the first record of an event id
-   counts. Records with event time >= `train_from` (when given) are candidates; the newest
-   `spec.retrain.window_events` of them by event time, oldest first, are the window. Fewer than
-   `spec.retrain.min_rows` raises `NotEnoughData` (labels keep arriving: the caller waits and asks again).
-2. **Features.** Each window row's vector comes from the feature view's Feast offline store as of the
-   row's event time (`OfflineHistory`: `get_historical_features`, point-in-time correct; it asks only about
-   entities the store holds and compacts its files first, see `feast_offline`). The labeled record's event
-   time is ISO-8601 truncated to the millisecond while Feast keeps microseconds, so each row is asked about
-   at the last microsecond of its millisecond. Feast answers several rows with the same entity and time as
-   one, so such rows (two events of one entity in one millisecond) are not asked: Feast could not tell
-   them apart. They, and rows Feast has no vector for (written by nothing, or not yet), keep the features
-   recorded in their labeled record, which is exactly what was scored. The counts of both sources, and of
-   Feast vectors that differ from the recorded ones (the join reproduces the scored row, so these should
-   be 0), are reported with the set.
+   nothing is committed), streamed: only the window so far is held. The log is at-least-once, so only the
+   first record of an event id counts. Records with event time >= `train_from` (when given) are
+   candidates; the newest `spec.retrain.window_events` of them by event time, oldest first, are the
+   window (the spec caps it, see driftloop/spec.py). Fewer than `spec.retrain.min_rows` raises
+   `NotEnoughData` (labels keep arriving: the caller waits and asks again).
+2. **Features.** Each window row's vector comes from the feature view's offline store as of the row's
+   event time (`OfflineHistory`, point-in-time correct, as Feast's `get_historical_features`, see
+   `feast_offline`). The labeled record's event time is ISO-8601 truncated to the millisecond while the
+   store keeps microseconds, so each row is asked about at the last microsecond of its millisecond. Two
+   events of one entity in one millisecond would both get the later one's vector, so such rows are not
+   asked: the store cannot tell them apart. They, and rows the store has no vector for (written by
+   nothing, or not yet), keep the features recorded in their labeled record, which is exactly what was
+   scored. The counts of both sources, and of stored vectors that differ from the recorded ones (the
+   join reproduces the scored row, so these should be 0), are reported with the set.
 3. **Fingerprint.** SHA-256 over the ordered (event_id, label, inputs in spec order) rows.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import itertools
 import json
 import logging
 from collections import Counter
@@ -70,9 +69,11 @@ class LabeledRow:
 class LabeledWindow:
     rows: list[LabeledRow]  # oldest first
     read: int  # labeled records read
-    duplicates: int  # records dropped because their event id came earlier in the log
+    # Records dropped because their event id came earlier and is in the window. A repeat of an event outside
+    # the window is counted below instead: finding it would mean remembering every event id of the log.
+    duplicates: int
     before_train_from: int  # records older than train_from
-    eligible: int  # distinct records at or after train_from (the window is the newest of them)
+    eligible: int  # records at or after train_from, not counted as duplicates (the window is the newest)
 
 
 class NotEnoughData(DriftloopError):
@@ -108,9 +109,12 @@ def read_window(bootstrap: str, topic: str, spec: PipelineSpec, train_from: floa
     size = spec.retrain.window_events
     consumer = kafka.consumer(bootstrap, group, **{"enable.auto.commit": False, "enable.partition.eof": True,
                                                    "fetch.wait.max.ms": 25})
-    seen: set[str] = set()
-    newest: list[tuple[float, int, LabeledRow]] = []  # min-heap of the window so far, by event time
-    order = itertools.count()
+    # The window so far: a min-heap by (event time, event id), and the ids it holds. A repeat of an event
+    # has the event's time, so it sorts equal to its first record: that one is either in the heap (the
+    # repeat is dropped) or was pushed out, and then the repeat cannot enter either. So duplicates are
+    # found without remembering every event id of the log.
+    newest: list[tuple[float, str, LabeledRow]] = []
+    in_window: set[str] = set()
     read = duplicates = early = eligible = 0
     try:
         metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
@@ -125,26 +129,25 @@ def read_window(bootstrap: str, topic: str, spec: PipelineSpec, train_from: floa
                 _LOG.warning("skipping an unreadable labeled record at %s[%d]@%d: %s",
                              topic, message.partition(), message.offset(), exc)
                 continue
-            if record.event_id in seen:
+            if record.event_id in in_window:
                 duplicates += 1
                 continue
-            seen.add(record.event_id)
             event_time = record.event_time.timestamp()
             if train_from is not None and event_time < train_from:
                 early += 1
                 continue
             eligible += 1
+            if len(newest) == size and (event_time, record.event_id) <= newest[0][:2]:
+                continue
             row = LabeledRow(record.event_id, record.entity, event_time, int(bool(record.label)),
                              record.features, message.timestamp()[1], record.score, record.model_version)
-            item = (event_time, next(order), row)
-            if len(newest) < size:
-                heapq.heappush(newest, item)
-            elif item > newest[0]:
-                heapq.heapreplace(newest, item)
+            if len(newest) == size:
+                in_window.discard(heapq.heappop(newest)[1])
+            heapq.heappush(newest, (event_time, record.event_id, row))
+            in_window.add(record.event_id)
     finally:
         consumer.close()
-    rows = [row for _, _, row in sorted(newest, key=lambda item: (item[0], item[2].event_id))]
-    return LabeledWindow(rows, read, duplicates, early, eligible)
+    return LabeledWindow([row for _, _, row in sorted(newest)], read, duplicates, early, eligible)
 
 
 def build_training_set(history: OfflineHistory, window: LabeledWindow, spec: PipelineSpec,

@@ -234,7 +234,7 @@ class WorkerMetrics:
         for labels in published - set(values):
             gauge.remove(*labels)
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+    def serve(self, port: int, host: str) -> int:
         """Serve /metrics on host:port (0 = a free port) from a daemon thread; returns the bound port."""
         if self._endpoint is not None:
             raise RuntimeError("the metrics endpoint is already being served")

@@ -33,9 +33,8 @@ from typing import Any, Callable, Iterable
 
 import msgspec
 
-from driftloop.spec import FieldSpec, PipelineSpec
+from driftloop.spec import UNSEEN, FieldSpec, PipelineSpec
 
-UNSEEN = "__unseen__"
 
 REASONS: dict[str, str] = {
     "invalid_json": "the record is not UTF-8 JSON (or is a tombstone with no value)",
@@ -246,8 +245,6 @@ class EventValidator:
         # (name, required, checker, is_category) per field, built once so validation is a flat loop.
         self._fields: list[tuple[str, bool, Callable[[Any], Any], bool]] = []
         for name, f in ev.fields.items():
-            if f.type == "category" and UNSEEN in (f.values or ()):
-                raise ValueError(f"events.fields.{name}.values: {UNSEEN!r} is reserved for unseen values")
             make = _key_checker if name in (ev.id_field, ev.entity) else _CHECKERS[f.type]
             self._fields.append((name, f.required, make(f), f.type == "category"))
 

@@ -88,7 +88,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
                              on_refused=_refusal_reporter(settings, bootstrap, key, metrics, worker_id))
         router.start()
         cleanup.callback(router.stop)
-        port = metrics.serve(settings.metrics_port)
+        port = metrics.serve(settings.metrics_port, settings.bind_host)
         cleanup.callback(metrics.stop_serving)
         feast = FeastWriter(settings, spec, separate_process=True, write_interval=FEAST_WRITE_INTERVAL,
                             on_write=lambda rows, seconds: (metrics.feast_rows(rows),

@@ -49,7 +49,7 @@ def test_a_port_whose_last_server_just_stopped_is_free_again(tmp_path):
         accepted.close()
         client.recv(1)  # the server's FIN: the client closes second, leaving the server side in TIME_WAIT
         client.close()
-    assert reserve_port(port, "DRIFTLOOP_BROKER_PORT") == port
+    assert reserve_port(port, "DRIFTLOOP_BROKER_PORT", "127.0.0.1") == port
 
 
 def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):

@@ -50,6 +50,23 @@ def _wait_for_line(process, text, timeout):
     raise AssertionError(f"no {text!r} within {timeout}s; output: {''.join(lines)}{process.stderr.read()}")
 
 
+def _listening(process: psutil.Process) -> list[tuple[str, str, int]]:
+    """(command, address, port) of every listening TCP socket of the process and its descendants."""
+    found = []
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            command = " ".join(member.cmdline()[:4])
+            found += [(command, c.laddr.ip, c.laddr.port) for c in member.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:  # a short-lived helper process that exited meanwhile
+            continue
+    return found
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
 def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
     env = _env(tmp_path, DRIFTLOOP_PARTITIONS="")  # unset: the embedded broker's default, one partition
     process = subprocess.Popen(_driftloop("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -58,6 +75,11 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
         info = json.loads((tmp_path / "data" / "stack.json").read_text())
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 2  # broker and MLflow (and MLflow's worker)
+        # Every server the stack started listens on loopback only (DRIFTLOOP_BIND_HOST's default).
+        listening = _listening(psutil.Process(process.pid))
+        assert {_port(info["bootstrap"]), _port(info["mlflow_tracking_uri"]),
+                _port(info["metrics_urls"][0])} <= {port for _, _, port in listening}, listening
+        assert {address for _, address, _ in listening} == {"127.0.0.1"}, listening
 
         assert kafka.broker_answers(info["bootstrap"])
         topics = kafka.admin(info["bootstrap"]).list_topics(timeout=10).topics
@@ -130,6 +152,27 @@ def test_taken_broker_port_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == (f"driftloop: error: port {port} on 127.0.0.1 is taken; "
                                    f"set DRIFTLOOP_BROKER_PORT to another port (0 picks a free one)")
+
+
+def test_bind_host_opens_the_servers_to_other_hosts(tmp_path):
+    """As in a container: DRIFTLOOP_BIND_HOST=0.0.0.0 puts the broker and MLflow on every interface."""
+    env = _env(tmp_path, DRIFTLOOP_BIND_HOST="0.0.0.0")
+    broker = subprocess.Popen(_driftloop("broker"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mlflow = subprocess.Popen(_driftloop("mlflow"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        bootstrap = _wait_for_line(broker, "bootstrap address", timeout=60)[-1].rsplit(" ", 1)[-1].strip()
+        url = _wait_for_line(mlflow, "MLflow UI at", timeout=180)[-1].rsplit(" ", 1)[-1].strip()
+        assert kafka.broker_answers(bootstrap)  # reached on loopback, as clients on this host do
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as health:
+            assert health.status == 200
+        listening = _listening(psutil.Process(broker.pid)) + _listening(psutil.Process(mlflow.pid))
+        assert {_port(bootstrap), _port(url)} <= {port for _, _, port in listening}, listening
+        assert {address for _, address, _ in listening} == {"0.0.0.0"}, listening
+    finally:
+        for process in (broker, mlflow):
+            process.send_signal(signal.SIGINT)
+        for process in (broker, mlflow):
+            process.communicate(timeout=60)
 
 
 def test_broker_command_prints_bootstrap_and_stops(tmp_path):

@@ -27,7 +27,7 @@ DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running d
 # The settings the compose stack may set: the documented names from driftloop's settings table.
 DOCUMENTED_SETTINGS = {
     "KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "DRIFTLOOP_ONLINE_STORE", "DRIFTLOOP_REDIS_URL",
-    "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT",
+    "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT", "DRIFTLOOP_BIND_HOST",
 }
 # What the image needs; these are project files, so the COPY list must be exactly this.
 DOCKERFILE_COPIES = {
@@ -270,6 +270,8 @@ def test_prometheus_scrapes_the_worker_metrics_port(services):
     metrics_port = env(services["worker"])["DRIFTLOOP_METRICS_PORT"]
     assert f"worker:{metrics_port}" in targets
     assert metrics_port in [str(port) for port in services["worker"].get("expose", [])]
+    # driftloop's servers listen on loopback by default: Prometheus, in another container, needs more
+    assert env(services["worker"])["DRIFTLOOP_BIND_HOST"] == "0.0.0.0"
 
 
 def test_grafana_datasource_is_the_prometheus_service(services):

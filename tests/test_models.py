@@ -16,9 +16,9 @@ from driftloop.errors import DriftloopError
 from driftloop.models import registry
 from driftloop.models.bootstrap import CHAMPION, ORIGIN_TAG, PLACEHOLDER_TAG, ensure_champion
 from driftloop.models.flavors import Model, OnnxModel, RiverModel, load, new_model, train_onnx
-from driftloop.models.inputs import UNSEEN, frame_to_rows, input_columns, rows_to_frame
+from driftloop.models.inputs import frame_to_rows, input_columns, rows_to_frame
 from driftloop.settings import DEMO_SPEC
-from driftloop.spec import PipelineSpec, parse_spec
+from driftloop.spec import UNSEEN, PipelineSpec, parse_spec
 
 RISKY = ("electronics", "gaming")
 

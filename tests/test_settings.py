@@ -52,6 +52,7 @@ def test_config_file_from_environment(tmp_path):
     ("DRIFTLOOP_TOPIC_EVENTS", "bad topic", "topic name"),
     ("DRIFTLOOP_SPEC", "/nonexistent/spec.yaml", "no such file"),
     ("DRIFTLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
+    ("DRIFTLOOP_BIND_HOST", "localhost", "must be an IP address"),
 ])
 def test_invalid_value_names_the_setting(env, value, fragment):
     with pytest.raises(DriftloopError) as error:

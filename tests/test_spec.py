@@ -76,6 +76,66 @@ def test_errors_name_file_path_and_problem(demo, path, value, expected):
     assert str(error.value).startswith(f"my_spec.yaml: {expected}"), str(error.value)
 
 
+def _rename_field(document, old, new):
+    """The demo spec with event field `old` called `new` everywhere it is named."""
+    events = document["events"]
+    events["fields"][new] = events["fields"].pop(old)
+    for key in ("id_field", "entity", "time_field"):
+        if events[key] == old:
+            events[key] = new
+    for feature in document["features"]:
+        if feature.get("field") == old:
+            feature["field"] = new
+    return document
+
+
+def _with_input_field(document, name):
+    document["events"]["fields"][name] = {"type": "float"}  # a default model input
+    return document
+
+
+# Names that check-spec used to accept and something later refused (Feast, MLflow, Kafka, skl2onnx, sklearn).
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: {**d, "name": "fraud-v2"}, "name: 'fraud-v2' must be letters, digits and '_', not starting with '_': "
+                                         "it names the Feast project (whose SQLite tables take no '-')"),
+    (lambda d: {**d, "name": "_fraud"}, "name: '_fraud' must be letters, digits and '_'"),
+    (lambda d: {**d, "name": "fraude é"}, "name: 'fraude é' must be letters, digits and '_'"),
+    (lambda d: {**d, "name": "f" * 212}, "name: String should have at most 211 characters"),
+    (lambda d: _break(d, ("model", "name"), "team/fraud"), "model.name: 'team/fraud': MLflow model names take no '/'"),
+    (lambda d: _break(d, ("model", "name"), "fraud:v2"), "model.name: 'fraud:v2': MLflow model names take no '/'"),
+    (lambda d: _break(d, ("model", "name"), "it's"), "model.name: \"it's\": MLflow model names take no '/' or ':', "
+                                                   "and driftloop's registry searches cannot hold a \"'\"; try 'it_s'"),
+    (lambda d: _break(d, ("model", "name"), "..fraud"), "model.name: '..fraud' would be the file path"),
+    (lambda d: _break(d, ("model", "name"), " "), "model.name: the MLflow registered model needs a name"),
+    (lambda d: _break(d, ("model", "name"), "m" * 257), "model.name: 257 characters; MLflow's registry holds at most 256"),
+    (lambda d: _rename_field(d, "user_id", "__dummy"), "events.entity: '__dummy': names starting with '__' are Feast's"),
+    (lambda d: _rename_field(d, "amount", "__dummy_id"), "events.fields.__dummy_id: '__dummy_id': names starting"),
+    (lambda d: _rename_field(d, "amount", "event_timestamp"),
+     "events.fields.event_timestamp: 'event_timestamp' is the time column of the Feast offline store"),
+    (lambda d: _rename_field(d, "user_id", "event_timestamp"), "events.entity: 'event_timestamp' is the time column"),
+    (lambda d: _break(d, ("features", 0, "name"), "event_timestamp"), "features[0].name: 'event_timestamp' is the time"),
+    (lambda d: _with_input_field(d, "label"), "events.fields.label: 'label' is an output of the exported ONNX model"),
+    (lambda d: _with_input_field(d, "probabilities"), "events.fields.probabilities: 'probabilities' is an output of"),
+    (lambda d: _break(d, ("model", "inputs"), ["amount", "probabilities"]),
+     "model.inputs[1]: 'probabilities' is an output of the exported ONNX model"),
+    (lambda d: _break(_break(d, ("events", "fields", "user_id", "type"), "int"), ("model", "inputs"),
+                      ["amount", "user_id"]), "model.inputs[1]: 'user_id' is the entity (the Feast join key)"),
+    (lambda d: _break(d, ("model", "inputs"), ["amount", "country", "amount"]), "model.inputs[2]: 'amount' is listed twice"),
+    (lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "web", "pos"]),
+     "events.fields.channel.values: 'pos' listed more than once"),
+    (lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "__missing__"]),
+     "events.fields.channel.values: '__missing__' is reserved for unseen and missing categories"),
+    (lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "__unseen__"]),
+     "events.fields.channel.values: '__unseen__' is reserved"),
+    (lambda d: _break(d, ("retrain", "window_events"), 200_001),
+     "retrain.window_events: Input should be less than or equal to 200000"),
+])
+def test_names_later_refused_are_refused_by_the_spec(demo, edit, expected):
+    with pytest.raises(DriftloopError) as error:
+        parse_spec(edit(copy.deepcopy(demo)), "my_spec.yaml")
+    assert str(error.value).startswith(f"my_spec.yaml: {expected}"), str(error.value)
+
+
 def test_yaml_syntax_error_names_line(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("name: x\nevents: [\n")

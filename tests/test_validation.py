@@ -240,13 +240,6 @@ def test_recent_ids_persistence_round_trip():
     assert RecentIds.from_list(["x", "y", "z"], capacity=2).to_list() == ["y", "z"]  # keeps the newest
 
 
-def test_unseen_is_a_reserved_category_value():
-    doc = yaml.safe_load(DEMO_SPEC.read_text())
-    doc["events"]["fields"]["channel"]["values"].append(UNSEEN)
-    with pytest.raises(ValueError, match="reserved"):
-        EventValidator(parse_spec(doc))
-
-
 def test_an_int_field_without_bounds_still_fits_64_bits():
     """Feast and the offline parquet store ints as int64: a larger one goes to the DLQ, not into a write."""
     doc = yaml.safe_load(DEMO_SPEC.read_text())
