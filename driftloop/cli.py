@@ -75,7 +75,7 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     import threading
 
     from driftloop.process import client_address
-    from driftloop.streams.worker import run_worker
+    from driftloop.streams.worker.app import run_worker
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,7 +89,7 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
 def cmd_control(config: settings_module.Settings, _args: argparse.Namespace) -> int:
     """The control plane (drift agent, trigger policy, promotion controller): one per pipeline."""
     from driftloop.spec import load_spec
-    from driftloop.streams.control_app import run_control_plane
+    from driftloop.streams.control.app import run_control_plane
     from driftloop.stack import resolve_endpoints
 
     bootstrap, tracking_uri = resolve_endpoints(config)
@@ -147,13 +147,13 @@ def _operator_action(config: settings_module.Settings, act: Callable[..., bytes]
 
 
 def cmd_promote(config: settings_module.Settings, args: argparse.Namespace) -> int:
-    from driftloop.retrain.operator import promote
+    from driftloop.streams.control.promotion.operator import promote
 
     return _operator_action(config, lambda spec, uri, key: promote(spec, uri, args.version, key))
 
 
 def cmd_rollback(config: settings_module.Settings, args: argparse.Namespace) -> int:
-    from driftloop.retrain.operator import rollback
+    from driftloop.streams.control.promotion.operator import rollback
 
     return _operator_action(config, lambda spec, uri, key: rollback(spec, uri, args.to_version, key))
 
@@ -265,7 +265,7 @@ def cmd_produce(config: settings_module.Settings, args: argparse.Namespace) -> i
 
 def cmd_bench(config: settings_module.Settings, args: argparse.Namespace) -> int:
     """The data plane against raw passthrough on one broker; one JSON object on stdout."""
-    from driftloop.load.bench import run_cli
+    from driftloop.load.benchmarks.data_plane import run_cli
 
     return run_cli(config, args)
 

@@ -161,7 +161,7 @@ def _start_mlflow(settings: Settings, stack: ExitStack, children: list[ManagedPr
 
 
 def _apply_feast(settings: Settings, spec: PipelineSpec, say: Callable[[str], None]) -> None:
-    from driftloop.features.feast_repo import apply, feature_view_name  # feast is slow to import
+    from driftloop.features.feast.repo import apply, feature_view_name  # feast is slow to import
 
     apply(settings, spec)
     say(f"feast apply: feature view {feature_view_name(spec)!r} in {settings.feast_repo} "

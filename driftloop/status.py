@@ -23,7 +23,7 @@ from driftloop.errors import DriftloopError
 from driftloop.process import client_address
 from driftloop.settings import Settings
 from driftloop.stack import running_stack
-from driftloop.streams.metrics import JOIN_SIDES, LIVE_METRICS, OUTCOME_RESULTS, STAGES
+from driftloop.streams.worker.metrics import JOIN_SIDES, LIVE_METRICS, OUTCOME_RESULTS, STAGES
 
 TIMEOUT_SECONDS = 2.0
 

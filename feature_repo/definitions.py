@@ -5,7 +5,7 @@ DRIFTLOOP_* settings (spec, data dir, online store) are read from the environmen
 """
 
 from driftloop import settings as _settings
-from driftloop.features.feast_repo import feast_objects
+from driftloop.features.feast.repo import feast_objects
 from driftloop.spec import load_spec
 
 _config = _settings.load()

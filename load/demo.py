@@ -17,7 +17,7 @@
 Without a promotion `--timeout` seconds after the onset it writes the PNG anyway, says so on stderr
 and exits 1.
 
-The stream's defaults are the calibrated demo stream (`load/drift_calibration.py`): 2,000 cards, 5 %
+The stream's defaults are the calibrated demo stream (`load/benchmarks/drift_calibration.py`): 2,000 cards, 5 %
 fraud, one event every 2 s of event time, so the spec's 24 h windows fill after 43,200 events; the first
 model is trained on the 5,000 outcomes after that (the placeholder serves until then), and the default
 onset falls well after it and after the data-drift reference. Event time runs ahead
@@ -57,7 +57,7 @@ from driftloop.spec import PipelineSpec, load_spec
 from driftloop.stack import running_stack
 
 TIMELINE_FILE = "demo-timeline.png"
-# The calibrated demo stream of load/drift_calibration.py (DEMO_STREAM, LABEL_DELAY, ONSET), repeated here
+# The calibrated demo stream of load/benchmarks/drift_calibration.py (DEMO_STREAM, LABEL_DELAY, ONSET), repeated here
 # because importing that module loads Evidently (seconds); tests/test_demo.py checks they agree.
 DEMO_STREAM = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
 LABEL_DELAY = 50

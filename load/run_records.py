@@ -28,7 +28,7 @@ def read_between(bootstrap: str, topic: str, since: float, until: float,
 
 
 class Labeled(msgspec.Struct):
-    """What the load tools read of a `labeled` record (streams/join.py writes it; other fields are skipped)."""
+    """What the load tools read of a `labeled` record (streams/worker/join.py writes it; other fields are skipped)."""
 
     event_id: str
     predicted_at: str

@@ -46,7 +46,7 @@ _SILENCE_SECONDS = 30.0  # a run whose outcomes stop this long before its end (a
 
 
 class _LabeledFields(msgspec.Struct):
-    """The fields of a labeled record (streams/join.py) the timeline reads."""
+    """The fields of a labeled record (streams/worker/join.py) the timeline reads."""
 
     event_id: str
     predicted_at: str

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 import driftloop
-from driftloop.features.feast_repo import feature_view_name, feature_view_version
+from driftloop.features.feast.repo import feature_view_name, feature_view_version
 from driftloop.models.bootstrap import ORIGIN_TAG
 from driftloop.models.inputs import input_columns
 from driftloop.models.registry import ModelVersionInfo, register

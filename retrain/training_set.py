@@ -34,7 +34,7 @@ import msgspec
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.retrain.feast_offline import OfflineHistory
+from driftloop.features.feast.offline import OfflineHistory
 from driftloop.spec import PipelineSpec
 from driftloop.streams.contracts import iso_time
 

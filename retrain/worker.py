@@ -55,8 +55,8 @@ from driftloop.models.provenance import ModelRefused
 from driftloop.models.registry import LoadedModel, aliases, set_alias, set_version_tag, version_tags, versions_tagged
 from driftloop.models.routing import CHALLENGER
 from driftloop.models.trusted import TrustedVersions, refusal_record
-from driftloop.retrain import alias_moves
-from driftloop.retrain.feast_offline import OfflineHistory
+from driftloop.streams.control.promotion import alias_moves
+from driftloop.features.feast.offline import OfflineHistory
 from driftloop.retrain.registration import GATE_TAG, REQUEST_TAG, record
 from driftloop.retrain.train import train_candidates, train_spec_model
 from driftloop.retrain.training_set import NotEnoughData, TrainingSet, build_training_set, read_window

@@ -40,7 +40,7 @@ class Source:
     key: bytes | None = None
 
 
-# Dead-letter reasons of the worker itself, beside the validator's (streams/validation.py REASONS).
+# Dead-letter reasons of the worker itself, beside the validator's (streams/worker/validation.py REASONS).
 WORKER_DLQ_REASONS: dict[str, str] = {
     "processing_failed": "the event's features could not be computed (a defect; its entity's windows restart)",
     "scoring_failed": "the serving model raised on this event, or returned a non-finite score",

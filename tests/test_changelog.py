@@ -11,7 +11,7 @@ from confluent_kafka.admin import ConfigResource
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.streams.changelog import ChangelogDeliveryError, ChangelogTable
+from driftloop.streams.state.changelog import ChangelogDeliveryError, ChangelogTable
 
 pytestmark = pytest.mark.integration
 

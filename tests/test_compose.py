@@ -332,7 +332,7 @@ def worker_series() -> dict[str, set[str]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     from driftloop.models.live_metrics import LiveMetrics
-    from driftloop.streams.metrics import STAGES, WorkerMetrics
+    from driftloop.streams.worker.metrics import STAGES, WorkerMetrics
 
     metrics = WorkerMetrics()
     metrics.info(worker_id="w", spec="s")

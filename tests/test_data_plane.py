@@ -18,13 +18,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop import kafka, settings as settings_module
-from driftloop.features.feast_repo import apply as feast_apply
-from driftloop.load.featurise import Featuriser
+from driftloop.features.feast.repo import apply as feast_apply
+from driftloop.features.rows import Featuriser
 from driftloop.load.generator import FraudStream, encode, produce
 from driftloop.spec import load_spec
 from driftloop.streams.contracts import original_bytes
 from driftloop.streams.topology import Topology
-from driftloop.streams.worker import run_worker
+from driftloop.streams.worker.app import run_worker
 from test_validation import _hostile
 from conftest import key_environ
 
@@ -164,7 +164,7 @@ def test_every_input_ends_in_a_prediction_or_the_dlq_and_feast_serves_the_scorin
     assert {r["event_id"] for r in labeled} == stream_ids  # every outcome met its prediction
 
     # Feast serves, per entity, exactly the vector that scored the entity's latest event.
-    from driftloop.features.feast_writer import FeastWriter
+    from driftloop.features.feast.writer import FeastWriter
 
     latest = {}
     for record in labeled:

@@ -47,7 +47,7 @@ def test_help_lists_the_options_without_loading_the_pipeline():
 
 
 def test_the_defaults_are_the_calibrated_demo_stream():
-    from driftloop.load import drift_calibration  # imports Evidently: only here
+    from driftloop.load.benchmarks import drift_calibration  # imports Evidently: only here
 
     assert demo.DEMO_STREAM == drift_calibration.DEMO_STREAM
     assert (demo.LABEL_DELAY, demo.ONSET) == (drift_calibration.LABEL_DELAY, drift_calibration.ONSET)

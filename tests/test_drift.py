@@ -14,17 +14,17 @@ import pytest
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
-from driftloop.load.drift_calibration import BATCH, LABEL_DELAY, demo_stream, scored_batches
+from driftloop.load.benchmarks.drift_calibration import BATCH, LABEL_DELAY, demo_stream, scored_batches
 from driftloop.load.generator import DriftPlan, FraudStream
 from driftloop.models.inputs import input_columns, rows_to_frame
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
-from driftloop.streams.concept_drift import LOG_LOSS_CAP, ConceptDriftMonitor
+from driftloop.streams.control.drift.concept import LOG_LOSS_CAP, ConceptDriftMonitor
 from driftloop.streams.contracts import iso_time
-from driftloop.streams.data_drift import DataDriftMonitor, html, warmup_seconds
-from driftloop.streams.drift_report import build_report, epoch
-from driftloop.streams.quality_drift import QualityMonitor
-from driftloop.streams.trigger import TriggerPolicy, Warmup
+from driftloop.streams.control.drift.data import DataDriftMonitor, html, warmup_seconds
+from driftloop.streams.control.drift.report import build_report, epoch
+from driftloop.streams.control.drift.quality import QualityMonitor
+from driftloop.streams.control.trigger import TriggerPolicy, Warmup
 from tests.fake_clock import Clock
 
 SPEC = load_spec(DEMO_SPEC)
@@ -423,7 +423,7 @@ def test_the_drift_report_is_json_with_the_documented_sections():
 def test_the_control_plane_skips_records_that_are_not_what_their_topic_carries():
     """`labeled` and the observations topic are open to any producer: junk is counted, never a crash, and a
     labeled event re-emitted after a worker restart reaches the detectors once."""
-    from driftloop.streams.control import ControlPlane
+    from driftloop.streams.control.plane import ControlPlane
 
     control = ControlPlane(SPEC, "http://127.0.0.1:9")  # the registry is never asked here
     record = {"event_id": "e-1", "event_time": iso_time(START), "predicted_at": iso_time(START + 1), "label": 1,

@@ -1,4 +1,4 @@
-"""The training set's point-in-time join (retrain/feast_offline.py) against Feast's own
+"""The training set's point-in-time join (features/feast/offline.py) against Feast's own
 `get_historical_features` on the same offline files, and its memory on a one-entity store, where Feast's
 file offline store makes a cross join per entity."""
 
@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from driftloop import settings as settings_module
-from driftloop.features.feast_repo import TIMESTAMP_COLUMN, apply, feature_view_name, input_types
-from driftloop.features.feast_writer import FeastWriter
-from driftloop.load.retrain_memory import measure, prepare
-from driftloop.retrain.feast_offline import OfflineHistory
+from driftloop.features.feast.repo import TIMESTAMP_COLUMN, apply, feature_view_name, input_types
+from driftloop.features.feast.writer import FeastWriter
+from driftloop.load.benchmarks.retrain_memory import measure, prepare
+from driftloop.features.feast.offline import OfflineHistory
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, load_spec
 
@@ -67,7 +67,7 @@ def feast_answers(settings, spec, keys: list[tuple[str, int]]) -> list[dict | No
     """Feast's get_historical_features for each (entity, epoch microseconds); None where it returns no row."""
     from feast import FeatureStore, RepoConfig
 
-    from driftloop.features.feast_repo import repo_config
+    from driftloop.features.feast.repo import repo_config
 
     config = RepoConfig(**repo_config(settings, spec))
     config.repo_path = settings.feast_repo.resolve()

@@ -7,7 +7,7 @@ import pytest
 from feast.data_source import PushMode
 
 from driftloop import settings as settings_module
-from driftloop.features.feast_repo import apply, feature_view_name, offline_dir, push_source_name
+from driftloop.features.feast.repo import apply, feature_view_name, offline_dir, push_source_name
 from driftloop.spec import load_spec
 
 

@@ -17,8 +17,8 @@ import yaml
 
 from driftloop import settings as settings_module
 from driftloop.errors import DriftloopError
-from driftloop.features.feast_repo import apply, feature_view_name, offline_dir, repo_config
-from driftloop.features.feast_writer import (
+from driftloop.features.feast.repo import apply, feature_view_name, offline_dir, repo_config
+from driftloop.features.feast.writer import (
     FeastWriteError, FeastWriter, _sqlite_upserts, arrow_schema, rows_to_table,
 )
 from driftloop.settings import DEMO_SPEC

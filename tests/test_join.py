@@ -9,9 +9,9 @@ import pytest
 
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
-from driftloop.streams.changelog import ChangelogTable
-from driftloop.streams.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
-from driftloop.streams.validation import Rejection
+from driftloop.streams.state.changelog import ChangelogTable
+from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
+from driftloop.streams.worker.validation import Rejection
 from tests.fake_clock import Clock
 
 SPEC = load_spec(DEMO_SPEC)

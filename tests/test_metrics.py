@@ -12,8 +12,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_l
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.errors import DriftloopError
-from driftloop.streams.metrics import EVENT_LATENCY_BUCKETS, LIVE_METRICS, WorkerMetrics
-from driftloop.streams.validation import REASONS
+from driftloop.streams.worker.metrics import EVENT_LATENCY_BUCKETS, LIVE_METRICS, WorkerMetrics
+from driftloop.streams.worker.validation import REASONS
 
 
 def samples(metrics: WorkerMetrics) -> dict[tuple[str, frozenset], float]:

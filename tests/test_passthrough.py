@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.load.passthrough import measure_raw_passthrough, passthrough, read_topic
+from driftloop.load.benchmarks.passthrough import measure_raw_passthrough, passthrough, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_too_few_messages_fail_with_a_clear_error(kafka_bootstrap, unique):
 
 
 def test_module_prints_json(kafka_bootstrap):
-    run = subprocess.run([sys.executable, "-m", "driftloop.load.passthrough", "--bootstrap", kafka_bootstrap,
+    run = subprocess.run([sys.executable, "-m", "driftloop.load.benchmarks.passthrough", "--bootstrap", kafka_bootstrap,
                           "--events", "2000", "--partitions", "2"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     stats = json.loads(run.stdout)

@@ -16,11 +16,11 @@ from scipy import stats
 from driftloop.errors import DriftloopError
 from driftloop.models import registry
 from driftloop.models.flavors import new_model
-from driftloop.retrain import operator
-from driftloop.retrain.alias_moves import PROMOTED_AT_TAG, REJECTED_TAG
-from driftloop.retrain.canary_trial import look_schedule
-from driftloop.retrain.promotion import PromotionController
-from driftloop.retrain.significance import fisher_fewer_errors, mcnemar_fewer_errors
+from driftloop.streams.control.promotion import operator
+from driftloop.streams.control.promotion.alias_moves import PROMOTED_AT_TAG, REJECTED_TAG
+from driftloop.streams.control.promotion.trial import look_schedule
+from driftloop.streams.control.promotion.controller import PromotionController
+from driftloop.streams.control.promotion.significance import fisher_fewer_errors, mcnemar_fewer_errors
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, parse_spec
 from driftloop.streams.contracts import iso_time
@@ -63,7 +63,7 @@ def tracking(tmp_path: Path, registry_template: Path) -> str:
 
 def labeled(predicted_at: float, *, variant: str = "champion", version: int = 1, wrong: bool = False,
             model_ms: float = 4.0, shadow: dict | None = None) -> dict:
-    """A labeled record as streams/join.py writes it (label 0: a wrong decision is a false alarm)."""
+    """A labeled record as streams/worker/join.py writes it (label 0: a wrong decision is a false alarm)."""
     record = {"contract": 1, "event_id": f"e-{predicted_at}", "entity": "u-1", "event_time": iso_time(predicted_at),
               "score": 0.9 if wrong else 0.1, "decision": int(wrong), "label": 0, "model_name": NAME,
               "model_version": version, "variant": variant, "features": {}, "predicted_at": iso_time(predicted_at),

@@ -13,8 +13,8 @@ from collections import defaultdict
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop import kafka, settings as settings_module
-from driftloop.features.feast_repo import apply as feast_apply
-from driftloop.load.featurise import Featuriser
+from driftloop.features.feast.repo import apply as feast_apply
+from driftloop.features.rows import Featuriser
 from driftloop.load.generator import FraudStream, encode
 from driftloop.spec import load_spec
 from driftloop.streams.topology import Topology

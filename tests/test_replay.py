@@ -20,7 +20,7 @@ from driftloop.load.replay import RunCollector, prequential_metrics, read_table,
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from driftloop.streams import contracts
-from driftloop.streams.validation import Event, EventValidator
+from driftloop.streams.worker.validation import Event, EventValidator
 from conftest import key_environ
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,16 +13,16 @@ import pytest
 import yaml
 
 from driftloop import kafka, settings as settings_module
-from driftloop.features.feast_repo import apply as feast_apply
-from driftloop.features.feast_writer import FeastWriter
-from driftloop.load.featurise import Featuriser
+from driftloop.features.feast.repo import apply as feast_apply
+from driftloop.features.feast.writer import FeastWriter
+from driftloop.features.rows import Featuriser
 from driftloop.load.generator import DriftPlan, FraudStream, encode
-from driftloop.retrain.feast_offline import OfflineHistory
+from driftloop.features.feast.offline import OfflineHistory
 from driftloop.retrain.training_set import NotEnoughData, build_training_set, fingerprint, read_window
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
-from driftloop.streams.validation import Event
+from driftloop.streams.worker.validation import Event
 from conftest import key_environ
 
 START = datetime.now(timezone.utc) - timedelta(hours=2)
@@ -56,7 +56,7 @@ def make_settings(directory: Path, bootstrap: str, suffix: str, spec_path: Path,
 
 def scored_stream(spec: PipelineSpec, count: int, *, seed: int, onset: int | None = None,
                   fraud_rate: float = 0.05) -> list[tuple[Event, dict, int]]:
-    """(event, the row the scorer would score, label) per event, computed as streams/scoring.py does."""
+    """(event, the row the scorer would score, label) per event, computed as streams/worker/scoring.py does."""
     plan = DriftPlan("none", 0) if onset is None else DriftPlan("abrupt", onset)
     stream = FraudStream(seed=seed, users=300, fraud_rate=fraud_rate, drift=plan, start=START,
                          events_per_second=20, id_prefix=f"s{seed}-")
@@ -73,7 +73,7 @@ def feast_row(spec: PipelineSpec, event: Event, row: dict) -> dict:
 
 
 def labeled_record(spec: PipelineSpec, event: Event, row: dict, label: int, **extra) -> bytes:
-    """A `labeled` record as streams/join.py writes it."""
+    """A `labeled` record as streams/worker/join.py writes it."""
     return json.dumps({
         "contract": 1, "event_id": event.event_id, "entity": event.entity, "event_time": iso_time(event.event_time),
         "score": 0.5, "decision": 1, "label": label, "model_name": spec.model.name, "model_version": 1,

@@ -21,8 +21,8 @@ from confluent_kafka import TopicPartition
 from mlflow.tracking import MlflowClient
 
 from driftloop import kafka
-from driftloop.features.feast_repo import apply as feast_apply, feature_view_name, feature_view_version
-from driftloop.features.feast_writer import FeastWriter
+from driftloop.features.feast.repo import apply as feast_apply, feature_view_name, feature_view_version
+from driftloop.features.feast.writer import FeastWriter
 from driftloop.models import registry
 from driftloop.models.bootstrap import CHAMPION, PLACEHOLDER_TAG, ensure_champion
 from driftloop.models.flavors import new_model, with_model

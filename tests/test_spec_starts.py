@@ -13,14 +13,14 @@ import pytest
 import yaml
 
 from driftloop import kafka
-from driftloop.features.feast_repo import apply
+from driftloop.features.feast.repo import apply
 from driftloop.models import registry
 from driftloop.models.flavors import new_model
-from driftloop.retrain.feast_offline import OfflineHistory
+from driftloop.features.feast.offline import OfflineHistory
 from driftloop.retrain.train import train_candidates
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import MAX_NAME_LENGTH, PipelineSpec, load_spec
-from driftloop.streams.control_app import build_app
+from driftloop.streams.control.app import build_app
 from driftloop.streams.topology import Topology
 from tests.test_feast_offline import START, feast_answers, feast_settings, random_row, write_files
 from tests.test_models import empty_mlflow_db  # noqa: F401 (fixture)

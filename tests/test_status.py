@@ -10,7 +10,7 @@ import pytest
 from driftloop.cli import main
 from driftloop.models.live_metrics import LiveMetrics
 from driftloop.status import histogram_quantile
-from driftloop.streams.metrics import EVENT_LATENCY_BUCKETS, WorkerMetrics
+from driftloop.streams.worker.metrics import EVENT_LATENCY_BUCKETS, WorkerMetrics
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import yaml
 
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec, parse_spec
-from driftloop.streams.validation import (REASONS, UNSEEN, Event, EventValidator, RecentIds, Rejection,
+from driftloop.streams.worker.validation import (REASONS, UNSEEN, Event, EventValidator, RecentIds, Rejection,
                                           reject_duplicate)
 
 NOW = 1795435200.0  # 2026-11-23T12:00:00Z, the validator's clock in these tests

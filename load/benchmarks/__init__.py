@@ -1,0 +1,1 @@
+"""Benchmarks and calibrations for developers: not part of the product's code path."""

@@ -1,0 +1,1 @@
+"""The three drift monitors (data, concept, quality) and the drift report they make."""

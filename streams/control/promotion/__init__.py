@@ -1,0 +1,1 @@
+"""Canary and shadow trials, promotion and rollback as alias moves, and the operator's commands."""

@@ -1,0 +1,1 @@
+"""The data-plane worker process: consume, validate, window, score, join, learn, produce."""
