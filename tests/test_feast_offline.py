@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import key_environ
 from driftloop import settings as settings_module
 from driftloop.features.feast.repo import TIMESTAMP_COLUMN, apply, feature_view_name, input_types
 from driftloop.features.feast.writer import FeastWriter
@@ -27,7 +28,7 @@ DAY = 86400.0
 def feast_settings(tmp_path, spec_path, **env) -> settings_module.Settings:
     return settings_module.load(environ={"DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
                                          "DRIFTLOOP_FEAST_REPO": str(tmp_path / "repo"),
-                                         "DRIFTLOOP_SPEC": str(spec_path), **env})
+                                         "DRIFTLOOP_SPEC": str(spec_path), **key_environ(), **env})
 
 
 def random_row(spec: PipelineSpec, rng: random.Random, entity: str, at: float) -> dict:
