@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in options:
@@ -111,6 +118,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Port of the MLflow server/UI that `driftloop up` starts on 127.0.0.1 (0 = a free port)."),
     Setting("metrics_port", "DRIFTLOOP_METRICS_PORT", _port, "9100",
             "Port of the worker's Prometheus /metrics endpoint (0 = a free port)."),
+    Setting("supervisor_port", "DRIFTLOOP_SUPERVISOR_PORT", _port, "9101",
+            "Port of `driftloop up`'s own Prometheus /metrics on 127.0.0.1: restarts of its children, which of "
+            "them are up (0 = a free port)."),
+    Setting("max_restarts", "DRIFTLOOP_MAX_RESTARTS", _count, "5",
+            "Restarts of one crashed child (worker, control plane, retrain worker, MLflow) that `driftloop up` "
+            "makes within 5 minutes; its next exit stops the stack (0: any exit does)."),
     Setting("partitions", "DRIFTLOOP_PARTITIONS", _positive_int, None,
             "Partitions for the topics driftloop creates. Unset: 4 with KAFKA_BOOTSTRAP_SERVERS, 1 on the embedded "
             "broker (it serves one worker, and each partition adds to its cost per fetch)."),
@@ -139,6 +152,8 @@ class Settings:
     broker_port: int
     mlflow_port: int
     metrics_port: int
+    supervisor_port: int
+    max_restarts: int
     partitions: int
     topic_events: str
     topic_outcomes: str

@@ -41,11 +41,11 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.mlflow_server import http_ok
 from driftloop.models.bootstrap import CHAMPION, PLACEHOLDER_TAG
 from driftloop.models.inputs import input_columns, rows_to_frame
 from driftloop.models.registry import (
-    LoadedModel, aliases, get_alias_version, load_version, set_alias, set_version_tag, version_tags, versions_tagged,
+    LoadedModel, aliases, get_alias_version, load_version, mlflow_problem, set_alias, set_version_tag, version_tags,
+    versions_tagged,
 )
 from driftloop.models.routing import CHALLENGER
 from driftloop.retrain import alias_moves
@@ -348,19 +348,6 @@ class RetrainWorker:
             self.consumer.resume(assignment)
         if self.stop.is_set():
             raise _Stopped()
-
-
-def mlflow_problem(tracking_uri: str) -> str | None:
-    """None when MLflow at tracking_uri answers; else what went wrong, in a few words."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return None if http_ok(f"{tracking_uri.rstrip('/')}/health", timeout=3) else "no answer on /health"
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
-    except Exception as exc:  # any failure to reach the store counts: the driver's errors vary
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return None
 
 
 def _parse(value: bytes | None) -> dict[str, Any]:
