@@ -137,6 +137,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("topic_retrain_requests", "DRIFTLOOP_TOPIC_RETRAIN_REQUESTS", _topic, "retrain-requests",
             "Retraining requests from the trigger policy."),
     Setting("log_level", "DRIFTLOOP_LOG_LEVEL", _level, "INFO", "Log level."),
+    Setting("heartbeat_file", "DRIFTLOOP_HEARTBEAT_FILE", _path, None,
+            "A file the control plane and the retrain worker touch every 5 s while their loop runs, for a "
+            "container healthcheck (one process per file). Unset: none."),
 )
 
 
@@ -163,6 +166,7 @@ class Settings:
     topic_audit: str
     topic_retrain_requests: str
     log_level: str
+    heartbeat_file: Path | None
     source: str = field(default="defaults", compare=False)
 
     @property

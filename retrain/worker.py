@@ -41,6 +41,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
+from driftloop.heartbeat import Heartbeat
 from driftloop.models.bootstrap import CHAMPION, PLACEHOLDER_TAG
 from driftloop.models.inputs import input_columns, rows_to_frame
 from driftloop.models.registry import (
@@ -85,6 +86,7 @@ class RetrainWorker:
         self.consumer: Consumer = kafka.consumer(bootstrap, self.group, **{
             "enable.auto.commit": False, "max.poll.interval.ms": _MAX_POLL_INTERVAL_MS})
         self.producer = kafka.producer(bootstrap)
+        self.heartbeat = Heartbeat(settings.heartbeat_file)
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -95,6 +97,7 @@ class RetrainWorker:
                   self.group, self.tracking_uri)
         try:
             while not self.stop.is_set():
+                self.heartbeat.beat()
                 message = self.consumer.poll(0.5)
                 if message is None:
                     continue
@@ -340,6 +343,7 @@ class RetrainWorker:
         try:
             deadline = time.monotonic() + seconds
             while not self.stop.is_set() and time.monotonic() < deadline:
+                self.heartbeat.beat()  # waiting for MLflow or for data is alive, not stuck
                 early = self.consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
                 if early is not None and early.error() is None:
                     # fetched before the pause took hold: rewind, so it is consumed after this request

@@ -29,6 +29,7 @@ from typing import Any
 
 import faust
 
+from driftloop.heartbeat import Heartbeat
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 from driftloop.streams.control import ControlPlane, Output
@@ -49,6 +50,7 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
         consumer_auto_offset_reset="latest", datadir=str(settings.data_dir / "faust"))
     control = ControlPlane(spec, tracking_uri)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftloop-control")
+    heartbeat = Heartbeat(settings.heartbeat_file)
     model_key = spec.model.name.encode()
     outputs = {"drift": app.topic(settings.topic_drift, value_serializer="raw"),
                "audit": app.topic(settings.topic_audit, value_serializer="raw"),
@@ -77,6 +79,7 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
     @app.timer(1.0)
     async def tick():
         await run(control.on_tick)
+        heartbeat.beat()  # after the tick: the event loop and the decision thread both turn
 
     @app.on_before_shutdown.connect
     async def _stop(_app, **_kwargs):

@@ -10,9 +10,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import os
 import shlex
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,7 +31,11 @@ DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running d
 DOCUMENTED_SETTINGS = {
     "KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "DRIFTLOOP_ONLINE_STORE", "DRIFTLOOP_REDIS_URL",
     "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT",
+    "DRIFTLOOP_HEARTBEAT_FILE",
 }
+# What `driftloop up` supervises, and what they need; compose must restart and health-check them too.
+SUPERVISED = ("kafka", "redis", "postgres", "mlflow", *DRIFTLOOP_SERVICES)
+HEARTBEAT_SERVICES = ("control", "retrain")  # no HTTP to ask: their healthcheck reads the file their loop touches
 # What the image needs; these are project files, so the COPY list must be exactly this.
 DOCKERFILE_COPIES = {
     "pyproject.toml", "constraints.txt", "README.md",
@@ -167,6 +174,72 @@ def test_every_awaited_service_has_a_healthcheck(services):
     assert {"kafka", "redis", "postgres", "mlflow"} <= awaited
     for target in awaited:
         assert has_healthcheck(services[target]), f"{target} is waited on but has no healthcheck"
+
+
+def test_every_service_is_restarted_when_it_exits(services):
+    for name, service in services.items():
+        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), f"{name} is not restarted"
+
+
+@pytest.mark.parametrize("name", SUPERVISED)
+def test_supervised_services_have_a_healthcheck_with_its_timing(services, name):
+    assert has_healthcheck(services[name]), f"{name} has no healthcheck"
+    check = services[name]["healthcheck"]
+    assert {"interval", "timeout", "retries"} <= set(check), f"{name}: Docker's defaults wait 30 s per probe"
+
+
+def healthcheck_exit_code(service: dict, heartbeat: Path) -> int:
+    """Run a heartbeat service's healthcheck here, as Docker runs it in the container."""
+    test = service["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], test
+    return subprocess.run([sys.executable, "-c", test[3]], env={**os.environ, "DRIFTLOOP_HEARTBEAT_FILE": str(heartbeat)},
+                          capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.parametrize("name", HEARTBEAT_SERVICES)
+def test_heartbeat_healthcheck_tells_a_turning_loop_from_a_stuck_or_missing_one(services, name, tmp_path):
+    assert env(services[name])["DRIFTLOOP_HEARTBEAT_FILE"].startswith("/tmp/"), "one file per container"
+    heartbeat = tmp_path / "heartbeat"
+    assert healthcheck_exit_code(services[name], heartbeat) != 0  # not started yet
+    heartbeat.touch()
+    assert healthcheck_exit_code(services[name], heartbeat) == 0
+    stuck = time.time() - 3600
+    os.utime(heartbeat, (stuck, stuck))
+    assert healthcheck_exit_code(services[name], heartbeat) != 0
+
+
+@pytest.mark.integration
+def test_the_control_plane_and_retrain_worker_touch_their_heartbeat_file(services, tmp_path, kafka_bootstrap):
+    from driftloop import settings
+    from driftloop.features.feast_repo import apply
+    from driftloop.spec import load_spec
+
+    # Real processes on the session broker, as in their containers; MLflow is not needed for their loops to turn.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+    environment.update(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+                       DRIFTLOOP_DATA_DIR=str(tmp_path / "data"), DRIFTLOOP_FEAST_REPO=str(tmp_path / "repo"),
+                       DRIFTLOOP_TOPIC_RETRAIN_REQUESTS=f"heartbeat-{tmp_path.name}")
+    config = settings.load(environ=environment)
+    apply(config, load_spec(config.spec))  # what the retrain worker reads its training sets through
+    processes = {name: subprocess.Popen([sys.executable, "-m", "driftloop.cli", command],
+                                        env={**environment, "DRIFTLOOP_HEARTBEAT_FILE": str(tmp_path / name)},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, command in (("control", "control"), ("retrain", "retrain-worker"))}
+    try:
+        deadline = time.monotonic() + 120
+        waiting = set(processes)
+        while waiting and time.monotonic() < deadline:
+            waiting = {name for name in waiting if healthcheck_exit_code(services[name], tmp_path / name)}
+            assert all(processes[name].poll() is None for name in waiting), "exited before its first heartbeat"
+            time.sleep(1)
+        assert not waiting, f"no heartbeat from {waiting} within 120s"
+        touched = {name: (tmp_path / name).stat().st_mtime for name in processes}
+        time.sleep(6)  # one heartbeat period later, each has touched its file again
+        assert all((tmp_path / name).stat().st_mtime > touched[name] for name in processes)
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=60)
 
 
 def test_no_undocumented_settings(services):
