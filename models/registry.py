@@ -278,11 +278,13 @@ def mlflow_problem(tracking_uri: str) -> str | None:
 
 
 def when_reachable(call: Callable[[], T], *, tracking_uri: str, what: str, stop: threading.Event,
-                   timeout: float = 300.0) -> T:
+                   timeout: float = 120.0) -> T:
     """`call()`, tried again while MLflow at tracking_uri does not answer (it is restarting, say).
 
     Waits 0.5 s, doubling up to 5 s, between tries and logs each wait; after `timeout` seconds, or once
     `stop` is set, raises DriftloopError. A failure while MLflow answers is the call's own: raised at once.
+    The default timeout ends a worker's wait before `driftloop up` would stop it for not being ready (180 s),
+    so the worker's log says why it gave up.
     """
     def log_wait(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception()
