@@ -284,7 +284,7 @@ def render(summary: dict[str, Any]) -> str:
 def _children(children: dict[str, dict[str, Any]]) -> str:
     def one(child: str, state: dict[str, Any]) -> str:
         restarts = state["restarts"]
-        return f"{child} {'up' if state['up'] else 'DOWN'}" + (
+        return f"{child} {'up' if state['up'] else 'down'}" + (
             f" ({restarts} restart{'s' if restarts != 1 else ''})" if restarts else "")
 
     return ", ".join(one(child, state) for child, state in children.items())
