@@ -6,7 +6,7 @@ from pathlib import Path
 
 from driftloop.errors import DriftloopError
 from driftloop.kafka import broker_answers
-from driftloop.process import ManagedProcess, client_address, listen_address, reserve_port
+from driftloop.process import ManagedProcess, Readiness, client_address, listen_address, reserve_port
 from driftloop.settings import LOOPBACK
 
 
@@ -32,9 +32,5 @@ class EmbeddedBroker(ManagedProcess):
             tansu_binary(), "broker", "--listener-url", f"tcp://{listen_address(host, self.port)}",
             "--advertised-listener-url", f"tcp://{self.bootstrap}",
             "--storage-engine", "memory://tansu/", "--cluster-id", "driftloop",
-        ], log_dir / "broker.log")
-
-    def start(self) -> None:
-        super().start()
-        self.wait_ready(lambda: broker_answers(self.bootstrap, timeout=1.0), timeout=20,
-                        what=f"answering Kafka metadata at {self.bootstrap}")
+        ], log_dir / "broker.log", readiness=Readiness(lambda _: broker_answers(self.bootstrap, timeout=1.0),
+                                                       f"answering Kafka metadata at {self.bootstrap}", timeout=20))

@@ -187,10 +187,11 @@ def cmd_status(config: settings_module.Settings, args: argparse.Namespace) -> in
 
     from driftloop.loop_status import collect_loop, render_loop
     from driftloop.spec import load_spec
-    from driftloop.status import collect, metrics_urls, render
+    from driftloop.status import collect, collect_children, metrics_urls, render
     from driftloop.stack import resolve_endpoints
 
     summary = collect(args.urls or metrics_urls(config))
+    summary["supervisor"] = collect_children(config)
     try:
         bootstrap, tracking_uri = resolve_endpoints(config)
     except DriftloopError as exc:  # workers given by URL only: their metrics are still the status

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,24 +27,48 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """When a started process counts as ready: `check(process)` returns True within `timeout` seconds."""
+
+    check: Callable[["ManagedProcess"], bool]
+    what: str  # says what `check` waits for, in error messages: "answering HTTP at ..."
+    timeout: float
+
+
 class ManagedProcess:
     """A named child process with a log file, a readiness check and an orderly stop."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 readiness: Readiness | None = None):
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.env = env
+        self.readiness = readiness
         self.popen: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     def start(self) -> None:
+        """Spawn the process and wait until it is ready."""
+        self.spawn()
+        self.wait_until_ready()
+
+    def spawn(self) -> None:
+        """Start the process (again, after it exited) without waiting for it to be ready."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
             try:
                 self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               env=self.env, preexec_fn=_die_with_parent)
             except OSError as exc:
                 raise DriftloopError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
+
+    def wait_until_ready(self) -> None:
+        """Wait for the readiness check given at construction (nothing to wait for without one)."""
+        if self.readiness is not None:
+            self.wait_ready(lambda: self.readiness.check(self), self.readiness.timeout, self.readiness.what)
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll `check` until it returns True; fail clearly if the process dies or time runs out."""
@@ -60,6 +85,23 @@ class ManagedProcess:
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+    def ready(self) -> bool:
+        """Whether the readiness check passes now (always, without one)."""
+        return self.readiness is None or self.readiness.check(self)
+
+    def returncode(self) -> int | None:
+        """The exit code (negative: minus the signal that killed it); None while it runs or before it started."""
+        return None if self.popen is None else self.popen.poll()
+
+    def log_since_start(self) -> str:
+        """What the process logged since it was last spawned (the log file is appended to, not replaced)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL whatever is left of it."""
@@ -89,6 +131,11 @@ class ManagedProcess:
         except OSError:
             return ""
         return lines[-1].strip() if lines else ""
+
+
+def describe_exit(returncode: int) -> str:
+    """ "code 1", or "signal 9" for a process a signal killed (kill -9, the kernel's OOM killer)."""
+    return f"signal {-returncode}" if returncode < 0 else f"code {returncode}"
 
 
 def _group_alive(pgid: int) -> bool:

@@ -36,6 +36,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in options:
@@ -124,6 +131,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bind_host", "DRIFTLOOP_BIND_HOST", _ip_address, LOOPBACK,
             "Address every server driftloop starts listens on (the worker's /metrics, the embedded broker, the "
             "MLflow server). 0.0.0.0 in containers, so other containers reach them (docker-compose.yml sets it)."),
+    Setting("supervisor_port", "DRIFTLOOP_SUPERVISOR_PORT", _port, "9101",
+            "Port of `driftloop up`'s own Prometheus /metrics on 127.0.0.1: restarts of its children, which of "
+            "them are up (0 = a free port)."),
+    Setting("max_restarts", "DRIFTLOOP_MAX_RESTARTS", _count, "5",
+            "Restarts of one crashed child (worker, control plane, retrain worker, MLflow) that `driftloop up` "
+            "makes within 5 minutes; its next exit stops the stack (0: any exit does)."),
     Setting("partitions", "DRIFTLOOP_PARTITIONS", _positive_int, None,
             "Partitions for the topics driftloop creates. Unset: 4 with KAFKA_BOOTSTRAP_SERVERS, 1 on the embedded "
             "broker (it serves one worker, and each partition adds to its cost per fetch)."),
@@ -141,6 +154,9 @@ SETTINGS: tuple[Setting, ...] = (
             "registry and Kafka never see it. Unset: `signing.key` in the data dir, which `driftloop up` and "
             "`driftloop keygen` create (mode 0600)."),
     Setting("log_level", "DRIFTLOOP_LOG_LEVEL", _level, "INFO", "Log level."),
+    Setting("heartbeat_file", "DRIFTLOOP_HEARTBEAT_FILE", _path, None,
+            "A file the control plane and the retrain worker touch every 5 s while their loop runs, for a "
+            "container healthcheck (one process per file). Unset: none."),
 )
 
 
@@ -157,6 +173,8 @@ class Settings:
     mlflow_port: int
     metrics_port: int
     bind_host: str
+    supervisor_port: int
+    max_restarts: int
     partitions: int
     topic_events: str
     topic_outcomes: str
@@ -167,6 +185,7 @@ class Settings:
     topic_retrain_requests: str
     signing_key_file: Path | None
     log_level: str
+    heartbeat_file: Path | None
     source: str = field(default="defaults", compare=False)
 
     @property

@@ -6,24 +6,29 @@ import json
 import os
 import signal
 import sys
-import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from driftloop import kafka
 from driftloop.broker import EmbeddedBroker
 from driftloop.errors import DriftloopError
 from driftloop.kafka import broker_answers, ensure_topics, wait_for_broker
 from driftloop.mlflow_server import MlflowServer, backend_store_uri, http_ok, require_reachable
-from driftloop.process import ManagedProcess, client_address, reserve_port
+from driftloop.process import ManagedProcess, Readiness, client_address, reserve_port
 from driftloop.settings import Settings
 from driftloop.signing import create_key, key_path, load_key
 from driftloop.spec import PipelineSpec, load_spec
+from driftloop.streams import contracts
+from driftloop.supervisor import Restart, RestartPolicy, Supervisor, SupervisorMetrics
 
 
 CONTROL_PLANE_READY = "[^Worker]: Ready"  # Faust's worker, once its agents are assigned
 RETRAIN_WORKER_READY = "retrain worker for model"
+# Why these children's exit ends the stack instead of a restart.
+BROKER_ENDS_STACK = "it held every record in memory, so they are gone and no restart brings them back"
+DEMO_ENDS_STACK = "the stack was started for the demo"
 
 
 class Stopped(Exception):
@@ -38,6 +43,7 @@ class StackInfo:
     topics: list[str]
     pid: int
     metrics_urls: list[str]
+    supervisor_metrics_url: str  # restarts of the children, which of them are up
 
     def write(self, data_dir: Path) -> Path:
         path = data_dir / "stack.json"
@@ -89,32 +95,38 @@ def _raise_stopped(signum: int, _frame: object) -> None:
 
 def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[StackInfo], None] | None = None,
               demo_rate: float | None = None) -> None:
-    """Bring the stack up, report it, then block until SIGTERM/SIGINT or a component dies."""
+    """Bring the stack up, report it, then supervise it until SIGTERM/SIGINT or a child ends it."""
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
-    children: list[ManagedProcess] = []
     try:
         with ExitStack() as stack:
             spec = load_spec(settings.spec)
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             _ensure_signing_key(settings, say)
-            bootstrap = _start_broker(settings, stack, children, say)
-            tracking_uri = _start_mlflow(settings, stack, children, say)
+            metrics = SupervisorMetrics()
+            supervisor_port = metrics.serve(reserve_port(settings.supervisor_port, "DRIFTLOOP_SUPERVISOR_PORT"))
+            stack.callback(metrics.stop_serving)
+            bootstrap, broker = _start_broker(settings, stack, say)
+            supervisor = Supervisor(RestartPolicy(max_restarts=settings.max_restarts), say,
+                                    _restart_auditor(bootstrap, settings.topic_audit, spec, say), metrics)
+            if broker is not None:
+                supervisor.add("broker", broker, ends_stack=BROKER_ENDS_STACK)
+            tracking_uri = _start_mlflow(settings, stack, supervisor, say)
             _apply_feast(settings, spec, say)
             created = ensure_topics(bootstrap, settings.topics, settings.partitions)
             say(f"topics ready ({len(settings.topics)}, {len(created)} created, "
                 f"{settings.partitions} partitions each): {', '.join(settings.topics)}")
-            metrics_url = _start_worker(settings, bootstrap, tracking_uri, stack, children, say)
-            _start_adaptive_loop(settings, bootstrap, tracking_uri, stack, children, say)
+            metrics_url = _start_worker(settings, bootstrap, tracking_uri, stack, supervisor, say)
+            _start_adaptive_loop(settings, bootstrap, tracking_uri, stack, supervisor, say)
             info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid(),
-                             [metrics_url])
+                             [metrics_url], f"http://127.0.0.1:{supervisor_port}/metrics")
             stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
             info.write(settings.data_dir)
             if demo_rate is not None:
-                _start_demo(settings, bootstrap, tracking_uri, demo_rate, stack, children, say)
+                _start_demo(settings, bootstrap, tracking_uri, demo_rate, stack, supervisor, say)
             say("stack is up; Ctrl-C (or SIGTERM) stops it")
             if ready is not None:
                 ready(info)
-            _watch(children)
+            supervisor.watch()
     except Stopped as stop:
         say(f"{stop.args[0]} received: stopped everything this command started")
     finally:
@@ -130,21 +142,41 @@ def _ensure_signing_key(settings: Settings, say: Callable[[str], None]) -> None:
     load_key(path)
 
 
-def _start_broker(settings: Settings, stack: ExitStack, children: list[ManagedProcess],
-                  say: Callable[[str], None]) -> str:
+def _start_broker(settings: Settings, stack: ExitStack,
+                  say: Callable[[str], None]) -> tuple[str, EmbeddedBroker | None]:
+    """(bootstrap, the embedded broker, or None when Kafka is configured)."""
     if settings.kafka_bootstrap_servers:
         wait_for_broker(settings.kafka_bootstrap_servers, timeout=15)
         say(f"using Kafka at {settings.kafka_bootstrap_servers}")
-        return settings.kafka_bootstrap_servers
+        return settings.kafka_bootstrap_servers, None
     broker = EmbeddedBroker(settings.broker_port, settings.data_dir / "logs", settings.bind_host)
     stack.callback(broker.stop)
     broker.start()
-    children.append(broker)
     say(f"embedded broker (Tansu, memory-only) ready at {broker.bootstrap}")
-    return broker.bootstrap
+    return broker.bootstrap, broker
 
 
-def _start_mlflow(settings: Settings, stack: ExitStack, children: list[ManagedProcess],
+def _restart_auditor(bootstrap: str, topic: str, spec: PipelineSpec,
+                     say: Callable[[str], None]) -> Callable[[Restart], None]:
+    """What publishes each restart on the audit topic, as every other decision of the loop is."""
+    producer = kafka.producer(bootstrap)
+
+    def publish(restart: Restart) -> None:
+        code = restart.returncode
+        record = contracts.audit(
+            actor="supervisor", action="child_restarted", model_name=spec.model.name,
+            reason=f"{restart.child} exited ({restart.exit_status}); restarted after {restart.delay:g}s",
+            details={"child": restart.child, "exit_code": code if code is not None and code >= 0 else None,
+                     "signal": -code if code is not None and code < 0 else None, "exit": restart.exit_status,
+                     "restarts": restart.restarts, "log": str(restart.log_path)})
+        producer.produce(topic, record, key=spec.model.name.encode())
+        if producer.flush(5) > 0:  # the restart happened all the same: say so rather than stop the stack
+            say(f"could not publish the audit record of {restart.child}'s restart on {topic}")
+
+    return publish
+
+
+def _start_mlflow(settings: Settings, stack: ExitStack, supervisor: Supervisor,
                   say: Callable[[str], None]) -> str:
     uri = settings.mlflow_tracking_uri
     if uri and uri.startswith(("http://", "https://")):
@@ -155,7 +187,7 @@ def _start_mlflow(settings: Settings, stack: ExitStack, children: list[ManagedPr
                           settings.bind_host)
     stack.callback(server.stop)
     server.start()
-    children.append(server)
+    supervisor.add("mlflow", server)
     say(f"MLflow tracking server and UI at {server.url} (backend: {_redact(server.argv[server.argv.index('--backend-store-uri') + 1])})")
     return server.url
 
@@ -179,42 +211,50 @@ def _child_env(settings: Settings, bootstrap: str, tracking_uri: str, **extra: s
 
 
 def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
-                  children: list[ManagedProcess], say: Callable[[str], None]) -> str:
-    """One `driftloop worker` child; ready when its metrics answer."""
+                  supervisor: Supervisor, say: Callable[[str], None]) -> str:
+    """One `driftloop worker` child; ready when its metrics answer (on the same port after a restart)."""
     port = reserve_port(settings.metrics_port, "DRIFTLOOP_METRICS_PORT", settings.bind_host)
     env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_METRICS_PORT=str(port))
-    worker = ManagedProcess("worker", [sys.executable, "-m", "driftloop.cli", "worker"],
-                            settings.data_dir / "logs" / "worker.log", env=env)
-    stack.callback(worker.stop)
-    worker.start()
     url = f"http://{client_address(settings.bind_host, port)}/metrics"
     # First start registers a cold-start champion in MLflow and restores state: allow for it.
-    worker.wait_ready(lambda: http_ok(url), timeout=180, what=f"serving metrics at {url}")
-    children.append(worker)
+    worker = ManagedProcess("worker", [sys.executable, "-m", "driftloop.cli", "worker"],
+                            settings.data_dir / "logs" / "worker.log", env=env,
+                            readiness=Readiness(lambda _: http_ok(url), f"serving metrics at {url}", timeout=180))
+    stack.callback(worker.stop)
+    worker.start()
+    supervisor.add("worker", worker)
     say(f"worker scoring {settings.topic_events} -> {settings.topic_predictions}; metrics at {url}")
     return url
 
 
 def _start_adaptive_loop(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
-                         children: list[ManagedProcess], say: Callable[[str], None]) -> None:
+                         supervisor: Supervisor, say: Callable[[str], None]) -> None:
     """The control plane (drift agent, trigger, promotion) and a retrain worker, as children."""
     env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_LOG_LEVEL="INFO")
-    for name, command in (("control plane", "control"), ("retrain worker", "retrain-worker")):
+    children = []
+    for name, command, ready_line in (("control plane", "control", CONTROL_PLANE_READY),
+                                      ("retrain worker", "retrain-worker", RETRAIN_WORKER_READY)):
+        # Ready = consuming: a demo started before would drift while nobody watches.
         child = ManagedProcess(name, [sys.executable, "-m", "driftloop.cli", command],
-                               settings.data_dir / "logs" / f"{command}.log", env=env)
+                               settings.data_dir / "logs" / f"{command}.log", env=env,
+                               readiness=_logs(ready_line, timeout=180))
         stack.callback(child.stop)
-        child.start()
-        children.append(child)
-    # Ready = consuming: a demo started before would drift while nobody watches.
-    for child, ready_line in zip(children[-2:], (CONTROL_PLANE_READY, RETRAIN_WORKER_READY)):
-        child.wait_ready(lambda: ready_line in child.log_path.read_text(errors="replace"), timeout=180,
-                         what=f"logging {ready_line!r}")
+        child.spawn()  # both start at once: each takes seconds of imports
+        children.append((command, child))
+    for command, child in children:
+        child.wait_until_ready()
+        supervisor.add(command, child)
     say(f"control plane watching drift and canaries ({settings.topic_drift}, {settings.topic_audit}); "
         f"retrain worker consuming {settings.topic_retrain_requests}")
 
 
+def _logs(line: str, timeout: float) -> Readiness:
+    """Ready once the process logged `line` since it was (re)started."""
+    return Readiness(lambda process: line in process.log_since_start(), f"logging {line!r}", timeout)
+
+
 def _start_demo(settings: Settings, bootstrap: str, tracking_uri: str, rate: float, stack: ExitStack,
-                children: list[ManagedProcess], say: Callable[[str], None]) -> None:
+                supervisor: Supervisor, say: Callable[[str], None]) -> None:
     """The scripted demo (load/demo.py): the synthetic card-fraud stream at `rate` events/s with an
     abrupt concept drift, until the loop has promoted a retrained model; then the timeline PNG."""
     demo = ManagedProcess("demo", [
@@ -223,17 +263,9 @@ def _start_demo(settings: Settings, bootstrap: str, tracking_uri: str, rate: flo
         settings.data_dir / "logs" / "demo.log", env=_child_env(settings, bootstrap, tracking_uri))
     stack.callback(demo.stop)
     demo.start()
-    children.append(demo)
+    supervisor.add("demo", demo, ends_stack=DEMO_ENDS_STACK)
     say(f"demo: synthetic fraud stream at {rate:g} events/s with a concept drift; follow it in "
         f"{settings.data_dir / 'logs' / 'demo.log'} or with `driftloop status`")
-
-
-def _watch(children: list[ManagedProcess]) -> None:
-    while True:
-        for child in children:
-            if not child.running():
-                raise DriftloopError(f"{child.name} stopped unexpectedly; last log line: {child.last_log_line()!r}")
-        time.sleep(0.5)
 
 
 def _redact(uri: str) -> str:

@@ -24,6 +24,7 @@ from driftloop.process import client_address
 from driftloop.settings import Settings
 from driftloop.stack import running_stack
 from driftloop.streams.worker.metrics import JOIN_SIDES, LIVE_METRICS, OUTCOME_RESULTS, STAGES
+from driftloop.supervisor import RESTARTS_METRIC, UP_METRIC
 
 TIMEOUT_SECONDS = 2.0
 
@@ -75,6 +76,21 @@ def collect(urls: list[str], timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]
         "info": [labels for samples in scrapes for labels, _ in samples.get("driftloop_worker_info", ())],
     }
     return {"workers": workers, **summarize(scrapes)}
+
+
+def collect_children(settings: Settings, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any] | None:
+    """What the running `driftloop up` reports of its children: {"url", "children": {child: {"up", "restarts"}}},
+    or {"url", "unreachable"}; None when no `driftloop up` runs here (workers run elsewhere, compose)."""
+    url = running_stack(settings.data_dir).get("supervisor_metrics_url")
+    if not url:
+        return None
+    try:
+        samples = scrape(url, timeout)
+    except (OSError, ValueError) as exc:
+        return {"url": url, "unreachable": _reason(exc)}
+    restarts = {labels["child"]: _count(value) for labels, value in samples.get(RESTARTS_METRIC, ())}
+    return {"url": url, "children": {labels["child"]: {"up": value == 1, "restarts": restarts.get(labels["child"], 0)}
+                                     for labels, value in samples.get(UP_METRIC, ())}}
 
 
 def _reason(exc: Exception) -> str:
@@ -259,4 +275,17 @@ def render(summary: dict[str, Any]) -> str:
         shown = ", ".join(f"{metric} {'-' if values[metric] is None else format(values[metric], '.3f')}"
                           for metric in LIVE_METRICS)
         lines.append(f"{'live v' + version:<12}{shown} (window {values['samples']})")
+    supervised = summary.get("supervisor")
+    if supervised is not None:
+        lines.append("children    " + (f"not shown: {supervised['url']}: {supervised['unreachable']}"
+                                       if "unreachable" in supervised else _children(supervised["children"])))
     return "\n".join(lines)
+
+
+def _children(children: dict[str, dict[str, Any]]) -> str:
+    def one(child: str, state: dict[str, Any]) -> str:
+        restarts = state["restarts"]
+        return f"{child} {'up' if state['up'] else 'down'}" + (
+            f" ({restarts} restart{'s' if restarts != 1 else ''})" if restarts else "")
+
+    return ", ".join(one(child, state) for child, state in children.items())

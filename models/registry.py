@@ -21,22 +21,25 @@ restore it afterwards.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
+import tenacity
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from driftloop.mlflow_server import server_aliases
+from driftloop.errors import DriftloopError
+from driftloop.mlflow_server import http_ok, server_aliases
 from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models import provenance
 from driftloop.models.flavors import Model, load
@@ -54,6 +57,8 @@ SIGNED_FILES = (MODEL_ARTIFACT, REFERENCE_FILE)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _GLOBALS = threading.RLock()
 _URI_ENV = "MLFLOW_TRACKING_URI"
+_LOG = logging.getLogger("driftloop.models.registry")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -322,3 +327,41 @@ def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None
             if signed:
                 provenance.verify(key, name, version, tags, local, SIGNED_FILES)
             yield mv, local, actual
+
+
+def mlflow_problem(tracking_uri: str) -> str | None:
+    """None when MLflow at tracking_uri answers; else what went wrong, in a few words."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None if http_ok(f"{tracking_uri.rstrip('/')}/health", timeout=3) else "no answer on /health"
+    try:
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except Exception as exc:  # any failure to reach the store counts: the driver's errors vary
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def when_reachable(call: Callable[[], T], *, tracking_uri: str, what: str, stop: threading.Event,
+                   timeout: float = 120.0) -> T:
+    """`call()`, tried again while MLflow at tracking_uri does not answer (it is restarting, say).
+
+    Waits 0.5 s, doubling up to 5 s, between tries and logs each wait; after `timeout` seconds, or once
+    `stop` is set, raises DriftloopError. A failure while MLflow answers is the call's own: raised at once.
+    The default timeout ends a worker's wait before `driftloop up` would stop it for not being ready (180 s),
+    so the worker's log says why it gave up.
+    """
+    def log_wait(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception()
+        _LOG.warning("%s: MLflow at %s does not answer (%s); trying again in %.1fs (for up to %.0fs)", what,
+                     tracking_uri, str(error).splitlines()[0] if str(error) else type(error).__name__,
+                     state.next_action.sleep, timeout)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda _: mlflow_problem(tracking_uri) is not None),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=5.0), sleep=stop.wait,
+        stop=tenacity.stop_after_delay(timeout) | tenacity.stop_when_event_set(stop), before_sleep=log_wait)
+    try:
+        return retrying(call)
+    except tenacity.RetryError as gave_up:
+        error = gave_up.last_attempt.exception()
+        raise DriftloopError(f"{what}: MLflow at {tracking_uri} did not answer "
+                             f"{'before the stop' if stop.is_set() else f'for {timeout:.0f}s'}: {error}") from error

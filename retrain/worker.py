@@ -48,11 +48,13 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.mlflow_server import http_ok
+from driftloop.heartbeat import Heartbeat
 from driftloop.models.bootstrap import CHAMPION
 from driftloop.models.inputs import input_columns, rows_to_frame
 from driftloop.models.provenance import ModelRefused
-from driftloop.models.registry import LoadedModel, aliases, set_alias, set_version_tag, version_tags, versions_tagged
+from driftloop.models.registry import (
+    LoadedModel, aliases, mlflow_problem, set_alias, set_version_tag, version_tags, versions_tagged,
+)
 from driftloop.models.routing import CHALLENGER
 from driftloop.models.trusted import TrustedVersions, refusal_record
 from driftloop.streams.control.promotion import alias_moves
@@ -95,6 +97,7 @@ class RetrainWorker:
         self.consumer: Consumer = kafka.consumer(bootstrap, self.group, **{
             "enable.auto.commit": False, "max.poll.interval.ms": _MAX_POLL_INTERVAL_MS})
         self.producer = kafka.producer(bootstrap)
+        self.heartbeat = Heartbeat(settings.heartbeat_file)
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class RetrainWorker:
                   self.group, self.tracking_uri)
         try:
             while not self.stop.is_set():
+                self.heartbeat.beat()
                 message = self.consumer.poll(0.5)
                 if message is None:
                     continue
@@ -379,6 +383,7 @@ class RetrainWorker:
         try:
             deadline = time.monotonic() + seconds
             while not self.stop.is_set() and time.monotonic() < deadline:
+                self.heartbeat.beat()  # waiting for MLflow or for data is alive, not stuck
                 early = self.consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
                 if early is not None and early.error() is None:
                     # fetched before the pause took hold: rewind, so it is consumed after this request
@@ -387,19 +392,6 @@ class RetrainWorker:
             self.consumer.resume(assignment)
         if self.stop.is_set():
             raise _Stopped()
-
-
-def mlflow_problem(tracking_uri: str) -> str | None:
-    """None when MLflow at tracking_uri answers; else what went wrong, in a few words."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return None if http_ok(f"{tracking_uri.rstrip('/')}/health", timeout=3) else "no answer on /health"
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
-    except Exception as exc:  # any failure to reach the store counts: the driver's errors vary
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return None
 
 
 def _parse(value: bytes | None) -> dict[str, Any]:

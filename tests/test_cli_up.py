@@ -26,7 +26,7 @@ def _env(tmp_path, **extra):
            and k != "MLFLOW_TRACKING_URI"}
     env.update(DRIFTLOOP_DATA_DIR=str(tmp_path / "data"), DRIFTLOOP_FEAST_REPO=str(tmp_path / "repo"),
                DRIFTLOOP_BROKER_PORT="0", DRIFTLOOP_MLFLOW_PORT="0", DRIFTLOOP_PARTITIONS="2",
-               DRIFTLOOP_METRICS_PORT="0")
+               DRIFTLOOP_METRICS_PORT="0", DRIFTLOOP_SUPERVISOR_PORT="0")
     env.update(extra)
     return env
 
@@ -113,6 +113,9 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
         status = subprocess.run(_driftloop("status", "--json"), env=env, capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stderr
         assert info["metrics_urls"] and json.loads(status.stdout)
+        # What `driftloop up` supervises, all up and never restarted.
+        assert json.loads(status.stdout)["supervisor"]["children"] == {
+            child: {"up": True, "restarts": 0} for child in ("broker", "mlflow", "worker", "control", "retrain-worker")}
     finally:
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=60)

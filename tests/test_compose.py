@@ -10,9 +10,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import os
 import shlex
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,7 +31,11 @@ DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running d
 DOCUMENTED_SETTINGS = {
     "KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "DRIFTLOOP_ONLINE_STORE", "DRIFTLOOP_REDIS_URL",
     "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT", "DRIFTLOOP_BIND_HOST",
+    "DRIFTLOOP_HEARTBEAT_FILE",
 }
+# What `driftloop up` supervises, and what they need; compose must restart and health-check them too.
+SUPERVISED = ("kafka", "redis", "postgres", "mlflow", *DRIFTLOOP_SERVICES)
+HEARTBEAT_SERVICES = ("control", "retrain")  # no HTTP to ask: their healthcheck reads the file their loop touches
 # What the image needs; these are project files, so the COPY list must be exactly this.
 DOCKERFILE_COPIES = {
     "pyproject.toml", "constraints.txt", "README.md",
@@ -170,19 +177,8 @@ def test_every_awaited_service_has_a_healthcheck(services):
         assert has_healthcheck(services[target]), f"{target} is waited on but has no healthcheck"
 
 
-def test_every_driftloop_service_reads_the_signing_key_the_keygen_job_made_and_mlflow_cannot(services):
-    from driftloop.signing import KEY_FILE
-
-    keygen = services["keygen"]
-    assert command(keygen)[:2] == ["driftloop", "keygen"] and keygen.get("restart") == "no"
-    key_file = f"{env(keygen)['DRIFTLOOP_DATA_DIR']}/{KEY_FILE}"  # the default key path, no setting needed
-    key_volume = next(source for source, target in volume_mounts(keygen) if target == env(keygen)["DRIFTLOOP_DATA_DIR"])
-    for name in DRIFTLOOP_SERVICES:
-        service = services[name]
-        assert depends_on(service)["keygen"]["condition"] == "service_completed_successfully", name
-        assert f"{env(service)['DRIFTLOOP_DATA_DIR']}/{KEY_FILE}" == key_file, name
-        assert (key_volume, env(service)["DRIFTLOOP_DATA_DIR"]) in volume_mounts(service), name
-    assert key_volume not in {source for source, _ in volume_mounts(services["mlflow"])}
+    "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT", "DRIFTLOOP_BIND_HOST",
+    "DRIFTLOOP_HEARTBEAT_FILE",
 
 
 def test_no_undocumented_settings(services):

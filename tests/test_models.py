@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +353,33 @@ def test_an_onnx_pipeline_without_warm_up_rows_starts_on_a_river_placeholder(tra
     assert len(loaded.model.predict_proba(TRAIN[:5])) == 5
     trained = ensure_champion(make_spec("onnx", "gradient_boosting"), tracking, zip(TRAIN, TRAIN_Y))
     assert trained.version == info.version  # a champion exists: replacing it is the warm-up retraining's job
+
+
+# --- waiting for the registry ----------------------------------------------------------------------------
+
+
+def test_a_call_is_tried_again_while_mlflow_does_not_answer_then_given_up_on(caplog):
+    tries = []
+
+    def ask() -> None:
+        tries.append(time.monotonic())
+        urllib.request.urlopen("http://127.0.0.1:9/api/2.0/mlflow/registered-models/get?name=m", timeout=1)
+
+    started = time.monotonic()
+    with pytest.raises(DriftloopError, match=r"finding the champion: MLflow at http://127.0.0.1:9 did not answer "
+                                             r"for 2s: <urlopen error \[Errno 111\] Connection refused>"):
+        registry.when_reachable(ask, tracking_uri="http://127.0.0.1:9", what="finding the champion",
+                                stop=threading.Event(), timeout=2)
+    assert 2 <= time.monotonic() - started < 10
+    assert len(tries) >= 3  # 0.5 s, then 1 s between tries
+    assert "finding the champion: MLflow at http://127.0.0.1:9 does not answer" in caplog.text
+
+
+def test_a_failure_while_mlflow_answers_is_the_calls_own(tracking):
+    def fail() -> None:
+        raise ValueError("no such version")
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="no such version"):
+        registry.when_reachable(fail, tracking_uri=tracking, what="loading", stop=threading.Event())
+    assert time.monotonic() - started < 10  # no waiting for an MLflow that answers

@@ -184,3 +184,31 @@ def test_quantiles_are_estimated_as_prometheus_does(q, expected):
 
 def test_no_observations_have_no_quantile():
     assert histogram_quantile(0.5, {0.01: 0.0, float("inf"): 0.0}) is None
+
+
+def test_status_shows_what_driftloop_up_reports_of_its_children(serve, capsys, tmp_path, monkeypatch, unused_url):
+    from driftloop.supervisor import SupervisorMetrics
+
+    worker = serve(a_worker("w-1", predicted=1, invalid_json=0, lag={}, live=LiveMetrics(threshold=0.5)))
+    supervisor = SupervisorMetrics()
+    for child in ("broker", "worker", "control"):
+        supervisor.track(child)
+    for _ in range(2):
+        supervisor.restarted("worker")
+    supervisor.restarted("control")
+    supervisor.set_up("control", False)
+    port = supervisor.serve(0)
+    monkeypatch.setenv("DRIFTLOOP_DATA_DIR", str(tmp_path))
+    stack = tmp_path / "stack.json"
+    try:
+        stack.write_text(json.dumps({"metrics_urls": [worker], "supervisor_metrics_url": f"http://127.0.0.1:{port}/metrics"}))
+        assert status_json(capsys, "--url", worker)["supervisor"]["children"] == {
+            "broker": {"up": True, "restarts": 0}, "worker": {"up": True, "restarts": 2},
+            "control": {"up": False, "restarts": 1}}
+        assert main(["status", "--url", worker]) == 0
+        assert "children    broker up, worker up (2 restarts), control down (1 restart)\n" in capsys.readouterr().out
+    finally:
+        supervisor.stop_serving()
+    stack.write_text(json.dumps({"metrics_urls": [worker], "supervisor_metrics_url": unused_url}))
+    assert main(["status", "--url", worker]) == 0
+    assert f"children    not shown: {unused_url}: [Errno 111] Connection refused" in capsys.readouterr().out

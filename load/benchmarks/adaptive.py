@@ -88,6 +88,7 @@ class Stack:
                        if not k.startswith("DRIFTLOOP_") and k not in ("KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI")}
         environment.update(DRIFTLOOP_DATA_DIR=str(self.data_dir), DRIFTLOOP_FEAST_REPO=str(workdir / "feature_repo"),
                            DRIFTLOOP_BROKER_PORT="0", DRIFTLOOP_MLFLOW_PORT="0", DRIFTLOOP_METRICS_PORT="0",
+                           DRIFTLOOP_SUPERVISOR_PORT="0",
                            DRIFTLOOP_SPEC=str(DEMO_SPEC))
         self.process = ManagedProcess("driftloop up", [sys.executable, "-m", "driftloop.cli", "up"],
                                       workdir / "up.log", env=environment)

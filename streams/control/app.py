@@ -29,6 +29,7 @@ from typing import Any
 
 import faust
 
+from driftloop.heartbeat import Heartbeat
 from driftloop.settings import Settings
 from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec
@@ -52,6 +53,7 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
     key = load_key(key_path(settings))
     control = ControlPlane(spec, tracking_uri, key=key, audit_topic=settings.topic_audit)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftloop-control")
+    heartbeat = Heartbeat(settings.heartbeat_file)
     model_key = spec.model.name.encode()
     names = {"drift": settings.topic_drift, "audit": settings.topic_audit, "retrain": settings.topic_retrain_requests}
     outputs = {kind: app.topic(name, value_serializer="raw") for kind, name in names.items()}
@@ -80,6 +82,7 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
     @app.timer(1.0)
     async def tick():
         await run(control.on_tick)
+        heartbeat.beat()  # after the tick: the event loop and the decision thread both turn
 
     @app.on_before_shutdown.connect
     async def _stop(_app, **_kwargs):

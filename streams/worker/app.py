@@ -56,6 +56,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     from driftloop.features.feast.writer import FeastWriter
     from driftloop.models.bootstrap import ensure_champion
     from driftloop.models.live_metrics import LiveMetrics
+    from driftloop.models.registry import when_reachable
     from driftloop.models.routing import ModelRouter
 
     # Feast logs every registry cache refresh (each 5 s) at INFO: noise in a long-running worker's log.
@@ -79,14 +80,16 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     journal.ensure_changelog(bootstrap)
 
     apply_feast(settings, spec)  # idempotent; a worker started without `driftloop up` (compose) needs it
-    champion = ensure_champion(spec, tracking_uri, key=key)
+    # A worker restarted beside a restarting MLflow (`driftloop up` restarts both) waits for it.
+    champion = when_reachable(lambda: ensure_champion(spec, tracking_uri, key=key), tracking_uri=tracking_uri,
+                              what="finding the champion", stop=stop)
     _LOG.info("champion of %s is v%d", spec.model.name, champion.version)
     with ExitStack() as cleanup:
         metrics = WorkerMetrics()
         metrics.info(worker_id=worker_id, spec=spec.name)
         router = ModelRouter(spec, tracking_uri, key=key,
                              on_refused=_refusal_reporter(settings, bootstrap, key, metrics, worker_id))
-        router.start()
+        when_reachable(router.start, tracking_uri=tracking_uri, what="loading the served models", stop=stop)
         cleanup.callback(router.stop)
         port = metrics.serve(settings.metrics_port, settings.bind_host)
         cleanup.callback(metrics.stop_serving)

@@ -412,8 +412,8 @@ def _record_scored(metrics, scored: ScoredBatch, consumed: int) -> None:
         metrics.dead_lettered(reason, count)
     for (version, variant), count in scored.served.items():
         metrics.predictions(version, variant, count)
-    for field, count in scored.unseen.items():
-        metrics.unseen_categories(field, count)
-    for field, count in scored.missing.items():
-        metrics.missing_values(field, count)
+    for name, count in scored.unseen.items():
+        metrics.unseen_categories(name, count)
+    for name, count in scored.missing.items():
+        metrics.missing_values(name, count)
     metrics.event_latencies(scored.latencies)
