@@ -103,7 +103,8 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             _ensure_signing_key(settings, say)
             metrics = SupervisorMetrics()
-            supervisor_port = metrics.serve(reserve_port(settings.supervisor_port, "DRIFTLOOP_SUPERVISOR_PORT"))
+            supervisor_port = metrics.serve(reserve_port(settings.supervisor_port, "DRIFTLOOP_SUPERVISOR_PORT",
+                                                         settings.bind_host), settings.bind_host)
             stack.callback(metrics.stop_serving)
             bootstrap, broker = _start_broker(settings, stack, say)
             supervisor = Supervisor(RestartPolicy(max_restarts=settings.max_restarts), say,
@@ -118,7 +119,7 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
             metrics_url = _start_worker(settings, bootstrap, tracking_uri, stack, supervisor, say)
             _start_adaptive_loop(settings, bootstrap, tracking_uri, stack, supervisor, say)
             info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid(),
-                             [metrics_url], f"http://127.0.0.1:{supervisor_port}/metrics")
+                             [metrics_url], f"http://{client_address(settings.bind_host, supervisor_port)}/metrics")
             stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
             info.write(settings.data_dir)
             if demo_rate is not None:

@@ -68,9 +68,9 @@ class SupervisorMetrics:
     def set_up(self, child: str, up: bool) -> None:
         self._up.labels(child).set(1 if up else 0)
 
-    def serve(self, port: int) -> int:
-        """Serve /metrics on 127.0.0.1:port (0 = a free port) from a daemon thread; returns the bound port."""
-        self._server, self._thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, host: str) -> int:
+        """Serve /metrics on host:port (0 = a free port) from a daemon thread; returns the bound port."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         return self._server.server_port
 
     def stop_serving(self) -> None:

@@ -79,7 +79,7 @@ def test_a_killed_child_is_restarted_with_the_same_command_counted_and_reported(
     assert watched.restarts == [Restart("sleeper", "signal 9", -9, 1, 0.1, tmp_path / "sleeper.log")]
     assert process.running() and process.popen.pid != killed
     assert psutil.Process(process.popen.pid).cmdline() == SLEEPER
-    port = watched.metrics.serve(0)
+    port = watched.metrics.serve(0, "127.0.0.1")
     try:
         samples = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:
