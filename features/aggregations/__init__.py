@@ -25,6 +25,7 @@ REGISTERED = (
     "driftloop.features.aggregations.builtin:Min",
     "driftloop.features.aggregations.builtin:TimeSinceLast",
     "driftloop.features.aggregations.builtin:RatioToMean",
+    "driftloop.features.aggregations.std:Std",
 )
 
 
