@@ -8,6 +8,8 @@ import pytest
 
 from driftloop.features.aggregations import AGGREGATIONS, REGISTERED, _load
 from driftloop.features.aggregations.base import LARGEST, N_VALUES, TOTAL, Aggregation, Extreme
+from driftloop.features.windows import FeatureComputer
+from tests.test_windows import feature, make_spec
 
 
 def test_finish_parameters_must_name_what_it_can_read():
@@ -80,3 +82,9 @@ def test_the_registry_refuses_a_taken_name_and_a_statistic_code_meaning_two_thin
         _load((*REGISTERED, "driftloop.features.aggregations.builtin:Count"))
     with pytest.raises(TypeError, match="statistic code 'x' is already"):
         _load((*REGISTERED, f"{__name__}:Peak"))
+
+
+def test_one_expression_finishes_are_inlined_and_others_called():
+    source = FeatureComputer(make_spec([feature("mean", "sl10"), feature("std", "sl10")])).update_source
+    assert "f0 = (run0[4] + v0) / (run0[3] + 1) if v0 is not None" in source  # mean, inlined
+    assert "f1 = F1(v0, run0[3], run0[4], run0[5])" in source  # std's finish has several statements
