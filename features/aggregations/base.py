@@ -18,6 +18,7 @@ import builtins
 import inspect
 import math
 import textwrap
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -62,7 +63,7 @@ def present(window: list[float | None], value: float | None) -> list[float]:
 
 
 @dataclass(frozen=True)
-class Statistic:
+class Statistic(ABC):
     """A number of one field that every window keeps up to date as events arrive and leave.
 
     A window is a list of cells (one per event time, or per bucket) plus a running aggregate of the
@@ -81,41 +82,42 @@ class Statistic:
 
     slots: ClassVar[int] = 1  # numbers in the running aggregate
 
+    @abstractmethod
     def empty(self) -> list:
         """The running aggregate's slots for a window with no value."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cell(self, v: float | None) -> Any:
         """What a new cell holds for one event's value."""
-        raise NotImplementedError
 
+    @abstractmethod
     def merge(self, a: Any, b: Any) -> Any:
         """Two cells as one (b's events are later)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def include(self, run: list, slot: int, v: float, key: float) -> None:
         """Take a (non-None) value of the cell `key` into the running aggregate's slots."""
-        raise NotImplementedError
 
+    @abstractmethod
     def aggregate(self, keys: list, cells: list, a: int, b: int) -> list:
         """The running aggregate's slots for cells[a:b]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def remove(self, run: list, slot: int, keys: list, cells: list, old: int, lo: int) -> None:
         """Cells[old:lo] left the window: update the running aggregate's slots (cells[lo:] remain)."""
-        raise NotImplementedError
 
     # Python source for the compiled update: `v` is a variable name, `cell` and `run` are expressions.
+    @abstractmethod
     def cell_source(self, v: str) -> str:
-        raise NotImplementedError
+        """An expression of what a new cell holds for the value `v` (which may be None)."""
 
+    @abstractmethod
     def add_to_cell_source(self, cell: str, v: str) -> list[str]:
         """Statements adding the non-None value `v` into the cell."""
-        raise NotImplementedError
 
+    @abstractmethod
     def include_source(self, run: str, slot: int, v: str) -> list[str]:
         """Statements taking the non-None value `v` of the cell `key` (the newest) into the running aggregate."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
