@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from driftloop.errors import DriftloopError
+from driftloop.features.aggregations import AGGREGATIONS
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -107,7 +108,7 @@ class WindowSpec(_Strict):
 
 class FeatureSpec(_Strict):
     name: str
-    agg: Literal["count", "sum", "mean", "max", "min", "time_since_last", "ratio_to_mean"]
+    agg: Literal[tuple(AGGREGATIONS)]  # the registered aggregations (driftloop/features/aggregations)
     field: str | None = None
     window: WindowSpec | None = None
 
@@ -320,14 +321,14 @@ def _cross_checks(spec: PipelineSpec):
         if feat.name in seen or feat.name in ev.fields:
             yield f"{where}.name", f"{feat.name!r} is already used by another feature or event field"
         seen.add(feat.name)
-        needs_field = feat.agg not in ("count", "time_since_last")
-        if needs_field and feat.field is None:
+        aggregation = AGGREGATIONS[feat.agg]
+        if aggregation.needs_field and feat.field is None:
             yield f"{where}.field", f"agg {feat.agg!r} needs a numeric event field"
         if feat.field is not None and (feat.field not in ev.fields or not ev.fields[feat.field].numeric):
             yield f"{where}.field", f"{feat.field!r} is not a numeric field of events.fields"
-        if feat.agg == "time_since_last":
+        if not aggregation.windowed:
             if feat.window is not None:
-                yield f"{where}.window", "time_since_last takes no window"
+                yield f"{where}.window", f"{feat.agg} takes no window"
         elif feat.window is None:
             yield f"{where}.window", f"agg {feat.agg!r} needs a window"
         elif feat.window.kind == "hopping" and (feat.window.step is None or feat.window.step >= feat.window.size):

@@ -21,19 +21,14 @@ Windows (WindowSpec.size/step in seconds; `t` is the event's time)
                than `max_entries` buckets, step-wide buckets are used and the window is the
                ceil(size/step) step-buckets up to t's (up to one step longer than `size`).
 
-Aggregates (the event itself is included, except in ratio_to_mean's mean)
-    count            events in the window (an event whose field is None still counts).
-    sum              sum of the field over the window; None values are skipped; 0.0 if none.
-    mean             sum / number of non-None values; 0.0 if there is none.
-    max, min         of the non-None values; 0.0 if there is none.
-    ratio_to_mean    value / mean of the field over the window's OTHER events (those already seen);
-                     1.0 when the value is None, when no other event in the window has a value, or
-                     when that mean is 0.
-    time_since_last  seconds since the entity's previous event, capped at spec.feature_ttl; the
-                     entity's first event gets spec.feature_ttl ("long ago"). Events at the same time
-                     give 0.0.
-A field value that is None, missing, not a number, NaN or infinite counts as None. Sums that overflow
-a float are clamped to +-1.797e308, so every output is finite.
+Aggregates
+    A feature's `agg` names a registered aggregation (driftloop.features.aggregations lists them, and
+    each class's docstring says what it computes; docs/extending-aggregations.md adds one). The event
+    itself is in its windows; an aggregation's `finish` gets the statistics of the window's other
+    events (those already seen) and the event's own value, so it can also leave the event out
+    (ratio_to_mean's mean does).
+A field value that is None, missing, not a number, NaN or infinite counts as None. A result that is not
+finite (a sum that overflows a float) is clamped to +-1.797e308 (NaN to 0.0), so every output is finite.
 
 Out-of-order events (time < the entity's latest event time)
     The event is added to the sliding entries / buckets it belongs to and its features are computed as
@@ -50,15 +45,15 @@ Out-of-order events (time < the entity's latest event time)
     aggregate but its own features.
 
 State size
-    Sliding windows keep one entry per distinct event time (count, and per field the needed sum /
-    non-None count / max / min) within the horizon above, shared by all sliding features; hopping and
-    tumbling windows keep one aggregate per bucket. Each entry list is capped at `max_entries`
-    (default 10,000). Past the cap the entries are merged onto a grid of max_entries/2 steps over the
-    retained range (for the demo's 1 h sliding horizon: 0.72 s), each merged entry taking the latest
-    time (bucket) of what it merged: totals are kept, and a window can over-count, never under-count,
-    by at most the events of the one grid step straddling its trailing edge. Below the cap everything
-    is exact. The JSON of a state is a few hundred bytes for a typical entity and bounded by
-    max_entries entries per window group for the busiest.
+    Sliding windows keep one entry per distinct event time (count, and per field the statistics its
+    features' aggregations read: sum, non-None count, max, min, ...) within the horizon above, shared by
+    all sliding features; hopping and tumbling windows keep one aggregate per bucket. Each entry list is
+    capped at `max_entries` (default 10,000). Past the cap the entries are merged onto a grid of
+    max_entries/2 steps over the retained range (for the demo's 1 h sliding horizon: 0.72 s), each
+    merged entry taking the latest time (bucket) of what it merged: totals are kept, and a window can
+    over-count, never under-count, by at most the events of the one grid step straddling its trailing
+    edge. Below the cap everything is exact. The JSON of a state is a few hundred bytes for a typical
+    entity and bounded by max_entries entries per window group for the busiest.
 
 Persisting
     Write the returned state back to the table (`table[entity] = state`) after every update: Faust
@@ -67,25 +62,30 @@ Persisting
 
 Cost
     `__init__` plans the spec (features sharing a window geometry share its entries and running
-    aggregates) and compiles an `update` specialised to that plan: straight-line code, no per-feature
-    dispatch. Aggregates over each window are maintained incrementally as of the entity's latest event
-    (the window is advanced and the leaving entries subtracted), so an in-order event costs O(1)
-    amortised whatever the window holds. Running float sums are re-summed from the entries (in time
-    order, as a fresh sum would add them) when the window holds at most 16 entries, after as many
-    removals as it holds entries, and when a removal cancels the sum to rounding noise (so a window left
-    with only zeros sums to exactly 0.0); this bounds rounding drift. max/min are recomputed from the
-    entries only when the entry holding them leaves the window. Out-of-order events take a generic path
-    that reads their windows from the entries (O(entries in the window)).
-    `python -m driftloop.features.windows` measures update throughput on the demo spec.
+    aggregates, and features reading the same statistic of a field share it) and compiles an `update`
+    specialised to that plan: straight-line code, no per-feature dispatch, each aggregation's `finish`
+    inlined when it is one expression. Aggregates over each window are maintained incrementally as of
+    the entity's latest event (the window is advanced and the leaving entries subtracted), so an
+    in-order event costs O(1) amortised whatever the window holds. Running float sums are re-summed from
+    the entries (in time order, as a fresh sum would add them) when the window holds at most 16 entries,
+    after as many removals as it holds entries, and when a removal cancels the sum to rounding noise (so
+    a window left with only zeros sums to exactly 0.0); this bounds rounding drift. max/min are
+    recomputed from the entries only when the entry holding them leaves the window (see Statistic in
+    aggregations/base.py). Out-of-order events take a generic path that reads their windows from the
+    entries (O(entries in the window)). `python -m driftloop.features.windows` measures update
+    throughput on the demo spec.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from bisect import bisect_left, bisect_right
 from typing import Any
 
+from driftloop.features.aggregations import AGGREGATIONS
+from driftloop.features.aggregations.base import Statistic, clamp, inline
 from driftloop.spec import PipelineSpec
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "FeatureComputer"]
@@ -93,16 +93,7 @@ __all__ = ["DEFAULT_MAX_ENTRIES", "FeatureComputer"]
 DEFAULT_MAX_ENTRIES = 10_000
 STATE_VERSION = 1
 
-_BIG = 1.7976931348623157e308  # largest finite float: where overflowing sums are clamped
 _RESUM_BELOW = 16  # windows holding at most this many entries are re-summed from them, not subtracted
-
-# statistics kept per field in the entries of a window group
-_N, _S, _MX, _MN = 0, 1, 2, 3  # non-None count, sum, max, min
-_NEEDS = {"sum": (_S,), "mean": (_N, _S), "ratio_to_mean": (_N, _S), "max": (_MX,), "min": (_MN,)}
-# feature kinds
-_COUNT, _SUM, _MEAN, _MAX, _MIN, _RATIO, _TSL = range(7)
-_KIND = {"count": _COUNT, "sum": _SUM, "mean": _MEAN, "max": _MAX, "min": _MIN,
-         "ratio_to_mean": _RATIO, "time_since_last": _TSL}
 
 
 class _Group:
@@ -110,10 +101,10 @@ class _Group:
 
     Sliding: one group for every sliding feature; the cell key is the event time. Bucketed (tumbling and
     hopping): one group per (size, step); the cell key is the integer bucket index floor(t / width).
-    Cell lists in the state: [keys, counts, <one list per (field, stat)>].
+    Cell lists in the state: [keys, counts, <one list per (field, statistic)>].
     """
 
-    __slots__ = ("sliding", "width", "step", "ratio", "span", "stats", "reads", "merge", "horizon", "grain")
+    __slots__ = ("grain", "horizon", "ratio", "reads", "sliding", "span", "stats", "step", "width")
 
     def __init__(self, sliding: bool, width: float = 0.0, step: float = 0.0, ratio: int = 1, span: int = 0):
         self.sliding = sliding
@@ -121,9 +112,8 @@ class _Group:
         self.step = step      # step: the window ends where t's step-bucket ends (bucketed)
         self.ratio = ratio    # buckets per step
         self.span = span      # buckets per window (bucketed)
-        self.stats: list[tuple[int, int]] = []  # (field index, stat) per cell list after keys and counts
+        self.stats: list[tuple[int, Statistic]] = []  # (field index, statistic) per cell list after keys, counts
         self.reads: list[int] = []
-        self.merge: tuple = ()
         self.horizon = 0.0    # sliding: seconds of entries kept behind the latest event
         self.grain: float = 1  # beyond max_entries, cells merge onto a grid this wide (seconds or buckets)
 
@@ -147,7 +137,7 @@ class _Read:
     """One window over a group: the cells with key in (end_key(t) - span, end_key(t)].
 
     Its running aggregate (as of the entity's latest event) in the state is a flat list:
-    [lo, removals, count, <per stat: value> ...], max/min taking two slots (value, key of its cell);
+    [lo, removals, count, <per statistic: its slots> ...] (max/min take two: value, key of its cell);
     lo is the index of the first cell in the window.
     """
 
@@ -156,8 +146,8 @@ class _Read:
     def __init__(self, group: int, span: float):
         self.group = group
         self.span = span
-        # (stat, cell list index, slot in the running list, field index)
-        self.stats: list[tuple[int, int, int, int]] = []
+        # (statistic, cell list index, first slot in the running list, field index)
+        self.stats: list[tuple[Statistic, int, int, int]] = []
 
 
 def _plan_bucketed(size: float, step: float, max_entries: int) -> tuple[float, float, int, int]:
@@ -176,7 +166,8 @@ class FeatureComputer:
     allowed_lateness  seconds an event may be older than its entity's latest event and still get
                       exact windows (state keeps that much more history); default 0.
     max_entries       cap on each entry list of an entity's state; default 10,000.
-    `update_source` holds the Python source of the `update` compiled for this spec, for reading.
+    `update_source` holds the Python source compiled for this spec (`update`, and `features` for late
+    events), for reading.
     """
 
     def __init__(self, spec: PipelineSpec, *, allowed_lateness: float = 0.0,
@@ -196,13 +187,13 @@ class FeatureComputer:
         self._sliding = -1  # index of the sliding group, if any
         group_of: dict[tuple, int] = {}
         read_of: dict[tuple, int] = {}
-        wanted: dict[int, dict[tuple[int, int], None]] = {}  # read -> (field, stat) in first-use order
+        wanted: dict[int, dict[tuple[int, Statistic], None]] = {}  # read -> (field, statistic), first-use order
         features = []
         for f in spec.features:
-            kind = _KIND[f.agg]
+            aggregation = AGGREGATIONS[f.agg]
             vi = self._field_index(f.field) if f.field is not None else -1
-            if kind == _TSL:
-                features.append((kind, -1, vi))
+            if not aggregation.windowed:
+                features.append((aggregation, -1, vi))
                 continue
             w = f.window
             if w.kind == "sliding":
@@ -228,9 +219,9 @@ class FeatureComputer:
                 self._groups[gi].reads.append(read_of[rkey])
                 wanted[read_of[rkey]] = {}
             ri = read_of[rkey]
-            for stat in _NEEDS.get(f.agg, ()):
+            for stat in aggregation.statistics:
                 wanted[ri][(vi, stat)] = None
-            features.append((kind, ri, vi))
+            features.append((aggregation, ri, vi))
 
         # cell lists per group: the union of what its reads need
         for gi, g in enumerate(self._groups):
@@ -238,7 +229,6 @@ class FeatureComputer:
             for ri in g.reads:
                 cell_stats.update(wanted[ri])
             g.stats = list(cell_stats)
-            g.merge = ("key", _S) + tuple(stat for _, stat in g.stats)  # counts merge like sums
             # the grid for merging beyond max_entries: half of max_entries cells over the retained range
             if g.sliding:
                 g.horizon = max(self._reads[ri].span for ri in g.reads)
@@ -252,13 +242,16 @@ class FeatureComputer:
                 slot = 3
                 for vi, stat in wanted[ri]:
                     r.stats.append((stat, cell_index[(vi, stat)], slot, vi))
-                    slot += 2 if stat in (_MX, _MN) else 1
+                    slot += stat.slots
 
-        # per feature: (kind, read, field index, slots of count, n, s, max, min in the read's aggregate)
+        # per feature: (aggregation, source of each input its finish reads, in the compiled functions)
         plans = []
-        for kind, ri, vi in features:
-            slots = {stat: slot for stat, _, slot, fvi in self._reads[ri].stats if fvi == vi} if ri >= 0 else {}
-            plans.append((kind, ri, vi, slots.get(_N, -1), slots.get(_S, -1), slots.get(_MX, -1), slots.get(_MN, -1)))
+        for aggregation, ri, vi in features:
+            inputs = {"value": f"v{vi}", "count": f"run{ri}[2]", "since": "since"}
+            if ri >= 0:
+                inputs.update({stat.name: f"run{ri}[{slot}]" for stat, _, slot, fvi in self._reads[ri].stats
+                               if fvi == vi})
+            plans.append((aggregation, {name: inputs[name] for name in aggregation.finish_inputs}))
         self._plans = tuple(plans)
         self._layout = self._layout_id()
         self._update, self.update_source = self._compile()
@@ -274,8 +267,8 @@ class FeatureComputer:
         parts = [f"v{STATE_VERSION}", ",".join(self._fields)]
         for g in self._groups:
             geometry = "sliding" if g.sliding else f"b{g.width!r}/{g.step!r}x{g.ratio}/{g.span}"
-            parts.append(geometry + ":" + ",".join(f"{vi}{'nsxm'[stat]}" for vi, stat in g.stats)
-                         + ":" + ",".join(f"{self._reads[ri].span!r}/" + "".join(f"{vi}{'nsxm'[stat]}" for stat, _, _, vi
+            parts.append(geometry + ":" + ",".join(f"{vi}{stat.code}" for vi, stat in g.stats)
+                         + ":" + ",".join(f"{self._reads[ri].span!r}/" + "".join(f"{vi}{stat.code}" for stat, _, _, vi
                                                                               in self._reads[ri].stats)
                                           for ri in g.reads))
         return f"v{STATE_VERSION}-" + hashlib.blake2b("|".join(parts).encode(), digest_size=6).hexdigest()
@@ -286,7 +279,7 @@ class FeatureComputer:
         for r in self._reads:
             run: list = [0, 0, 0]
             for stat, _, _, _ in r.stats:
-                run += [None, None] if stat in (_MX, _MN) else [0 if stat == _N else 0.0]
+                run += stat.empty()
             runs.append(run)
         return {"layout": self._layout, "latest": None,
                 "cells": [[[] for _ in range(2 + len(g.stats))] for g in self._groups], "runs": runs}
@@ -307,9 +300,11 @@ class FeatureComputer:
         The per-event work of an in-order event is straight-line code over the plan's constants (no
         loops over features, windows or statistics); out-of-order events go to `_update_late`. It does
         exactly what the generic helpers below describe, which the late path and the tests exercise.
+        The features are finished by the aggregations' `finish`, inlined; `features` (the late path's)
+        finishes them the same way from aggregates read off the entries.
         """
         ns: dict[str, Any] = {
-            "floor": math.floor, "bisect_right": bisect_right, "_num": _num, "_clamp": _clamp,
+            "floor": math.floor, "bisect_right": bisect_right, "_num": _num, "_clamp": clamp,
             "_bad_time": _bad_time, "_new_state": self.new_state, "_late": self._update_late,
             "_advance": self._advance, "_drop": self._drop, "_shrink": self._shrink,
             "LAYOUT": self._layout, "NAMES": self.names,
@@ -322,6 +317,10 @@ class FeatureComputer:
 
         def emit(indent: int, line: str) -> None:
             code.append("    " * indent + line)
+
+        def emit_all(indent: int, lines: list[str]) -> None:
+            for line in lines:
+                emit(indent, line)
 
         emit(0, "def update(state, event_time, values):")
         emit(1, "t = float(event_time)")
@@ -365,43 +364,21 @@ class FeatureComputer:
                 emit(4, f"_advance(R{ri}, tl{gi}, run{ri}, bisect_right(k{gi}, cut, lo))")
 
         # this event's features
-        for fi, (kind, ri, vi, n_slot, s_slot, mx_slot, mn_slot) in enumerate(self._plans):
-            f, v, run = f"f{fi}", f"v{vi}", f"run{ri}"
-            if kind == _TSL:
-                emit(1, "if latest is None:")
-                emit(2, f"{f} = {self._ttl!r}")
-                emit(1, "else:")
-                emit(2, f"{f} = t - latest")
-                emit(2, f"if {f} > {self._ttl!r}:")
-                emit(3, f"{f} = {self._ttl!r}")
-                continue
-            if kind == _COUNT:
-                emit(1, f"{f} = {run}[2] + 1.0")
-                continue
-            if kind == _SUM:
-                emit(1, f"{f} = {run}[{s_slot}] + {v} if {v} is not None else {run}[{s_slot}] + 0.0")
-            elif kind == _MEAN:
-                emit(1, f"n = {run}[{n_slot}]")
-                emit(1, f"{f} = ({run}[{s_slot}] + {v}) / (n + 1) if {v} is not None else "
-                        f"({run}[{s_slot}] / n if n else 0.0)")
-            elif kind == _RATIO:
-                emit(1, f"n = {run}[{n_slot}]")
-                emit(1, f"m = {run}[{s_slot}] / n if n else 0.0")
-                emit(1, f"{f} = {v} / m if {v} is not None and m else 1.0")
-            else:
-                slot, op = (mx_slot, ">") if kind == _MAX else (mn_slot, "<")
-                emit(1, f"m = {run}[{slot}]")
-                emit(1, f"{f} = ({v} if m is None or {v} {op} m else m) if {v} is not None else "
-                        "(0.0 if m is None else m)")
-            if kind not in (_MAX, _MIN):  # max/min of finite values are finite
-                emit(1, f"if {f} - {f} != 0.0:")
-                emit(2, f"{f} = _clamp({f})")
+        if any("since" in inputs for _, inputs in self._plans):
+            emit(1, "if latest is None:")
+            emit(2, f"since = {self._ttl!r}")
+            emit(1, "else:")
+            emit(2, "since = t - latest")
+            emit(2, f"if since > {self._ttl!r}:")
+            emit(3, f"since = {self._ttl!r}")
+        features = self._finish_source(ns)
+        emit_all(1, features)
 
         # store the event: into its cell (the last one, or a new one) and into every running window
         for gi, g in enumerate(self._groups):
             k, tl = f"k{gi}", f"tl{gi}"
             emit(1, "key = t" if g.sliding else f"key = floor(t / {g.width!r})")
-            by_field: dict[int, list[tuple[int, int]]] = {}
+            by_field: dict[int, list[tuple[int, Statistic]]] = {}
             for li, (vi, stat) in enumerate(g.stats, 2):
                 by_field.setdefault(vi, []).append((li, stat))
             emit(1, f"if {k} and {k}[-1] == key:")
@@ -409,43 +386,27 @@ class FeatureComputer:
             for vi, ops in by_field.items():
                 emit(2, f"if v{vi} is not None:")
                 for li, stat in ops:
-                    if stat == _S:
-                        emit(3, f"{tl}[{li}][-1] += v{vi}")
-                    elif stat == _N:
-                        emit(3, f"{tl}[{li}][-1] += 1")
-                    else:
-                        emit(3, f"m = {tl}[{li}][-1]")
-                        emit(3, f"if m is None or v{vi} {'>' if stat == _MX else '<'} m:")
-                        emit(4, f"{tl}[{li}][-1] = v{vi}")
+                    emit_all(3, stat.add_to_cell_source(f"{tl}[{li}][-1]", f"v{vi}"))
             emit(1, "else:")
             emit(2, f"{k}.append(key)")
             emit(2, f"{tl}[1].append(1)")
             for li, (vi, stat) in enumerate(g.stats, 2):
-                new = {_S: f"0.0 if v{vi} is None else v{vi}", _N: f"0 if v{vi} is None else 1"}.get(stat, f"v{vi}")
-                emit(2, f"{tl}[{li}].append({new})")
+                emit(2, f"{tl}[{li}].append({stat.cell_source(f'v{vi}')})")
             if not g.sliding:  # a new bucket: buckets may have left every window a later event can have
-                since = f"(t - {self.allowed_lateness!r})" if self.allowed_lateness else "t"
-                emit(2, f"cut = {_end_key_source(g, since)} - {g.span}")
+                oldest = f"(t - {self.allowed_lateness!r})" if self.allowed_lateness else "t"
+                emit(2, f"cut = {_end_key_source(g, oldest)} - {g.span}")
                 emit(2, f"if {k}[0] <= cut:")
                 emit(3, f"_drop({gi}, {tl}, runs, bisect_right({k}, cut))")
             for ri in g.reads:
                 r = self._reads[ri]
                 emit(1, f"run{ri}[2] += 1")
-                ops_by_field: dict[int, list[tuple[int, int]]] = {}
+                ops_by_field: dict[int, list[tuple[int, Statistic]]] = {}
                 for stat, _, slot, vi in r.stats:
                     ops_by_field.setdefault(vi, []).append((slot, stat))
                 for vi, ops in ops_by_field.items():
                     emit(1, f"if v{vi} is not None:")
                     for slot, stat in ops:
-                        if stat == _S:
-                            emit(2, f"run{ri}[{slot}] += v{vi}")
-                        elif stat == _N:
-                            emit(2, f"run{ri}[{slot}] += 1")
-                        else:
-                            emit(2, f"m = run{ri}[{slot}]")
-                            emit(2, f"if m is None or v{vi} {'>=' if stat == _MX else '<='} m:")
-                            emit(3, f"run{ri}[{slot}] = v{vi}")
-                            emit(3, f"run{ri}[{slot + 1}] = key")
+                        emit_all(2, stat.include_source(f"run{ri}", slot, f"v{vi}"))
             if g.sliding:  # entries that have left every window a later event can have
                 keep = g.horizon + self.allowed_lateness
                 emit(1, f"if {k}[0] <= t - {keep!r}:")
@@ -454,45 +415,33 @@ class FeatureComputer:
             emit(2, f"_shrink({gi}, {tl}, runs, t)")
         emit(1, 'state["latest"] = t')
         emit(1, "return state, {" + ", ".join(f"{name!r}: f{fi}" for fi, name in enumerate(self.names)) + "}")
+
+        # the late path's features, from each read's aggregate over its window and the event's values
+        emit(0, "")
+        emit(0, "def features(aggs, vals, since):")
+        for ri in range(len(self._reads)):
+            emit(1, f"run{ri} = aggs[{ri}]")
+        for vi in range(len(self._fields)):
+            emit(1, f"v{vi} = vals[{vi}]")
+        emit_all(1, features)
+        emit(1, "return [" + ", ".join(f"f{fi}" for fi in range(len(self.names))) + "]")
+
         source = "\n".join(code) + "\n"
         exec(compile(source, f"<driftloop.features.windows update for spec {self.spec.name!r}>", "exec"), ns)
         ns["update"].__doc__ = FeatureComputer.update.__doc__
+        self._features = ns["features"]
         return ns["update"], source
 
-    def _features(self, aggs: list, vals: list, since: float) -> list[float]:
-        """This event's features from each read's aggregate over the events already seen, and its values."""
-        out = []
-        for kind, ri, vi, n_slot, s_slot, mx_slot, mn_slot in self._plans:
-            if kind == _TSL:
-                out.append(since)
-                continue
-            agg = aggs[ri]
-            if kind == _COUNT:
-                out.append(agg[2] + 1.0)
-                continue
-            v = vals[vi]
-            if kind == _SUM:
-                x = agg[s_slot] + v if v is not None else agg[s_slot] + 0.0
-            elif kind == _MEAN:
-                if v is not None:
-                    x = (agg[s_slot] + v) / (agg[n_slot] + 1)
-                else:
-                    n = agg[n_slot]
-                    x = agg[s_slot] / n if n else 0.0
-            elif kind == _RATIO:
-                n = agg[n_slot]
-                m = agg[s_slot] / n if n else 0.0
-                x = v / m if (v is not None and m) else 1.0
-            elif kind == _MAX:
-                m = agg[mx_slot]
-                x = (v if m is None or v > m else m) if v is not None else (0.0 if m is None else m)
-            else:  # _MIN
-                m = agg[mn_slot]
-                x = (v if m is None or v < m else m) if v is not None else (0.0 if m is None else m)
-            if x - x != 0.0:  # overflow
-                x = _clamp(x)
-            out.append(x)
-        return out
+    def _finish_source(self, ns: dict[str, Any]) -> list[str]:
+        """Statements setting f<i> to feature i: its aggregation's `finish`, inlined (or called), made finite."""
+        lines = []
+        for fi, (aggregation, inputs) in enumerate(self._plans):
+            expression = inline(aggregation.finish, inputs, ns)
+            if expression is None:
+                ns[f"F{fi}"] = aggregation.finish
+                expression = f"F{fi}({', '.join(inputs.values())})"
+            lines += [f"f{fi} = {expression}", f"if f{fi} - f{fi} != 0.0:", f"    f{fi} = _clamp(f{fi})"]
+        return lines
 
     def _update_late(self, state: dict, t: float, vals: list, latest: float) -> list[float]:
         """An event older than the entity's latest: read its windows from the entries, then store it."""
@@ -545,25 +494,12 @@ class FeatureComputer:
             keys.insert(pos, key)
             tl[1].insert(pos, 1)
             for li, (vi, stat) in enumerate(g.stats, 2):
-                v = vals[vi]
-                tl[li].insert(pos, (0 if v is None else 1) if stat == _N else
-                              ((0.0 if v is None else v) if stat == _S else v))
+                tl[li].insert(pos, stat.cell(vals[vi]))
         else:
             tl[1][pos] += 1
             for li, (vi, stat) in enumerate(g.stats, 2):
-                v = vals[vi]
-                if v is None:
-                    continue
-                lst = tl[li]
-                if stat == _N:
-                    lst[pos] += 1
-                elif stat == _S:
-                    lst[pos] += v
-                elif stat == _MX:
-                    if lst[pos] is None or v > lst[pos]:
-                        lst[pos] = v
-                elif lst[pos] is None or v < lst[pos]:
-                    lst[pos] = v
+                if vals[vi] is not None:
+                    tl[li][pos] = stat.merge(tl[li][pos], stat.cell(vals[vi]))
         end = g.end_key(latest)
         for ri in g.reads:
             r = self._reads[ri]
@@ -574,18 +510,8 @@ class FeatureComputer:
                 continue
             run[2] += 1
             for stat, _, slot, vi in r.stats:
-                v = vals[vi]
-                if v is None:
-                    continue
-                if stat == _N:
-                    run[slot] += 1
-                elif stat == _S:
-                    run[slot] += v
-                else:
-                    m = run[slot]
-                    if m is None or (v > m if stat == _MX else v < m) or (v == m and key >= run[slot + 1]):
-                        run[slot] = v
-                        run[slot + 1] = key
+                if vals[vi] is not None:
+                    stat.include(run, slot, vals[vi], key)
 
     def _advance(self, r: _Read, tl: list, run: list, lo: int) -> None:
         """Move the running window's start to cell `lo`, taking out the cells that left."""
@@ -598,29 +524,14 @@ class FeatureComputer:
         run[0] = lo
         run[1] = removals
         run[2] -= sum(tl[1][old:lo])
-        key_left = tl[0][lo - 1]
         for stat, li, slot, _ in r.stats:
-            if stat == _S:
-                before = run[slot]
-                rest = before - sum(tl[li][old:lo], 0.0)
-                if before and abs(rest) * 1e12 <= abs(before):  # cancelled to rounding noise
-                    rest = sum(tl[li][lo:], 0.0)
-                run[slot] = rest
-            elif stat == _N:
-                run[slot] -= sum(tl[li][old:lo])
-            elif run[slot + 1] is not None and run[slot + 1] <= key_left:  # its max/min cell left
-                run[slot], run[slot + 1] = _extreme(tl[0], tl[li], lo, len(tl[0]), stat == _MX)
+            stat.remove(run, slot, tl[0], tl[li], old, lo)
 
     def _aggregate(self, r: _Read, tl: list, a: int, b: int) -> list:
         """The aggregate of cells [a, b) in the read's running-list layout (removal count 0)."""
         agg: list = [a, 0, sum(tl[1][a:b])]
         for stat, li, _, _ in r.stats:
-            if stat == _N:
-                agg.append(sum(tl[li][a:b]))
-            elif stat == _S:
-                agg.append(sum(tl[li][a:b], 0.0))
-            else:
-                agg.extend(_extreme(tl[0], tl[li], a, b, stat == _MX))
+            agg += stat.aggregate(tl[0], tl[li], a, b)
         return agg
 
     def _exact(self, r: _Read, tl: list, latest: float) -> list:
@@ -632,6 +543,7 @@ class FeatureComputer:
         """Merge the cells onto a grid of g.grain (seconds, or buckets): one cell per grid step that has
         any, keyed by its latest key, holding the merged aggregates."""
         q = g.grain
+        merges = [_later, operator.add] + [stat.merge for _, stat in g.stats]  # keys, counts, statistics
         out: list[list] = [[] for _ in tl]
         grid_prev = None
         for i, key in enumerate(tl[0]):
@@ -641,14 +553,8 @@ class FeatureComputer:
                 for merged, lst in zip(out, tl):
                     merged.append(lst[i])
                 continue
-            for merged, lst, how in zip(out, tl, g.merge):
-                x = lst[i]
-                if how == "key":
-                    merged[-1] = x
-                elif how == _S or how == _N:
-                    merged[-1] += x
-                elif x is not None and (merged[-1] is None or (x > merged[-1] if how == _MX else x < merged[-1])):
-                    merged[-1] = x
+            for merged, lst, merge in zip(out, tl, merges):
+                merged[-1] = merge(merged[-1], lst[i])
         for lst, merged in zip(tl, out):
             lst[:] = merged
 
@@ -669,38 +575,12 @@ def _num(value: Any) -> float | None:
     return x if x - x == 0.0 else None
 
 
-def _clamp(x: float) -> float:
-    """An overflowed result as the nearest finite float (NaN, from inf - inf, as 0.0)."""
-    return math.copysign(_BIG, x) if x == x else 0.0
-
-
 def _bad_time(event_time: Any) -> None:
     raise ValueError(f"event time must be finite, got {event_time!r}")
 
 
-def _extreme(keys: list, values: list, a: int, b: int, largest: bool) -> list:
-    """[max (or min) of the non-None values[a:b], key of the latest cell holding it]; [None, None] if none."""
-    window = values[a:b]
-    try:
-        m = max(window) if largest else min(window)
-    except TypeError:  # some cells have no value (None)
-        window = [v for v in window if v is not None]
-        if not window:
-            return [None, None]
-        m = max(window) if largest else min(window)
-        return [m, keys[a + _last_index(values, m, a, b)]]
-    except ValueError:  # empty
-        return [None, None]
-    if m is None:
-        return [None, None]
-    return [m, keys[a + _last_index(values, m, a, b)]]
-
-
-def _last_index(values: list, m: float, a: int, b: int) -> int:
-    i = b - 1
-    while values[i] != m:
-        i -= 1
-    return i - a
+def _later(a, b):
+    return b
 
 
 def _benchmark(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from driftloop.errors import DriftloopError
+from driftloop.features.aggregations import AGGREGATIONS
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec, parse_duration, parse_spec
 
@@ -74,6 +75,38 @@ def test_errors_name_file_path_and_problem(demo, path, value, expected):
     with pytest.raises(DriftloopError) as error:
         parse_spec(_break(copy.deepcopy(demo), path, value), "my_spec.yaml")
     assert str(error.value).startswith(f"my_spec.yaml: {expected}"), str(error.value)
+
+
+def test_agg_error_lists_the_registered_aggregations(demo):
+    with pytest.raises(DriftloopError) as error:
+        parse_spec(_break(copy.deepcopy(demo), ("features", 3, "agg"), "median"), "my_spec.yaml")
+    assert all(repr(name) in str(error.value) for name in AGGREGATIONS), str(error.value)
+
+
+@pytest.mark.parametrize("agg", list(AGGREGATIONS))
+def test_whether_a_feature_needs_a_field_and_a_window_comes_from_its_aggregation(demo, agg):
+    aggregation = AGGREGATIONS[agg]
+    where = f"my_spec.yaml: features[{len(demo['features'])}]"
+
+    def problem(**feature) -> str | None:
+        document = copy.deepcopy(demo)
+        document["features"].append({"name": "extra", "agg": agg, **feature})
+        try:
+            parse_spec(document, "my_spec.yaml")
+        except DriftloopError as error:
+            return str(error)
+        return None
+
+    window = {"size": "1h"}
+    complete = {"field": "amount", **({"window": window} if aggregation.windowed else {})}
+    assert problem(**complete) is None
+    no_field = {key: value for key, value in complete.items() if key != "field"}
+    assert problem(**no_field) == (f"{where}.field: agg {agg!r} needs a numeric event field"
+                                   if aggregation.needs_field else None)
+    if aggregation.windowed:
+        assert problem(field="amount") == f"{where}.window: agg {agg!r} needs a window"
+    else:
+        assert problem(field="amount", window=window) == f"{where}.window: {agg} takes no window"
 
 
 def _rename_field(document, old, new):

@@ -1,6 +1,6 @@
 """Windowed per-entity features (driftloop.features.windows): hand-computed cases per aggregate and window
 kind, defaults, None handling, late events, restart from JSON state, bounded state, and a cross-check
-against a brute-force reference on a random stream."""
+of every registered aggregation, in every window kind, against the brute-force reference on random streams."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import random
 
 import pytest
 
+from driftloop.features.aggregations import AGGREGATIONS
+from driftloop.features.reference import ReferenceComputer
 from driftloop.features.windows import DEFAULT_MAX_ENTRIES, FeatureComputer
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec, parse_spec
@@ -314,7 +316,7 @@ def test_state_of_another_spec_layout_starts_afresh():
     assert f == {"c": 1.0}
 
 
-# -- cross-check against a brute-force reference ----------------------------------------------------------
+# -- cross-check against the brute-force reference (driftloop.features.reference) --------------------------
 
 WINDOWS = {
     "sl10": {"size": "10s"},
@@ -325,70 +327,23 @@ WINDOWS = {
 }
 
 
+def feature(agg: str, label: str | None = None) -> dict:
+    """A feature of the registered aggregation `agg` over the field x, in the window WINDOWS[label] if it takes one."""
+    aggregation = AGGREGATIONS[agg]
+    return {"name": f"{agg}_{label}" if aggregation.windowed else agg, "agg": agg,
+            **({"field": "x"} if aggregation.needs_field else {}),
+            **({"window": WINDOWS[label]} if aggregation.windowed else {})}
+
+
 def cross_check_spec(with_sliding: bool = True):
-    feats = [{"name": "since", "agg": "time_since_last"}]
-    for label, window in WINDOWS.items():
-        if not with_sliding and "size" in window and window.get("kind", "sliding") == "sliding":
-            continue
-        for agg in AGGS:
-            feats.append({"name": f"{agg}_{label}", "agg": agg, **({} if agg == "count" else {"field": "x"}),
-                          "window": window})
-    return make_spec(feats, ttl="1h")
-
-
-def in_window(window: dict, t: float, te: float) -> bool:
-    """Membership written from the window definitions, in time rather than buckets."""
-    kind = window.get("kind", "sliding")
-    size = float(window["size"].rstrip("s"))
-    if kind == "sliding":
-        return t - size < te <= t
-    step = size if kind == "tumbling" else float(window["step"].rstrip("s"))
-    end = (math.floor(t / step) + 1) * step
-    return end - size <= te < end
-
-
-class Reference:
-    """Recomputes every feature from all the entity's events seen so far."""
-
-    def __init__(self, spec, lateness: float):
-        self.spec = spec
-        self.lateness = lateness
-        self.horizon = max((f.window.size for f in spec.features if f.window and f.window.kind == "sliding"),
-                           default=None)
-        self.seen: dict[str, list[tuple[float, float | None]]] = {}
-        self.latest: dict[str, float] = {}
-
-    def update(self, entity: str, t: float, x: float | None) -> dict[str, float]:
-        seen = self.seen.setdefault(entity, [])
-        ttl = self.spec.feature_ttl
-        latest = self.latest.get(entity)
-        if latest is None:
-            since = ttl
-        elif t >= latest:
-            since = t - latest
-        else:  # documented: the latest earlier event among the retained sliding entries
-            earlier = [te for te, _ in seen if te <= t and self.horizon is not None
-                       and te > latest - self.lateness - self.horizon]
-            since = t - max(earlier) if earlier else ttl
-        out = {"since": min(since, ttl)}
-        for label, window in WINDOWS.items():
-            if f"count_{label}" not in [f.name for f in self.spec.features]:
-                continue
-            before = [xe for te, xe in seen if in_window(window, t, te)]
-            members = [xv for xv in before + [x] if xv is not None]
-            prior = [xv for xv in before if xv is not None]
-            mean_prior = sum(prior) / len(prior) if prior else 0.0
-            out[f"count_{label}"] = float(len(before) + 1)
-            out[f"sum_{label}"] = float(sum(members))
-            out[f"mean_{label}"] = sum(members) / len(members) if members else 0.0
-            out[f"max_{label}"] = max(members) if members else 0.0
-            out[f"min_{label}"] = min(members) if members else 0.0
-            out[f"ratio_to_mean_{label}"] = x / mean_prior if x is not None and mean_prior else 1.0
-        seen.append((t, x))
-        self.latest[entity] = t if latest is None else max(latest, t)
-        if len(seen) > 200:  # forget what no window, lateness or time_since_last lookup reaches (for speed)
-            seen[:] = [(te, xe) for te, xe in seen if te > self.latest[entity] - 150]
-        return out
+    """Every registered aggregation over every window (the sliding ones only if with_sliding)."""
+    labels = [label for label, window in WINDOWS.items() if with_sliding or window.get("kind") is not None]
+    features = {}
+    for agg in AGGREGATIONS:
+        for label in labels:
+            f = feature(agg, label)
+            features[f["name"]] = f
+    return make_spec(list(features.values()), ttl="1h")
 
 
 def random_stream(seed: int, n: int, entities: int, disorder: float, dense: bool = False):
@@ -409,22 +364,37 @@ def random_stream(seed: int, n: int, entities: int, disorder: float, dense: bool
         yield entity, t, x
 
 
-@pytest.mark.parametrize(("disorder", "lateness", "with_sliding", "dense"),
-                         [(0, 0, True, False), (25, 30, True, False), (25, 25, False, False), (25, 30, True, True)])
-def test_matches_brute_force_reference_on_a_random_stream(disorder, lateness, with_sliding, dense):
-    spec = cross_check_spec(with_sliding)
+def assert_matches_reference(spec, lateness: float, stream) -> int:
+    """Run the stream through the FeatureComputer and the reference; return how many events were late."""
     fc = FeatureComputer(spec, allowed_lateness=lateness)
-    reference = Reference(spec, lateness)
+    reference = ReferenceComputer(spec, allowed_lateness=lateness)
     names = [f.name for f in spec.features]
     states: dict = {}
+    reference_states: dict = {}
     late = 0
-    for i, (entity, t, x) in enumerate(random_stream(seed=2024, n=4000, entities=4, disorder=disorder, dense=dense)):
+    for i, (entity, t, x) in enumerate(stream):
         before = states.get(entity)
         late += before is not None and t < before["latest"]
         states[entity], got = fc.update(before, t, {"x": x})
-        want = reference.update(entity, t, x)
-        assert list(got) == names
+        reference_states[entity], want = reference.update(reference_states.get(entity), t, {"x": x})
+        assert list(got) == names and all(type(v) is float and math.isfinite(v) for v in got.values())
         if not all(math.isclose(got[n], want[n], rel_tol=1e-9, abs_tol=1e-9) for n in names):
             assert got == pytest.approx(want, rel=1e-9, abs=1e-9), f"event {i}: entity {entity} t={t} x={x}"
+    return late
+
+
+@pytest.mark.parametrize(("disorder", "lateness", "with_sliding", "dense"),
+                         [(0, 0, True, False), (25, 30, True, False), (25, 25, False, False), (25, 30, True, True)])
+def test_all_aggregations_together_match_the_reference_on_a_random_stream(disorder, lateness, with_sliding, dense):
+    late = assert_matches_reference(cross_check_spec(with_sliding), lateness,
+                                    random_stream(seed=2024, n=4000, entities=4, disorder=disorder, dense=dense))
     assert (late > 100) == bool(disorder)
 
+
+@pytest.mark.parametrize(("agg", "label"), [(agg, label) for agg in AGGREGATIONS
+                                            for label in (WINDOWS if AGGREGATIONS[agg].windowed else [None])])
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_every_registered_aggregation_matches_its_definition_in_every_window_kind_with_late_events(agg, label, dense):
+    late = assert_matches_reference(make_spec([feature(agg, label)], ttl="1h"), 30,
+                                    random_stream(seed=7, n=1500, entities=3, disorder=25, dense=dense))
+    assert late > 100
