@@ -29,6 +29,7 @@ __all__ = ["FLAVORS", "Model", "flavor_of", "load", "new_model", "retrain_candid
 FLAVORS: dict[str, type[Model]] = {cls.flavor: cls for cls in map(pkgutil.resolve_name, (
     "driftloop.models.onnx_flavor:OnnxModel",
     "driftloop.models.river_flavor:RiverModel",
+    "driftloop.models.sklearn_flavor:SklearnModel",
 ))}
 
 
