@@ -28,6 +28,14 @@ def test_demo_spec_is_valid_and_derives_model_inputs():
     assert spec.features[2].window.step == 3600
 
 
+def test_the_flavor_registry_decides_what_a_spec_may_name(demo):
+    demo["model"].update(flavor="sklearn", estimator="extra_trees")
+    demo["retrain"]["candidates"] = {"sklearn": "mlp", "river": "hoeffding_adaptive_tree"}
+    spec = parse_spec(demo, "my_spec.yaml")
+    assert (spec.model.flavor, spec.model.estimator) == ("sklearn", "extra_trees")
+    assert spec.retrain.candidates == {"sklearn": "mlp", "river": "hoeffding_adaptive_tree"}
+
+
 def test_durations():
     assert parse_duration("500ms") == 0.5
     assert parse_duration("10m") == 600
