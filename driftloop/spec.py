@@ -115,16 +115,33 @@ class FeatureSpec(_Strict):
 
 class ModelSpec(_Strict):
     name: str
-    flavor: Literal["river", "onnx"]
-    estimator: str
+    flavor: str  # a name in the flavor registry, driftloop/models/flavors.py
+    estimator: str  # one of that flavor's estimators
     params: dict[str, Any] = {}
     inputs: tuple[str, ...] | None = None  # default: every feature plus every numeric/category/bool event field
     threshold: float = Field(default=0.5, gt=0, lt=1)
     warmup_events: int = Field(default=2000, ge=1)
 
 
-RIVER_ESTIMATORS = ("logistic_regression", "hoeffding_adaptive_tree", "adaptive_random_forest")
-ONNX_ESTIMATORS = ("logistic_regression", "gradient_boosting", "random_forest")
+
+def _flavor_checks(spec: PipelineSpec):
+    """Yield (path, problem) for a flavor or estimator, of the model or a retraining candidate, that the flavor
+    registry does not offer."""
+    from driftloop.models.flavors import flavor_of  # imported here: the flavors import this module
+
+    models = [("model", spec.model.flavor, spec.model.estimator)]
+    models += [(f"retrain.candidates.{flavor}", flavor, estimator)
+               for flavor, estimator in (spec.retrain.candidates or {}).items()]
+    for where, flavor, estimator in models:
+        try:
+            offered = flavor_of(flavor).estimators
+        except DriftloopError as exc:
+            yield "model.flavor" if where == "model" else where, str(exc)
+            continue
+        if estimator not in offered:
+            yield "model.estimator" if where == "model" else where, f"{flavor} estimators are {', '.join(offered)}"
+    if spec.retrain.candidates == {}:
+        yield "retrain.candidates", "name at least one flavor: estimator to train (or leave it out for the default)"
 
 
 class DriftSpec(_Strict):
@@ -154,9 +171,8 @@ class RetrainSpec(_Strict):
     holdout_share: float = Field(default=0.25, gt=0, lt=1)  # the newest share, for validation
     gate_metric: Literal["accuracy", "roc_auc", "log_loss"] = "roc_auc"
     min_improvement: float = Field(default=0.0, ge=0)  # over the champion on the same holdout
-    onnx_estimator: Literal["logistic_regression", "gradient_boosting", "random_forest"] = "gradient_boosting"
-    river_estimator: Literal["logistic_regression", "hoeffding_adaptive_tree", "adaptive_random_forest"] = \
-        "logistic_regression"
+    # flavor -> estimator of each candidate trained; default: every flavor's `retrain_estimator`
+    candidates: dict[str, str] | None = None
 
 
 class CanarySpec(_Strict):
@@ -337,9 +353,7 @@ def _cross_checks(spec: PipelineSpec):
             yield f"{where}.window.step", f"a {feat.window.kind} window takes no step"
         elif feat.window.size > spec.feature_ttl:
             yield f"{where}.window.size", "window is longer than feature_ttl; Feast would expire it first"
-    estimators = RIVER_ESTIMATORS if spec.model.flavor == "river" else ONNX_ESTIMATORS
-    if spec.model.estimator not in estimators:
-        yield "model.estimator", f"{spec.model.flavor} estimators are {', '.join(estimators)}"
+    yield from _flavor_checks(spec)
     known = {f.name for f in spec.features} | set(ev.fields)
     for i, name in enumerate(spec.model.inputs or ()):
         if name not in known:

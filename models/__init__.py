@@ -1,1 +1,1 @@
-"""Model flavors (River, ONNX), registry access and champion/canary/shadow routing."""
+"""Model flavors (their registry: flavors.py), MLflow registry access and champion/canary/shadow routing."""

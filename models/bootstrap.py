@@ -2,12 +2,12 @@
 
 `ensure_champion(spec, tracking_uri, warmup)` returns the champion version when the alias exists; otherwise
 it builds one, registers it with the tag `driftloop.origin=bootstrap`, and points `champion` at it:
-- River: learn from `warmup`, or start cold when there is none;
-- ONNX: train on `warmup`; without warm-up rows an ONNX model cannot exist yet, so the champion is a
-  cold-start River *placeholder* over the same inputs (tag `driftloop.placeholder=warmup`). It serves and
-  learns until the control plane has seen `model.warmup_events` labelled events with full feature
-  windows and asks for a "warmup" retraining, whose ONNX model then replaces it directly (no canary:
-  the placeholder is not a model anyone chose).
+- with `warmup` rows: the spec's model trained on them (an online flavor learns them in order);
+- without: a cold start when the flavor can (`Model.cold_start`, River). A flavor that cannot (ONNX)
+  cannot exist yet, so the champion is a cold-start River *placeholder* over the same inputs (tag
+  `driftloop.placeholder=warmup`). It serves and learns until the control plane has seen
+  `model.warmup_events` labelled events with full feature windows and asks for a "warmup" retraining,
+  whose model then replaces it directly (no canary: the placeholder is not a model anyone chose).
 The warmup rows (at most spec.drift.reference_size of them) become the version's reference sample.
 
 Two workers bootstrapping the same empty registry at once can both register a version. A worker that
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from driftloop.models.flavors import new_model, train_onnx, with_model
+from driftloop.models.flavors import flavor_of, new_model, train, with_model
 from driftloop.models.provenance import PLACEHOLDER_TAG
 from driftloop.models.registry import ModelVersionInfo, get_alias_version, register, set_alias, version_info
 from driftloop.signing import SigningKey
@@ -28,12 +28,14 @@ from driftloop.spec import PipelineSpec
 
 CHAMPION = "champion"
 ORIGIN_TAG = "driftloop.origin"
+PLACEHOLDER_MODEL = ("river", "logistic_regression")  # (flavor, estimator): a cold_start flavor
 __all__ = ["CHAMPION", "ORIGIN_TAG", "PLACEHOLDER_TAG", "ensure_champion", "placeholder_spec"]
 
 
 def placeholder_spec(spec: PipelineSpec) -> PipelineSpec:
-    """The spec of the cold-start River model that serves an ONNX pipeline until its first training."""
-    return with_model(spec, "river", "logistic_regression")
+    """The spec of the cold-start model that serves a pipeline whose flavor cannot start cold until its first
+    training."""
+    return with_model(spec, *PLACEHOLDER_MODEL)
 
 
 def ensure_champion(spec: PipelineSpec, tracking_uri: str,
@@ -49,12 +51,10 @@ def ensure_champion(spec: PipelineSpec, tracking_uri: str,
     labels = [int(label) for _, label in pairs]
     tags = {ORIGIN_TAG: "bootstrap"}
     built_by = spec
-    if spec.model.flavor == "river":
+    if rows:
+        model = train(spec, rows, labels)
+    elif flavor_of(spec.model.flavor).cold_start:
         model = new_model(spec)
-        if rows:
-            model.learn(rows, labels)
-    elif rows:
-        model = train_onnx(spec, rows, labels)
     else:
         built_by = placeholder_spec(spec)
         model = new_model(built_by)

@@ -1,46 +1,43 @@
-"""The common model interface every flavor implements, and loading a saved model of any flavor.
+"""The flavor registry, and the model operations that go through it.
 
-- `Model` — what the scorer, the registry and retraining rely on.
-- `new_model(spec)` — a fresh, untrained River model (ONNX models are trained: `train_onnx`).
-- `train_onnx(spec, rows, labels)` — fit and export an ONNX model.
+- `FLAVORS` — flavor name -> its `Model` subclass, one line per flavor below (docs/extending-flavors.md).
+- `flavor_of(name)` — the class, or a DriftloopError listing the flavors.
+- `new_model(spec)` — a fresh, untrained model (cold_start flavors).
+- `train(spec, rows, labels)` — a model of spec.model trained on rows.
 - `with_model(spec, flavor, estimator)` — the spec with another model in its `model` section.
-- `load(directory)` — a model saved by `Model.save`, whichever its flavor.
+- `retrain_candidates(spec)` — the (flavor, estimator) of each model a retraining trains.
+- `load(directory, flavor)` — a model saved by `Model.save`.
 
-Rows are dicts name -> value over `spec.model_inputs` (see `driftloop.models.inputs`); labels are 0/1.
+Rows are dicts name -> value over the spec's model inputs (`driftloop.schema`); labels are 0/1.
 """
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from driftloop.errors import DriftloopError
-from driftloop.models import onnx_flavor, river_flavor
-from driftloop.models.inputs import InputColumn
-from driftloop.models.onnx_flavor import OnnxModel, train_onnx
-from driftloop.models.river_flavor import RiverModel
+from driftloop.models.model import Model
 from driftloop.spec import PipelineSpec
 
-__all__ = ["Model", "OnnxModel", "RiverModel", "load", "new_model", "train_onnx", "with_model"]
+__all__ = ["FLAVORS", "Model", "flavor_of", "load", "new_model", "retrain_candidates", "train", "with_model"]
+
+# One "module:Class" per flavor. The modules import their libraries only when a model is built or loaded,
+# so that checking a spec (which reads every flavor's estimators) stays fast.
+FLAVORS: dict[str, type[Model]] = {cls.flavor: cls for cls in map(pkgutil.resolve_name, (
+    "driftloop.models.onnx_flavor:OnnxModel",
+    "driftloop.models.river_flavor:RiverModel",
+    "driftloop.models.sklearn_flavor:SklearnModel",
+))}
 
 
-@runtime_checkable
-class Model(Protocol):
-    flavor: str  # "river" | "onnx"
-    online: bool  # True when learn() updates the model in place
-    columns: tuple[InputColumn, ...]  # the inputs it reads, in spec order
-
-    def predict_proba(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """P(label=1) for each row, as a float64 array of len(rows); one call per batch."""
-
-    def learn(self, rows: Sequence[Mapping[str, Any]], labels: Sequence[int]) -> None:
-        """Learn from labelled rows in order (River). Not online flavors raise NotImplementedError."""
-
-    def save(self, directory: str | Path) -> list[Path]:
-        """Write the model's file(s) into directory (created if needed); returns their paths."""
+def flavor_of(name: str) -> type[Model]:
+    cls = FLAVORS.get(name)
+    if cls is None:
+        raise DriftloopError(f"{name!r} is not a model flavor; the flavors are {', '.join(FLAVORS)}")
+    return cls
 
 
 def with_model(spec: PipelineSpec, flavor: str, estimator: str) -> PipelineSpec:
@@ -53,18 +50,30 @@ def with_model(spec: PipelineSpec, flavor: str, estimator: str) -> PipelineSpec:
 
 
 def new_model(spec: PipelineSpec) -> Model:
-    """A fresh untrained model for the spec; only the River flavor can start cold."""
-    if spec.model.flavor == "river":
-        return RiverModel.from_spec(spec)
-    raise DriftloopError(f"model {spec.model.name}: an onnx model cannot start cold; train it with train_onnx")
+    """A fresh untrained model for the spec; only a cold_start flavor can give one."""
+    return flavor_of(spec.model.flavor).new(spec)
+
+
+def train(spec: PipelineSpec, rows: Sequence[Mapping[str, Any]], labels: Sequence[int]) -> Model:
+    """The spec's model trained on rows (oldest first): fitted in batch, or learned in order by an online flavor."""
+    return flavor_of(spec.model.flavor).train(spec, rows, labels)
+
+
+def retrain_candidates(spec: PipelineSpec) -> list[tuple[str, str]]:
+    """(flavor, estimator) of each candidate a retraining trains: the spec's `retrain.candidates`, or else
+    every flavor's `retrain_estimator`."""
+    if spec.retrain.candidates is not None:
+        return list(spec.retrain.candidates.items())
+    return [(name, cls.retrain_estimator) for name, cls in FLAVORS.items() if cls.retrain_estimator is not None]
 
 
 def load(directory: str | Path, flavor: str | None = None) -> Model:
-    """Load the model saved in directory, of `flavor` when given (the registry passes the signed one), else of
-    whichever flavor's file is there. A River model is a pickle: verify its signature first."""
+    """Load the model saved in directory, of `flavor` when given (the registry passes the signed one: only that
+    flavor's file is opened), else of the flavor whose file is there (each flavor has its own file name)."""
     directory = Path(directory)
-    for kind, filename in ((RiverModel, river_flavor.FILENAME), (OnnxModel, onnx_flavor.FILENAME)):
-        if flavor in (None, kind.flavor) and (directory / filename).is_file():
+    kinds = [flavor_of(flavor)] if flavor is not None else list(FLAVORS.values())
+    for kind in kinds:
+        if (directory / kind.filename).is_file():
             return kind.load(directory)
     of_flavor = f" of flavor {flavor}" if flavor else ""
-    raise DriftloopError(f"{directory}: no saved model{of_flavor} ({river_flavor.FILENAME} or {onnx_flavor.FILENAME})")
+    raise DriftloopError(f"{directory}: no saved model{of_flavor} ({', '.join(k.filename for k in kinds)})")

@@ -1,4 +1,4 @@
-"""What a model reads: the spec's model inputs as typed columns, and rows converted for each consumer.
+"""Model-input rows converted for each consumer; the columns themselves are `driftloop.schema.model_inputs`.
 
 A row is a dict name -> value: a float for features and int/float fields, a bool for bool fields, a
 str for category fields ("__unseen__" marks a category outside the spec's `values`), None for a missing
@@ -9,41 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from driftloop.spec import MISSING, PipelineSpec
+from driftloop.schema import ModelInput
+from driftloop.spec import MISSING
 
-Kind = Literal["numeric", "bool", "category"]
 Row = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class InputColumn:
-    name: str
-    kind: Kind
-    categories: tuple[str, ...] = ()  # the spec's known values, for category columns
-
-
-def input_columns(spec: PipelineSpec) -> tuple[InputColumn, ...]:
-    """The spec's model inputs, in order, with the kind each is encoded as."""
-    features = {f.name for f in spec.features}
-    columns = []
-    for name in spec.model_inputs:
-        if name in features:
-            columns.append(InputColumn(name, "numeric"))
-            continue
-        field = spec.events.fields[name]
-        if field.type == "category":
-            columns.append(InputColumn(name, "category", tuple(field.values or ())))
-        elif field.type == "bool":
-            columns.append(InputColumn(name, "bool"))
-        else:
-            columns.append(InputColumn(name, "numeric"))
-    return tuple(columns)
+# River models saved before driftloop/schema.py pickled their columns under this name (RiverModel.load
+# reads only their name and kind).
+InputColumn = ModelInput
 
 
 def is_missing(value: Any) -> bool:
@@ -59,7 +36,7 @@ def as_category(value: Any) -> str:
     return MISSING if is_missing(value) else str(value)
 
 
-def rows_to_frame(columns: Sequence[InputColumn], rows: Sequence[Row]) -> pd.DataFrame:
+def rows_to_frame(columns: Sequence[ModelInput], rows: Sequence[Row]) -> pd.DataFrame:
     """Rows as a typed DataFrame: float64 (NaN for missing), nullable boolean, and str/None objects.
 
     This is the shape of the reference sample (reference.parquet) and of the MLflow signature.
@@ -76,7 +53,7 @@ def rows_to_frame(columns: Sequence[InputColumn], rows: Sequence[Row]) -> pd.Dat
     return pd.DataFrame(data, columns=[c.name for c in columns])
 
 
-def frame_to_rows(columns: Sequence[InputColumn], frame: pd.DataFrame) -> list[dict[str, Any]]:
+def frame_to_rows(columns: Sequence[ModelInput], frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The inverse of rows_to_frame: NaN/NA become None, numpy scalars become Python ones."""
     out: list[dict[str, Any]] = [{} for _ in range(len(frame))]
     for col in columns:

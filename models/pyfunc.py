@@ -16,17 +16,14 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from driftloop.models.inputs import frame_to_rows, input_columns
+from driftloop.models.inputs import frame_to_rows
+from driftloop.schema import model_inputs
 from driftloop.spec import PipelineSpec
-
-_MLFLOW_TYPES = {"numeric": "double", "bool": "boolean", "category": "string"}
 
 
 def signature_for(spec: PipelineSpec) -> ModelSignature:
     """Input schema from the spec's model inputs (type, and optional when the event field is optional)."""
-    fields = spec.events.fields
-    inputs = Schema([ColSpec(_MLFLOW_TYPES[c.kind], c.name, required=fields[c.name].required if c.name in fields else True)
-                     for c in input_columns(spec)])
+    inputs = Schema([ColSpec(i.stored_as.mlflow, i.name, required=i.required) for i in model_inputs(spec)])
     outputs = Schema([TensorSpec(np.dtype("float64"), (-1,))])  # P(label=1) per row
     return ModelSignature(inputs=inputs, outputs=outputs)
 

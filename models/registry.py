@@ -3,7 +3,7 @@
 A registered version is one MLflow run (experiment = spec.name) holding params, metrics and a pyfunc model
 whose artifacts are
 
-    artifacts/model/            the files Model.save wrote (model.pkl or model.onnx)
+    artifacts/model/            the file Model.save wrote (the flavor's `filename`: model.pkl, model.onnx, ...)
     artifacts/reference.parquet the reference sample of input rows, for data-drift detection
 
 and the model version (under spec.model.name) carries the tags `driftloop.checksum` (the SHA-256 of the
@@ -42,10 +42,11 @@ from driftloop.errors import DriftloopError
 from driftloop.mlflow_server import http_ok, server_aliases
 from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models import provenance
-from driftloop.models.flavors import Model, load
-from driftloop.models.inputs import input_columns, rows_to_frame
+from driftloop.models.flavors import Model, flavor_of, load
+from driftloop.models.inputs import rows_to_frame
 from driftloop.models.provenance import FLAVOR_TAG, PLACEHOLDER_TAG, SIGNATURE_TAG, ModelRefused
 from driftloop.models.pyfunc import DriftloopPyfunc, signature_for
+from driftloop.schema import model_inputs
 from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
 
@@ -140,7 +141,7 @@ def _local_artifact_root(tracking_uri: str) -> str | None:
 
 
 def _requirements(flavor: str) -> list[str]:
-    packages = ["driftloop", "mlflow", "numpy", "pandas", "pyarrow", "river" if flavor == "river" else "onnxruntime"]
+    packages = ["driftloop", "mlflow", "numpy", "pandas", "pyarrow", *flavor_of(flavor).requirements]
     out = []
     for package in packages:
         try:
@@ -166,7 +167,7 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
     run_params = {"flavor": model.flavor, "estimator": spec.model.estimator,
                   **{f"model.{k}": v for k, v in spec.model.params.items()}, **(params or {})}
-    reference = rows_to_frame(input_columns(spec), list(reference_rows))
+    reference = rows_to_frame(model_inputs(spec), list(reference_rows))
     with tempfile.TemporaryDirectory(prefix="driftloop-register-") as tmp:
         model_dir = Path(tmp) / MODEL_ARTIFACT
         model.save(model_dir)

@@ -8,7 +8,8 @@ Pipeline, built from the spec:
 
 A missing optional value is imputed with the running mean of what the pipeline has learned; a None
 category becomes "__missing__" and, like "__unseen__", gets its own one-hot column as soon as the
-model learns from it. Persisted as one pickle file, `model.pkl`.
+model learns from it. Persisted as one pickle file, `model.pkl`. River is imported when a model is built
+or loaded, not with this module: spec checks read `RiverModel.estimators`.
 """
 
 from __future__ import annotations
@@ -16,33 +17,31 @@ from __future__ import annotations
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from river import compose, forest, linear_model, preprocessing, stats, tree
 
 from driftloop.errors import DriftloopError
-from driftloop.models.inputs import InputColumn, Row, as_category, as_float, input_columns
+from driftloop.models.inputs import Row, as_category, as_float
+from driftloop.models.model import Model
+from driftloop.schema import ModelInput, model_inputs
 from driftloop.spec import PipelineSpec
 
-FILENAME = "model.pkl"
-_FORMAT = 1
+if TYPE_CHECKING:
+    from river import compose
 
-ESTIMATORS = {
-    "logistic_regression": linear_model.LogisticRegression,
-    "hoeffding_adaptive_tree": tree.HoeffdingAdaptiveTreeClassifier,
-    "adaptive_random_forest": forest.ARFClassifier,
+_FORMAT = 1
+_CLASSES = {
+    "logistic_regression": "river.linear_model:LogisticRegression",
+    "hoeffding_adaptive_tree": "river.tree:HoeffdingAdaptiveTreeClassifier",
+    "adaptive_random_forest": "river.forest:ARFClassifier",
 }
 
 
-def build_pipeline(spec: PipelineSpec, columns: Sequence[InputColumn]) -> compose.Pipeline:
-    estimator_cls = ESTIMATORS.get(spec.model.estimator)
-    if estimator_cls is None:
-        raise DriftloopError(f"model {spec.model.name}: river estimators are {', '.join(ESTIMATORS)}")
-    try:
-        estimator = estimator_cls(**spec.model.params)
-    except TypeError as exc:
-        raise DriftloopError(f"model {spec.model.name}: model.params: {exc}") from None
+def build_pipeline(spec: PipelineSpec, columns: Sequence[ModelInput]) -> compose.Pipeline:
+    from river import compose, preprocessing, stats
+
+    estimator = RiverModel.make_estimator(spec, _CLASSES)
     categories = [c.name for c in columns if c.kind == "category"]
     numerics = [c.name for c in columns if c.kind != "category"]
     branches = []
@@ -58,21 +57,25 @@ def build_pipeline(spec: PipelineSpec, columns: Sequence[InputColumn]) -> compos
     return features | estimator
 
 
-class RiverModel:
-    """A River pipeline behind the common Model interface; learns online."""
+class RiverModel(Model):
+    """A River pipeline; learns online, and starts cold (it scores about 0.5 before learning anything)."""
 
     flavor = "river"
+    estimators = tuple(_CLASSES)
+    filename = "model.pkl"
+    requirements = ("river",)
     online = True
+    cold_start = True
+    retrain_estimator = "logistic_regression"
 
-    def __init__(self, columns: Sequence[InputColumn], pipeline: compose.Pipeline, estimator: str):
+    def __init__(self, columns: Sequence[ModelInput], pipeline: compose.Pipeline, estimator: str):
         self.columns = tuple(columns)
         self.pipeline = pipeline
         self.estimator = estimator
 
     @classmethod
-    def from_spec(cls, spec: PipelineSpec) -> RiverModel:
-        """A fresh, untrained model; it already scores (about 0.5) before it has learned anything."""
-        columns = input_columns(spec)
+    def new(cls, spec: PipelineSpec) -> RiverModel:
+        columns = model_inputs(spec)
         return cls(columns, build_pipeline(spec, columns), spec.model.estimator)
 
     def _x(self, row: Row) -> dict[str, Any]:
@@ -94,8 +97,7 @@ class RiverModel:
         return out
 
     def learn(self, rows: Sequence[Row], labels: Sequence[int]) -> None:
-        if len(rows) != len(labels):
-            raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+        self.check_lengths(rows, labels)
         learn = self.pipeline.learn_one
         for row, label in zip(rows, labels):
             learn(self._x(row), bool(label))
@@ -103,7 +105,7 @@ class RiverModel:
     def save(self, directory: str | Path) -> list[Path]:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / FILENAME
+        path = directory / self.filename
         state = {"format": _FORMAT, "flavor": self.flavor, "estimator": self.estimator,
                  "columns": self.columns, "pipeline": self.pipeline}
         with path.open("wb") as fh:
@@ -112,12 +114,13 @@ class RiverModel:
 
     @classmethod
     def load(cls, directory: str | Path) -> RiverModel:
-        """Unpickles: only call this on files whose checksum was verified (the registry does)."""
-        with (Path(directory) / FILENAME).open("rb") as fh:
+        """Unpickles: only call this on files whose signature was verified (the registry does)."""
+        with (Path(directory) / cls.filename).open("rb") as fh:
             state = pickle.load(fh)
         if not isinstance(state, dict) or state.get("format") != _FORMAT or state.get("flavor") != cls.flavor:
-            raise DriftloopError(f"{directory}: {FILENAME} is not a driftloop river model (format {_FORMAT})")
-        return cls(state["columns"], state["pipeline"], state["estimator"])
+            raise DriftloopError(f"{directory}: {cls.filename} is not a driftloop river model (format {_FORMAT})")
+        columns = tuple(ModelInput.of_kind(c.name, c.kind) for c in state["columns"])
+        return cls(columns, state["pipeline"], state["estimator"])
 
 
 def _positive(proba: dict) -> float:

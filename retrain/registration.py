@@ -32,9 +32,9 @@ import pandas as pd
 import driftloop
 from driftloop.features.feast.repo import feature_view_name, feature_view_version
 from driftloop.models.bootstrap import ORIGIN_TAG
-from driftloop.models.inputs import input_columns
 from driftloop.models.registry import ModelVersionInfo, register
 from driftloop.retrain.train import Candidate
+from driftloop.schema import model_inputs
 from driftloop.signing import SigningKey
 from driftloop.spec import PipelineSpec
 
@@ -62,7 +62,7 @@ def data_drift_report(spec: PipelineSpec, reference: pd.DataFrame, current: pd.D
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    columns = input_columns(spec)
+    columns = model_inputs(spec)
     definition = DataDefinition(numerical_columns=[c.name for c in columns if c.kind == "numeric"],
                                 categorical_columns=[c.name for c in columns if c.kind != "numeric"])
     snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(current, data_definition=definition),

@@ -50,7 +50,7 @@ from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.heartbeat import Heartbeat
 from driftloop.models.bootstrap import CHAMPION
-from driftloop.models.inputs import input_columns, rows_to_frame
+from driftloop.models.inputs import rows_to_frame
 from driftloop.models.provenance import ModelRefused
 from driftloop.models.registry import (
     LoadedModel, aliases, mlflow_problem, set_alias, set_version_tag, version_tags, versions_tagged,
@@ -63,6 +63,7 @@ from driftloop.retrain.registration import GATE_TAG, REQUEST_TAG, record
 from driftloop.retrain.train import train_candidates, train_spec_model
 from driftloop.retrain.training_set import NotEnoughData, TrainingSet, build_training_set, read_window
 from driftloop.retrain.validate import METRICS, catch_up, gate, holdout_metrics, holdout_size, score
+from driftloop.schema import model_inputs
 from driftloop.settings import Settings
 from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec, load_spec
@@ -213,7 +214,7 @@ class RetrainWorker:
         _LOG.info("request %s: holdout of %d rows: %s; gate %s: %s", request_id, held, _summary(results),
                   "passed" if decision.passed else "failed", decision.reason)
 
-        columns = input_columns(spec)
+        columns = model_inputs(spec)
         if champion is not None and len(champion.reference):
             drift_reference, reference_name = champion.reference, f"champion v{champion_version} reference sample"
         else:

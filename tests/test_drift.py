@@ -16,7 +16,8 @@ from evidently.presets import DataDriftPreset
 
 from driftloop.load.benchmarks.drift_calibration import BATCH, LABEL_DELAY, demo_stream, scored_batches
 from driftloop.load.generator import DriftPlan, FraudStream
-from driftloop.models.inputs import input_columns, rows_to_frame
+from driftloop.models.inputs import rows_to_frame
+from driftloop.schema import model_inputs
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from driftloop.streams.control.drift.concept import LOG_LOSS_CAP, ConceptDriftMonitor
@@ -28,7 +29,7 @@ from driftloop.streams.control.trigger import TriggerPolicy, Warmup
 from tests.fake_clock import Clock
 
 SPEC = load_spec(DEMO_SPEC)
-COLUMNS = input_columns(SPEC)
+COLUMNS = model_inputs(SPEC)
 NAMES = [c.name for c in COLUMNS]
 START = 1_790_000_000.0
 

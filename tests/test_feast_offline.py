@@ -14,10 +14,11 @@ import pytest
 
 from tests.conftest import key_environ
 from driftloop import settings as settings_module
-from driftloop.features.feast.repo import TIMESTAMP_COLUMN, apply, feature_view_name, input_types
+from driftloop.features.feast.repo import TIMESTAMP_COLUMN, apply, feature_view_name
 from driftloop.features.feast.writer import FeastWriter
 from driftloop.load.benchmarks.retrain_memory import measure, prepare
 from driftloop.features.feast.offline import OfflineHistory
+from driftloop.schema import model_inputs
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, load_spec
 
@@ -34,16 +35,16 @@ def feast_settings(tmp_path, spec_path, **env) -> settings_module.Settings:
 def random_row(spec: PipelineSpec, rng: random.Random, entity: str, at: float) -> dict:
     """A stored row of every input type; optional inputs are sometimes missing (None or NaN)."""
     row = {spec.events.entity: entity, TIMESTAMP_COLUMN: at}
-    for name, kind in input_types(spec).items():
-        field = spec.events.fields.get(name)
+    for model_input in model_inputs(spec):
+        name, kind = model_input.name, model_input.type
         if kind == "float":
             row[name] = rng.choice([float("nan"), None]) if rng.random() < 0.05 else rng.uniform(0, 500)
         elif kind == "int":
-            row[name] = None if field is not None and not field.required and rng.random() < 0.2 else rng.randint(0, 900)
+            row[name] = None if not model_input.required and rng.random() < 0.2 else rng.randint(0, 900)
         elif kind == "bool":
             row[name] = rng.random() < 0.5
         else:
-            row[name] = rng.choice(field.values)
+            row[name] = rng.choice(model_input.categories)
     return row
 
 
@@ -78,7 +79,7 @@ def feast_answers(settings, spec, keys: list[tuple[str, int]]) -> list[dict | No
     refs = [f"{feature_view_name(spec)}:{name}" for name in spec.model_inputs]
     frame = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
     micros = (frame[TIMESTAMP_COLUMN] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
-    types = input_types(spec)
+    types = {model_input.name: model_input.type for model_input in model_inputs(spec)}
     answers = {}
     for entity, us, values in zip(frame[spec.events.entity].tolist(), micros.tolist(),
                                   frame[list(spec.model_inputs)].to_dict("records")):

@@ -7,6 +7,7 @@ import yaml
 
 from driftloop.errors import DriftloopError
 from driftloop.features.aggregations import AGGREGATIONS
+from driftloop.models.flavors import FLAVORS
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec, parse_duration, parse_spec
 
@@ -26,6 +27,14 @@ def test_demo_spec_is_valid_and_derives_model_inputs():
     assert not {"event_id", "user_id", "event_time"} & set(spec.model_inputs)
     assert spec.feature_ttl == 2 * 86400
     assert spec.features[2].window.step == 3600
+
+
+def test_the_flavor_registry_decides_what_a_spec_may_name(demo):
+    demo["model"].update(flavor="sklearn", estimator="extra_trees")
+    demo["retrain"]["candidates"] = {"sklearn": "mlp", "river": "hoeffding_adaptive_tree"}
+    spec = parse_spec(demo, "my_spec.yaml")
+    assert (spec.model.flavor, spec.model.estimator) == ("sklearn", "extra_trees")
+    assert spec.retrain.candidates == {"sklearn": "mlp", "river": "hoeffding_adaptive_tree"}
 
 
 def test_durations():
@@ -65,6 +74,13 @@ def _break(document, path, value):
     (("features", 1, "name"), "amount", "features[1].name: 'amount' is already used"),
     (("features", 1, "window", "size"), "3d", "features[1].window.size: window is longer than feature_ttl"),
     (("model", "estimator"), "xgboost", "model.estimator: onnx estimators are"),
+    (("model", "flavor"), "sklearn_pipeline",
+     f"model.flavor: 'sklearn_pipeline' is not a model flavor; the flavors are {', '.join(FLAVORS)}"),
+    (("retrain", "candidates"), {"onnx": "random_forest", "river": "gradient_boosting"},
+     "retrain.candidates.river: river estimators are logistic_regression, hoeffding_adaptive_tree"),
+    (("retrain", "candidates"), {"xgboost": "gbtree"}, "retrain.candidates.xgboost: 'xgboost' is not a model flavor"),
+    (("retrain", "candidates"), {}, "retrain.candidates: name at least one"),
+    (("retrain", "onnx_estimator"), "random_forest", "retrain.onnx_estimator: unknown key"),
     (("model", "threshold"), 1.5, "model.threshold: Input should be less than 1"),
     (("model", "inputs"), ["amount", "user_ip"], "model.inputs[1]: 'user_ip' is neither a feature nor an event field"),
     (("model", "inputs"), ["event_time"], "model.inputs[0]: 'event_time' is a timestamp field"),
@@ -185,4 +201,5 @@ def test_check_spec_command(tmp_path, demo):
     failed = subprocess.run([sys.executable, "-m", "driftloop.cli", "check-spec", str(bad)],
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2
-    assert failed.stderr.strip().splitlines() == [f"driftloop: error: {bad}: model.flavor: Input should be 'river' or 'onnx'"]
+    assert failed.stderr.strip().splitlines() == [
+        f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; the flavors are {', '.join(FLAVORS)}"]

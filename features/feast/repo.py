@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from driftloop.schema import model_inputs
 from driftloop.settings import Settings
 from driftloop.spec import TIMESTAMP_COLUMN, PipelineSpec
 
@@ -43,24 +44,16 @@ def offline_dir(settings: Settings, spec: PipelineSpec) -> Path:
     return (settings.data_dir / "feast" / "offline" / feature_view_name(spec)).resolve()
 
 
-def input_types(spec: PipelineSpec) -> dict[str, str]:
-    """Each model input (in order) and its spec type: `float` for a windowed feature, else the event field's type."""
-    windowed = {f.name for f in spec.features}
-    return {name: "float" if name in windowed else spec.events.fields[name].type for name in spec.model_inputs}
-
-
 def feast_objects(spec: PipelineSpec, settings: Settings) -> tuple[Entity, PushSource, FeatureView]:
-    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-    from feast.types import Bool, Float64, Int64, String
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType, types
 
-    feast_types = {"float": Float64, "int": Int64, "bool": Bool, "category": String, "string": String}
     entity_field = spec.events.fields[spec.events.entity]
     entity = Entity(name=spec.events.entity, join_keys=[spec.events.entity],
                     value_type=ValueType.INT64 if entity_field.type == "int" else ValueType.STRING)
     batch = FileSource(name=f"{spec.name}_offline", path=str(offline_dir(settings, spec)),
                        timestamp_field=TIMESTAMP_COLUMN)
     push = PushSource(name=push_source_name(spec), batch_source=batch)
-    schema = [Field(name=name, dtype=feast_types[kind]) for name, kind in input_types(spec).items()]
+    schema = [Field(name=i.name, dtype=getattr(types, i.stored_as.feast)) for i in model_inputs(spec)]
     view = FeatureView(name=feature_view_name(spec), entities=[entity], ttl=timedelta(seconds=spec.feature_ttl),
                        schema=schema, source=push, online=True, tags={"spec": spec.name})
     return entity, push, view

@@ -49,15 +49,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from driftloop.errors import DriftloopError
-from driftloop.features.feast.repo import (
-    TIMESTAMP_COLUMN, feature_view_name, input_types, offline_dir, repo_config,
-)
+from driftloop.features.feast.repo import TIMESTAMP_COLUMN, feature_view_name, offline_dir, repo_config
+from driftloop.schema import ModelInput, model_inputs
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 
 _LOG = logging.getLogger("driftloop.features.feast.writer")
-_ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "category": pa.string(),
-                "string": pa.string()}
 _TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 # The value types each column type takes (null: every value of the batch is None).
 _ACCEPTS = {pa.float64(): {pa.float64(), pa.int64(), pa.null()}, pa.int64(): {pa.int64(), pa.null()},
@@ -79,7 +76,7 @@ def arrow_schema(spec: PipelineSpec) -> pa.Schema:
     entity_type = spec.events.fields[spec.events.entity].type
     return pa.schema([pa.field(spec.events.entity, pa.int64() if entity_type == "int" else pa.string()),
                       pa.field(TIMESTAMP_COLUMN, _TIMESTAMP_TYPE)]
-                     + [pa.field(name, _ARROW_TYPES[kind]) for name, kind in input_types(spec).items()])
+                     + [pa.field(i.name, pa.type_for_alias(i.stored_as.arrow)) for i in model_inputs(spec)])
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -126,7 +123,7 @@ class _OnlineRecords:
         self._bools = {True: Value(bool_val=True), False: Value(bool_val=False)}
         self._entity = spec.events.entity
         self._entity_is_int = spec.events.fields[self._entity].type == "int"
-        self._input_types = list(input_types(spec).items())
+        self._inputs = model_inputs(spec)
 
     def build(self, rows: Sequence[dict[str, Any]]) -> list[_OnlineRecord]:
         value_proto, missing, bools = self._value, self.missing, self._bools
@@ -152,8 +149,8 @@ class _OnlineRecords:
                 proto = strings[value] = text(value)
             return proto
 
-        by_type = {"float": double, "int": int64, "bool": boolean, "category": shared_text, "string": shared_text}
-        inputs = [(name, by_type[kind]) for name, kind in self._input_types]
+        by_feast_type = {"Float64": double, "Int64": int64, "Bool": boolean, "String": shared_text}
+        inputs = [(i.name, by_feast_type[i.stored_as.feast]) for i in self._inputs]
         entity, entity_key = self._entity, self._entity_key
         entity_value = int64 if self._entity_is_int else text
         # The event time in whole microseconds, as rows_to_table stores it and Feast's own write took it
@@ -516,22 +513,20 @@ def _benchmark(argv: Sequence[str] | None = None) -> None:
     # Its own Feast project, so the Redis keys it writes are its own and torn down afterwards.
     spec = load_spec(args.spec).model_copy(update={"name": f"bench_{uuid.uuid4().hex[:8]}"})
     rng = random.Random(1)
-    kinds = input_types(spec)
+    inputs = model_inputs(spec)
 
-    def value(kind: str, name: str) -> Any:
-        if kind == "float":
+    def value(model_input: ModelInput) -> Any:
+        if model_input.type == "float":
             return rng.lognormvariate(3, 1)
-        if kind == "int":
+        if model_input.type == "int":
             return rng.randrange(1000)
-        if kind == "bool":
+        if model_input.type == "bool":
             return rng.random() < 0.5
-        if kind == "category":
-            return rng.choice(spec.events.fields[name].values or ("other",))
-        return "x"
+        return rng.choice(model_input.categories)
 
     start = time.time()
     batches = [[{spec.events.entity: f"e{rng.randrange(args.entities)}", TIMESTAMP_COLUMN: start + b + i / 1e4,
-                 **{name: value(kind, name) for name, kind in kinds.items()}} for i in range(args.batch_size)]
+                 **{m.name: value(m) for m in inputs}} for i in range(args.batch_size)]
                for b in range(args.batches)]
     rows = args.batches * args.batch_size
 
@@ -576,7 +571,7 @@ def _benchmark(argv: Sequence[str] | None = None) -> None:
                 writer.close()
                 feature_store.teardown()
     print(json.dumps({"spec": args.spec, "batch_size": args.batch_size, "batches": args.batches,
-                      "entities": args.entities, "inputs": len(kinds), "results": results}, indent=2))
+                      "entities": args.entities, "inputs": len(inputs), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -275,7 +275,7 @@ def _accuracy_against_post_drift_model(spec: PipelineSpec, tracking_uri: str, la
     the post-drift events predicted before the promotion, on the same events (module docstring)."""
     from mlflow.tracking import MlflowClient
 
-    from driftloop.models.flavors import new_model, train_onnx, with_model
+    from driftloop.models.flavors import train, with_model
     from driftloop.models.registry import FLAVOR_TAG, version_info, version_tags
 
     flavor = version_tags(spec.model.name, version, tracking_uri=tracking_uri)[FLAVOR_TAG]
@@ -300,12 +300,10 @@ def _accuracy_against_post_drift_model(spec: PipelineSpec, tracking_uri: str, la
                                                       f"{len(evaluation)} served by v{version} after it"}
     rows, labels = [r.features for r in training], [r.label for r in training]
     started = time.perf_counter()
-    if flavor == "onnx":
-        model = train_onnx(kind, rows, labels)
+    model = train(kind, rows, labels)
+    if not model.online:
         scores = model.predict_proba([r.features for r in evaluation])
     else:
-        model = new_model(kind)
-        model.learn(rows, labels)
         scores = np.empty(len(evaluation))
         for i, record in enumerate(evaluation):  # prequential, as the live champion learns online
             scores[i] = model.predict_proba([record.features])[0]

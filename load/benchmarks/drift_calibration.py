@@ -43,8 +43,9 @@ from evidently.legacy.calculations.stattests import wasserstein_stat_test
 from driftloop.features.rows import Featuriser
 from driftloop.load.generator import DriftPlan, FraudStream, encode
 from driftloop.models.bootstrap import placeholder_spec
-from driftloop.models.flavors import new_model, train_onnx
-from driftloop.models.inputs import input_columns, rows_to_frame
+from driftloop.models.flavors import flavor_of, new_model, train
+from driftloop.models.inputs import rows_to_frame
+from driftloop.schema import model_inputs
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams.control.drift.concept import ConceptDriftMonitor
@@ -78,7 +79,7 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
     """
     featuriser = Featuriser(spec)
     inputs = spec.model_inputs
-    warming_up = spec.model.flavor == "onnx"
+    warming_up = not flavor_of(spec.model.flavor).cold_start
     model, version = new_model(placeholder_spec(spec) if warming_up else spec), 1
     full_from: float | None = None  # event time from which every feature window is full
     warmup_rows: list[dict[str, Any]] = []
@@ -113,7 +114,7 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
                 warmup_rows.append(row)
                 warmup_labels.append(record["label"])
                 if len(warmup_rows) >= spec.model.warmup_events:
-                    model, version, warming_up = train_onnx(spec, warmup_rows, warmup_labels), 2, False
+                    model, version, warming_up = train(spec, warmup_rows, warmup_labels), 2, False
         if index % BATCH == 0:
             yield batch, labeled, index
             batch, labeled = _new_batch(inputs, version), []
@@ -133,7 +134,7 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
     """One run of the control plane over `events` events of `stream` (see the module docstring)."""
     now = [0.0]
     clock = lambda: now[0]  # noqa: E731 - simulated wall clock
-    empty = rows_to_frame(input_columns(spec), [])
+    empty = rows_to_frame(model_inputs(spec), [])
     data = DataDriftMonitor(spec, empty, 1, clock=clock)
     quality, concept, policy = QualityMonitor(spec), ConceptDriftMonitor(spec), TriggerPolicy(spec, clock=clock)
     compared = {f"{detector}/{loss}": ConceptDriftMonitor(_variant(spec, detector), loss=loss)
@@ -173,7 +174,7 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
                 champion_detected = True
         if not (data.due() or champion_detected):
             continue
-        if spec.model.flavor == "onnx" and batch["champion_version"] == 1:
+        if not flavor_of(spec.model.flavor).cold_start and batch["champion_version"] == 1:
             continue  # the warm-up placeholder: the live policy only waits for the first model then
         evaluations += 1
         section = data.evaluate()

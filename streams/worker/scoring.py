@@ -9,8 +9,9 @@ Per event record, in order:
   becomes a DLQ envelope with its original bytes, source coordinates and reason.
 - `features`: the entity's window state is read from the entity-state table (changelog-backed,
   partition = the record's partition), updated by `FeatureComputer`, and written back. The row the
-  model scores is the features plus the event fields the model reads, in `spec.model_inputs` order;
-  that same row goes to Feast, so Feast serves exactly the vector that scored the event.
+  model scores is the features plus the event fields the model reads, in `spec.model_inputs` order
+  (`features.rows.RowBuilder`, which the offline featuriser uses too); that same row goes to Feast,
+  so Feast serves exactly the vector that scored the event.
 - `score`: the router names each entity's variant (champion, or canary for a stable hash share of
   entities); each variant's rows are scored in one `predict_proba` call. In shadow mode the challenger
   also scores every row; its score rides along to the outcome join and is never served.
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from driftloop.features.rows import RowBuilder
 from driftloop.features.windows import FeatureComputer
 from driftloop.streams import contracts
 from driftloop.streams.state.journal import DEAD_LETTERED, PREDICTED
@@ -100,12 +102,7 @@ class EventScorer:
         self.feature_view_version = feature_view_version
         self._recent: dict[int, RecentIds] = {}
         self._recent_capacity = recent_ids_capacity
-        feature_names = set(self.computer.names)
-        self._inputs = [(name, name in feature_names) for name in spec.model_inputs]
-        # The usual layout (the default model inputs): every feature in spec order, then event fields.
-        names = tuple(self.computer.names)
-        self._feature_led = spec.model_inputs[:len(names)] == names
-        self._field_inputs = spec.model_inputs[len(names):]
+        self.rows = RowBuilder(spec)
         self._entity_field = spec.events.entity
 
     def forget(self, partitions: list[int]) -> None:
@@ -197,9 +194,8 @@ class EventScorer:
 
     def _features(self, events: list[tuple[Record, Event]],
                   out: ScoredBatch) -> tuple[list[tuple[Record, Event]], list[dict[str, Any]]]:
-        update = self.computer.update
+        update, row = self.computer.update, self.rows.row
         get, put = self.states.get_for_update, self.states.set
-        feature_led, fields, inputs = self._feature_led, self._field_inputs, self._inputs
         kept, rows = [], []
         for record, event in events:
             entry = get(record.partition, event.entity)
@@ -215,13 +211,7 @@ class EventScorer:
                 continue
             entry["o"] = record.offset
             put(record.partition, event.entity, entry)  # marks the key for the next changelog flush
-            values = event.values
-            if feature_led:  # `feats` is a fresh dict in input order already: extend it into the row
-                for name in fields:
-                    feats[name] = values.get(name)
-                rows.append(feats)
-            else:
-                rows.append({name: feats[name] if is_feature else values.get(name) for name, is_feature in inputs})
+            rows.append(row(feats, event.values))
             kept.append((record, event))
         return kept, rows
 

@@ -50,7 +50,8 @@ from evidently.legacy.calculations.stattests import get_stattest
 from evidently.legacy.core import ColumnType
 from evidently.presets import DataDriftPreset
 
-from driftloop.models.inputs import InputColumn, input_columns, rows_to_frame
+from driftloop.models.inputs import rows_to_frame
+from driftloop.schema import ModelInput, model_inputs
 from driftloop.spec import PipelineSpec
 from driftloop.streams.contracts import iso_time
 
@@ -72,7 +73,7 @@ class DataDriftMonitor:
         self.spec = spec
         self.version = version
         self.clock = clock
-        self.columns = input_columns(spec)
+        self.columns = model_inputs(spec)
         self.names = [c.name for c in self.columns]
         size = spec.drift.window_events
         self._window = {name: deque(maxlen=size) for name in self.names}
@@ -183,7 +184,7 @@ class DataDriftMonitor:
                 "features": features, "seconds": round(time.perf_counter() - started, 4)}
 
 
-def column_drift(column: InputColumn, reference: pd.Series, current: pd.Series) -> dict[str, Any]:
+def column_drift(column: ModelInput, reference: pd.Series, current: pd.Series) -> dict[str, Any]:
     """One column's verdict with the method and threshold Evidently's DataDriftPreset would pick."""
     if reference.empty or current.empty:
         where = "reference" if reference.empty else "window"
@@ -205,7 +206,7 @@ def html(spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFrame) -> 
     Both frames are model-input rows shaped like `rows_to_frame` (a version's reference sample, a
     retrain request's current rows); uses the same thresholds as DataDriftMonitor.evaluate.
     """
-    columns = input_columns(spec)
+    columns = model_inputs(spec)
     definition = DataDefinition(numerical_columns=[c.name for c in columns if c.kind == "numeric"],
                                 categorical_columns=[c.name for c in columns if c.kind != "numeric"])
     thresholds = {}
@@ -220,7 +221,7 @@ def html(spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFrame) -> 
     return snapshot.get_html_str(as_iframe=False)
 
 
-def _frame(columns: Sequence[InputColumn], columnar: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+def _frame(columns: Sequence[ModelInput], columnar: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     """Columnar rows as the typed frame rows_to_frame makes (the shape of reference samples)."""
     names = [c.name for c in columns]
     return rows_to_frame(columns, [dict(zip(names, values)) for values in zip(*(columnar[n] for n in names))])
@@ -233,7 +234,7 @@ def _values(series: pd.Series) -> pd.Series:
     return series.dropna().astype(object).reset_index(drop=True)
 
 
-def _evidently_frame(columns: Sequence[InputColumn], frame: pd.DataFrame) -> pd.DataFrame:
+def _evidently_frame(columns: Sequence[ModelInput], frame: pd.DataFrame) -> pd.DataFrame:
     """Evidently's Report wants plain object categories (not pandas' nullable boolean)."""
     out = frame[[c.name for c in columns]].copy()
     for c in columns:
