@@ -39,7 +39,9 @@ def test_apply_on_sqlite_creates_the_spec_objects(tmp_path):
     config = _settings(tmp_path)
     _roundtrip(config)
     assert (config.data_dir / "feast" / "online.db").exists()
-    assert "type: sqlite" in (config.feast_repo / "feature_store.yaml").read_text()
+    # Feast's SQLite store with batched writes, configured as Feast configures a custom store
+    assert "type: driftloop.features.feast.online_store.BatchedSqliteOnlineStore" in (
+        config.feast_repo / "feature_store.yaml").read_text()
 
 
 def test_apply_on_redis(tmp_path, redis_url):

@@ -19,7 +19,7 @@ from driftloop import settings as settings_module
 from driftloop.errors import DriftloopError
 from driftloop.features.feast.repo import apply, feature_view_name, offline_dir, repo_config
 from driftloop.features.feast.writer import (
-    FeastWriteError, FeastWriter, _sqlite_upserts, arrow_schema, rows_to_table,
+    FeastWriteError, FeastWriter, _OnlineRecords, arrow_schema, rows_to_table,
 )
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import parse_spec
@@ -277,17 +277,35 @@ def test_an_int_beyond_2_53_is_served_exactly_even_next_to_a_missing_one(sqlite_
     _assert_served(writer, spec, {"u-1": rows[0], "u-2": rows[1]})
 
 
-def test_configurations_the_sqlite_upserts_do_not_reproduce_go_through_feasts_own_write(sqlite_repo):
+@pytest.mark.parametrize("option", [None, "enable_openai_compatible_store"])
+def test_the_batched_sqlite_store_stores_what_feasts_own_sqlite_store_stores(tmp_path, unique, option):
+    """Same records through Feast's SqliteOnlineStore and through ours (batched, or deferring to Feast's own
+    write for a configuration it does not reproduce): the same table rows, byte for byte."""
     from feast import FeatureStore, RepoConfig
 
-    settings, spec, store, _ = sqlite_repo
-    view = store.get_feature_view(feature_view_name(spec))
-    assert _sqlite_upserts(store, view) is not None
-    for option in ("enable_openai_compatible_store", "vector_enabled"):
+    settings, spec = _settings(tmp_path), _spec(unique)
+    apply(settings, spec)
+    rows = [_row(spec, "u-1", NOW - 60, 1.0), _row(spec, "u-2", NOW - 30, 2.0, amount=None, card_present=None),
+            _row(spec, "u-1", NOW - 10, 3.0, merchant_category="__unseen__")]
+    records = _OnlineRecords(spec).build(rows)
+    stored = {}
+    for store_type in ("sqlite", None):  # None: what driftloop configures
         config = repo_config(settings, spec)
-        config["online_store"][option] = True
-        other = FeatureStore(repo_path=str(settings.feast_repo.resolve()), config=RepoConfig(**config))
-        assert _sqlite_upserts(other, view) is None, option
+        config["online_store"]["path"] = str(tmp_path / f"{store_type}.db")
+        if store_type:
+            config["online_store"]["type"] = store_type
+        if option:
+            config["online_store"][option] = True
+        store = FeatureStore(repo_path=str(settings.feast_repo.resolve()), config=RepoConfig(**config))
+        view = store.get_feature_view(feature_view_name(spec))
+        store.provider.update_infra(project=spec.name, tables_to_delete=[], tables_to_keep=[view],
+                                    entities_to_delete=[], entities_to_keep=[], partial=False)
+        store.provider.online_write_batch(store.config, view, records, progress=None)
+        with sqlite3.connect(config["online_store"]["path"]) as connection:
+            table = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()[0][0]
+            stored[store_type] = connection.execute(f'SELECT * FROM "{table}" ORDER BY 1, 2').fetchall()
+    assert type(store.provider.online_store).__name__ == "BatchedSqliteOnlineStore"
+    assert stored["sqlite"] and stored[None] == stored["sqlite"]
 
 
 def test_background_writes_wait_out_the_interval_unless_a_flush_asks(sqlite_repo):

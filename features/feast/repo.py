@@ -75,7 +75,10 @@ def repo_config(settings: Settings, spec: PipelineSpec) -> dict:
         # second event of an entity with the same timestamp would leave the first event's vector served.
         online = {"type": "redis", "connection_string": connection, "skip_dedup": True}
     else:
-        online = {"type": "sqlite", "path": str(feast_dir / "online.db")}
+        # Feast's SQLite store with batched writes (features/feast/online_store.py), named as Feast's
+        # configuration names a custom store: its class path.
+        online = {"type": "driftloop.features.feast.online_store.BatchedSqliteOnlineStore",
+                  "path": str(feast_dir / "online.db")}
     return {
         "project": spec.name,
         "provider": "local",

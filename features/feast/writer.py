@@ -10,10 +10,10 @@ seconds>, <each model input>: value}`. `FeastWriter.write(rows)` writes one batc
 - Online: each entity's last row in the batch (per entity the last write wins, on SQLite and Redis, so
   the rows before it would be overwritten anyway), through the online store's `online_write_batch`.
   Its records (entity key, Feast `Value`s, event time) are built straight from the rows: equal to what
-  `FeatureStore.write_to_online_store` builds through pandas and arrow, at half the cost. On SQLite,
-  Feast's own upsert statement runs in one `executemany` instead of one `execute` per value. About 7.5k
-  rows per CPU-second on SQLite (mostly SQLite's own upserts, one per input), 15k on Redis, where
-  `write_to_online_store` managed 5k and 10k.
+  `FeatureStore.write_to_online_store` builds through pandas and arrow, at half the cost. On SQLite the
+  store is Feast's with batched upserts (features/feast/online_store.py). About 7.5k rows per CPU-second
+  on SQLite (mostly SQLite's own upserts, one per input), 15k on Redis, where `write_to_online_store`
+  managed 5k and 10k.
 
 Column types come from the spec, never from the values of a batch, so every file has one schema and
 an all-None column stays typed: int -> int64, bool -> bool, category/string -> string, windowed
@@ -164,43 +164,6 @@ class _OnlineRecords:
         return all(value is self.missing for _, values, _, _ in records for value in values.values())
 
 
-def _sqlite_upserts(store: Any, feature_view: Any) -> Callable[[Sequence[_OnlineRecord]], None] | None:
-    """Feast's SQLite `online_write_batch` as one `executemany` in one transaction: the same upsert
-    statement, table and serialisation (Feast's own helpers), without its `execute` per value, which
-    was most of its cost. None for another store, or a configuration this does not reproduce (value_num
-    or vector columns): those go through Feast's own write."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.infra.online_stores.helpers import extract_text_and_num
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
-    from feast.utils import to_naive_utc
-
-    config = store.config
-    online_store = store.provider.online_store
-    if (type(online_store) is not SqliteOnlineStore or config.online_store.enable_openai_compatible_store
-            or config.online_store.vector_enabled):
-        return None
-    table = _table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
-    columns = ["entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts"]
-    upsert = (f"INSERT INTO {_quote_id(table)} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-              f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-              f"{', '.join(f'{column} = excluded.{column}' for column in columns[2:])};")
-    key_version = config.entity_key_serialization_version
-
-    def write(records: Sequence[_OnlineRecord]) -> None:
-        parameters = []
-        for entity_key, values, event_time, created_time in records:
-            key = serialize_entity_key(entity_key, entity_key_serialization_version=key_version)
-            event_ts = to_naive_utc(event_time)
-            for name, value in values.items():
-                parameters.append((key, name, value.SerializeToString(), extract_text_and_num(value, False)[0],
-                                   event_ts, created_time))
-        connection = online_store._get_conn(config)
-        with connection:
-            connection.executemany(upsert, parameters)
-
-    return write
-
-
 class FeastWriter:
     """The feature view's writer and online reader; `write` and the reads may be called from any thread."""
 
@@ -223,8 +186,9 @@ class FeastWriter:
             raise DriftloopError(f"the Feast feature view {self._view!r} is not registered in "
                                  f"{config.registry.path}: `driftloop up` applies it") from None
         self._online_records = _OnlineRecords(spec)
-        self._write_records = _sqlite_upserts(self._store, feature_view) or functools.partial(
-            self._store.provider.online_write_batch, self._store.config, feature_view, progress=None)
+        # On SQLite, the store feature_store.yaml names is features/feast/online_store.py's batched one.
+        self._write_records = functools.partial(self._store.provider.online_write_batch, self._store.config,
+                                                feature_view, progress=None)
         self._entity = spec.events.entity
         self._inputs = spec.model_inputs
         self._feature_refs = [f"{self._view}:{name}" for name in self._inputs]
