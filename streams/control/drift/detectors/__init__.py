@@ -19,6 +19,7 @@ DEFAULT_DETECTOR = "adwin"
 DETECTORS: dict[str, str] = {
     "adwin": "adwin:ADWIN",
     "page_hinkley": "page_hinkley:PageHinkley",
+    "ddm": "ddm:DDM",
 }
 
 
