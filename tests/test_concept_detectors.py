@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import random
+from pathlib import Path
 
-import annotated_types
 import pytest
 import yaml
 
@@ -124,10 +124,10 @@ def test_every_numeric_knob_is_bounded_and_the_spec_names_it_when_out_of_bounds(
     numeric = [knob for knob in cls.knobs() if cls.model_fields[knob].annotation in (int, float)]
     assert numeric, f"{name} has no numeric knob"
     for knob in numeric:
-        lower = [m for m in cls.model_fields[knob].metadata if isinstance(m, (annotated_types.Gt, annotated_types.Ge))]
+        lower = [bound for m in cls.model_fields[knob].metadata
+                 if (bound := getattr(m, "gt", getattr(m, "ge", None))) is not None]
         assert lower, f"{name}.{knob} takes any number: declare its bounds with Field(gt=/ge=...)"
-        bound = getattr(lower[0], "gt", getattr(lower[0], "ge", None))
-        error = _spec_error(demo, concept={"detector": name, knob: bound - 1})
+        error = _spec_error(demo, concept={"detector": name, knob: lower[0] - 1})
         assert error.startswith(f"my_spec.yaml: drift.concept.{knob}: Input should be greater than"), error
 
 
@@ -160,3 +160,12 @@ def test_the_old_spelling_still_reads(demo):
 ])
 def test_bad_concept_knobs_name_their_path_and_reason(demo, concept, expected):
     assert _spec_error(demo, concept=concept) == f"my_spec.yaml: {expected}"
+
+
+def test_the_worked_example_in_the_docs_is_the_shipped_detector():
+    """docs/extending-detectors.md shows the change that added ddm: its module verbatim and its registry line."""
+    root = Path(__file__).parents[1]
+    doc = (root / "docs" / "extending-detectors.md").read_text()
+    package = root / "streams" / "control" / "drift" / "detectors"
+    assert (package / "ddm.py").read_text() in doc
+    assert '+    "ddm": "ddm:DDM",\n' in doc and '\n    "ddm": "ddm:DDM",\n' in (package / "__init__.py").read_text()
