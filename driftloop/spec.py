@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from driftloop.errors import DriftloopError
 from driftloop.features.aggregations import AGGREGATIONS
+from driftloop.streams.control.drift.detectors import ConceptDetector, concept_detector
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -144,6 +145,18 @@ def _flavor_checks(spec: PipelineSpec):
         yield "retrain.candidates", "name at least one flavor: estimator to train (or leave it out for the default)"
 
 
+class DataThresholds(_Strict):
+    """Per stat test Evidently's DataDriftPreset may pick for a column (streams/control/drift/data.py): drift is a
+    distance at or above its threshold, or a p-value below it. Evidently's defaults, except Wasserstein's (0.1)."""
+
+    # heavy-tailed amounts and windowed features reach 0.17 on stationary demo windows; a covariate shift 0.3-0.8
+    wasserstein: float = Field(default=0.2, gt=0)
+    jensenshannon: float = Field(default=0.1, gt=0, le=1)
+    ks: float = Field(default=0.05, gt=0, lt=1)
+    chisquare: float = Field(default=0.05, gt=0, lt=1)
+    z: float = Field(default=0.05, gt=0, lt=1)
+
+
 class DriftSpec(_Strict):
     window_events: int = Field(default=1000, ge=50)
     evaluate_every_events: int = Field(default=500, ge=1)
@@ -151,7 +164,9 @@ class DriftSpec(_Strict):
     reference_size: int = Field(default=5000, ge=100)
     drifted_share: float = Field(default=0.15, gt=0, le=1)
     sustained_windows: int = Field(default=3, ge=1)
-    concept_detector: Literal["adwin", "page_hinkley"] = "adwin"
+    data_thresholds: DataThresholds = DataThresholds()
+    # {detector: adwin, <its knobs>}: streams/control/drift/detectors/ (its own module per detector)
+    concept: SerializeAsAny[ConceptDetector] = Field(default_factory=lambda: concept_detector({}))
     # schema/data-quality drift: a window whose rate exceeds one of these is flagged (and audited)
     max_unseen_rate: float = Field(default=0.05, gt=0, le=1)
     max_missing_rate: float = Field(default=0.2, gt=0, le=1)
@@ -161,6 +176,19 @@ class DriftSpec(_Strict):
     cooldown: float = 600
 
     _cooldown = field_validator("cooldown", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+    _concept = field_validator("concept", mode="before")(concept_detector)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_concept_detector(cls, data: Any) -> Any:
+        """`concept_detector: X`, the spelling before detectors had knobs, still reads as `concept: {detector: X}`."""
+        if not isinstance(data, dict) or "concept_detector" not in data:
+            return data
+        if "concept" in data:
+            raise ValueError("concept_detector is the old spelling of concept.detector; give the detector once, "
+                             "in concept")
+        rest = {key: value for key, value in data.items() if key != "concept_detector"}
+        return {**rest, "concept": {"detector": data["concept_detector"]}}
 
 
 class RetrainSpec(_Strict):

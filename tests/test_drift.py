@@ -11,7 +11,15 @@ import json
 import math
 
 import pytest
+import yaml
 from evidently import DataDefinition, Dataset, Report
+from evidently.legacy.calculations.stattests import (
+    chi_stat_test,
+    jensenshannon_stat_test,
+    ks_stat_test,
+    wasserstein_stat_test,
+    z_stat_test,
+)
 from evidently.presets import DataDriftPreset
 
 from driftloop.load.benchmarks.drift_calibration import BATCH, LABEL_DELAY, demo_stream, scored_batches
@@ -19,12 +27,13 @@ from driftloop.load.generator import DriftPlan, FraudStream
 from driftloop.models.inputs import rows_to_frame
 from driftloop.schema import model_inputs
 from driftloop.settings import DEMO_SPEC
-from driftloop.spec import load_spec
-from driftloop.streams.control.drift.concept import LOG_LOSS_CAP, ConceptDriftMonitor
+from driftloop.spec import load_spec, parse_spec
 from driftloop.streams.contracts import iso_time
+from driftloop.streams.control.drift.concept import ConceptDriftMonitor
 from driftloop.streams.control.drift.data import DataDriftMonitor, html, warmup_seconds
-from driftloop.streams.control.drift.report import build_report, epoch
+from driftloop.streams.control.drift.detectors import concept_detector
 from driftloop.streams.control.drift.quality import QualityMonitor
+from driftloop.streams.control.drift.report import build_report, epoch
 from driftloop.streams.control.trigger import TriggerPolicy, Warmup
 from tests.fake_clock import Clock
 
@@ -103,6 +112,26 @@ def _objects(frame):
         if c.kind != "numeric":
             out[c.name] = out[c.name].astype(object).where(out[c.name].notna(), None)
     return out
+
+
+def test_each_stat_tests_threshold_is_a_spec_key(covariate_stream):
+    reference = _frame(_columnar(covariate_stream, 4_500, 9_500))
+    document = yaml.safe_load(DEMO_SPEC.read_text())
+    document["drift"]["data_thresholds"] = {"wasserstein": 0.01, "jensenshannon": 0.01}
+    strict = parse_spec(document)
+    verdicts = []
+    for spec in (SPEC, strict):
+        monitor = DataDriftMonitor(spec, reference, 1)
+        monitor.add(_columnar(covariate_stream, 10_000, 11_000), START)  # a calm window
+        verdicts.append(monitor.evaluate())
+    calm, flagged = verdicts
+    assert not calm["drifted"] and flagged["drifted"] and flagged["drifted_share"] > calm["drifted_share"]
+    assert calm["features"]["amount"]["threshold"] == 0.2 and flagged["features"]["amount"]["threshold"] == 0.01
+    assert flagged["features"]["country"]["threshold"] == 0.01
+    # unset, each threshold is Evidently's own default, except the calibrated Wasserstein one
+    evidently = {test.name: test.default_threshold for test in (wasserstein_stat_test, jensenshannon_stat_test,
+                                                                  ks_stat_test, chi_stat_test, z_stat_test)}
+    assert SPEC.drift.data_thresholds.model_dump() == {**evidently, "wasserstein": 0.2}
 
 
 def test_html_report_for_a_retraining_run(covariate_stream):
@@ -197,8 +226,8 @@ def test_a_stationary_stream_and_an_improving_online_model_raise_no_concept_drif
 
 
 def test_page_hinkley_and_log_loss_and_forgetting_a_version():
-    spec = _with_drift(concept_detector="page_hinkley")
-    monitor = ConceptDriftMonitor(spec, loss="log_loss")
+    spec = _with_drift(concept=concept_detector({"detector": "page_hinkley", "loss": "log_loss"}))
+    monitor = ConceptDriftMonitor(spec)
     t = 0
 
     def record(version, label, score):
@@ -214,7 +243,7 @@ def test_page_hinkley_and_log_loss_and_forgetting_a_version():
         found = found or monitor.update(record(2, 1, 0.05))
     assert found is not None and found["detector"] == "page_hinkley" and found["variant"] == "canary"
     assert found["loss_before"] == pytest.approx(-math.log(0.95), abs=1e-3)
-    assert found["loss_after"] == pytest.approx(LOG_LOSS_CAP)  # -log(0.05), capped
+    assert found["loss_after"] == pytest.approx(spec.drift.concept.loss_cap)  # -log(0.05), capped
     assert epoch(found["change_point_event_time"]) == pytest.approx(START + 3000, abs=2)
     monitor.forget(2)
     assert monitor.update(record(2, 1, 0.05)) is None  # starts over, nothing to compare with

@@ -1,9 +1,11 @@
 """Calibrating the drift loop on the demo stream: false alarms on a stationary stream, detection delays.
 
-    python -m driftloop.load.benchmarks.drift_calibration [--stationary-events 200000] [--seeds 3] [--json-out FILE]
+    python -m driftloop.load.benchmarks.drift_calibration [--spec FILE] [--stationary-events 200000] [--seeds 3]
+        [--json-out FILE]
 
 prints one JSON object. Each run plays the control plane's part in-process, as streams/control/plane.py does
-it live, on the synthetic fraud stream (load/generator.py) with the demo spec:
+it live, on the synthetic fraud stream (load/generator.py) with the demo spec, or with --spec a copy of it
+whose `drift` knobs (drift.concept, drift.data_thresholds, ...) are to be calibrated:
 
 - events are validated and get their windowed features as the worker computes them
   (`load.featurise.Featuriser`), and are scored by the champion the live pipeline would have:
@@ -22,8 +24,8 @@ Runs: "stationary" (no drift: every retraining due is a false alarm), "concept" 
 drift at each of `--concept-onsets`: delay from onset, counting all events, to the first concept
 detection on the champion and to the triggered retraining) and "covariate" (abrupt covariate drift at
 `ONSET`, after the data monitor's warm-up: delay to the sustained data-drift trigger). Besides the
-configured detector, each run feeds the same outcomes to ADWIN and Page-Hinkley on both losses, to
-compare them.
+configured detector, each run feeds the same outcomes to every registered detector on each loss it
+takes (the spec's detector with the spec's knobs, the others at their defaults), to compare them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import statistics
 import sys
 import time
 from collections import Counter, deque
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 from evidently.legacy.calculations.stattests import wasserstein_stat_test
 
@@ -48,11 +51,12 @@ from driftloop.models.inputs import rows_to_frame
 from driftloop.schema import model_inputs
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, load_spec
-from driftloop.streams.control.drift.concept import ConceptDriftMonitor
 from driftloop.streams.contracts import iso_time
+from driftloop.streams.control.drift.concept import ConceptDriftMonitor
 from driftloop.streams.control.drift.data import DataDriftMonitor, warmup_seconds
-from driftloop.streams.control.drift.report import build_report
+from driftloop.streams.control.drift.detectors import DETECTORS, ConceptDetector, concept_detector, detector_class
 from driftloop.streams.control.drift.quality import QualityMonitor
+from driftloop.streams.control.drift.report import build_report
 from driftloop.streams.control.trigger import TriggerPolicy
 
 # The demo stream's parameters: 2,000 cards, 5% fraud, one event every 2 s of event time (each card
@@ -126,8 +130,18 @@ def _new_batch(inputs, version: int) -> dict[str, Any]:
             "rows": {name: [] for name in inputs}}
 
 
-def _variant(spec: PipelineSpec, detector: str) -> PipelineSpec:
-    return spec.model_copy(update={"drift": spec.drift.model_copy(update={"concept_detector": detector})})
+def _with_detector(spec: PipelineSpec, detector: ConceptDetector) -> PipelineSpec:
+    return spec.model_copy(update={"drift": spec.drift.model_copy(update={"concept": detector})})
+
+
+def compared_detectors(spec: PipelineSpec) -> dict[str, ConceptDetector]:
+    """Every registered detector on each loss it takes: the spec's own with the spec's knobs, others at defaults."""
+    compared = {}
+    for name in DETECTORS:
+        template = spec.drift.concept if name == spec.drift.concept.detector else concept_detector({"detector": name})
+        for loss in get_args(detector_class(name).model_fields["loss"].annotation):
+            compared[f"{name}/{loss}"] = template.model_copy(update={"loss": loss})
+    return compared
 
 
 def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | None = None) -> dict[str, Any]:
@@ -137,8 +151,8 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
     empty = rows_to_frame(model_inputs(spec), [])
     data = DataDriftMonitor(spec, empty, 1, clock=clock)
     quality, concept, policy = QualityMonitor(spec), ConceptDriftMonitor(spec), TriggerPolicy(spec, clock=clock)
-    compared = {f"{detector}/{loss}": ConceptDriftMonitor(_variant(spec, detector), loss=loss)
-                for detector in ("adwin", "page_hinkley") for loss in ("log_loss", "error")}
+    compared = {name: ConceptDriftMonitor(_with_detector(spec, detector))
+                for name, detector in compared_detectors(spec).items()}
     first_detection: dict[str, dict[str, Any]] = {}
     detections_before_onset: Counter = Counter()
     detections: list[dict[str, Any]] = []
@@ -237,9 +251,9 @@ def _summary(values: list[float]) -> dict[str, float] | None:
             "max": round(ordered[-1], 4)}
 
 
-def _run(job: tuple[str, int, int, int | None]) -> dict[str, Any]:
-    kind, seed, events, onset = job
-    spec = load_spec(DEMO_SPEC)
+def _run(job: tuple[Path, str, int, int, int | None]) -> dict[str, Any]:
+    spec_path, kind, seed, events, onset = job
+    spec = load_spec(spec_path)
     if kind == "stationary":
         return {"run": kind, **simulate(spec, demo_stream(seed), events)}
     plan = DriftPlan("abrupt", onset, covariate=kind == "covariate", concept=kind == "concept")
@@ -248,6 +262,8 @@ def _run(job: tuple[str, int, int, int | None]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m driftloop.load.benchmarks.drift_calibration", description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", type=Path, default=DEMO_SPEC,
+                        help="the demo spec, or a copy with other drift knobs (default: the demo's)")
     parser.add_argument("--stationary-events", type=int, default=200_000)
     parser.add_argument("--seeds", type=int, default=3, help="runs of each kind, seeds 1..N (default 3)")
     parser.add_argument("--concept-onsets", default="60000,80000,100000",
@@ -255,14 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--json-out", help="also write the JSON here")
     args = parser.parse_args(argv)
-    spec = load_spec(DEMO_SPEC)
+    spec = load_spec(args.spec)
     seeds = range(1, args.seeds + 1)
-    jobs = [("stationary", seed, args.stationary_events, None) for seed in seeds]
-    jobs += [("concept", seed, 0, int(onset)) for onset in args.concept_onsets.split(",") for seed in seeds]
-    jobs += [("covariate", seed, 0, ONSET) for seed in seeds]
+    jobs = [(args.spec, "stationary", seed, args.stationary_events, None) for seed in seeds]
+    jobs += [(args.spec, "concept", seed, 0, int(onset)) for onset in args.concept_onsets.split(",") for seed in seeds]
+    jobs += [(args.spec, "covariate", seed, 0, ONSET) for seed in seeds]
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         runs = pool.map(_run, jobs)
-    result = {"spec": DEMO_SPEC.name, "drift": spec.drift.model_dump(), "warmup_seconds": warmup_seconds(spec),
+    result = {"spec": args.spec.name, "drift": spec.drift.model_dump(), "warmup_seconds": warmup_seconds(spec),
               "label_delay_events": LABEL_DELAY, "batch_events": BATCH, "rate": RATE, "runs": runs}
     text = json.dumps(result, indent=2, default=str)
     if args.json_out:

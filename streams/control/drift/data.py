@@ -13,9 +13,9 @@ towards "sustained" drift), and only once the window is full.
 Per column, Evidently picks the method exactly as its `DataDriftPreset` does (`get_stattest`: with
 more than 1,000 reference rows the normed Wasserstein distance for numeric columns and the
 Jensen-Shannon distance for categories and bools; with fewer, the K-S test for numeric columns with
-more than 5 values, else chi-square, or the Z-test for two values), with the method's default
-threshold, except one: the Wasserstein threshold is `WASSERSTEIN_THRESHOLD` (0.2, Evidently's is
-0.1). Measured on the demo stream with 1,000-row windows against a 5,000-row reference
+more than 5 values, else chi-square, or the Z-test for two values), with the method's threshold from
+the spec's `drift.data_thresholds`: Evidently's defaults, except one: the Wasserstein threshold is 0.2
+(Evidently's is 0.1). Measured on the demo stream with 1,000-row windows against a 5,000-row reference
 (load/benchmarks/drift_calibration.py, 3 stationary streams of 200,000 events): heavy-tailed amounts and
 windowed features (autocorrelated: one card's burst moves several rows) reach 0.17 on stationary
 windows, so at 0.1 two columns crossed it together often enough for 2, 4 and 9 false "sustained"
@@ -52,11 +52,9 @@ from evidently.presets import DataDriftPreset
 
 from driftloop.models.inputs import rows_to_frame
 from driftloop.schema import ModelInput, model_inputs
-from driftloop.spec import PipelineSpec
+from driftloop.spec import DataThresholds, PipelineSpec
 from driftloop.streams.contracts import iso_time
 
-WASSERSTEIN_THRESHOLD = 0.2  # proposed spec knob: drift.wasserstein_threshold (see the module docstring)
-_THRESHOLDS = {"wasserstein": WASSERSTEIN_THRESHOLD}
 _P_VALUE_TESTS = {"ks", "chisquare", "z"}  # the p-value tests Evidently can pick; its other picks are distances
 
 Columnar = Mapping[str, Sequence[Any]]
@@ -174,8 +172,8 @@ class DataDriftMonitor:
                     "features": {}}
         started = time.perf_counter()
         current = _frame(self.columns, self._window)
-        features = {c.name: column_drift(c, self._reference[c.name], _values(current[c.name]))
-                    for c in self.columns}
+        features = {c.name: column_drift(c, self._reference[c.name], _values(current[c.name]),
+                                         self.spec.drift.data_thresholds) for c in self.columns}
         tested = [name for name, result in features.items() if result["method"] is not None]
         drifted = [name for name in tested if features[name]["drifted"]]
         share = len(drifted) / len(tested) if tested else 0.0
@@ -184,15 +182,16 @@ class DataDriftMonitor:
                 "features": features, "seconds": round(time.perf_counter() - started, 4)}
 
 
-def column_drift(column: ModelInput, reference: pd.Series, current: pd.Series) -> dict[str, Any]:
-    """One column's verdict with the method and threshold Evidently's DataDriftPreset would pick."""
+def column_drift(column: ModelInput, reference: pd.Series, current: pd.Series,
+                 thresholds: DataThresholds) -> dict[str, Any]:
+    """One column's verdict with the method Evidently's DataDriftPreset would pick, at the spec's threshold for it."""
     if reference.empty or current.empty:
         where = "reference" if reference.empty else "window"
         return {"method": None, "score": None, "threshold": None, "drifted": False,
                 "skipped": f"no values in the {where}"}
     kind = ColumnType.Numerical if column.kind == "numeric" else ColumnType.Categorical
     stattest = get_stattest(reference, current, kind, None)
-    result = stattest(reference, current, kind, _THRESHOLDS.get(stattest.name))
+    result = stattest(reference, current, kind, getattr(thresholds, stattest.name))
     score = float(result.drift_score)
     return {"method": stattest.name, "method_name": stattest.display_name,
             "score_kind": "p_value" if stattest.name in _P_VALUE_TESTS else "distance",
@@ -211,9 +210,9 @@ def html(spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFrame) -> 
                                 categorical_columns=[c.name for c in columns if c.kind != "numeric"])
     thresholds = {}
     for c in columns:
-        verdict = column_drift(c, _values(reference[c.name]), _values(current[c.name]))
-        if verdict["method"] in _THRESHOLDS:
-            thresholds[c.name] = _THRESHOLDS[verdict["method"]]
+        verdict = column_drift(c, _values(reference[c.name]), _values(current[c.name]), spec.drift.data_thresholds)
+        if verdict["method"] is not None:
+            thresholds[c.name] = verdict["threshold"]
     report = Report([DataDriftPreset(columns=[c.name for c in columns], drift_share=spec.drift.drifted_share,
                                      per_column_threshold=thresholds or None)])
     snapshot = report.run(Dataset.from_pandas(_evidently_frame(columns, current), data_definition=definition),

@@ -44,7 +44,6 @@ from datetime import datetime
 from typing import Any
 
 from driftloop.spec import PipelineSpec
-from driftloop.streams.control.drift.concept import default_loss
 from driftloop.streams.contracts import CONTRACT_VERSION, iso_time
 
 _NO_WINDOW = {"events": 0, "first_event_time": None, "last_event_time": None}
@@ -63,7 +62,7 @@ def build_report(spec: PipelineSpec, *, champion_version: int | None, evaluation
         "window": window or dict(_NO_WINDOW),
         "data": data if data is not None else {"status": "not_evaluated", "drifted_share": None, "drifted": False,
                                                "drifted_columns": [], "features": {}},
-        "concept": {"detector": spec.drift.concept_detector, "loss": default_loss(spec),
+        "concept": {"detector": spec.drift.concept.detector, "loss": spec.drift.concept.loss,
                     "detections": list(detections)},
         "quality": quality,
     }
