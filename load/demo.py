@@ -58,7 +58,7 @@ from driftloop.stack import running_stack
 
 TIMELINE_FILE = "demo-timeline.png"
 # The calibrated demo stream of load/benchmarks/drift_calibration.py (DEMO_STREAM, LABEL_DELAY, ONSET), repeated here
-# because importing that module loads Evidently (seconds); tests/test_demo.py checks they agree.
+# because importing that module loads Evidently (seconds); tests/integration/test_demo.py checks they agree.
 DEMO_STREAM = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
 LABEL_DELAY = 50
 ONSET = 100_000

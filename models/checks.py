@@ -6,7 +6,7 @@
 
 `yield_checks(flavor)` yields the checks; each takes a `Trial` (one estimator of the flavor, the demo spec
 with that model, and labelled rows with every kind of input) and raises AssertionError saying which rule
-the flavor breaks. tests/test_flavors.py runs every check on every estimator of every registered flavor,
+the flavor breaks. tests/unit/test_flavors.py runs every check on every estimator of every registered flavor,
 so a new flavor is tested without new test code. The rules are what the rest of driftloop relies on:
 
 - the declaration: a name, estimators, a file name of its own, installed requirements;

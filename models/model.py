@@ -2,7 +2,7 @@
 
 A flavor is a subclass of `Model` listed in `driftloop/models/flavors.py` (the registry); the spec's
 `model.flavor` names it and `model.estimator` one of its `estimators`. Every registered flavor passes the
-contract suite in `driftloop/models/checks.py` (tests/test_flavors.py runs it over the registry).
+contract suite in `driftloop/models/checks.py` (tests/unit/test_flavors.py runs it over the registry).
 docs/extending-flavors.md walks through adding one.
 
 Rows are dicts name -> value over the spec's model inputs (`driftloop.schema`): a float or None for numeric

@@ -1,19 +1,34 @@
-"""Shared fixtures: a real Kafka-compatible broker, and the local Redis/Postgres services when present."""
+"""Shared fixtures: a real Kafka-compatible broker, the local Redis/Postgres services when present, a signing
+key, a template MLflow database. Shared helpers are in tests/support/.
+
+Tests are grouped by kind: tests/unit/ run in-process; tests/integration/ start a broker, servers or
+driftloop processes. Every test in tests/integration/, and every test that asks for a broker or a service
+fixture, carries the `integration` marker (`-m "not integration"` runs the rest).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
 
 import pytest
+from driftloop.models import registry
 
 from driftloop.kafka import wait_for_broker
 from driftloop.signing import create_key
+from tests.support import KEY_ENV
+from tests.support.models import DEMO
 
-REPO = Path(__file__).resolve().parents[1]
-KEY_ENV = "DRIFTLOOP_SIGNING_KEY_FILE"
+SERVICE_FIXTURES = {"kafka_bootstrap", "redis_url", "postgres_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def _docker_reachable() -> bool:
@@ -43,11 +58,6 @@ def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ[KEY_ENV] = str(path)
     yield path
     os.environ.pop(KEY_ENV, None)
-
-
-def key_environ() -> dict[str, str]:
-    """The session's signing key setting, for `settings.load(environ=...)`."""
-    return {KEY_ENV: os.environ[KEY_ENV]}
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +115,22 @@ def postgres_url(unique: str) -> str:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with its schema created once (the migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, empty_mlflow_db: Path) -> str:
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # the experiment's artifacts go under tmp_path, not into ./mlruns of the repo
+    registry.ensure_experiment(DEMO.name, tracking_uri=uri, artifact_location=str(tmp_path / "artifacts"))
+    return uri

@@ -2,7 +2,7 @@
 
 `OfflineHistory.features(keys)` answers, for each (entity, event time), the vector the feature view held
 then: the entity's latest row at or before that time and within the view's TTL, which is what Feast's
-`get_historical_features` answers (tests/test_feast_offline.py compares the two), in memory bounded by
+`get_historical_features` answers (tests/integration/test_feast_offline.py compares the two), in memory bounded by
 the keys asked, not by the data stored:
 
 - **Not Feast's join.** Feast 0.67's file offline store (dask) first merges the asked rows with every

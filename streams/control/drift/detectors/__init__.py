@@ -1,7 +1,7 @@
 """The concept-drift detectors a spec can name in `drift.concept.detector` (protocol: base.py).
 
 Adding one is a new module in this package plus one line in DETECTORS (docs/extending-detectors.md);
-tests/test_concept_detectors.py then holds it to the contract every detector meets.
+tests/unit/test_concept_detectors.py then holds it to the contract every detector meets.
 """
 
 from __future__ import annotations
