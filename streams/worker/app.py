@@ -105,16 +105,12 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
         pipeline = Pipeline(spec, topology, bootstrap, scorer=scorer, joiner=OutcomeJoiner(spec, join_table),
                             entity_states=entity_states, join_table=join_table, journal=journal, feast_sink=feast,
                             metrics=metrics, learner=learner, join_partitions=join_partitions, worker_id=worker_id)
-        # Start-up left ~0.5 M long-lived objects (MLflow, Feast, pandas, sklearn); a full collection
-        # scanned them all, a 300 ms pause in the loop every few seconds. Frozen, they are never scanned.
+        # Start-up leaves about half a million long-lived objects (MLflow, Feast, pandas): frozen, the
+        # cyclic collector never rescans them, which paused the loop (docs/benchmarks.md).
         gc.collect()
         gc.freeze()
-        # With the default thresholds (700, 10, 10) a busy worker ran a full collection every ~0.3 s in
-        # the bench (its long-lived objects, the join table and the window states, grew by a quarter,
-        # CPython's cue for one that often): 9-11 pauses of 10-32 ms per run, its slowest predictions.
-        # Collecting after 10,000 allocations instead of 700, the same runs had none and one 7-12 ms
-        # middle-generation pass, and their slowest prediction went from 54-60 ms to 31-44 ms (timed
-        # with gc.callbacks, 3 runs each).
+        # A busy worker's tables grow steadily, CPython's cue for frequent full collections: a higher
+        # first threshold removed those pauses from the slowest predictions (docs/benchmarks.md).
         gc.set_threshold(10_000, 10, 10)
         _LOG.info("worker %s consuming %s and %s; metrics on :%d", worker_id, topology.events, topology.outcomes, port)
         if on_ready is not None:
