@@ -67,8 +67,9 @@ class ManagedProcess:
 
     def wait_until_ready(self) -> None:
         """Wait for the readiness check given at construction (nothing to wait for without one)."""
-        if self.readiness is not None:
-            self.wait_ready(lambda: self.readiness.check(self), self.readiness.timeout, self.readiness.what)
+        readiness = self.readiness
+        if readiness is not None:
+            self.wait_ready(lambda: readiness.check(self), readiness.timeout, readiness.what)
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll `check` until it returns True; fail clearly if the process dies or time runs out."""

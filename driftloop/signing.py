@@ -38,7 +38,7 @@ class SigningKey:
     def verify(self, domain: str, message: bytes, signature: str | bytes | None) -> bool:
         if isinstance(signature, bytes):
             signature = signature.decode("ascii", errors="replace")
-        return bool(signature) and hmac.compare_digest(self.sign(domain, message), signature)
+        return signature is not None and hmac.compare_digest(self.sign(domain, message), signature)
 
 
 def key_path(settings) -> Path:

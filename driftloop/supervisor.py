@@ -133,6 +133,7 @@ class Supervisor:
         if status is None and child.ready_since is None:
             readiness = child.process.readiness
             if child.process.ready():
+                assert child.exited_at is not None  # only a restarted child waits to be ready here
                 child.ready_since = now
                 self.metrics.set_up(child.label, True)
                 self.say(f"{child.process.name} is back: ready {now - child.exited_at:.1f}s after it exited")

@@ -44,7 +44,7 @@ def in_window(window: WindowSpec, t: float, te: float) -> bool:
     FeatureComputer's module doc, written in time rather than buckets)."""
     if window.kind == "sliding":
         return t - window.size < te <= t
-    step = window.size if window.kind == "tumbling" else window.step
+    step = window.size if window.kind == "tumbling" or window.step is None else window.step
     end = (math.floor(t / step) + 1) * step
     return end - window.size <= te < end
 
@@ -53,7 +53,7 @@ class ReferenceComputer:
     def __init__(self, spec: PipelineSpec, *, allowed_lateness: float = 0.0):
         self.spec = spec
         self.allowed_lateness = float(allowed_lateness)
-        windows = [f.window for f in spec.features if AGGREGATIONS[f.agg].windowed]
+        windows = [f.window for f in spec.features if AGGREGATIONS[f.agg].windowed and f.window is not None]
         # time_since_last of a late event looks among the sliding entries the computer retains
         self._sliding_horizon = max((w.size for w in windows if w.kind == "sliding"), default=None)
         # no window of an event at or after latest - allowed_lateness reaches further back than this
@@ -69,7 +69,7 @@ class ReferenceComputer:
         features = {}
         for f in self.spec.features:
             aggregation = AGGREGATIONS[f.agg]
-            inputs = {"since": since, "value": event.get(f.field),
+            inputs = {"since": since, "value": None if f.field is None else event.get(f.field),
                       "window": [ve.get(f.field) for te, ve in seen if f.window and in_window(f.window, t, te)]}
             features[f.name] = clamp(float(aggregation.define(**{name: inputs[name] for name in
                                                                   aggregation.define_inputs})))

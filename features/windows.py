@@ -196,6 +196,7 @@ class FeatureComputer:
                 features.append((aggregation, -1, vi))
                 continue
             w = f.window
+            assert w is not None  # the spec validator requires a window of every windowed aggregation
             if w.kind == "sliding":
                 gkey: tuple = ("sliding",)
                 if gkey not in group_of:
@@ -204,7 +205,7 @@ class FeatureComputer:
                     self._sliding = group_of[gkey]
                 span = float(w.size)
             else:
-                step = float(w.size if w.kind == "tumbling" else w.step)
+                step = float(w.size if w.kind == "tumbling" or w.step is None else w.step)
                 gkey = ("bucketed", float(w.size), step)
                 if gkey not in group_of:
                     width, step, ratio, nspan = _plan_bucketed(float(w.size), step, self.max_entries)
@@ -225,7 +226,7 @@ class FeatureComputer:
 
         # cell lists per group: the union of what its reads need
         for gi, g in enumerate(self._groups):
-            cell_stats: dict[tuple[int, int], None] = {}
+            cell_stats: dict[tuple[int, Statistic], None] = {}
             for ri in g.reads:
                 cell_stats.update(wanted[ri])
             g.stats = list(cell_stats)
@@ -255,7 +256,8 @@ class FeatureComputer:
         self._plans = tuple(plans)
         self._layout = self._layout_id()
         self._update, self.update_source = self._compile()
-        self.update = self._update  # the compiled update, without the method's indirection
+        # the compiled update, without the method's indirection
+        self.update = self._update  # type: ignore[method-assign]
 
     def _field_index(self, name: str) -> int:
         if name not in self._fields:

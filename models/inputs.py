@@ -43,7 +43,7 @@ def rows_to_frame(columns: Sequence[ModelInput], rows: Sequence[Row]) -> pd.Data
     """
     data: dict[str, Any] = {}
     for col in columns:
-        values = [row.get(col.name) for row in rows]
+        values: list[Any] = [row[col.name] if col.name in row else None for row in rows]
         if col.kind == "numeric":
             data[col.name] = np.array([np.nan if is_missing(v) else float(v) for v in values], dtype=np.float64)
         elif col.kind == "bool":

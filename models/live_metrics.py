@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from river import metrics, utils
@@ -31,7 +32,7 @@ class _VersionWindow:
         self.precision = metrics.Precision(cm=self.confusion.obj)
         self.recall = metrics.Recall(cm=self.confusion.obj)
         self.f1 = metrics.F1(cm=self.confusion.obj)
-        self.log_loss = utils.Rolling(metrics.LogLoss, window_size=window)
+        self.log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
         self.pairs: deque[tuple[bool, float]] = deque(maxlen=window)
 
     def update(self, label: bool, proba: float, decision: bool) -> None:

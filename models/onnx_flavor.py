@@ -65,7 +65,7 @@ class OnnxModel(Model):
     flavor = "onnx"
     filename = "model.onnx"
     requirements = ("onnxruntime",)
-    retrain_estimator = "gradient_boosting"
+    retrain_estimator: ClassVar[str | None] = "gradient_boosting"
     # estimator -> its scikit-learn class ("module:Class"), the defaults the spec's params override, and
     # the estimators whose numeric inputs are not scaled
     estimator_classes: ClassVar[dict[str, str]] = {
@@ -160,8 +160,8 @@ class OnnxModel(Model):
         for c in self.columns:
             values = [r.get(c.name) for r in rows]
             if c.kind == "category":
-                column = [v if type(v) is str else as_category(v) for v in values]
-                feeds[c.name] = np.array(column, dtype=object).reshape(-1, 1)
+                categories = [v if type(v) is str else as_category(v) for v in values]
+                feeds[c.name] = np.array(categories, dtype=object).reshape(-1, 1)
                 continue
             try:  # the scorer's rows hold floats, ints, bools and None (-> NaN): numpy converts them at once
                 column = np.array(values, dtype=np.float64)

@@ -79,7 +79,7 @@ class RiverModel(Model):
         return cls(columns, build_pipeline(spec, columns), spec.model.estimator)
 
     def _x(self, row: Row) -> dict[str, Any]:
-        x = {}
+        x: dict[str, Any] = {}
         for c in self.columns:
             v = row.get(c.name)
             # the scorer's rows already hold str categories and float numbers: skip the converters for them

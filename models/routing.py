@@ -115,7 +115,7 @@ class ModelRouter:
             except ModelRefused as refusal:
                 if variant == CHAMPION and current is None:
                     version, loaded = self._fallback(refusal, wanted)
-                elif variant == CHAMPION:
+                elif variant == CHAMPION and current is not None:
                     self._refused(refusal, current.version)
                     continue
                 else:  # the challenger alias left the version served: so does the canary (or shadow)

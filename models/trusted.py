@@ -45,7 +45,8 @@ class TrustedVersions:
         self.reference) accepts; with the refusals met on the way (to report the news among them)."""
         refusals: list[ModelRefused] = []
         tried = {aliases.get(CHAMPION)}
-        for version in [aliases.get(PREVIOUS), *versions(self.name, tracking_uri=self.tracking_uri)]:
+        previous = [aliases[PREVIOUS]] if PREVIOUS in aliases else []
+        for version in [*previous, *versions(self.name, tracking_uri=self.tracking_uri)]:
             if version in tried:
                 continue
             tried.add(version)

@@ -39,7 +39,7 @@ class BatchedSqliteOnlineStore(SqliteOnlineStore):
                                                                              datetime | None]],
                            progress: Callable[[int], Any] | None) -> None:
         if config.online_store.enable_openai_compatible_store or config.online_store.vector_enabled:
-            super().online_write_batch(config, table, data, progress)
+            super().online_write_batch(config, table, list(data), progress)
             return
         name = _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
         upsert = (f"INSERT INTO {_quote_id(name)} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "

@@ -215,7 +215,8 @@ class FeastWriter:
         self._failure_raised = False
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._child = self._connection = None
+        self._child: Any = None  # the writer process and our end of its pipe, in the background mode
+        self._connection: Any = None
         if separate_process:
             self._start_child(settings, spec)
 

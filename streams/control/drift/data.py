@@ -74,7 +74,7 @@ class DataDriftMonitor:
         self.columns = model_inputs(spec)
         self.names = [c.name for c in self.columns]
         size = spec.drift.window_events
-        self._window = {name: deque(maxlen=size) for name in self.names}
+        self._window: dict[str, deque[Any]] = {name: deque(maxlen=size) for name in self.names}
         self._batches: deque[tuple[int, float]] = deque()  # (rows, event_time_max) of the batches in the window
         self._since_evaluation = 0
         self._evaluated_at = clock()
@@ -171,8 +171,10 @@ class DataDriftMonitor:
             return {"status": status, **base, "drifted_share": None, "drifted": False, "drifted_columns": [],
                     "features": {}}
         started = time.perf_counter()
+        reference = self._reference
+        assert reference is not None  # ready() says so
         current = _frame(self.columns, self._window)
-        features = {c.name: column_drift(c, self._reference[c.name], _values(current[c.name]),
+        features = {c.name: column_drift(c, reference[c.name], _values(current[c.name]),
                                          self.spec.drift.data_thresholds) for c in self.columns}
         tested = [name for name, result in features.items() if result["method"] is not None]
         drifted = [name for name in tested if features[name]["drifted"]]

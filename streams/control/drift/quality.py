@@ -52,7 +52,9 @@ class QualityMonitor:
 
     def evaluate(self) -> dict[str, Any]:
         valid = sum(b[0] for b in self._batches)
-        dlq, unseen, missing = Counter(), Counter(), Counter()
+        dlq: Counter[str] = Counter()
+        unseen: Counter[str] = Counter()
+        missing: Counter[str] = Counter()
         for _, batch_dlq, batch_unseen, batch_missing in self._batches:
             dlq.update(batch_dlq)
             unseen.update(batch_unseen)

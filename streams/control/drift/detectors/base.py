@@ -93,7 +93,7 @@ class ConceptDetector(BaseModel):
         raise NotImplementedError
 
 
-def rise_start(losses: Sequence[float]) -> int:
+def rise_start(losses: Sequence[float] | np.ndarray) -> int:
     """Where the single rise of the mean that best explains `losses` (oldest first) starts: an index.
 
     That is after the point where the cumulative sum of the losses' deviations from their mean is
