@@ -197,7 +197,7 @@ def test_status_shows_what_driftloop_up_reports_of_its_children(serve, capsys, t
         supervisor.restarted("worker")
     supervisor.restarted("control")
     supervisor.set_up("control", False)
-    port = supervisor.serve(0)
+    port = supervisor.serve(0, "127.0.0.1")
     monkeypatch.setenv("DRIFTLOOP_DATA_DIR", str(tmp_path))
     stack = tmp_path / "stack.json"
     try:
