@@ -142,13 +142,13 @@ def test_replay_of_the_table_on_a_stack_runs_with_the_written_spec_unchanged(tmp
     try:
         _wait_for_line(stack, "stack is up", timeout=300)
         replayed = subprocess.run(_driftloop("replay", str(table), "--spec", str(spec_path), "--json",
-                                             "--timeout", "60"), env=env, capture_output=True, text=True, timeout=300)
+                                             "--rate", "100", "--timeout", "60"), env=env, capture_output=True, text=True, timeout=300)
         assert replayed.returncode == 0, replayed.stderr
         report = json.loads(replayed.stdout)
         assert report["rows"] == 1250 and report["dead_lettered"] == 0, report["dead_letter_reasons"]
         assert report["predicted"] == 1250
         # learning online from the outcomes, the model beats always saying "not phishing"
-        assert report["metrics"]["accuracy"] > report["metrics"]["baselines"]["majority_class"]
+        assert report["metrics"]["accuracy"] > report["metrics"]["baselines"]["majority_class"], report["metrics"]
         assert parse_duration("1d") == load_spec(spec_path).replay.time_step
     finally:
         stack.send_signal(signal.SIGTERM)

@@ -36,7 +36,8 @@ class ControlMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self._decisions = Counter("driftloop_decisions", "Audit records the control plane published, by actor "
-                                  "(trigger, promotion, operator, control) and action.", ["actor", "action"], registry=r)
+                                  "(trigger, promotion, operator, control) and action.", ["actor", "action"],
+                                  registry=r)
         self._evaluations = Counter("driftloop_drift_evaluations", "Drift evaluations (reports on the drift topic).",
                                     registry=r)
         self._drifted_share = Gauge("driftloop_drifted_share", "Share of the input columns that drifted in the last "
