@@ -22,8 +22,9 @@ _FETCH_WAIT_MS = 500
 class TopicFollower:
     """New JSON-object records of a topic, in the order they are read."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    def __init__(self, bootstrap: str, topic: str, partitions: int, timeout: float = 15.0):
+        """DriftloopError when the broker does not answer within `timeout` seconds."""
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
         from driftloop.load.run_records import json_object
 
@@ -31,8 +32,16 @@ class TopicFollower:
         self.topic = topic
         self._consumer = kafka.consumer(bootstrap, f"driftloop-follow-{uuid.uuid4().hex[:10]}",
                                         **{"enable.auto.commit": False, "fetch.wait.max.ms": _FETCH_WAIT_MS})
-        kafka.ensure_topics(bootstrap, [topic], partitions)  # the stack creates it; a bare broker may not have it
-        found = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        try:
+            # the stack creates it; a bare broker may not have it
+            kafka.ensure_topics(bootstrap, [topic], partitions, timeout=timeout)
+            found = self._consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        except KafkaException as exc:
+            self._consumer.close()
+            raise DriftloopError(f"cannot read {topic} at {bootstrap}: {exc.args[0].str()}") from None
+        except DriftloopError:
+            self._consumer.close()
+            raise
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in found])
 
     def poll(self) -> list[dict[str, Any]]:

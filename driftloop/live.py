@@ -18,8 +18,10 @@ import urllib.error
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.follow import LogFollower, TopicFollower
+from driftloop.load.run_records import json_object
 from driftloop.load.timeline import epoch
 from driftloop.loop_status import decision_line, drift_line, drift_summary, registry_aliases
 from driftloop.pulse import Pulse, Snapshot
@@ -62,17 +64,21 @@ class LiveView:
     def __init__(self, display: Display, *, bootstrap: str, tracking_uri: str, model_name: str, audit_topic: str,
                  drift_topic: str, partitions: int, metrics_urls: Callable[[], list[str]],
                  children: Callable[[], dict[str, Any] | None] = lambda: None, pulse_every: float | None = None,
-                 decisions_since: float | None = None, backlog: int | None = None, story: LogFollower | None = None,
+                 decisions_since: float | None = None, backlog: int = 0, story: LogFollower | None = None,
                  clock: Callable[[], float] = time.monotonic):
+        """Shows the decisions made from `decisions_since` (epoch seconds; default: from now on), after the last
+        `backlog` made before it."""
         self.display, self.model_name, self.tracking_uri = display, model_name, tracking_uri
         self.metrics_urls, self.children, self.clock = metrics_urls, children, clock
         self.pulse_every = pulse_every or display.pulse_every
-        self.audit = TopicFollower(bootstrap, audit_topic, partitions)
-        self.drift = TopicFollower(bootstrap, drift_topic, partitions)
+        self.bootstrap, self.audit_topic, self.drift_topic, self.partitions = (bootstrap, audit_topic, drift_topic,
+                                                                              partitions)
+        self._followers: tuple[TopicFollower, TopicFollower] | None = None  # audit, drift; once the broker answers
+        self._topic_problem: str | None = None
         self.story = story
         self.look = Look(time.time())
-        self._since, self._backlog = decisions_since, backlog
-        self._first_audit = True
+        self._since = self.look.started if decisions_since is None else decisions_since
+        self._backlog = backlog
         self._reports = 0
         self._new_drift = False
         self._snapshot: Snapshot | None = None
@@ -80,12 +86,18 @@ class LiveView:
 
     def open(self) -> None:
         self.display.open()
+        if self._backlog:  # read to the topic's end now: the follower cannot tell history from news by itself
+            history = [r for r in kafka.read_topic(self.bootstrap, self.audit_topic, decode=json_object)
+                       if _shown(r) and _at(r) < self._since]
+            for record in history[-self._backlog:]:
+                self.display.decision(record)
 
     def tick(self) -> None:
         self._follow()
         if self.clock() >= self._next_look:
             first = self._snapshot is None
             self._take_look()
+            self._connect()
             # a first look has no interval to measure: the next comes soon, and shows what moved between them
             self._next_look = self.clock() + (min(self.pulse_every, TERMINAL_PULSE_SECONDS) if first else
                                               self.pulse_every)
@@ -99,25 +111,40 @@ class LiveView:
             self._follow()
         finally:
             self.display.close()
-            self.audit.close()
-            self.drift.close()
+            for follower in self._followers or ():
+                follower.close()
+
+    def _connect(self) -> None:
+        """Follow the topics once the broker answers; tried at every look, shortly, so the stack's own checks
+        never wait long behind the view."""
+        if self._followers is not None:
+            return
+        followers: list[TopicFollower] = []
+        try:
+            for topic in (self.audit_topic, self.drift_topic):
+                followers.append(TopicFollower(self.bootstrap, topic, self.partitions, timeout=2.0))
+        except DriftloopError as exc:
+            for follower in followers:
+                follower.close()
+            if str(exc) != self._topic_problem:  # said once, not at every look
+                self._topic_problem = str(exc)
+                self.display.story(f"live view: {exc}; trying again")
+            return
+        self._followers = (followers[0], followers[1])
 
     def _follow(self) -> None:
         for line in self.story.poll() if self.story is not None else ():
             if line.startswith(DEMO_PREFIX) and not line.startswith(DEMO_DECISION):
                 self.display.story(line.removeprefix("driftloop: "))
+        if self._followers is None:
+            return
+        audit, drift = self._followers
         try:
-            decisions = [r for r in self.audit.poll() if r.get("action") not in QUIET_ACTIONS]
-            reports = self.drift.poll()
+            decisions = [r for r in audit.poll() if _shown(r) and _at(r) >= self._since]
+            reports = drift.poll()
         except DriftloopError as exc:
             self.display.story(f"live view: {exc}")
             return
-        if self._first_audit:  # the history read at start: only what the caller asked for
-            self._first_audit = False
-            if self._since is not None:
-                decisions = [r for r in decisions if _at(r) >= self._since]
-            if self._backlog is not None:
-                decisions = decisions[-self._backlog:] if self._backlog else []
         for record in decisions:
             self.display.decision(record)
         if reports:
@@ -147,6 +174,10 @@ class LiveView:
             self.look.registry_problem = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         children = self.children()
         self.look.children = None if children is None else children.get("children")
+
+
+def _shown(record: dict[str, Any]) -> bool:
+    return record.get("action") not in QUIET_ACTIONS
 
 
 def _at(record: dict[str, Any]) -> float:

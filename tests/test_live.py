@@ -89,6 +89,20 @@ def test_the_view_prints_decisions_story_and_pulse_as_plain_lines(kafka_bootstra
     drifted = next(line for line in lines if line.startswith("drift: "))
     assert "drifted share 0.25 (amount)" in drifted
 
+    # `status --watch`: the last decisions made before it started come first, then only new ones
+    later: list[str] = []
+    watch = LiveView(PlainDisplay(later.append), bootstrap=kafka_bootstrap, tracking_uri="http://127.0.0.1:1",
+                     model_name="m", audit_topic=audit, drift_topic=drift, partitions=1, metrics_urls=lambda: [],
+                     backlog=5)
+    watch.open()
+    for _ in range(10):
+        watch.tick()
+        time.sleep(0.1)
+    watch.close()
+    assert [line for line in later if line.startswith("decision: ")] == [
+        "decision: trigger: retrain_triggered: before the view started",
+        "decision: promotion: promoted v4: challenger v4 made fewer errors"]
+
 
 def test_the_terminal_panel_shows_the_look():
     console = Console(record=True, force_terminal=True, width=140)
@@ -125,6 +139,16 @@ def test_up_with_the_demo_tells_its_story_on_stdout(tmp_path):
         events_per_second = float(pulse.split("pulse: ", 1)[1].split(" events/s", 1)[0].replace(",", ""))
         assert 200 < events_per_second < 600, pulse
         assert "serving champion v1 100%" in pulse and "registry champion v1" in pulse
+
+        # the same view from another terminal: the decisions made before it started first, then the pulse
+        watch = subprocess.Popen(_driftloop("status", "--watch", "--interval", "1"), env=_env(tmp_path),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for_line(watch, "driftloop: decision: trigger: retrain_declined v1", timeout=60)
+            _wait_for_line(watch, "driftloop: pulse: ", timeout=60)
+        finally:
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=30) == 0
     finally:
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=90)
