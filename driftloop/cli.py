@@ -218,6 +218,8 @@ def _watch_status(config: settings_module.Settings, args: argparse.Namespace) ->
 
     if args.json:
         raise DriftloopError("--watch shows a live view; --json prints one summary: choose one")
+    if args.backlog < 0:
+        raise DriftloopError("--backlog cannot be negative")
     bootstrap, tracking_uri = resolve_endpoints(config)
     spec = load_spec(config.spec)
     view = LiveView(display_for(sys.stdout, _say, f"driftloop status --watch: {spec.name}"), bootstrap=bootstrap,
@@ -493,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return args.run(config, args)
     except DriftloopError as exc:
-        print(f"driftloop: error: {exc}", file=sys.stderr, flush=True)
+        print(f"driftloop: error: {exc}" + (f"; fix: {exc.fix}" if exc.fix else ""), file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         return 130

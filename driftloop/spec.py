@@ -222,9 +222,9 @@ def parse_spec(document: Any, origin: str = "<spec>") -> PipelineSpec:
     except ValidationError as exc:
         error = exc.errors()[0]
         where, problem = _dotted(error["loc"]), _message(error)
-        raise DriftloopError(f"{origin}: {where}: {problem}{how_to_fix(where, problem, error.get('input'))}") from None
+        raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, error.get("input"))) from None
     for where, problem in _cross_checks(spec):
-        raise DriftloopError(f"{origin}: {where}: {problem}{how_to_fix(where, problem, None)}")
+        raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, None))
     return spec
 
 
