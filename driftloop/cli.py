@@ -17,9 +17,11 @@ def _say(line: str) -> None:
 
 
 def cmd_up(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    from driftloop.live import display_for
     from driftloop.stack import run_stack
 
-    run_stack(config, _say, demo_rate=args.demo_rate if args.demo else None)
+    display = display_for(sys.stdout, _say, "driftloop up --demo" if args.demo else "driftloop up")
+    run_stack(config, _say, demo_rate=args.demo_rate if args.demo else None, display=display)
     return 0
 
 
@@ -185,6 +187,8 @@ def cmd_keygen(config: settings_module.Settings, _args: argparse.Namespace) -> i
 def cmd_status(config: settings_module.Settings, args: argparse.Namespace) -> int:
     import json
 
+    if args.watch:
+        return _watch_status(config, args)
     from driftloop.loop_status import collect_loop, render_loop
     from driftloop.spec import load_spec
     from driftloop.status import collect, collect_children, metrics_urls, render
@@ -203,6 +207,37 @@ def cmd_status(config: settings_module.Settings, args: argparse.Namespace) -> in
     return 0
 
 
+def _watch_status(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    """The live view of `driftloop up` for a stack running elsewhere (another terminal, compose), until Ctrl-C."""
+    import time
+
+    from driftloop.live import LiveView, display_for
+    from driftloop.spec import load_spec
+    from driftloop.stack import resolve_endpoints
+    from driftloop.status import collect_children, metrics_urls
+
+    if args.json:
+        raise DriftloopError("--watch shows a live view; --json prints one summary: choose one")
+    if args.backlog < 0:
+        raise DriftloopError("--backlog cannot be negative")
+    bootstrap, tracking_uri = resolve_endpoints(config)
+    spec = load_spec(config.spec)
+    view = LiveView(display_for(sys.stdout, _say, f"driftloop status --watch: {spec.name}"), bootstrap=bootstrap,
+                    tracking_uri=tracking_uri, model_name=spec.model.name, audit_topic=config.topic_audit,
+                    drift_topic=config.topic_drift, partitions=config.partitions,
+                    metrics_urls=lambda: args.urls or metrics_urls(config), children=lambda: collect_children(config),
+                    pulse_every=args.interval, backlog=args.backlog)
+    view.open()
+    try:
+        while True:
+            view.tick()
+            time.sleep(0.25)
+    except KeyboardInterrupt:  # how a watch is meant to end
+        return 0
+    finally:
+        view.close()
+
+
 def cmd_check_spec(config: settings_module.Settings, args: argparse.Namespace) -> int:
     from driftloop.spec import load_spec
 
@@ -211,6 +246,21 @@ def cmd_check_spec(config: settings_module.Settings, args: argparse.Namespace) -
     _say(f"{path}: spec {spec.name!r} is valid: {len(spec.events.fields)} event fields, "
          f"{len(spec.features)} windowed features, model {spec.model.flavor}/{spec.model.estimator} "
          f"on {len(spec.model_inputs)} inputs")
+    return 0
+
+
+def cmd_init_spec(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from driftloop.init_spec import Choices, init_spec
+
+    table = Path(args.data)
+    output = Path(args.output) if args.output else Path(f"{table.stem}.yaml")
+    choices = Choices(label=args.label, id=args.id, entity=args.entity, time=args.time, time_step=args.time_step,
+                      flavor=args.flavor, estimator=args.estimator, name=args.name)
+    written = init_spec(table, output, choices, force=args.force, say=_say)
+    _say(f"wrote {written}: check it with `driftloop check-spec {written}`, then replay the table on a stack "
+         f"started with DRIFTLOOP_SPEC={written}: `driftloop replay {table} --spec {written}`")
     return 0
 
 
@@ -337,10 +387,44 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=cmd_check_spec)
     status = commands.add_parser("status", help="summarize the workers' /metrics, the registry aliases, drift and decisions")
     status.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    status.add_argument("--watch", action="store_true",
+                        help="keep watching until Ctrl-C: events/s, lag, p99, who serves which share, the last drift "
+                             "evaluation, and every decision as it lands (a panel in a terminal, lines elsewhere)")
+    status.add_argument("--interval", type=positive(float), metavar="S",
+                        help="with --watch: seconds between looks at the workers (default 2 in a terminal, 15 "
+                             "elsewhere)")
+    status.add_argument("--backlog", type=int, default=5, metavar="N",
+                        help="with --watch: the last N decisions made before it started, first (default 5)")
     status.add_argument("--url", dest="urls", action="extend", nargs="+", metavar="URL",
                         help="a worker's metrics URL (default: $DRIFTLOOP_METRICS_PORT on 127.0.0.1, "
                              "and the workers `driftloop up` lists in <data dir>/stack.json)")
     status.set_defaults(run=cmd_status)
+    from driftloop.init_spec import accepted_flavors
+
+    init = commands.add_parser("init-spec", help="write a commented pipeline spec from a CSV/Parquet table",
+                               description="Read a table and write a spec for it: field types and ranges from the "
+                                           "data, the label, generated id/entity/time where the table has none, a "
+                                           "time step, windows within the feature TTL and a model, each explained "
+                                           "in a comment.")
+    init.add_argument("data", help="the table: a .csv or .parquet file")
+    init.add_argument("-o", "--output", metavar="SPEC", help="where to write the spec (default: <table name>.yaml)")
+    init.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    init.add_argument("--label", metavar="COLUMN", help="the 0/1 label column (default: guessed, and said)")
+    init.add_argument("--id", metavar="COLUMN", help="the event id column (default: one named like an id with a "
+                                                     "value per row, else generated by replay)")
+    init.add_argument("--entity", metavar="COLUMN", help="the entity column (default: one named like user_id, "
+                                                         "customer_id, ..., else one entity for every row)")
+    init.add_argument("--time", metavar="COLUMN", help="the event time column (default: the first column of times, "
+                                                       "else generated by replay)")
+    init.add_argument("--time-step", type=_duration, metavar="DURATION",
+                      help="how far apart the rows are, e.g. 1d for a daily table (default: the median gap of the "
+                           "time column; required without one)")
+    init.add_argument("--flavor", choices=accepted_flavors(), default="river",
+                      help="the model flavor (default: river, which learns online and starts cold)")
+    init.add_argument("--estimator", default="logistic_regression",
+                      help="the flavor's estimator (default: logistic_regression)")
+    init.add_argument("--name", help="the pipeline and model name (default: from the table's file name)")
+    init.set_defaults(run=cmd_init_spec)
     replay = commands.add_parser("replay", help="backtest the running pipeline on a CSV/Parquet table",
                                  description="Turn each row of the table into an event and an outcome on the "
                                              "running stack, then score the predictions that come back.")
@@ -354,12 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--rate", type=positive(float), metavar="EPS",
                         help="events per second (default: as fast as possible)")
     replay.add_argument("--limit", type=positive(int), metavar="N", help="replay only the first N rows")
-    replay.add_argument("--entity-value", default="all", metavar="V",
-                        help="the entity of every event when the table has no entity column (default: all)")
+    replay.add_argument("--entity-value", metavar="V",
+                        help="the entity of every event when the table has no entity column (default: the spec's "
+                             "replay.entity_value, else all)")
     replay.add_argument("--start", metavar="ISO", help="event time of the first row when the table has no time "
                                                        "column (default: the last row at the latest whole step)")
-    replay.add_argument("--time-step", type=_duration, default="30m", metavar="DURATION",
-                        help="event-time distance between rows without a time column (default: 30m)")
+    replay.add_argument("--time-step", type=_duration, metavar="DURATION",
+                        help="event-time distance between rows without a time column (default: the spec's "
+                             "replay.time_step)")
     replay.add_argument("--timeout", type=positive(float), default=30.0, metavar="S",
                         help="give up on the rows still unanswered after S seconds without a prediction or "
                              "dead letter of this run (default: 30)")
@@ -409,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return args.run(config, args)
     except DriftloopError as exc:
-        print(f"driftloop: error: {exc}", file=sys.stderr, flush=True)
+        print(f"driftloop: error: {exc}" + (f"; fix: {exc.fix}" if exc.fix else ""), file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         return 130

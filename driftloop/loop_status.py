@@ -32,7 +32,7 @@ def collect_loop(settings: Settings, spec: PipelineSpec, bootstrap: str, trackin
         "model": spec.model.name,
         "aliases": current,
         "registry_error": registry_error,
-        "drift": _drift_summary(last_report, len(reports)),
+        "drift": drift_summary(last_report, len(reports)),
         "decisions": audit[-decisions:],
     }
 
@@ -45,7 +45,7 @@ def registry_aliases(name: str, tracking_uri: str) -> dict[str, int]:
     return aliases(name, tracking_uri=tracking_uri)
 
 
-def _drift_summary(report: dict[str, Any] | None, count: int) -> dict[str, Any] | None:
+def drift_summary(report: dict[str, Any] | None, count: int) -> dict[str, Any] | None:
     if report is None:
         return None
     data = report.get("data") or {}
@@ -58,24 +58,31 @@ def _drift_summary(report: dict[str, Any] | None, count: int) -> dict[str, Any] 
             "quality_flagged": quality.get("flagged"), "quality": {k: v for k, v in quality.items() if k != "flagged"}}
 
 
+def decision_line(record: dict[str, Any]) -> str:
+    """One audit record as one line: who decided what, on which version, and why."""
+    version = f" v{record['version']}" if record.get("version") is not None else ""
+    return f"{record.get('actor')}: {record.get('action')}{version}: {record.get('reason')}"
+
+
+def drift_line(drift: dict[str, Any] | None) -> str:
+    """The last drift evaluation (a `drift_summary`) as one line."""
+    if drift is None:
+        return "no report yet"
+    share = drift["drifted_share"]
+    return (f"{drift['reports']} reports; last at {drift['at']}: drifted share "
+            f"{'-' if share is None else format(share, '.2f')}"
+            + (f" ({', '.join(drift['drifted_features'])})" if drift["drifted_features"] else "")
+            + f", concept detections {drift['concept_detections']}, quality "
+            + ("FLAGGED" if drift["quality_flagged"] else "ok"))
+
+
 def render_loop(loop: dict[str, Any]) -> str:
     versions = loop["aliases"]
     serving = ", ".join(f"{alias} v{version}" for alias, version in sorted(versions.items(), key=lambda kv: kv[0]))
     lines = [f"registry    {loop['model']}: " + (serving or "no aliases")
-             + (f" (unreachable: {loop['registry_error']})" if loop["registry_error"] else "")]
-    drift = loop["drift"]
-    if drift is None:
-        lines.append("drift       no report yet")
-    else:
-        share = drift["drifted_share"]
-        lines.append(f"drift       {drift['reports']} reports; last at {drift['at']}: drifted share "
-                     f"{'-' if share is None else format(share, '.2f')}"
-                     + (f" ({', '.join(drift['drifted_features'])})" if drift["drifted_features"] else "")
-                     + f", concept detections {drift['concept_detections']}, quality "
-                     + ("FLAGGED" if drift["quality_flagged"] else "ok"))
-    for record in loop["decisions"]:
-        version = f" v{record['version']}" if record.get("version") is not None else ""
-        lines.append(f"decision    {record['at']} {record['actor']} {record['action']}{version}: {record['reason']}")
+             + (f" (unreachable: {loop['registry_error']})" if loop["registry_error"] else ""),
+             f"drift       {drift_line(loop['drift'])}"]
+    lines += [f"decision    {record['at']} {decision_line(record)}" for record in loop["decisions"]]
     if not loop["decisions"]:
         lines.append("decision    none yet")
     return "\n".join(lines)

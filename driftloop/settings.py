@@ -134,6 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("supervisor_port", "DRIFTLOOP_SUPERVISOR_PORT", _port, "9101",
             "Port of `driftloop up`'s own Prometheus /metrics on 127.0.0.1: restarts of its children, which of "
             "them are up (0 = a free port)."),
+    Setting("control_metrics_port", "DRIFTLOOP_CONTROL_METRICS_PORT", _port, "9102",
+            "Port of the control plane's Prometheus /metrics on 127.0.0.1: its decisions, drift evaluations, "
+            "retraining durations and the canary trial (0 = a free port)."),
     Setting("max_restarts", "DRIFTLOOP_MAX_RESTARTS", _count, "5",
             "Restarts of one crashed child (worker, control plane, retrain worker, MLflow) that `driftloop up` "
             "makes within 5 minutes; its next exit stops the stack (0: any exit does)."),
@@ -174,6 +177,7 @@ class Settings:
     metrics_port: int
     bind_host: str
     supervisor_port: int
+    control_metrics_port: int
     max_restarts: int
     partitions: int
     topic_events: str

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from driftloop.errors import DriftloopError
 from driftloop.features.aggregations import AGGREGATIONS
 from driftloop.streams.control.drift.detectors import ConceptDetector, concept_detector
+from driftloop.spec_hints import how_to_fix
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -213,6 +214,15 @@ class CanarySpec(_Strict):
     max_samples: int = Field(default=5000, ge=10)  # per variant: no significant difference by then -> roll back
 
 
+class ReplaySpec(_Strict):
+    """What `driftloop replay` makes up for the columns a table lacks; its flags override these."""
+
+    entity_value: str = "all"  # the entity of every event, without an entity column
+    time_step: float | None = None  # between rows, without a time column; unset: replay asks for --time-step
+
+    _step = field_validator("time_step", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+
 class PipelineSpec(_Strict):
     name: str = Field(max_length=MAX_NAME_LENGTH)
     events: EventsSpec
@@ -223,6 +233,7 @@ class PipelineSpec(_Strict):
     drift: DriftSpec = DriftSpec()
     retrain: RetrainSpec = RetrainSpec()
     canary: CanarySpec = CanarySpec()
+    replay: ReplaySpec = ReplaySpec()
 
     _ttl = field_validator("feature_ttl", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
 
@@ -254,9 +265,10 @@ def parse_spec(document: Any, origin: str = "<spec>") -> PipelineSpec:
         spec = PipelineSpec.model_validate(document)
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise DriftloopError(f"{origin}: {_dotted(error['loc'])}: {_message(error)}") from None
+        where, problem = _dotted(error["loc"]), _message(error)
+        raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, error.get("input"))) from None
     for where, problem in _cross_checks(spec):
-        raise DriftloopError(f"{origin}: {where}: {problem}")
+        raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, None))
     return spec
 
 

@@ -6,14 +6,16 @@ import json
 import os
 import signal
 import sys
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from driftloop import kafka
 from driftloop.broker import EmbeddedBroker
 from driftloop.errors import DriftloopError
+from driftloop.follow import LogFollower
 from driftloop.kafka import broker_answers, ensure_topics, wait_for_broker
 from driftloop.mlflow_server import MlflowServer, backend_store_uri, http_ok, require_reachable
 from driftloop.process import ManagedProcess, Readiness, client_address, reserve_port
@@ -23,6 +25,8 @@ from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams import contracts
 from driftloop.supervisor import Restart, RestartPolicy, Supervisor, SupervisorMetrics
 
+if TYPE_CHECKING:  # the live view reads the workers' status, which reads stack.json through this module
+    from driftloop.live import Display, LiveView
 
 CONTROL_PLANE_READY = "[^Worker]: Ready"  # Faust's worker, once its agents are assigned
 RETRAIN_WORKER_READY = "retrain worker for model"
@@ -44,6 +48,7 @@ class StackInfo:
     pid: int
     metrics_urls: list[str]
     supervisor_metrics_url: str  # restarts of the children, which of them are up
+    control_metrics_url: str  # the control plane's decisions, retrainings and canary trial
 
     def write(self, data_dir: Path) -> Path:
         path = data_dir / "stack.json"
@@ -94,9 +99,11 @@ def _raise_stopped(signum: int, _frame: object) -> None:
 
 
 def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[StackInfo], None] | None = None,
-              demo_rate: float | None = None) -> None:
-    """Bring the stack up, report it, then supervise it until SIGTERM/SIGINT or a child ends it."""
+              demo_rate: float | None = None, display: Display | None = None) -> None:
+    """Bring the stack up, report it, then supervise it until SIGTERM/SIGINT or a child ends it, showing it
+    on `display` meanwhile (driftloop/live.py)."""
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.time()
     try:
         with ExitStack() as stack:
             spec = load_spec(settings.spec)
@@ -117,17 +124,25 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
             say(f"topics ready ({len(settings.topics)}, {len(created)} created, "
                 f"{settings.partitions} partitions each): {', '.join(settings.topics)}")
             metrics_url = _start_worker(settings, bootstrap, tracking_uri, stack, supervisor, say)
-            _start_adaptive_loop(settings, bootstrap, tracking_uri, stack, supervisor, say)
+            control_url = _start_adaptive_loop(settings, bootstrap, tracking_uri, stack, supervisor, say)
             info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid(),
-                             [metrics_url], f"http://{client_address(settings.bind_host, supervisor_port)}/metrics")
+                             [metrics_url], f"http://{client_address(settings.bind_host, supervisor_port)}/metrics",
+                             control_url)
             stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
             info.write(settings.data_dir)
+            story = None
             if demo_rate is not None:
-                _start_demo(settings, bootstrap, tracking_uri, demo_rate, stack, supervisor, say)
+                story = _start_demo(settings, bootstrap, tracking_uri, demo_rate, stack, supervisor, say)
             say("stack is up; Ctrl-C (or SIGTERM) stops it")
             if ready is not None:
                 ready(info)
-            supervisor.watch()
+            if display is None:
+                supervisor.watch()
+                return
+            view = _live_view(settings, spec, info, display, started, story)
+            stack.callback(view.close)  # first of all: a demo's last lines are shown before the children stop
+            view.open()
+            supervisor.watch(on_tick=view.tick)
     except Stopped as stop:
         say(f"{stop.args[0]} received: stopped everything this command started")
     finally:
@@ -229,9 +244,12 @@ def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: 
 
 
 def _start_adaptive_loop(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
-                         supervisor: Supervisor, say: Callable[[str], None]) -> None:
-    """The control plane (drift agent, trigger, promotion) and a retrain worker, as children."""
-    env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_LOG_LEVEL="INFO")
+                         supervisor: Supervisor, say: Callable[[str], None]) -> str:
+    """The control plane (drift agent, trigger, promotion) and a retrain worker, as children; returns the
+    control plane's metrics URL (on the same port after a restart)."""
+    port = reserve_port(settings.control_metrics_port, "DRIFTLOOP_CONTROL_METRICS_PORT", settings.bind_host)
+    env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_LOG_LEVEL="INFO",
+                     DRIFTLOOP_CONTROL_METRICS_PORT=str(port))
     children = []
     for name, command, ready_line in (("control plane", "control", CONTROL_PLANE_READY),
                                       ("retrain worker", "retrain-worker", RETRAIN_WORKER_READY)):
@@ -245,8 +263,10 @@ def _start_adaptive_loop(settings: Settings, bootstrap: str, tracking_uri: str, 
     for command, child in children:
         child.wait_until_ready()
         supervisor.add(command, child)
-    say(f"control plane watching drift and canaries ({settings.topic_drift}, {settings.topic_audit}); "
-        f"retrain worker consuming {settings.topic_retrain_requests}")
+    url = f"http://{client_address(settings.bind_host, port)}/metrics"
+    say(f"control plane watching drift and canaries ({settings.topic_drift}, {settings.topic_audit}; metrics at "
+        f"{url}); retrain worker consuming {settings.topic_retrain_requests}")
+    return url
 
 
 def _logs(line: str, timeout: float) -> Readiness:
@@ -255,18 +275,34 @@ def _logs(line: str, timeout: float) -> Readiness:
 
 
 def _start_demo(settings: Settings, bootstrap: str, tracking_uri: str, rate: float, stack: ExitStack,
-                supervisor: Supervisor, say: Callable[[str], None]) -> None:
+                supervisor: Supervisor, say: Callable[[str], None]) -> LogFollower:
     """The scripted demo (load/demo.py): the synthetic card-fraud stream at `rate` events/s with an
-    abrupt concept drift, until the loop has promoted a retrained model; then the timeline PNG."""
+    abrupt concept drift, until the loop has promoted a retrained model; then the timeline PNG. Returns
+    what follows its story in its log (the log is appended to: from where this run starts)."""
+    log = settings.data_dir / "logs" / "demo.log"
+    story = LogFollower(log, log.stat().st_size if log.exists() else 0)
     demo = ManagedProcess("demo", [
         sys.executable, "-m", "driftloop.load.demo", "--bootstrap", bootstrap, "--rate", str(rate),
         "--mlflow-url", tracking_uri, "--data-dir", str(settings.data_dir.resolve())],
-        settings.data_dir / "logs" / "demo.log", env=_child_env(settings, bootstrap, tracking_uri))
+        log, env=_child_env(settings, bootstrap, tracking_uri))
     stack.callback(demo.stop)
     demo.start()
     supervisor.add("demo", demo, ends_stack=DEMO_ENDS_STACK)
-    say(f"demo: synthetic fraud stream at {rate:g} events/s with a concept drift; follow it in "
-        f"{settings.data_dir / 'logs' / 'demo.log'} or with `driftloop status`")
+    say(f"demo: synthetic fraud stream at {rate:g} events/s with a concept drift; its story follows here "
+        f"(and in {log})")
+    return story
+
+
+def _live_view(settings: Settings, spec: PipelineSpec, info: StackInfo, display: Display, started: float,
+               story: LogFollower | None) -> LiveView:
+    """The view of this stack: its decisions since it started, its workers, its children, the demo's story."""
+    from driftloop.live import LiveView
+    from driftloop.status import collect_children
+
+    return LiveView(display, bootstrap=info.bootstrap, tracking_uri=info.mlflow_tracking_uri,
+                    model_name=spec.model.name, audit_topic=settings.topic_audit, drift_topic=settings.topic_drift,
+                    partitions=settings.partitions, metrics_urls=lambda: info.metrics_urls,
+                    children=lambda: collect_children(settings), decisions_since=started, story=story)
 
 
 def _redact(uri: str) -> str:

@@ -110,6 +110,11 @@ def _sum(scrapes: list[Scrape], name: str, *by: str) -> dict[tuple[str, ...], fl
     return totals
 
 
+def histogram_buckets(scrapes: list[Scrape], name: str) -> dict[float, float]:
+    """A label-less histogram's cumulative {upper bound: count}, summed over the workers."""
+    return {float(bound): count for (bound,), count in _sum(scrapes, f"{name}_bucket", "le").items()}
+
+
 def _version_order(version: str) -> tuple[int, int | str]:
     """Registry versions are whole numbers: v9 before v10."""
     return (0, int(version)) if version.isdigit() else (1, version)

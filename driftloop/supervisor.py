@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from driftloop.errors import DriftloopError
+from driftloop.metrics_endpoint import MetricsEndpoint
 from driftloop.process import ManagedProcess, describe_exit
 
 RESTARTS_METRIC = "driftloop_child_restarts_total"
@@ -57,6 +58,7 @@ class SupervisorMetrics:
                                  "after it exited", ["child"], registry=self.registry)
         self._up = Gauge(UP_METRIC, "1 while the child runs and is ready, 0 while it is down or starting",
                          ["child"], registry=self.registry)
+        self._endpoint = MetricsEndpoint(self.registry, "DRIFTLOOP_SUPERVISOR_PORT")
 
     def track(self, child: str) -> None:
         self._restarts.labels(child)  # exposed as 0 from the start, not only after the first restart
@@ -70,13 +72,10 @@ class SupervisorMetrics:
 
     def serve(self, port: int, host: str) -> int:
         """Serve /metrics on host:port (0 = a free port) from a daemon thread; returns the bound port."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        return self._server.server_port
+        return self._endpoint.serve(port, host)
 
     def stop_serving(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._endpoint.stop()
 
 
 class _Child:
@@ -105,10 +104,12 @@ class Supervisor:
         self._children.append(_Child(label, process, ends_stack, self.policy, self.clock()))
         self.metrics.track(label)
 
-    def watch(self, poll_seconds: float = 0.25) -> None:
-        """Supervise until a child ends the stack (DriftloopError); only a signal ends it otherwise."""
+    def watch(self, poll_seconds: float = 0.25, on_tick: Callable[[], None] = lambda: None) -> None:
+        """Supervise until a child ends the stack (DriftloopError); only a signal ends it otherwise. `on_tick`
+        runs after every look at the children (the live view)."""
         while True:
             self.check()
+            on_tick()
             time.sleep(poll_seconds)
 
     def check(self) -> None:

@@ -43,14 +43,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
 from driftloop import kafka
 from driftloop import settings as settings_module
 from driftloop.cli import positive
 from driftloop.errors import DriftloopError
+from driftloop.follow import TopicFollower
 from driftloop.load.generator import DriftPlan, FraudStream, _send, encode
-from driftloop.load.run_records import json_object
+from driftloop.loop_status import decision_line
 from driftloop.load.timeline import DEFAULT_WINDOW, epoch, is_promotion, write_timeline
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec, load_spec
@@ -63,15 +62,14 @@ DEMO_STREAM = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
 LABEL_DELAY = 50
 ONSET = 100_000
 _PROGRESS_SECONDS = 15.0
-# A busy Tansu answers a fetch that waits less than its read takes with nothing, again and again: a reader
-# that is not latency-bound waits longer.
-_FETCH_WAIT_MS = 500
 # Like an upstream service batching its sends. At 500 events/s the default 5 ms linger makes batches of
 # one or two records, each of which the embedded broker pays for when it stores it and again, in
 # proportion to the batches a partition holds, in every fetch: at 5 ms it spent a core from the first
 # minute and the worker fell behind after the drift onset. Adds up to 100 ms to the latency shown.
 _LINGER_MS = 100
 _QUIET_ACTIONS = frozenset({"canary_waiting", "retrain_declined"})  # progress noise, not decisions worth a line
+# Marks the lines that repeat an audit record: `driftloop up --demo` shows those from the topic itself.
+DECISION = "decision: "
 
 
 class Stopped(Exception):
@@ -168,34 +166,6 @@ def play(player: StreamPlayer, rate: float | None, *, until: Callable[[], bool],
             time.sleep(min(tick, max(1 / rate, 0.005)) if rate else tick)
 
 
-class AuditWatch:
-    """New records on the audit topic, as JSON objects, in the order they are read."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
-        self._consumer = kafka.consumer(bootstrap, f"driftloop-demo-{uuid.uuid4().hex[:10]}",
-                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": _FETCH_WAIT_MS})
-        kafka.ensure_topics(bootstrap, [topic], partitions)  # the stack creates it; a demo on a bare broker too
-        partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-
-    def poll(self) -> list[dict[str, Any]]:
-        records = []
-        for message in self._consumer.consume(1000, timeout=0):
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF and error.fatal():
-                    raise DriftloopError(f"reading the audit topic: {error.str()}")
-                continue
-            try:
-                records.append(json_object(message.value()))
-            except ValueError:
-                continue
-        return records
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
 def drifted_after(prefix: str, onset: int) -> Callable[[str], bool]:
     """Tells the drifted events of a FraudStream by id (`<prefix><index>`): those at or past the onset."""
     def is_drifted(event_id: str) -> bool:
@@ -219,11 +189,6 @@ def mlflow_links(tracking_uri: str | None, spec: PipelineSpec) -> list[str]:
     except (OSError, ValueError, KeyError) as exc:  # 404 (no experiment yet) is an HTTPError, an OSError
         runs = f"{base} (experiment {spec.name!r}: {type(exc).__name__}: {str(exc)[:80]})"
     return [f"MLflow UI: retraining runs at {runs}", f"MLflow UI: model versions at {base}/#/models/{spec.model.name}"]
-
-
-def _decision_line(record: dict[str, Any]) -> str:
-    version = f" v{record['version']}" if record.get("version") is not None else ""
-    return f"{record.get('actor')}: {record.get('action')}{version}: {record.get('reason')}"
 
 
 def _facts_line(facts: dict[str, Any]) -> str:
@@ -256,7 +221,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, spec: PipelineSpec, s
     is_drifted = drifted_after(stream.id_prefix, args.onset)
     player = StreamPlayer(stream, bootstrap, settings.topic_events, settings.topic_outcomes,
                           label_delay=args.label_delay)
-    watch = AuditWatch(bootstrap, settings.topic_audit, settings.partitions)
+    watch = TopicFollower(bootstrap, settings.topic_audit, settings.partitions)
     png = Path(args.data_dir) / TIMELINE_FILE
     started = time.time()
     state: dict[str, Any] = {"onset": None, "promotion": None, "progress": started}
@@ -272,7 +237,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, spec: PipelineSpec, s
                 f"{datetime.fromtimestamp(state['onset'], timezone.utc).isoformat(timespec='seconds')}")
         for record in watch.poll():
             if record.get("action") not in _QUIET_ACTIONS:
-                say(_decision_line(record))
+                say(f"{DECISION}{decision_line(record)}")
             if (is_promotion(record) and state["onset"] is not None and state["promotion"] is None
                     and isinstance(record.get("at"), str) and epoch(record["at"]) >= state["onset"]):
                 state["promotion"] = epoch(record["at"])

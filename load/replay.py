@@ -10,7 +10,8 @@ convert is sent as it is, so the pipeline dead-letters it with a reason). Withou
 own, the event id is `<run id>-<row index>` (a fresh run id each replay, so a second replay is not
 deduplicated), the entity is `entity_value`, and the event time is `start + index * time_step`
 (default start: on a whole multiple of the step, such that the last row lies less than one step in
-the past, so no event is in the future). Columns the spec does not name are ignored; the label
+the past, so no event is in the future). `entity_value` and `time_step` default to the spec's `replay`
+section; a table without a time column needs a time step from one or the other. Columns the spec does not name are ignored; the label
 column (`outcomes.label`) is never part of the event.
 
 Outcomes (`{id_field, label: 0/1, time_field}`, key = event id) go out `label_delay` events after
@@ -53,7 +54,6 @@ from driftloop.stack import resolve_bootstrap
 from driftloop.spec import FieldSpec, PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
 
-DEFAULT_TIME_STEP = 1800.0  # elec2's half-hour periods
 _decode = msgspec.json.Decoder().decode
 _BOOL_TEXT = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
 
@@ -88,14 +88,20 @@ class ReplayRow:
     event_time: float | None  # epoch seconds; None when the table's value cannot be read as a time
 
 
-def table_rows(spec: PipelineSpec, frame: pd.DataFrame, *, origin: str, run_id: str, entity_value: str = "all",
-               start: datetime | None = None, time_step: float = DEFAULT_TIME_STEP,
+def table_rows(spec: PipelineSpec, frame: pd.DataFrame, *, origin: str, run_id: str, entity_value: str | None = None,
+               start: datetime | None = None, time_step: float | None = None,
                now: Callable[[], float] = time.time) -> list[ReplayRow]:
     """The table as events plus labels, by the module docstring's rules; DriftloopError for a table that
     cannot be replayed (no label column, a required column missing, a label that is not 0/1, ids that
-    are empty or repeated). `origin` names the table in those errors."""
+    are empty or repeated, no time column and no time step). `origin` names the table in those errors."""
     ev = spec.events
     columns = set(frame.columns)
+    entity_value = spec.replay.entity_value if entity_value is None else entity_value
+    time_step = time_step or spec.replay.time_step
+    if ev.time_field not in columns and time_step is None:
+        raise DriftloopError(f"{origin}: no time column {ev.time_field!r}, and spec {spec.name!r} sets no "
+                             f"replay.time_step: say how far apart the rows are, in the spec (replay: {{time_step: "
+                             f"1d}}) or with --time-step (e.g. 30m, 1h, 1d)")
     label = spec.outcomes.label
     if label not in columns:
         raise DriftloopError(f"{origin}: no label column {label!r} (the spec's outcomes.label); "
@@ -512,7 +518,7 @@ def _cell(value: float | None, width: int = 8) -> str:
 
 def replay(settings: Settings, path: str | Path, *, spec: PipelineSpec | None = None, label_delay: int = 0,
            label_delay_seconds: float | None = None, rate: float | None = None, limit: int | None = None,
-           entity_value: str = "all", start: datetime | None = None, time_step: float = DEFAULT_TIME_STEP,
+           entity_value: str | None = None, start: datetime | None = None, time_step: float | None = None,
            timeout: float = 30.0, progress: bool = False) -> ReplayReport:
     """Replay the table on the stack the settings point at and score what comes back.
 

@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from driftloop.models import registry
 
 from driftloop.kafka import wait_for_broker
+from driftloop.models import registry
 from driftloop.signing import create_key
 from tests.support import KEY_ENV
 from tests.support.models import DEMO

@@ -56,8 +56,9 @@ import numpy as np
 
 from driftloop import __version__
 from driftloop.errors import DriftloopError
+from driftloop.follow import TopicFollower
 from driftloop.load.demo import (
-    DEMO_STREAM, LABEL_DELAY, ONSET, AuditWatch, StreamPlayer, drifted_after, play, stream_start,
+    DEMO_STREAM, LABEL_DELAY, ONSET, StreamPlayer, drifted_after, play, stream_start,
 )
 from driftloop.load.generator import DriftPlan, FraudStream
 from driftloop.load.run_records import Labeled, decode_labeled, json_object, read_between
@@ -169,7 +170,7 @@ def drift_phase(options: argparse.Namespace, workdir: Path, say: Callable[[str],
                              id_prefix=f"bench-{uuid.uuid4().hex[:6]}-", **DEMO_STREAM)
         player = StreamPlayer(stream, stack.bootstrap, settings.topic_events, settings.topic_outcomes,
                               label_delay=LABEL_DELAY)
-        watch = AuditWatch(stack.bootstrap, settings.topic_audit, settings.partitions)
+        watch = TopicFollower(stack.bootstrap, settings.topic_audit, settings.partitions)
         state: dict[str, Any] = {"onset": None, "promoted": None}
         started = time.time()
 
@@ -327,7 +328,7 @@ def _play_warm_up(player: StreamPlayer, stack: Stack, settings: Settings, rate: 
                   timeout: float = 600.0) -> int:
     """Play the stream until the first trained model has replaced the demo's warm-up placeholder (its
     retraining is not a drift's); returns the events that took."""
-    watch = AuditWatch(stack.bootstrap, settings.topic_audit, settings.partitions)
+    watch = TopicFollower(stack.bootstrap, settings.topic_audit, settings.partitions)
     deadline = time.time() + timeout
     try:
         def first_model() -> bool:

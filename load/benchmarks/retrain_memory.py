@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("table", type=Path, help="the .csv or .parquet table to replay")
     parser.add_argument("--spec", type=Path, required=True, help="the pipeline spec that maps it to events")
-    parser.add_argument("--entity-value", default="all", help="the entity of every row, as for `driftloop replay`")
+    parser.add_argument("--entity-value", help="the entity of every row, as for `driftloop replay` (default: the "
+                                               "spec's replay.entity_value)")
     parser.add_argument("--rows-per-file", type=int, default=110,
                         help="rows per offline file, as the worker writes them once a second (default 110)")
     parser.add_argument("--window-events", type=int, help="override the spec's retrain.window_events")

@@ -24,23 +24,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 
 from driftloop.heartbeat import Heartbeat
+from driftloop.process import client_address
 from driftloop.settings import Settings
 from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec
 from driftloop.streams import contracts
+from driftloop.streams.control.metrics import ControlMetrics
 from driftloop.streams.control.plane import ControlPlane, Output
 from driftloop.streams.topology import Topology
 
 _LOG = logging.getLogger("driftloop.streams.control.app")
 
 
-def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_uri: str) -> faust.App:
+def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_uri: str,
+              metrics: ControlMetrics | None = None) -> faust.App:
+    """The Faust app; `metrics` (served by the caller) follow every decision."""
     topology = Topology.of(settings, spec)
     app = faust.App(
         f"{topology.group}-control", broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
@@ -58,8 +63,16 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
     names = {"drift": settings.topic_drift, "audit": settings.topic_audit, "retrain": settings.topic_retrain_requests}
     outputs = {kind: app.topic(name, value_serializer="raw") for kind, name in names.items()}
 
+    def decide(method, *args: Any) -> list[Output]:
+        produced = method(*args)
+        if metrics is not None:  # here, on the decision thread: the state read is the one this call left
+            trial = control.promotion.trial
+            metrics.observe(produced, in_flight=control.policy.in_flight, last_finished=control.policy.last_finished,
+                            trial=None if trial is None else trial.summary(), now=time.time())
+        return produced
+
     async def run(method, *args: Any) -> None:
-        produced: list[Output] = await asyncio.get_running_loop().run_in_executor(executor, method, *args)
+        produced: list[Output] = await asyncio.get_running_loop().run_in_executor(executor, decide, method, *args)
         for kind, value in produced:  # signed: the retrain worker and this agent act only on signed records
             await outputs[kind].send(key=model_key, value=value,
                                      headers=contracts.signature_headers(key, names[kind], value))
@@ -99,5 +112,11 @@ def run_control_plane(settings: Settings, spec: PipelineSpec, bootstrap: str, tr
     # polls every second anyway, so it should fail fast and try again on the next tick.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    app = build_app(settings, spec, bootstrap, tracking_uri)
-    Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True).execute_from_commandline()
+    metrics = ControlMetrics()
+    port = metrics.endpoint.serve(settings.control_metrics_port, settings.bind_host)
+    _LOG.info("control plane metrics at http://%s/metrics", client_address(settings.bind_host, port))
+    try:
+        app = build_app(settings, spec, bootstrap, tracking_uri, metrics)
+        Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, quiet=True).execute_from_commandline()
+    finally:
+        metrics.endpoint.stop()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from driftloop import __version__
-from driftloop.errors import DriftloopError
+from driftloop.metrics_endpoint import MetricsEndpoint
 from driftloop.streams.contracts import WORKER_DLQ_REASONS
 from driftloop.streams.worker.validation import REASONS
 
@@ -137,7 +136,7 @@ class WorkerMetrics:
         self._lag_labels: set[tuple[str, str]] = set()
         self._model_labels: set[tuple[str, str]] = set()
         self._live_versions: set[str] = set()
-        self._endpoint: tuple[WSGIServer, threading.Thread] | None = None
+        self._endpoint = MetricsEndpoint(r, "DRIFTLOOP_METRICS_PORT")
 
     def info(self, *, worker_id: str, spec: str, version: str = __version__) -> None:
         self._info.info({"worker_id": worker_id, "spec": spec, "version": version})
@@ -236,21 +235,8 @@ class WorkerMetrics:
 
     def serve(self, port: int, host: str) -> int:
         """Serve /metrics on host:port (0 = a free port) from a daemon thread; returns the bound port."""
-        if self._endpoint is not None:
-            raise RuntimeError("the metrics endpoint is already being served")
-        try:
-            self._endpoint = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise DriftloopError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
-                                 "(choose another DRIFTLOOP_METRICS_PORT, or 0 for a free one)") from exc
-        return self._endpoint[0].server_port
+        return self._endpoint.serve(port, host)
 
     def stop_serving(self) -> None:
         """Close the endpoint's socket and join its thread; a no-op when not serving."""
-        if self._endpoint is None:
-            return
-        server, thread = self._endpoint
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        self._endpoint = None
+        self._endpoint.stop()

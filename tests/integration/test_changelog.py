@@ -8,10 +8,10 @@ import msgspec
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.admin import ConfigResource
-from driftloop.streams.state.changelog import ChangelogDeliveryError, ChangelogTable
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
+from driftloop.streams.state.changelog import ChangelogDeliveryError, ChangelogTable
 
 PARTITIONS = 4
 

@@ -9,15 +9,15 @@ import signal
 import time
 
 import pytest
-from driftloop.features.feast.repo import apply as feast_apply
-from driftloop.features.rows import Featuriser
-from driftloop.load.generator import FraudStream, encode, produce
-from driftloop.streams.contracts import original_bytes
-from driftloop.streams.topology import Topology
 
 from driftloop import kafka
 from driftloop import settings as settings_module
+from driftloop.features.feast.repo import apply as feast_apply
+from driftloop.features.rows import Featuriser
+from driftloop.load.generator import FraudStream, encode, produce
 from driftloop.spec import load_spec
+from driftloop.streams.contracts import original_bytes
+from driftloop.streams.topology import Topology
 from tests.support import ELEC2, SPECS
 from tests.support.hostile import hostile_record
 from tests.support.pipeline import RunningWorker, consume_all, make_settings, pipeline_environ, start_worker_process

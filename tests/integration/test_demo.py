@@ -11,11 +11,11 @@ import sys
 import time
 
 import pytest
+
+from driftloop import kafka
 from driftloop.load import demo
 from driftloop.load.run_records import read_between
 from driftloop.streams import contracts
-
-from driftloop import kafka
 from tests.support.stack import wait_for_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

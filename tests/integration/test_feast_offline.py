@@ -8,10 +8,10 @@ import random
 
 import pandas as pd
 import pyarrow.parquet as pq
+
 from driftloop.features.feast.offline import OfflineHistory
 from driftloop.features.feast.repo import apply
 from driftloop.load.benchmarks.retrain_memory import measure, prepare
-
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from tests.support.feast import DAY, START, feast_answers, feast_settings, random_row, write_files

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-from driftloop.load import generator
-from driftloop.load.generator import CATEGORIES, DriftPlan, FraudStream, produce
 
 from driftloop import kafka
+from driftloop.load import generator
+from driftloop.load.generator import CATEGORIES, DriftPlan, FraudStream, produce
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 

@@ -6,12 +6,12 @@ import json
 
 import msgspec
 import pytest
-from driftloop.streams.state.changelog import ChangelogTable
-from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
-from driftloop.streams.worker.validation import Rejection
 
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
+from driftloop.streams.state.changelog import ChangelogTable
+from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
+from driftloop.streams.worker.validation import Rejection
 from tests.support.clock import Clock
 
 SPEC = load_spec(DEMO_SPEC)

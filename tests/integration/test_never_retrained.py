@@ -6,17 +6,17 @@ import time
 
 import numpy as np
 import pytest
+
+from driftloop import kafka
+from driftloop import settings as settings_module
 from driftloop.load.never_retrained import NeverRetrained
 from driftloop.load.replay import ReplayReport
 from driftloop.models.bootstrap import ensure_champion, placeholder_spec
 from driftloop.models.flavors import new_model
 from driftloop.models.registry import ensure_experiment
-from driftloop.streams.contracts import iso_time
-
-from driftloop import kafka
-from driftloop import settings as settings_module
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
+from driftloop.streams.contracts import iso_time
 from tests.support import key_environ
 
 

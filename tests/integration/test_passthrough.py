@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-from driftloop.load.benchmarks.passthrough import measure_raw_passthrough, passthrough, read_topic
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
+from driftloop.load.benchmarks.passthrough import measure_raw_passthrough, passthrough, read_topic
 
 COUNT = 20_000
 

@@ -10,15 +10,15 @@ import time
 import urllib.request
 from collections import defaultdict
 
-from driftloop.features.feast.repo import apply as feast_apply
-from driftloop.features.rows import Featuriser
-from driftloop.load.generator import FraudStream, encode
-from driftloop.streams.topology import Topology
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop import kafka
 from driftloop import settings as settings_module
+from driftloop.features.feast.repo import apply as feast_apply
+from driftloop.features.rows import Featuriser
+from driftloop.load.generator import FraudStream, encode
 from driftloop.spec import load_spec
+from driftloop.streams.topology import Topology
 from tests.support.pipeline import RunningWorker, consume_all, make_settings, pipeline_environ, start_worker_process
 
 NOW = time.time()

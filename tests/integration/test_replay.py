@@ -11,16 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-from driftloop.load.replay import RunCollector, prequential_metrics, read_table, replay, table_rows
-from driftloop.streams import contracts
-from driftloop.streams.worker.validation import Event, EventValidator
 from sklearn import metrics as sk
 
 from driftloop import kafka
 from driftloop import settings as settings_module
 from driftloop.cli import main
+from driftloop.load.replay import RunCollector, prequential_metrics, read_table, replay, table_rows
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
+from driftloop.streams import contracts
+from driftloop.streams.worker.validation import Event, EventValidator
 from tests.support import REPO, key_environ
 
 ELEC2 = REPO.parent / "shared" / "data" / "elec2.csv"

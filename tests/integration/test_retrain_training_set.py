@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
+
+from driftloop import kafka
 from driftloop.features.feast.offline import OfflineHistory
 from driftloop.features.feast.repo import apply as feast_apply
 from driftloop.features.feast.writer import FeastWriter
 from driftloop.retrain.training_set import NotEnoughData, build_training_set, fingerprint, read_window
-from driftloop.streams.worker.validation import Event
-
-from driftloop import kafka
 from driftloop.spec import load_spec
+from driftloop.streams.worker.validation import Event
 from tests.support.training import (
     feast_row,
     labeled_record,

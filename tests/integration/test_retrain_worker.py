@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confluent_kafka import TopicPartition
+from mlflow.tracking import MlflowClient
+
+from driftloop import kafka
 from driftloop.features.feast.repo import apply as feast_apply
 from driftloop.features.feast.repo import feature_view_name, feature_view_version
 from driftloop.features.feast.writer import FeastWriter
@@ -28,12 +31,9 @@ from driftloop.models.live_metrics import roc_auc
 from driftloop.models.routing import CHALLENGER
 from driftloop.retrain.registration import FINGERPRINT_TAG, GATE_TAG, REJECTED_TAG, REQUEST_TAG
 from driftloop.retrain.worker import run_retrain_worker
-from driftloop.streams import contracts
-from mlflow.tracking import MlflowClient
-
-from driftloop import kafka
 from driftloop.signing import configured_key
 from driftloop.spec import load_spec
+from driftloop.streams import contracts
 from tests.support.training import (
     feast_row,
     labeled_record,
@@ -380,7 +380,6 @@ def _forged_placeholder(spec, uri, directory, marker) -> int:
     """A version registered without the key, claiming (by tag) to be the warm-up placeholder; its model.pkl
     runs a command when unpickled, and its checksum tag matches it."""
     from driftloop.models.checksum import directory_checksum
-
     from tests.support.trust import RunsACommand
 
     model_dir = directory / "artifacts" / "model"

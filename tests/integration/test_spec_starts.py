@@ -11,17 +11,17 @@ import shutil
 
 import pytest
 import yaml
+
+from driftloop import kafka
 from driftloop.features.feast.offline import OfflineHistory
 from driftloop.features.feast.repo import apply
 from driftloop.models import registry
 from driftloop.models.flavors import new_model
 from driftloop.retrain.train import train_candidates
-from driftloop.streams.control.app import build_app
-from driftloop.streams.topology import Topology
-
-from driftloop import kafka
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import MAX_NAME_LENGTH, PipelineSpec, load_spec
+from driftloop.streams.control.app import build_app
+from driftloop.streams.topology import Topology
 from tests.support.feast import START, feast_answers, feast_settings, random_row, write_files
 
 

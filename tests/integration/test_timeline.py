@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 import pytest
-from driftloop.load.timeline import read_run, rolling_accuracy, timeline_facts, write_timeline
-from driftloop.streams import contracts
-from driftloop.streams.contracts import iso_time
 from matplotlib import image
 
 from driftloop import kafka
 from driftloop import settings as settings_module
+from driftloop.load.timeline import read_run, rolling_accuracy, timeline_facts, write_timeline
+from driftloop.streams import contracts
+from driftloop.streams.contracts import iso_time
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

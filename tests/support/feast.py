@@ -7,10 +7,10 @@ import random
 from datetime import datetime, timezone
 
 import pandas as pd
-from driftloop.features.feast.repo import TIMESTAMP_COLUMN, feature_view_name
-from driftloop.features.feast.writer import FeastWriter
 
 from driftloop import settings as settings_module
+from driftloop.features.feast.repo import TIMESTAMP_COLUMN, feature_view_name
+from driftloop.features.feast.writer import FeastWriter
 from driftloop.schema import model_inputs
 from driftloop.spec import PipelineSpec
 from tests.support import key_environ
@@ -62,8 +62,9 @@ def _feast_value(value, kind: str):
 
 def feast_answers(settings, spec, keys: list[tuple[str, int]]) -> list[dict | None]:
     """Feast's get_historical_features for each (entity, epoch microseconds); None where it returns no row."""
-    from driftloop.features.feast.repo import repo_config
     from feast import FeatureStore, RepoConfig
+
+    from driftloop.features.feast.repo import repo_config
 
     config = RepoConfig(**repo_config(settings, spec))
     config.repo_path = settings.feast_repo.resolve()

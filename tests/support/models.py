@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import yaml
-from driftloop.models.checks import labelled_rows
 
+from driftloop.models.checks import labelled_rows
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, parse_spec
 

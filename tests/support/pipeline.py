@@ -12,11 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from driftloop.streams.worker.app import run_worker
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop import kafka
 from driftloop import settings as settings_module
+from driftloop.streams.worker.app import run_worker
 from tests.support import SPECS, key_environ
 
 

@@ -16,7 +16,7 @@ def stack_env(tmp_path, **extra):
            and k != "MLFLOW_TRACKING_URI"}
     env.update(DRIFTLOOP_DATA_DIR=str(tmp_path / "data"), DRIFTLOOP_FEAST_REPO=str(tmp_path / "repo"),
                DRIFTLOOP_BROKER_PORT="0", DRIFTLOOP_MLFLOW_PORT="0", DRIFTLOOP_PARTITIONS="2",
-               DRIFTLOOP_METRICS_PORT="0", DRIFTLOOP_SUPERVISOR_PORT="0")
+               DRIFTLOOP_METRICS_PORT="0", DRIFTLOOP_SUPERVISOR_PORT="0", DRIFTLOOP_CONTROL_METRICS_PORT="0")
     env.update(extra)
     return env
 

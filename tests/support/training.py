@@ -7,16 +7,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
-from driftloop.features.feast.writer import FeastWriter
-from driftloop.features.rows import Featuriser
-from driftloop.load.generator import DriftPlan, FraudStream, encode
-from driftloop.streams.contracts import iso_time
-from driftloop.streams.worker.validation import Event
 
 from driftloop import kafka
 from driftloop import settings as settings_module
+from driftloop.features.feast.writer import FeastWriter
+from driftloop.features.rows import Featuriser
+from driftloop.load.generator import DriftPlan, FraudStream, encode
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec
+from driftloop.streams.contracts import iso_time
+from driftloop.streams.worker.validation import Event
 from tests.support import key_environ
 
 START = datetime.now(timezone.utc) - timedelta(hours=2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from driftloop.features.aggregations import AGGREGATIONS
-
 from driftloop.spec import parse_spec
 
 AGGS = ("count", "sum", "mean", "max", "min", "ratio_to_mean")

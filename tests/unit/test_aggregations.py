@@ -5,10 +5,10 @@ registered aggregation computes what it defines is tests/unit/test_windows.py's 
 from __future__ import annotations
 
 import pytest
+
 from driftloop.features.aggregations import AGGREGATIONS, REGISTERED, _load
 from driftloop.features.aggregations.base import LARGEST, N_VALUES, TOTAL, Aggregation, Extreme
 from driftloop.features.windows import FeatureComputer
-
 from tests.support.windows import feature, window_spec
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.support import REPO
+from tests.support.dashboards import dashboard_queries
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
@@ -29,7 +30,7 @@ DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running d
 DOCUMENTED_SETTINGS = {
     "KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "DRIFTLOOP_ONLINE_STORE", "DRIFTLOOP_REDIS_URL",
     "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT", "DRIFTLOOP_BIND_HOST",
-    "DRIFTLOOP_HEARTBEAT_FILE",
+    "DRIFTLOOP_HEARTBEAT_FILE", "DRIFTLOOP_CONTROL_METRICS_PORT",
 }
 # What `driftloop up` supervises, and what they need; compose must restart and health-check them too.
 SUPERVISED = ("kafka", "redis", "postgres", "mlflow", *DRIFTLOOP_SERVICES)
@@ -248,7 +249,8 @@ def test_worker_spec_is_shipped_in_the_image(services):
     assert (REPO / spec.relative_to("/app")).is_file()
 
 
-def test_prometheus_scrapes_the_worker_metrics_port(services):
+def scrape_targets(services) -> set[str]:
+    """host:port of every target the compose file's Prometheus scrapes."""
     prometheus = services["prometheus"]
     config_path = next(
         (arg.split("=", 1)[1] for arg in command(prometheus) if arg.startswith("--config.file=")),
@@ -261,6 +263,17 @@ def test_prometheus_scrapes_the_worker_metrics_port(services):
             targets.update(static.get("targets", []))
         for dns in job.get("dns_sd_configs", []):
             targets.update(f"{name}:{dns['port']}" for name in dns["names"])
+    return targets
+
+
+def test_prometheus_scrapes_the_control_plane_metrics_port(services):
+    port = env(services["control"])["DRIFTLOOP_CONTROL_METRICS_PORT"]
+    assert f"control:{port}" in scrape_targets(services)
+    assert port in [str(exposed) for exposed in services["control"].get("expose", [])]
+
+
+def test_prometheus_scrapes_the_worker_metrics_port(services):
+    targets = scrape_targets(services)
     metrics_port = env(services["worker"])["DRIFTLOOP_METRICS_PORT"]
     assert f"worker:{metrics_port}" in targets
     assert metrics_port in [str(port) for port in services["worker"].get("expose", [])]
@@ -309,23 +322,18 @@ def test_grafana_dashboards_load(services):
                     assert source["uid"].startswith("$") or source["uid"] in datasource_uids, (file, source)
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every target of every dashboard in deploy/grafana/dashboards/."""
-    return [
-        (panel["title"], target["expr"])
-        for file in sorted((REPO / "deploy/grafana/dashboards").glob("*.json"))
-        for panel in json.loads(file.read_text()).get("panels", [])
-        for target in panel.get("targets", [])
-        if target.get("expr")
-    ]
 
 
-def worker_series() -> dict[str, set[str]]:
-    """{series name: its label names} as a worker exposes them, every metric having been fed once."""
-    from driftloop.models.live_metrics import LiveMetrics
-    from driftloop.streams.worker.metrics import STAGES, WorkerMetrics
+def exposed_series() -> dict[str, set[str]]:
+    """{series name: its label names} as a worker, the control plane and `driftloop up` expose them, every
+    metric having been fed once."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
+
+    from driftloop.models.live_metrics import LiveMetrics
+    from driftloop.streams.control.metrics import ControlMetrics
+    from driftloop.streams.worker.metrics import STAGES, WorkerMetrics
+    from driftloop.supervisor import SupervisorMetrics
 
     metrics = WorkerMetrics()
     metrics.info(worker_id="w", spec="s")
@@ -341,25 +349,32 @@ def worker_series() -> dict[str, set[str]]:
     metrics.join_pending(predictions=1, outcomes=1)
     metrics.consumer_lag({("events", 0): 1})
     metrics.model_versions({("m", "champion"): 1})
+    metrics.bad_records("labeled")
     live = LiveMetrics(threshold=0.5)
     live.update(1, 1, 0.9)
     metrics.live_metrics(live.snapshot())
+    supervisor = SupervisorMetrics()
+    supervisor.track("worker")
+    control = ControlMetrics()
+    control.observe([("audit", b'{"actor": "trigger", "action": "retrain_triggered"}')], in_flight=None,
+                    last_finished=None, trial={"champion": {"samples": 1}, "challenger": {"samples": 1}}, now=0.0)
     series: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
-        for sample in family.samples:
-            series.setdefault(sample.name, set()).update(sample.labels)
+    for registry in (metrics.registry, supervisor.registry, control.registry):
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            for sample in family.samples:
+                series.setdefault(sample.name, set()).update(sample.labels)
     return series
 
 
-def test_grafana_dashboards_query_only_what_the_worker_exposes():
+def test_grafana_dashboards_query_only_what_driftloop_exposes():
     # A misspelt metric or label is no error in Grafana, only a panel that stays empty forever.
-    series = worker_series()
+    series = exposed_series()
     queries = dashboard_queries()
     assert queries
     for title, expr in queries:
         names = set(re.findall(r"\bdriftloop_\w+", expr))
         assert names, f"{title}: {expr} queries no driftloop metric"
-        assert names <= set(series), f"{title}: the worker exposes no {sorted(names - set(series))}"
+        assert names <= set(series), f"{title}: driftloop exposes no {sorted(names - set(series))}"
         labels = set().union(*(series[name] for name in names))
         grouped = {label.strip() for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
                    for label in group.split(",") if label.strip()}

@@ -13,13 +13,13 @@ import random
 
 import pytest
 import yaml
-from driftloop.streams.control.drift.concept import ConceptDriftMonitor
-from driftloop.streams.control.drift.detectors import DETECTORS, concept_detector, detector_class
-from driftloop.streams.control.drift.detectors.base import ConceptDetector
 
 from driftloop.errors import DriftloopError
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec, parse_spec
+from driftloop.streams.control.drift.concept import ConceptDriftMonitor
+from driftloop.streams.control.drift.detectors import DETECTORS, concept_detector, detector_class
+from driftloop.streams.control.drift.detectors.base import ConceptDetector
 from tests.support import REPO
 
 SEEDS = range(1, 6)

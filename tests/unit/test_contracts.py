@@ -7,6 +7,7 @@ import random
 from datetime import datetime, timezone
 
 import pytest
+
 from driftloop.streams.contracts import (
     DLQ_PREFIX_BYTES,
     Source,

@@ -12,16 +12,6 @@ import math
 
 import pytest
 import yaml
-from driftloop.load.benchmarks.drift_calibration import BATCH, LABEL_DELAY, demo_stream, scored_batches
-from driftloop.load.generator import DriftPlan, FraudStream
-from driftloop.models.inputs import rows_to_frame
-from driftloop.streams.contracts import iso_time
-from driftloop.streams.control.drift.concept import ConceptDriftMonitor
-from driftloop.streams.control.drift.data import DataDriftMonitor, html, warmup_seconds
-from driftloop.streams.control.drift.detectors import concept_detector
-from driftloop.streams.control.drift.quality import QualityMonitor
-from driftloop.streams.control.drift.report import build_report, epoch
-from driftloop.streams.control.trigger import TriggerPolicy, Warmup
 from evidently import DataDefinition, Dataset, Report
 from evidently.legacy.calculations.stattests import (
     chi_stat_test,
@@ -32,9 +22,19 @@ from evidently.legacy.calculations.stattests import (
 )
 from evidently.presets import DataDriftPreset
 
+from driftloop.load.benchmarks.drift_calibration import BATCH, LABEL_DELAY, demo_stream, scored_batches
+from driftloop.load.generator import DriftPlan, FraudStream
+from driftloop.models.inputs import rows_to_frame
 from driftloop.schema import model_inputs
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec, parse_spec
+from driftloop.streams.contracts import iso_time
+from driftloop.streams.control.drift.concept import ConceptDriftMonitor
+from driftloop.streams.control.drift.data import DataDriftMonitor, html, warmup_seconds
+from driftloop.streams.control.drift.detectors import concept_detector
+from driftloop.streams.control.drift.quality import QualityMonitor
+from driftloop.streams.control.drift.report import build_report, epoch
+from driftloop.streams.control.trigger import TriggerPolicy, Warmup
 from tests.support.clock import Clock
 
 SPEC = load_spec(DEMO_SPEC)

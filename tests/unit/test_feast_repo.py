@@ -3,10 +3,10 @@
 from datetime import datetime, timezone
 
 import pandas as pd
-from driftloop.features.feast.repo import apply, feature_view_name, offline_dir, push_source_name
 from feast.data_source import PushMode
 
 from driftloop import settings as settings_module
+from driftloop.features.feast.repo import apply, feature_view_name, offline_dir, push_source_name
 from driftloop.spec import load_spec
 
 

@@ -14,6 +14,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from driftloop import settings as settings_module
+from driftloop.errors import DriftloopError
 from driftloop.features.feast.repo import apply, feature_view_name, offline_dir, repo_config
 from driftloop.features.feast.writer import (
     FeastWriteError,
@@ -22,9 +25,6 @@ from driftloop.features.feast.writer import (
     arrow_schema,
     rows_to_table,
 )
-
-from driftloop import settings as settings_module
-from driftloop.errors import DriftloopError
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import parse_spec
 

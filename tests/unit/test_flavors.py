@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from driftloop.models.checks import Trial, yield_checks
 from driftloop.models.flavors import FLAVORS
 

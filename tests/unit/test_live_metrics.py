@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from driftloop.models.live_metrics import LiveMetrics
 from sklearn import metrics as sk
 
+from driftloop.models.live_metrics import LiveMetrics
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 

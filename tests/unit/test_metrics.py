@@ -8,12 +8,12 @@ import threading
 import urllib.request
 
 import pytest
-from driftloop.streams.worker.metrics import EVENT_LATENCY_BUCKETS, LIVE_METRICS, WorkerMetrics
-from driftloop.streams.worker.validation import REASONS
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.errors import DriftloopError
+from driftloop.streams.worker.metrics import EVENT_LATENCY_BUCKETS, LIVE_METRICS, WorkerMetrics
+from driftloop.streams.worker.validation import REASONS
 
 
 def samples(metrics: WorkerMetrics) -> dict[tuple[str, frozenset], float]:

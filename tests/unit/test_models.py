@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from driftloop.errors import DriftloopError
 from driftloop.models import registry
 from driftloop.models.bootstrap import CHAMPION, ORIGIN_TAG, PLACEHOLDER_TAG, ensure_champion
 from driftloop.models.checks import labelled_rows
@@ -18,8 +20,6 @@ from driftloop.models.flavors import FLAVORS, Model, load, new_model, train
 from driftloop.models.inputs import frame_to_rows, rows_to_frame
 from driftloop.models.onnx_flavor import OnnxModel, _frame
 from driftloop.models.river_flavor import RiverModel
-
-from driftloop.errors import DriftloopError
 from driftloop.schema import model_inputs
 from driftloop.spec import UNSEEN
 from tests.support.models import DEMO, LABELS, ROWS, TRAIN, TRAIN_Y, model_spec
@@ -198,7 +198,6 @@ def test_tampered_artifact_is_refused(flavor, tracking, tmp_path):
 
 def test_a_tag_edit_breaks_the_signature_and_a_version_from_before_signing_can_be_vouched_for(tracking, tmp_path):
     from driftloop.models.provenance import SIGNATURE_TAG, ModelRefused
-
     from driftloop.signing import create_key, load_key
 
     info = ensure_champion(DEMO, tracking, zip(TRAIN, TRAIN_Y))

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scipy import stats
+
+from driftloop.errors import DriftloopError
 from driftloop.models import registry
 from driftloop.models.flavors import new_model
+from driftloop.settings import DEMO_SPEC
+from driftloop.spec import PipelineSpec, parse_spec
 from driftloop.streams.contracts import iso_time
 from driftloop.streams.control.promotion import operator
 from driftloop.streams.control.promotion.alias_moves import PROMOTED_AT_TAG, REJECTED_TAG
 from driftloop.streams.control.promotion.controller import PromotionController
 from driftloop.streams.control.promotion.significance import fisher_fewer_errors, mcnemar_fewer_errors
 from driftloop.streams.control.promotion.trial import look_schedule
-from scipy import stats
-
-from driftloop.errors import DriftloopError
-from driftloop.settings import DEMO_SPEC
-from driftloop.spec import PipelineSpec, parse_spec
 from tests.support.clock import Clock
 
 START = 1_795_435_200.0  # 2026-11-23 12:00 UTC

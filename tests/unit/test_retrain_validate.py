@@ -6,8 +6,8 @@ import math
 
 import pytest
 import yaml
-from driftloop.retrain.validate import gate, holdout_metrics, holdout_size
 
+from driftloop.retrain.validate import gate, holdout_metrics, holdout_size
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import parse_spec
 

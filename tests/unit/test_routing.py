@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from driftloop.models import registry
 from driftloop.models.bootstrap import ensure_champion
 from driftloop.models.flavors import new_model
 from driftloop.models.routing import CHALLENGER, ModelRouter
-
 from tests.support.models import DEMO, TRAIN, TRAIN_Y
 
 

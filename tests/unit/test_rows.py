@@ -6,10 +6,9 @@ from __future__ import annotations
 from driftloop.features.rows import RowBuilder
 from driftloop.features.windows import FeatureComputer
 from driftloop.load.generator import FraudStream, encode
-from driftloop.streams.worker.validation import EventValidator
-
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
+from driftloop.streams.worker.validation import EventValidator
 
 SPEC = load_spec(DEMO_SPEC)
 

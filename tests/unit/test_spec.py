@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import yaml
-from driftloop.features.aggregations import AGGREGATIONS
-from driftloop.models.flavors import FLAVORS
 
 from driftloop.errors import DriftloopError
+from driftloop.features.aggregations import AGGREGATIONS
+from driftloop.models.flavors import FLAVORS
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec, parse_duration, parse_spec
 

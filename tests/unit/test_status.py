@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from driftloop.models.live_metrics import LiveMetrics
-from driftloop.streams.worker.metrics import EVENT_LATENCY_BUCKETS, WorkerMetrics
 
 from driftloop.cli import main
+from driftloop.models.live_metrics import LiveMetrics
 from driftloop.status import histogram_quantile
+from driftloop.streams.worker.metrics import EVENT_LATENCY_BUCKETS, WorkerMetrics
 
 
 @pytest.fixture

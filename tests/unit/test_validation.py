@@ -9,6 +9,9 @@ from collections import Counter
 
 import pytest
 import yaml
+
+from driftloop.settings import DEMO_SPEC
+from driftloop.spec import parse_spec
 from driftloop.streams.worker.validation import (
     REASONS,
     UNSEEN,
@@ -18,9 +21,6 @@ from driftloop.streams.worker.validation import (
     Rejection,
     reject_duplicate,
 )
-
-from driftloop.settings import DEMO_SPEC
-from driftloop.spec import parse_spec
 from tests.support.hostile import CATEGORIES, NOW, SPEC, encode, hostile_record
 
 VALUE_FIELDS = {"amount", "merchant_category", "country", "channel", "card_present", "account_age_days"}

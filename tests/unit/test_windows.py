@@ -9,10 +9,10 @@ import math
 import random
 
 import pytest
+
 from driftloop.features.aggregations import AGGREGATIONS
 from driftloop.features.reference import ReferenceComputer
 from driftloop.features.windows import DEFAULT_MAX_ENTRIES, FeatureComputer
-
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from tests.support.windows import AGGS, WINDOWS, feature, window_spec
