@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +28,7 @@ import pandas as pd
 import yaml
 
 from driftloop.errors import DriftloopError
-from driftloop.spec import TIMESTAMP_COLUMN, ModelSpec, parse_duration, parse_spec
+from driftloop.spec import TIMESTAMP_COLUMN, parse_duration, parse_spec
 
 SAMPLE_ROWS = 200_000  # enough to see a table's types and ranges; a larger one is read this far
 MAX_CATEGORIES = 50
@@ -47,12 +46,15 @@ FLAVOR_REASONS = {
              "follows the stream between retrainings",
     "onnx": "a batch-trained scikit-learn model exported to ONNX: a River placeholder serves until "
             "model.warmup_events labelled events arrived, then the loop trains it",
+    "sklearn": "more of scikit-learn's classifiers, batch-trained and exported to ONNX as the onnx flavor is",
 }
 
 
 def accepted_flavors() -> tuple[str, ...]:
-    """The model flavors the spec validator accepts (its `model.flavor` choices)."""
-    return typing.get_args(ModelSpec.model_fields["flavor"].annotation)
+    """The model flavors the spec validator accepts: the flavor registry's."""
+    from driftloop.models.flavors import FLAVORS
+
+    return tuple(FLAVORS)
 
 
 @dataclass
@@ -308,7 +310,7 @@ def _flow(value: Any) -> str:
 
 
 def render(draft: Draft, choices: Choices, table: Path, rows: int, output: Path) -> str:
-    reason = FLAVOR_REASONS.get(choices.flavor, "the flavor asked for with --flavor")
+    reason = FLAVOR_REASONS.get(choices.flavor, f"{choices.flavor}, the flavor asked for with --flavor")
     step = duration_text(draft.time_step) if draft.time_step else None
     lines = [
         f"# Written by `driftloop init-spec {table}` from its first {rows:,} rows: read it, change what the data",

@@ -39,15 +39,6 @@ def _key_field(where: str, problem: str, value: Any) -> str | None:
     return None
 
 
-def _flavor(where: str, problem: str, value: Any) -> str | None:
-    if where != "model.flavor":
-        return None
-    if value == "sklearn" and "sklearn" not in problem:
-        return ("scikit-learn models run as flavor onnx here: every retraining trains the scikit-learn estimator and "
-                "exports it with skl2onnx (flavor: onnx, estimator: gradient_boosting)")
-    return None
-
-
 _RULES: list[tuple[str, str, str]] = [  # (path pattern, problem pattern, fix)
     (r".*\.window\.size", r"longer than feature_ttl",
      "raise feature_ttl above the longest window (e.g. feature_ttl: 8d for a 7d window), or shorten the window"),
@@ -86,7 +77,7 @@ _RULES: list[tuple[str, str, str]] = [  # (path pattern, problem pattern, fix)
 
 def how_to_fix(where: str, problem: str, value: Any) -> str:
     """What to do about an error at `where` (a dotted spec path); '' when no rule knows it."""
-    fix = _key_field(where, problem, value) or _flavor(where, problem, value)
+    fix = _key_field(where, problem, value)
     if fix is None:
         fix = next((text for path, pattern, text in _RULES
                     if re.fullmatch(path, where) and re.search(pattern, problem)), None)

@@ -36,12 +36,16 @@ _CLASSES = {
     "hoeffding_adaptive_tree": "river.tree:HoeffdingAdaptiveTreeClassifier",
     "adaptive_random_forest": "river.forest:ARFClassifier",
 }
+_RANDOMISED = {"hoeffding_adaptive_tree", "adaptive_random_forest"}
 
 
 def build_pipeline(spec: PipelineSpec, columns: Sequence[ModelInput]) -> compose.Pipeline:
     from river import compose, preprocessing, stats
 
-    estimator = RiverModel.make_estimator(spec, _CLASSES)
+    # Randomised estimators get a fixed seed unless the spec's params name one: the same rows give the same
+    # model, so a retraining and a backtest can be reproduced.
+    seeded = {"seed": 0} if spec.model.estimator in _RANDOMISED else None
+    estimator = RiverModel.make_estimator(spec, _CLASSES, seeded)
     categories = [c.name for c in columns if c.kind == "category"]
     numerics = [c.name for c in columns if c.kind != "category"]
     branches = []
