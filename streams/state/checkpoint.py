@@ -16,7 +16,9 @@ trip to the broker; the others advance between batches, so scoring goes on while
    chunks below it.
 
 Why a restart is exact. A successor restores the tables and the journal and consumes from the last
-committed offsets C. Take an event record r at offset y >= C, and the restored state of its entity,
+committed offsets C. (A restored partition is its local store, which holds the changelog's records up to
+an offset and nothing else, plus the changelog's records after that offset: the same state as a replay
+of the whole changelog; streams/state/changelog.py.) Take an event record r at offset y >= C, and the restored state of its entity,
 written at some seal S (or nothing):
 - If the state holds r (its offset `o` >= y), r was processed before S, so by step 1 every output of
   r was acknowledged before S and its journal entry too: r is skipped (streams/worker/scoring.py).
@@ -74,7 +76,9 @@ class Checkpoints:
 
     @property
     def draining(self) -> bool:
-        return self._draining is not None
+        """A checkpoint's changed keys are still being written or acknowledged: the next seal waits, so the
+        tables see every record acknowledged between two seals (their moment to move values to disk)."""
+        return self._draining is not None or any(not c.delivered for c in self._uncommitted)
 
     def seal(self, offsets: dict[tuple[str, int], int]) -> bool:
         """Step 2 for the offsets consumed so far; False (nothing done) while the last one still drains."""
