@@ -16,9 +16,11 @@ These systems are measured the same way, one after the other, on the same demo e
 
 Each system goes through two phases:
 
-1. throughput: N events are pre-loaded onto the input topic before the system starts. The clock runs
-   from the first output record to the Nth, by the outputs' Kafka timestamps, so start-up and the
-   consumer group's join are not counted. Every event must come out exactly once (passthrough: as
+1. throughput: N events are pre-loaded onto the input topic before the system starts (the data plane's
+   workers are started first and the events loaded once they share the partitions: a second worker
+   joining late would rebalance inside the measured time; the load producer is several times faster
+   than the workers). The clock runs from the first output record to the Nth, by the outputs' Kafka
+   timestamps, so start-up and the consumer group's join are not counted. Every event must come out exactly once (passthrough: as
    itself; data plane: as a prediction or a DLQ record); the counts are reported and checked.
 2. latency: with the system caught up, events are offered at a fixed rate for a fixed time. An event's
    latency is its output record's Kafka timestamp (CreateTime, which the system's producer sets when
@@ -212,17 +214,18 @@ class OutputReader:
 
 
 def observe_backlog(bootstrap: str, output_topic: str, dead_letter_topic: str | None, expected_ids: list[str],
-                    patience: float) -> dict[str, Any]:
-    """Read the outputs from the start until every expected event is accounted for (see read_until_accounted)."""
+                    patience: float, since_ms: float | None = None) -> dict[str, Any]:
+    """Read the outputs from the start until every expected event is accounted for (see read_until_accounted);
+    the clock (first and last output, `timed` outputs) takes only outputs from `since_ms` on."""
     expected = set(expected_ids)
     reader = OutputReader(bootstrap, output_topic, dead_letter_topic)
     try:
         reader.read_until_accounted(expected, patience)
     finally:
         reader.close()
-    stamps = reader.timestamps_ms.values()
+    stamps = [stamp for stamp in reader.timestamps_ms.values() if since_ms is None or stamp >= since_ms]
     return {"outputs": reader.outputs, "dead_lettered": reader.dead_lettered, "unexpected": reader.unexpected,
-            "missing": len(expected) - len(reader.timestamps_ms),
+            "missing": len(expected) - len(reader.timestamps_ms), "timed": len(stamps),
             "first_output_ms": min(stamps, default=None), "last_output_ms": max(stamps, default=None),
             "next_offsets": reader.next_offsets}
 
@@ -348,7 +351,8 @@ def measure(system: Any, backlog: list[tuple[bytes, bytes, str]], offered: list[
         system.start()
         # Patience covers the consumer group's first join (and the first Feast write): seconds, not minutes.
         with ChildCall(observe_backlog, system.bootstrap, system.output_topic, system.dead_letter_topic,
-                       [event_id for _, _, event_id in backlog], 120.0) as call:
+                       [event_id for _, _, event_id in backlog], 120.0,
+                       getattr(system, "balanced_at_ms", None)) as call:
             seen = call.result()
         stages = system.stage_seconds()
         say(f"{system.kind}: caught up; latency phase ({len(offered)} events at {rate:g}/s)")
@@ -386,12 +390,13 @@ def restart(system: DataPlaneWorkers, offsets: dict[str, dict[int, int]],
 
 
 def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> dict[str, Any]:
-    first, last = seen["first_output_ms"], seen["last_output_ms"]
+    first, last, timed = seen["first_output_ms"], seen["last_output_ms"], seen["timed"]
     seconds = (last - first) / 1000 if first is not None else None
     return {"events": events, "outputs": seen["outputs"], "dead_lettered": seen["dead_lettered"],
             "missing": seen["missing"], "unexpected": seen["unexpected"],
             "accounted": seen["missing"] == 0 and seen["unexpected"] == 0,
-            "seconds": seconds, "events_per_s": round(events / seconds, 1) if seconds else None,
+            "timed_events": timed,  # those output once every worker had its partitions
+            "seconds": seconds, "events_per_s": round(timed / seconds, 1) if seconds else None,
             "start_to_first_output_s": round((first - started_ms) / 1000, 3) if first is not None else None}
 
 

@@ -29,6 +29,7 @@ READY_LINE = re.compile(r"worker consuming; metrics at (http://\S+/metrics)")
 RESTORED_LINE = re.compile(r"assigned (\d+) partitions; restored (\d+) entity states, (\d+) journal chunks and "
                            r"(\d+) waiting join entries in ([\d.]+)s")
 START_PATIENCE_S = 180.0
+SETTLE_S = 3.0  # three checkpoint intervals
 
 
 class DataPlaneWorkers:
@@ -71,6 +72,7 @@ class DataPlaneWorkers:
         self._logs: list[Path] = []
         self._metrics: list[str] = []
         self.model: dict[str, Any] | None = None  # the champion it scores with, once prepared
+        self.balanced_at_ms: float | None = None
 
     def prepare(self, warmup: list[tuple[dict[str, Any], int]]) -> None:
         """Topics, Feast objects, a signing key and a champion trained on `warmup` (row, label) pairs."""
@@ -90,10 +92,26 @@ class DataPlaneWorkers:
                       "estimator": self.spec.model.estimator, "trained_on_events": len(warmup)}
 
     def start(self) -> None:
+        """Start the workers and return once each has its share of the partitions, noting when
+        (`balanced_at_ms`): a second worker joins after the first has begun, and the rebalance that
+        follows is not the throughput of two workers."""
         for index in range(self.workers):
             self._spawn(index)
         for index in range(self.workers):
             self._wait_ready(index)
+        partitions = 4 * self.settings.partitions  # events, outcomes and the two join topics
+        deadline = time.monotonic() + START_PATIENCE_S
+        while True:
+            latest = [RESTORED_LINE.findall(log.read_text(errors="replace")) for log in self._logs]
+            shares = [int(lines[-1][0]) if lines else 0 for lines in latest]
+            if all(shares) and sum(shares) == partitions:
+                if self.workers > 1:  # one worker never rebalances: its clock starts with its first output
+                    self.balanced_at_ms = time.time() * 1000
+                return
+            if time.monotonic() > deadline:
+                raise DriftloopError(f"bench: the workers did not share the partitions within {START_PATIENCE_S:.0f}s "
+                                     f"(they hold {shares} of {partitions})")
+            time.sleep(0.1)
 
     def _spawn(self, index: int) -> None:
         log = self.work_dir / f"worker-{index}.log"
@@ -164,6 +182,7 @@ class DataPlaneWorkers:
         has restored its assigned state (logged after the group's rebalance), timed from the new process's
         start: imports, models, Feast writer, the group join (which waits out the dead member's session)
         and the restore itself."""
+        time.sleep(SETTLE_S)  # its last checkpoint commits what it did: the restart shows restoring, not replaying
         os.killpg(self._processes[0].pid, signal.SIGKILL)
         self._processes[0].wait(30)
         since = self._logs[0].stat().st_size
