@@ -154,7 +154,7 @@ SETTINGS: tuple[Setting, ...] = (
             "File with the secret key that signs model versions and control records (HMAC-SHA256); the MLflow "
             "registry and Kafka never see it. Unset: `signing.key` in the data dir, which `driftloop up` and "
             "`driftloop keygen` create (mode 0600)."),
-    Setting("state_cache_mb", "DRIFTLOOP_STATE_CACHE_MB", _at_least(8), "128",
+    Setting("state_cache_mb", "DRIFTLOOP_STATE_CACHE_MB", _at_least(8), "64",
             "Memory (MB) a worker's state may use beyond its data on disk: RocksDB's block cache and memtables, "
             "and the values changed since the last checkpoint (past their share a checkpoint is taken early). "
             "Window state and the join table live in RocksDB under the data dir, whatever their size."),

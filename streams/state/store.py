@@ -47,21 +47,20 @@ OPEN_PATIENCE_S = 30.0
 
 
 class StateMemory:
-    """The memory budget of a process's state stores: half RocksDB's block cache, a quarter its memtables,
-    a quarter the tables' overlays of changed values (a checkpoint is due when they exceed it)."""
+    """The memory budget of a process's state stores: a quarter RocksDB's block cache, a quarter its
+    memtables, half the tables' overlays of changed values (a checkpoint is due when they exceed it).
 
-    # A decoded window state takes about five times its MessagePack bytes in Python objects (measured
-    # on the demo spec: 5.4 kB for 1.1 kB); the overlay estimate uses this factor.
-    PYTHON_BYTES_PER_ENCODED_BYTE = 5
+    The block cache can be small: what it misses, the operating system's page cache serves from the
+    store's files without counting against the process."""
 
     def __init__(self, megabytes: int):
         if megabytes < 8:
             raise ValueError(f"the state memory budget must be at least 8 MB, got {megabytes}")
         total = megabytes * MB
         self.megabytes = megabytes
-        self.block_cache = rocksdict.Cache(total // 2)
+        self.block_cache = rocksdict.Cache(total // 4)
         self.write_buffers = rocksdict.WriteBufferManager(total // 4, False)
-        self.overlay_bytes = total // 4
+        self.overlay_bytes = total // 2
         self.tables: list = []  # the ChangelogTables sharing this budget
 
     def overlay_estimate(self) -> int:

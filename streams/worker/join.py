@@ -100,8 +100,9 @@ def parse_outcome(raw: bytes | None, spec: PipelineSpec, now: float) -> Outcome 
 
 def join_table(topic: str, partitions: int, *, directory: Path, memory: StateMemory) -> ChangelogTable:
     """The join's changelog table: entries counted by side, indexed by arrival for expiry."""
+    # an entry is mostly its prediction's JSON bytes: its Python objects take little more than its encoding
     return ChangelogTable("join", topic, partitions, directory=directory, memory=memory, kind_of=_side,
-                          expiry_time=_arrived)
+                          expiry_time=_arrived, python_bytes_per_encoded_byte=1.5)
 
 
 def _side(entry: dict) -> str:
