@@ -532,8 +532,8 @@ class ChangelogTable:
                 self._draining[partition] |= dirty
                 dirty.clear()
 
-    def drain(self, producer: Producer, limit: int) -> bool:
-        """Produce up to `limit` sealed keys' records; True once every sealed key is produced."""
+    def drain(self, producer: Producer, limit: int | None) -> bool:
+        """Produce up to `limit` (None: all) sealed keys' records; True once every sealed key is produced."""
         self._produce_draining(producer, limit)
         return not any(self._draining.values())
 

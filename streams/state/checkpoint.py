@@ -8,7 +8,8 @@ trip to the broker; the others advance between batches, so scoring goes on while
    streams/worker/loop.py), then every record produced so far is acknowledged (`producer.flush`).
 2. Seal: note the next offset of every consumed record and the Feast writer's position, and seal the
    state tables' changed keys (streams/state/changelog.py): the values they hold now are the ones written.
-3. Drain: write the sealed keys to their changelogs, `slice` keys per loop iteration.
+3. Drain: write the sealed keys to their changelogs, `slice` keys per loop iteration (all at once while
+   the tables' changed values exceed their memory budget).
 4. Deliver: wait until those changelog records are acknowledged (each reports its delivery; a flush
    `max_delivery_wait` after the drain ended if reports do not come).
 5. Commit the noted offsets once the Feast rows submitted before the seal are written (asynchronously:
@@ -94,7 +95,10 @@ class Checkpoints:
         """Steps 3-5, as far as they can go without waiting."""
         started = time.perf_counter()
         draining = self._draining
-        if draining is not None and all(table.drain(self.producer, self.slice_keys) for table in self.tables):
+        # Over the memory budget, a slice per iteration would fall behind the keys each batch changes:
+        # the whole checkpoint goes out at once, so its values can leave memory (changelog.py) sooner.
+        limit = None if self.tables[0].memory.over_budget() else self.slice_keys
+        if draining is not None and all(table.drain(self.producer, limit) for table in self.tables):
             draining.drained_at, self._draining = now, None
         drained = [c for c in self._uncommitted if c.drained_at is not None and not c.delivered]
         if drained:
