@@ -472,9 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce_parser.add_argument("--key-separator", metavar="SEP",
                                 help="the part of each line before the first SEP is the record's key")
     produce_parser.set_defaults(run=cmd_produce)
-    bench = commands.add_parser("bench", help="benchmark the data plane against raw passthrough (JSON on stdout)",
-                                description="Throughput and produce->prediction latency of one in-process worker, "
-                                            "beside a bare consume->produce loop on the same broker.")
+    bench = commands.add_parser("bench", help="benchmark the data plane against passthroughs (JSON on stdout)",
+                                description="Throughput and produce->prediction latency of the data plane, beside "
+                                            "bytes and JSON consume->produce loops on the same broker.")
     bench.add_argument("--events", type=positive(int), default=100_000, metavar="N",
                        help="events pre-loaded for the throughput phase (default 100000)")
     bench.add_argument("--rate-events-per-s", type=positive(float), default=5000.0, metavar="EPS",
@@ -483,6 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="length of the latency phase (default 10)")
     bench.add_argument("--partitions", type=positive(int), metavar="P",
                        help="partitions of the benchmark's topics (default: $DRIFTLOOP_PARTITIONS)")
+    bench.add_argument("--workers", type=int, choices=(1, 2), default=1,
+                       help="2: also run two worker processes in one group and report the scale-out factor "
+                            "(default partitions then: 4)")
+    bench.add_argument("--entities", type=positive(int), default=0, metavar="N",
+                       help="with --pending: a worker first loaded with N active entities ...")
+    bench.add_argument("--pending", type=positive(int), default=0, metavar="M",
+                       help="... and M predictions waiting for their labels; reports its memory and the time to "
+                            "have its state back after kill -9")
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
     bench.set_defaults(run=cmd_bench)
     return parser

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -29,18 +30,18 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(f"must be a whole number of at least {minimum}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be a whole number of at least 0")
-    return value
+_positive_int = _at_least(1)
+_count = _at_least(0)
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -156,6 +157,10 @@ SETTINGS: tuple[Setting, ...] = (
             "File with the secret key that signs model versions and control records (HMAC-SHA256); the MLflow "
             "registry and Kafka never see it. Unset: `signing.key` in the data dir, which `driftloop up` and "
             "`driftloop keygen` create (mode 0600)."),
+    Setting("state_cache_mb", "DRIFTLOOP_STATE_CACHE_MB", _at_least(8), "64",
+            "Memory (MB) a worker's state may use beyond its data on disk: RocksDB's block cache and memtables, "
+            "and the values changed since the last checkpoint (past their share a checkpoint is taken early). "
+            "Window state and the join table live in RocksDB under the data dir, whatever their size."),
     Setting("log_level", "DRIFTLOOP_LOG_LEVEL", _level, "INFO", "Log level."),
     Setting("heartbeat_file", "DRIFTLOOP_HEARTBEAT_FILE", _path, None,
             "A file the control plane and the retrain worker touch every 5 s while their loop runs, for a "
@@ -188,6 +193,7 @@ class Settings:
     topic_audit: str
     topic_retrain_requests: str
     signing_key_file: Path | None
+    state_cache_mb: int
     log_level: str
     heartbeat_file: Path | None
     source: str = field(default="defaults", compare=False)
@@ -205,7 +211,7 @@ class Settings:
         return (self.topic_events, self.topic_dlq, self.topic_outcomes, self.topic_outcomes_dlq, self.topic_predictions,
                 self.topic_labeled, self.topic_drift, self.topic_audit, self.topic_retrain_requests)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return Settings(**values)

@@ -1,19 +1,26 @@
-"""`driftloop bench`: the data plane against a bare consume -> produce loop, on one broker, in one run.
+"""`driftloop bench`: the data plane against consume -> produce baselines, on one broker, in one run.
 
-Two systems are measured the same way, one after the other, on the same demo events:
+These systems are measured the same way, one after the other, on the same demo events:
 
-- raw passthrough: one thread consumes the input topic and produces every record unchanged to an
-  output topic, with the worker's own Kafka client settings (`streams.pipeline`), so what separates
-  the two systems is only what the data plane does in between;
-- the data plane: one worker (`streams.worker.run_worker`) in a thread of this process, as in
-  production, on a fresh pipeline of the demo spec (own topics, SQLite MLflow registry and Feast repo
-  in a temporary directory).
+- four passthroughs (load/benchmarks/passthrough.py), each one thread with the worker's own Kafka
+  client settings: bytes (the value untouched), JSON (stdlib `json` decode, add a field, encode), the
+  JSON one whose outputs wait for an acknowledged output journal as the data plane's do (the cost of
+  exact recovery's write-ahead), and the JSON one in a Kafka transaction per batch (what exactly-once
+  by transactions would cost instead);
+- the data plane: `driftloop worker` processes (load/benchmarks/worker_process.py) on a fresh pipeline
+  of the demo spec (own topics, SQLite MLflow registry, Feast repository and state directory in a
+  temporary directory); with `--workers 2` also two of them in one group, for the scale-out factor;
+- with `--entities N --pending M`, a data plane first loaded with M events of N entities and no
+  outcomes (M predictions waiting for their labels, N window states): its memory, then `kill -9` and
+  the time until the restarted worker has its state back, then a probe of it serving.
 
 Each system goes through two phases:
 
-1. throughput: N events are pre-loaded onto the input topic before the system starts. The clock runs
-   from the first output record to the Nth, by the outputs' Kafka timestamps, so start-up and the
-   consumer group's join are not counted. Every event must come out exactly once (passthrough: as
+1. throughput: N events are pre-loaded onto the input topic before the system starts (the data plane's
+   workers are started first and the events loaded once they share the partitions: a second worker
+   joining late would rebalance inside the measured time; the load producer is several times faster
+   than the workers). The clock runs from the first output record to the Nth, by the outputs' Kafka
+   timestamps, so start-up and the consumer group's join are not counted. Every event must come out exactly once (passthrough: as
    itself; data plane: as a prediction or a DLQ record); the counts are reported and checked.
 2. latency: with the system caught up, events are offered at a fixed rate for a fixed time. An event's
    latency is its output record's Kafka timestamp (CreateTime, which the system's producer sets when
@@ -39,7 +46,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -48,20 +54,22 @@ from typing import Any, Callable
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from driftloop.load.benchmarks.passthrough import BATCH, PASSTHROUGHS, WAIT_SECONDS, produce_retrying
+from driftloop.load.benchmarks.worker_process import DataPlaneWorkers
+from driftloop.load.generator import FraudStream, encode
+from driftloop.streams.worker.loop import PRODUCER_CONFIG
 
 from driftloop import __version__, kafka
 from driftloop.errors import DriftloopError
-from driftloop.load.generator import FraudStream, encode
-from driftloop.streams.worker.loop import CONSUMER_CONFIG, PRODUCER_CONFIG
 
-TARGET_RATIO = 0.5  # data-plane throughput / raw passthrough throughput, at least
+TARGET_RATIO = 0.5  # data-plane throughput / JSON passthrough throughput, at least
 TARGET_P99_MS = 50.0  # produce -> prediction p99, at most, ...
 TARGET_RATE = 5000.0  # ... while events arrive at this rate
-STAGE_METRIC = "driftloop_stage_seconds"
-# The worker's consume call (streams/worker/loop.py), mirrored by the raw passthrough: consume() returns
-# early only for a full batch, so the wait is part of every event's latency at low rates.
-RAW_BATCH, RAW_WAIT_SECONDS = 2000, 0.005
+TARGET_RSS_MB = 500.0  # a worker holding ...
+TARGET_STATE = (100_000, 2_000_000)  # ... this many active entities and waiting predictions, at most
+TARGET_RESTART_S = 30.0  # such a worker has its state back within this many seconds of a restart
 READER_FETCH_WAIT_MS = 200
+PROBES, PROBE_RATE = 500, 100.0  # events offered to a restarted worker, to see it serve
 WARMUP_EVENTS = 20_000  # the data plane's champion is trained on this many events first
 
 
@@ -71,12 +79,19 @@ class BenchOptions:
     rate_events_per_s: float = TARGET_RATE  # offered in the latency phase ...
     latency_seconds: float = 10.0  # ... for this long
     partitions: int = 4
+    workers: int = 1  # 2: also two data-plane workers in one group, for the scale-out factor
+    entities: int = 0  # with pending: a data plane loaded with this state first, then restarted
+    pending: int = 0
 
     def __post_init__(self) -> None:
         if self.events < 1 or self.partitions < 1:
             raise DriftloopError("bench: --events and --partitions must be at least 1")
         if not self.rate_events_per_s > 0 or not self.latency_seconds > 0:
             raise DriftloopError("bench: --rate-events-per-s and --latency-seconds must be positive")
+        if self.workers not in (1, 2):
+            raise DriftloopError("bench: --workers must be 1 or 2")
+        if (self.entities > 0) != (self.pending > 0):
+            raise DriftloopError("bench: --entities and --pending go together")
 
     @property
     def offered(self) -> int:
@@ -84,14 +99,24 @@ class BenchOptions:
 
     @property
     def command(self) -> str:
-        return (f"driftloop bench --events {self.events} --rate-events-per-s {self.rate_events_per_s:g} "
-                f"--latency-seconds {self.latency_seconds:g} --partitions {self.partitions}")
+        command = (f"driftloop bench --events {self.events} --rate-events-per-s {self.rate_events_per_s:g} "
+                   f"--latency-seconds {self.latency_seconds:g} --partitions {self.partitions}")
+        if self.workers > 1:
+            command += f" --workers {self.workers}"
+        if self.pending:
+            command += f" --entities {self.entities} --pending {self.pending}"
+        return command
 
 
-def warm_up_set(spec: Any, count: int) -> list[tuple[dict[str, Any], int]]:
-    """(model-input row, label) of `count` demo events of another seed, featurised as the worker does."""
+def warm_up_set(count: int) -> list[tuple[dict[str, Any], int]]:
+    """(model-input row, label) of `count` demo events of another seed, featurised as the worker does (the
+    benchmark's pipelines run the demo spec under their own names)."""
     from driftloop.features.rows import Featuriser
 
+    from driftloop.settings import DEMO_SPEC
+    from driftloop.spec import load_spec
+
+    spec = load_spec(DEMO_SPEC)
     featuriser, pairs = Featuriser(spec), []
     for event_doc, outcome in itertools.islice(FraudStream(seed=4, id_prefix="bench-warmup-"), count):
         _, row = featuriser.featurise(encode(event_doc))
@@ -105,167 +130,10 @@ def demo_events(count: int) -> list[tuple[bytes, bytes, str]]:
             for event, _ in itertools.islice(FraudStream(seed=3, id_prefix="bench-"), count)]
 
 
-# -- the systems under test ---------------------------------------------------------------------------
-
-class RawPassthrough:
-    """Consume -> produce with nothing in between, in one thread, with the worker's client settings."""
-
-    kind = "raw_passthrough"
-
-    def __init__(self, bootstrap: str, run: str, partitions: int):
-        self.bootstrap = bootstrap
-        self.input_topic, self.output_topic = f"bench-{run}-raw-in", f"bench-{run}-raw-out"
-        self.dead_letter_topic: str | None = None
-        self.topics = [self.input_topic, self.output_topic]
-        self._group = f"bench-{run}-raw"
-        self._partitions = partitions
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def prepare(self) -> None:
-        kafka.ensure_topics(self.bootstrap, self.topics, self._partitions)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._guarded, name="raw-passthrough", daemon=True)
-        self._thread.start()
-
-    def _guarded(self) -> None:
-        try:
-            self._forward()
-        except BaseException as exc:  # reported by stop(), not lost in the thread
-            self._error = exc
-
-    def _forward(self) -> None:
-        failures: list[str] = []
-        producer = kafka.producer(self.bootstrap, **PRODUCER_CONFIG,
-                                  on_delivery=lambda err, _msg: failures.append(err.str()) if err else None)
-        consumer = kafka.consumer(self.bootstrap, self._group, **CONSUMER_CONFIG)
-        consumer.subscribe([self.input_topic])
-        try:
-            while not self._stop.is_set():
-                for message in consumer.consume(RAW_BATCH, timeout=RAW_WAIT_SECONDS):
-                    if message.error() is None:
-                        _produce(producer, self.output_topic, message.value(), message.key())
-                producer.poll(0)
-            if producer.flush(30) or failures:
-                raise DriftloopError(f"raw passthrough: records to {self.output_topic!r} were not delivered "
-                                     f"({failures[:1] or 'flush timed out'})")
-        finally:
-            consumer.close()
-
-    def stage_seconds(self) -> dict[str, dict[str, float]] | None:
-        return None
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(60)
-        if self._error is not None:
-            raise self._error
-
-
-class DataPlaneWorker:
-    """One `run_worker` in a thread of this process, on a pipeline of its own under `work_dir`."""
-
-    kind = "data_plane"
-
-    def __init__(self, bootstrap: str, run: str, partitions: int, work_dir: Path):
-        import yaml
-
-        from driftloop import settings as settings_module
-        from driftloop.spec import load_spec
-        from driftloop.streams.topology import Topology
-
-        spec = yaml.safe_load(settings_module.DEMO_SPEC.read_text())  # the demo events need the demo spec
-        spec["name"] = spec["model"]["name"] = f"bench_{run}"  # own internal topics, group and model
-        spec_path = work_dir / "spec.yaml"
-        spec_path.write_text(yaml.safe_dump(spec))
-        self.settings = settings_module.load(environ={
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work_dir / 'mlflow.db'}",
-            "DRIFTLOOP_DATA_DIR": str(work_dir / "data"),
-            "DRIFTLOOP_FEAST_REPO": str(work_dir / "feature_repo"),
-            "DRIFTLOOP_SPEC": str(spec_path),
-            "DRIFTLOOP_METRICS_PORT": "0",
-            "DRIFTLOOP_PARTITIONS": str(partitions),
-            **{f"DRIFTLOOP_TOPIC_{name.upper()}": f"bench-{run}-{name}"
-               for name in ("events", "outcomes", "predictions", "labeled", "drift", "audit", "retrain_requests")},
-        })
-        self.spec = load_spec(spec_path)
-        topology = Topology.of(self.settings, self.spec)
-        self.bootstrap = bootstrap
-        self.input_topic, self.output_topic = topology.events, topology.predictions
-        self.dead_letter_topic: str | None = topology.events_dlq
-        self.topics = [*self.settings.topics, *topology.internal, *topology.changelogs]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._port: int | None = None
-        self.model: dict[str, Any] | None = None  # the champion it scores with, once prepared
-
-    def prepare(self) -> None:
-        from driftloop.features.feast.repo import apply as feast_apply
-        from driftloop.models.bootstrap import ensure_champion
-        from driftloop.signing import create_key, key_path, load_key
-
-        feast_apply(self.settings, self.spec)
-        create_key(key_path(self.settings))  # a pipeline of its own, so a signing key of its own
-        kafka.ensure_topics(self.bootstrap, self.settings.topics, self.settings.partitions)
-        # The demo's steady state: its own model (gradient boosting, ONNX) as champion, trained on a
-        # warm-up slice of the stream, not the River placeholder that serves only until the first training.
-        warmup = warm_up_set(self.spec, WARMUP_EVENTS)
-        champion = ensure_champion(self.spec, self.settings.mlflow_tracking_uri, warmup=warmup,
-                                   key=load_key(key_path(self.settings)))
-        self.model = {"name": self.spec.model.name, "version": champion.version, "flavor": self.spec.model.flavor,
-                      "estimator": self.spec.model.estimator, "trained_on_events": len(warmup)}
-
-    def start(self) -> None:
-        from driftloop.streams.worker.app import run_worker
-
-        ready = threading.Event()
-
-        def on_ready(port: int) -> None:
-            self._port = port
-            ready.set()
-
-        def run() -> None:
-            try:
-                run_worker(self.settings, self._stop, worker_id="bench", on_ready=on_ready)
-            except BaseException as exc:  # reported by start()/stop(), not lost in the thread
-                self._error = exc
-                ready.set()
-
-        self._thread = threading.Thread(target=run, name="worker", daemon=True)
-        self._thread.start()
-        if not ready.wait(180):
-            raise DriftloopError("bench: the worker did not start within 180s")
-        if self._error is not None:
-            raise self._error
-
-    def stage_seconds(self) -> dict[str, dict[str, float]]:
-        """{stage: {"sum": seconds, "count": observations}} from the worker's /metrics."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self._port}/metrics", timeout=10).read().decode()
-        stages: dict[str, dict[str, float]] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name != STAGE_METRIC:
-                continue
-            for sample in family.samples:
-                suffix = sample.name.removeprefix(STAGE_METRIC)
-                if suffix in ("_sum", "_count"):
-                    stages.setdefault(sample.labels["stage"], {})[suffix[1:]] = sample.value
-        return stages
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(90)
-            if self._thread.is_alive():
-                raise DriftloopError("bench: the worker did not stop within 90s")
-        if self._error is not None:
-            raise self._error
+def state_events(entities: int, count: int) -> list[tuple[bytes, bytes, str]]:
+    """`count` demo events of `entities` users (each one that appears gets a window state)."""
+    stream = FraudStream(seed=5, users=entities, id_prefix="bench-state-")
+    return [(event["user_id"].encode(), encode(event), event["event_id"]) for event, _ in itertools.islice(stream, count)]
 
 
 # -- measuring (the child process's side) ---------------------------------------------------------
@@ -346,17 +214,18 @@ class OutputReader:
 
 
 def observe_backlog(bootstrap: str, output_topic: str, dead_letter_topic: str | None, expected_ids: list[str],
-                    patience: float) -> dict[str, Any]:
-    """Read the outputs from the start until every expected event is accounted for (see read_until_accounted)."""
+                    patience: float, since_ms: float | None = None) -> dict[str, Any]:
+    """Read the outputs from the start until every expected event is accounted for (see read_until_accounted);
+    the clock (first and last output, `timed` outputs) takes only outputs from `since_ms` on."""
     expected = set(expected_ids)
     reader = OutputReader(bootstrap, output_topic, dead_letter_topic)
     try:
         reader.read_until_accounted(expected, patience)
     finally:
         reader.close()
-    stamps = reader.timestamps_ms.values()
+    stamps = [stamp for stamp in reader.timestamps_ms.values() if since_ms is None or stamp >= since_ms]
     return {"outputs": reader.outputs, "dead_lettered": reader.dead_lettered, "unexpected": reader.unexpected,
-            "missing": len(expected) - len(reader.timestamps_ms),
+            "missing": len(expected) - len(reader.timestamps_ms), "timed": len(stamps),
             "first_output_ms": min(stamps, default=None), "last_output_ms": max(stamps, default=None),
             "next_offsets": reader.next_offsets}
 
@@ -381,7 +250,7 @@ def offer_and_observe(bootstrap: str, input_topic: str, output_topic: str, dead_
             for key, value, event_id in offered[sent:due]:
                 now_ms = int(time.time() * 1000)
                 sent_ms[event_id] = now_ms
-                _produce(producer, input_topic, value, key, now_ms)
+                produce_retrying(producer, input_topic, value, key, now_ms)
             sent = max(sent, due)
             producer.poll(0)
             reader.read(sent_ms, timeout=0.001)  # also paces the loop: no busy wait on a small machine
@@ -399,7 +268,7 @@ def offer_and_observe(bootstrap: str, input_topic: str, output_topic: str, dead_
             "outputs": reader.outputs, "dead_lettered": reader.dead_lettered, "unexpected": reader.unexpected,
             "missing": len(offered) - len(latencies),
             "last_output_after_s": round(last_output / 1000 - started, 3) if last_output is not None else None,
-            **latency_summary(latencies)}
+            **latency_summary(latencies), "next_offsets": reader.next_offsets}
 
 
 def latency_summary(latencies_ms: list[int]) -> dict[str, float | None]:
@@ -409,15 +278,6 @@ def latency_summary(latencies_ms: list[int]) -> dict[str, float | None]:
     rank = lambda q: latencies_ms[max(0, math.ceil(q * len(latencies_ms)) - 1)]  # noqa: E731
     return {"p50_ms": rank(0.50), "p95_ms": rank(0.95), "p99_ms": rank(0.99), "max_ms": latencies_ms[-1],
             "mean_ms": round(sum(latencies_ms) / len(latencies_ms), 2)}
-
-
-def _produce(producer: Any, topic: str, value: bytes | None, key: bytes | None, timestamp_ms: int = 0) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, key, timestamp=timestamp_ms)
-            return
-        except BufferError:  # the local queue is full: let librdkafka deliver, then retry
-            producer.poll(0.05)
 
 
 def _child_main(connection: Any, function: Callable[..., Any], args: tuple) -> None:
@@ -471,48 +331,72 @@ def preload(bootstrap: str, topic: str, events: list[tuple[bytes, bytes, str]]) 
     producer = kafka.producer(bootstrap, **PRODUCER_CONFIG,
                               on_delivery=lambda err, _msg: failures.append(err.str()) if err else None)
     for key, value, _ in events:
-        _produce(producer, topic, value, key)
+        produce_retrying(producer, topic, value, key)
         producer.poll(0)
     if producer.flush(120) or failures:
         raise DriftloopError(f"bench: pre-loading {topic!r} failed ({failures[:1] or 'flush timed out'})")
 
 
 def measure(system: Any, backlog: list[tuple[bytes, bytes, str]], offered: list[tuple[bytes, bytes, str]],
-            rate: float, say: Callable[[str], None]) -> dict[str, Any]:
-    """Both phases on one prepared system: pre-load, start, throughput until caught up, latency at `rate`."""
+            rate: float, say: Callable[[str], None], probes: list[tuple[bytes, bytes, str]] | None = None
+            ) -> dict[str, Any]:
+    """Both phases on one prepared system: pre-load, start, throughput until caught up, latency at `rate`;
+    with `probes`, its memory then, and its first worker's restart after `kill -9`."""
     say(f"{system.kind}: pre-loading {len(backlog)} events")
     preload(system.bootstrap, system.input_topic, backlog)
     say(f"{system.kind}: starting; throughput phase")
     started_ms = time.time() * 1000
+    result: dict[str, Any] = {}
     try:
         system.start()
         # Patience covers the consumer group's first join (and the first Feast write): seconds, not minutes.
         with ChildCall(observe_backlog, system.bootstrap, system.output_topic, system.dead_letter_topic,
-                       [event_id for _, _, event_id in backlog], 120.0) as call:
+                       [event_id for _, _, event_id in backlog], 120.0,
+                       getattr(system, "balanced_at_ms", None)) as call:
             seen = call.result()
         stages = system.stage_seconds()
         say(f"{system.kind}: caught up; latency phase ({len(offered)} events at {rate:g}/s)")
         with ChildCall(offer_and_observe, system.bootstrap, system.input_topic, system.output_topic,
                        system.dead_letter_topic, seen.pop("next_offsets"), offered, rate, 30.0) as call:
             latency = call.result()
+        if hasattr(system, "memory"):
+            result["memory"] = system.memory()
+        if probes:
+            say(f"{system.kind}: kill -9 and restart of a worker holding its state")
+            result["restart"] = restart(system, latency["next_offsets"], probes)
     finally:
         system.stop()
+    latency.pop("next_offsets")
     throughput = throughput_summary(seen, len(backlog), started_ms)
     if stages is not None:
         throughput["stage_seconds"] = stage_summary(stages, throughput["seconds"])
-    result = {"throughput": throughput, "latency": latency}
+    result.update(throughput=throughput, latency=latency)
     if getattr(system, "model", None) is not None:
         result["model"] = system.model
     return result
 
 
+def restart(system: DataPlaneWorkers, offsets: dict[str, dict[int, int]],
+            probes: list[tuple[bytes, bytes, str]]) -> dict[str, Any]:
+    """`kill -9` of the first worker, the seconds until its successor has restored its state, and that
+    successor's latency on probe events offered right after (every probe must come out)."""
+    restarted = system.restart_first()
+    with ChildCall(offer_and_observe, system.bootstrap, system.input_topic, system.output_topic,
+                   system.dead_letter_topic, offsets, probes, PROBE_RATE, 60.0) as call:
+        probed = call.result()
+    probed.pop("next_offsets")
+    restarted["probes"] = probed
+    return restarted
+
+
 def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> dict[str, Any]:
-    first, last = seen["first_output_ms"], seen["last_output_ms"]
+    first, last, timed = seen["first_output_ms"], seen["last_output_ms"], seen["timed"]
     seconds = (last - first) / 1000 if first is not None else None
     return {"events": events, "outputs": seen["outputs"], "dead_lettered": seen["dead_lettered"],
             "missing": seen["missing"], "unexpected": seen["unexpected"],
             "accounted": seen["missing"] == 0 and seen["unexpected"] == 0,
-            "seconds": seconds, "events_per_s": round(events / seconds, 1) if seconds else None,
+            "timed_events": timed,  # those output once every worker had its partitions
+            "seconds": seconds, "events_per_s": round(timed / seconds, 1) if seconds else None,
             "start_to_first_output_s": round((first - started_ms) / 1000, 3) if first is not None else None}
 
 
@@ -529,7 +413,7 @@ def stage_summary(stages: dict[str, dict[str, float]], phase_seconds: float | No
 def run_bench(options: BenchOptions, bootstrap: str | None = None,
               say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """The whole benchmark; `bootstrap` None starts (and stops) an embedded broker."""
-    began, load_at_start = time.monotonic(), os.getloadavg()[0]
+    began, load_at_start = time.monotonic(), os.getloadavg()
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-") as tmp, ExitStack() as cleanup:
         work = Path(tmp)
@@ -543,58 +427,108 @@ def run_bench(options: BenchOptions, bootstrap: str | None = None,
         else:
             kafka.wait_for_broker(bootstrap)
             broker_kind = "external (KAFKA_BOOTSTRAP_SERVERS)"
-        systems = (RawPassthrough(bootstrap, run, options.partitions),
-                   DataPlaneWorker(bootstrap, run, options.partitions, work))
+        systems = [kind(bootstrap, run, options.partitions, work) for kind in PASSTHROUGHS]
+        systems += [DataPlaneWorkers(bootstrap, f"{run}w{workers}", options.partitions, work / f"workers-{workers}",
+                                     workers) for workers in range(1, options.workers + 1)]
+        loaded = None
+        if options.pending:
+            loaded = DataPlaneWorkers(bootstrap, f"{run}s", options.partitions, work / "state")
+            loaded.kind = "data_plane_loaded"
+            systems.append(loaded)
         if broker_kind.startswith("external"):  # an embedded broker forgets everything when it stops
             for system in systems:
                 cleanup.callback(_delete_topics, bootstrap, system.topics)
         say(f"broker {bootstrap} ({broker_kind}); generating {options.events + options.offered} demo events "
             f"while the data plane's Feast repository is applied")
-        with ChildCall(demo_events, options.events + options.offered) as generating:
-            for system in systems:  # importing Feast takes seconds: it overlaps the generation
-                system.prepare()
+        with ChildCall(demo_events, options.events + options.offered) as generating, \
+                ChildCall(warm_up_set, WARMUP_EVENTS) as warming:
+            planes = [system for system in systems if isinstance(system, DataPlaneWorkers)]
+            for system in systems:
+                if system not in planes:
+                    system.prepare()
+            warmup = warming.result()
+            for system in planes:  # importing Feast takes seconds: it overlaps the generation
+                system.prepare(warmup)
             events = generating.result()
         backlog, offered = events[:options.events], events[options.events:]
         results = {system.kind: measure(system, backlog, offered, options.rate_events_per_s, say)
-                   for system in systems}
+                   for system in systems if system is not loaded}
+        if loaded is not None:
+            say(f"{loaded.kind}: generating {options.pending} events of {options.entities} entities")
+            with ChildCall(state_events, options.entities, options.pending + options.offered + PROBES) as generating:
+                state = generating.result()
+            results[loaded.kind] = measure(loaded, state[:options.pending], state[options.pending:-PROBES],
+                                           options.rate_events_per_s, say, probes=state[-PROBES:])
+            # what the worker held when it was killed: the latency phase's events wait for labels too
+            results[loaded.kind]["state"] = {"entities": len({key for key, _, _ in state[:-PROBES]}),
+                                             "pending_joins": len(state) - PROBES}
     machine = {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "broker": broker_kind, "driftloop": __version__,
                # other processes on the machine move the numbers: the load says how busy it was
-               "load_average_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)}}
+               "load_average": {"start": [round(x, 2) for x in load_at_start],
+                                "end": [round(x, 2) for x in os.getloadavg()]}}
     message_bytes = sum(len(value) for _, value, _ in events) / len(events)
     return report(options, results, machine, message_bytes, time.monotonic() - began)
 
 
+def _ratio(results: dict[str, dict[str, Any]], system: str, baseline: str) -> float | None:
+    if system not in results or baseline not in results:
+        return None
+    value, base = results[system]["throughput"]["events_per_s"], results[baseline]["throughput"]["events_per_s"]
+    return round(value / base, 3) if value and base else None
+
+
 def report(options: BenchOptions, results: dict[str, dict[str, Any]], machine: dict[str, Any],
            message_bytes: float, seconds: float) -> dict[str, Any]:
-    raw, plane = results["raw_passthrough"], results["data_plane"]
-    raw_rate, plane_rate = raw["throughput"]["events_per_s"], plane["throughput"]["events_per_s"]
-    ratio = round(plane_rate / raw_rate, 3) if raw_rate and plane_rate else None
-    p99 = plane["latency"]["p99_ms"]
+    versus_json = _ratio(results, "data_plane", "json_passthrough")
+    p99 = results["data_plane"]["latency"]["p99_ms"]
+    targets: dict[str, Any] = {
+        "throughput_vs_json_passthrough": {"min": TARGET_RATIO, "value": versus_json,
+                                           "met": versus_json is not None and versus_json >= TARGET_RATIO},
+        "p99_latency_ms": {"max": TARGET_P99_MS, "at_events_per_s": TARGET_RATE, "value": p99,
+                           "met": p99 is not None and p99 <= TARGET_P99_MS
+                           and options.rate_events_per_s >= TARGET_RATE},
+    }
+    loaded = results.get("data_plane_loaded")
+    if loaded is not None:
+        full = options.entities >= TARGET_STATE[0] and options.pending >= TARGET_STATE[1]
+        rss = max(loaded["memory"]["worker_peak_rss_mb"])
+        back = loaded["restart"]["process_start_to_restored_s"]
+        targets["worker_peak_rss_mb"] = {"max": TARGET_RSS_MB, "entities": TARGET_STATE[0],
+                                         "pending_joins": TARGET_STATE[1], "value": rss,
+                                         "met": full and rss <= TARGET_RSS_MB}
+        targets["restart_to_restored_s"] = {"max": TARGET_RESTART_S, "value": back,
+                                            "met": full and back <= TARGET_RESTART_S}
     return {
         "command": options.command,
         "machine": machine,
         "options": {"events": options.events, "rate_events_per_s": options.rate_events_per_s,
                     "latency_seconds": options.latency_seconds, "partitions": options.partitions,
+                    "workers": options.workers, "entities": options.entities, "pending": options.pending,
                     "message_bytes": round(message_bytes, 1)},
         "method": {
             "throughput": "N pre-loaded events / (last - first output's Kafka timestamp)",
             "latency": "per offered event: its output's Kafka timestamp - its own (CreateTime, this machine's clock)",
-            "raw_passthrough": f"one thread: consume({RAW_BATCH}, timeout={RAW_WAIT_SECONDS}s) -> produce, "
-                               f"with the worker's Kafka client settings",
+            "passthroughs": f"one thread each: consume({BATCH}, timeout={WAIT_SECONDS}s) -> produce, with the "
+                            f"worker's Kafka client settings; json: stdlib json.loads, one field added, json.dumps",
+            "memory": "VmRSS and VmHWM of each worker process from /proc (its Feast writer process apart)",
+            "restart": "kill -9 of the process group, then seconds from the new process's start until it logs its "
+                       "restored state (imports, model loading, group join and restore included)",
         },
-        "raw_passthrough": raw,
-        "data_plane": plane,
-        "throughput_ratio": ratio,
-        "targets": {
-            "throughput_ratio": {"min": TARGET_RATIO, "value": ratio,
-                                 "met": ratio is not None and ratio >= TARGET_RATIO},
-            "p99_latency_ms": {"max": TARGET_P99_MS, "at_events_per_s": TARGET_RATE, "value": p99,
-                               "met": p99 is not None and p99 <= TARGET_P99_MS
-                               and options.rate_events_per_s >= TARGET_RATE},
+        **results,
+        "ratios": {
+            "data_plane_vs_bytes_passthrough": _ratio(results, "data_plane", "bytes_passthrough"),
+            "data_plane_vs_json_passthrough": versus_json,
+            "journaled_vs_json_passthrough": _ratio(results, "json_passthrough_journaled", "json_passthrough"),
+            "transactional_vs_json_passthrough": _ratio(results, "json_passthrough_transactional",
+                                                        "json_passthrough"),
+            "scale_out_2_workers": _ratio(results, "data_plane_2_workers", "data_plane"),
         },
+        "targets": targets,
         "accounted": all(r["throughput"]["accounted"] and r["latency"]["missing"] == 0
-                         and r["latency"]["unexpected"] == 0 for r in results.values()),
+                         and r["latency"]["unexpected"] == 0
+                         and ("restart" not in r or r["restart"]["probes"]["missing"] == 0)
+                         for r in results.values()),
         "seconds": round(seconds, 1),
     }
 
@@ -619,8 +553,10 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
 
 def run_cli(config: Any, args: Any) -> int:
     """`driftloop bench`: print the report as one JSON object; exit 1 when an event went unaccounted."""
-    options = BenchOptions(args.events, args.rate_events_per_s, args.latency_seconds,
-                           args.partitions or config.partitions)
+    workers = args.workers
+    partitions = args.partitions or (4 if workers > 1 else config.partitions)  # two workers need partitions
+    options = BenchOptions(args.events, args.rate_events_per_s, args.latency_seconds, partitions, workers,
+                           args.entities, args.pending)
     # SIGTERM unwinds like Ctrl-C, so everything the run started is stopped either way. A KeyboardInterrupt
     # raised while a finalizer (__del__, a weakref callback) runs is printed and dropped by CPython; the flag
     # makes the next progress line raise it again, so one Ctrl-C always ends the run.

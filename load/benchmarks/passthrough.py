@@ -1,4 +1,4 @@
-"""The raw baseline every benchmark compares to: a bare confluent-kafka consume -> produce loop.
+"""The baselines every benchmark compares to: consume -> produce loops with nothing, or little, in between.
 
 `passthrough()` forwards messages from one topic to another with nothing in between (no
 deserialisation, no Faust), so its throughput is the ceiling the pipeline can approach on the same
@@ -8,6 +8,19 @@ checks the sink and returns the numbers; `python -m driftloop.load.benchmarks.pa
 
 The clock starts at the first message received, so the consumer group's join (about half the
 session timeout on Tansu) is reported separately as `wait_for_first_s` and not counted.
+
+`driftloop bench` (load/benchmarks/data_plane.py) runs four of them as systems beside the data plane,
+each in one thread with the worker's own Kafka client settings:
+
+- `BytesPassthrough`: the value untouched;
+- `JsonPassthrough`: stdlib `json` decode, add a field, encode, produce: the least a stream processor
+  that reads its events does;
+- `JournaledJsonPassthrough`: the JSON passthrough with the data plane's exact-recovery protocol for
+  outputs: each batch's outputs are written to an output journal first (streams/state/journal.py, its
+  RocksDB store included) and produced only once the broker has acknowledged it, so beside the plain
+  JSON passthrough it shows what that protocol costs;
+- `TransactionalJsonPassthrough`: the JSON passthrough in one Kafka transaction per batch (outputs and
+  consumed offsets committed together): what exactly-once by Kafka transactions would cost instead.
 """
 
 from __future__ import annotations
@@ -17,15 +30,25 @@ import itertools
 import json
 import os
 import sys
+import threading
 import time
 import uuid
+from collections import deque
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from driftloop.load.generator import FraudStream, encode
+from driftloop.streams.state.journal import PREDICTED, OutputJournal
+from driftloop.streams.state.store import StateMemory
+from driftloop.streams.worker.loop import CONSUMER_CONFIG, JOURNAL_PRODUCER_CONFIG, PRODUCER_CONFIG
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.load.generator import FraudStream, encode
+
+# The worker's consume call (streams/worker/loop.py), mirrored by the passthroughs: consume() returns
+# early only for a full batch, so the wait is part of every event's latency at low rates.
+BATCH, WAIT_SECONDS = 2000, 0.005
 
 
 def passthrough(bootstrap: str, source_topic: str, sink_topic: str, count: int, *, group_id: str,
@@ -180,6 +203,197 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
             future.result(15)
     except Exception:  # cleanup is best effort; the measurement already stands
         pass
+
+
+def produce_retrying(producer: Any, topic: str, value: bytes | None, key: bytes | None, timestamp_ms: int = 0,
+                     **options: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, timestamp=timestamp_ms, **options)
+            return
+        except BufferError:  # the local queue is full: let librdkafka deliver, then retry
+            producer.poll(0.05)
+
+
+class BytesPassthrough:
+    """Consume -> produce with the value untouched, in one thread, with the worker's client settings."""
+
+    kind = "bytes_passthrough"
+
+    def __init__(self, bootstrap: str, run: str, partitions: int, work_dir: Path):
+        self.bootstrap = bootstrap
+        self.input_topic, self.output_topic = f"bench-{run}-{self.kind}-in", f"bench-{run}-{self.kind}-out"
+        self.dead_letter_topic: str | None = None
+        self.topics = [self.input_topic, self.output_topic]
+        self.partitions = partitions
+        self.work_dir = work_dir
+        self.group = f"bench-{run}-{self.kind}"
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def prepare(self) -> None:
+        kafka.ensure_topics(self.bootstrap, self.topics, self.partitions)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._guarded, name=self.kind, daemon=True)
+        self._thread.start()
+
+    def _guarded(self) -> None:
+        try:
+            self._forward()
+        except BaseException as exc:  # reported by stop(), not lost in the thread
+            self._error = exc
+
+    def producer_config(self) -> dict[str, Any]:
+        return {**PRODUCER_CONFIG, "on_delivery": self._delivered}
+
+    def consumer_config(self) -> dict[str, Any]:
+        return CONSUMER_CONFIG
+
+    def _delivered(self, error: Any, _message: Any) -> None:
+        if error is not None:
+            self.failures.append(error.str())
+
+    def _forward(self) -> None:
+        producer = kafka.producer(self.bootstrap, **self.producer_config())
+        consumer = kafka.consumer(self.bootstrap, self.group, **self.consumer_config())
+        consumer.subscribe([self.input_topic])
+        try:
+            self.begin(producer, consumer)
+            while not self._stop.is_set():
+                messages = [m for m in consumer.consume(BATCH, timeout=WAIT_SECONDS) if m.error() is None]
+                if messages:
+                    self.handle(messages, producer, consumer)
+                self.between_batches(producer)
+            self.end(producer)
+            if producer.flush(30) or self.failures:
+                raise DriftloopError(f"{self.kind}: records to {self.output_topic!r} were not delivered "
+                                     f"({self.failures[:1] or 'flush timed out'})")
+        finally:
+            consumer.close()
+
+    def begin(self, producer: Any, consumer: Any) -> None:
+        """Called once both clients exist."""
+
+    def handle(self, messages: list, producer: Any, consumer: Any) -> None:
+        for message in messages:
+            produce_retrying(producer, self.output_topic, message.value(), message.key())
+
+    def between_batches(self, producer: Any) -> None:
+        producer.poll(0)
+
+    def end(self, producer: Any) -> None:
+        """Called once the loop stopped, before the final flush."""
+
+    def stage_seconds(self) -> dict[str, dict[str, float]] | None:
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(60)
+        if self._error is not None:
+            raise self._error
+
+
+def _json_output(value: bytes) -> bytes:
+    """What the JSON passthroughs produce for one event: decoded, one field added, encoded."""
+    doc = json.loads(value)
+    doc["passthrough_at"] = time.time()
+    return json.dumps(doc).encode()
+
+
+class JsonPassthrough(BytesPassthrough):
+    """Decode each value with the standard library's json, add a field, encode it, produce it."""
+
+    kind = "json_passthrough"
+
+    def handle(self, messages: list, producer: Any, consumer: Any) -> None:
+        for message in messages:
+            produce_retrying(producer, self.output_topic, _json_output(message.value()), message.key())
+
+
+class JournaledJsonPassthrough(BytesPassthrough):
+    """The JSON passthrough whose batches are staged as the data plane's are: the outputs wait until the
+    output journal holding them is acknowledged (streams/state/journal.py), in consumption order."""
+
+    kind = "json_passthrough_journaled"
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.journal = OutputJournal(f"bench-{self.group}-journal-changelog", self.partitions,
+                                     directory=self.work_dir / self.kind, memory=StateMemory(32))
+        self.journal.ensure_changelog(self.bootstrap)
+        self.topics.append(self.journal.table.topic)
+        self._staged: deque[_StagedOutputs] = deque()
+
+    def begin(self, producer: Any, consumer: Any) -> None:
+        self.journal.restore(self.bootstrap, range(self.partitions))
+        self._journal_producer = kafka.producer(self.bootstrap, **JOURNAL_PRODUCER_CONFIG)
+
+    def handle(self, messages: list, producer: Any, consumer: Any) -> None:
+        staged = _StagedOutputs([(message.key(), _json_output(message.value())) for message in messages])
+        entries: dict[int, list[list[Any]]] = {}
+        for message, (_key, output) in zip(messages, staged.outputs):
+            entries.setdefault(message.partition(), []).append([message.offset(), PREDICTED, output])
+        for partition, journaled in entries.items():
+            staged.waiting += self.journal.write(self._journal_producer, partition, journaled, staged.acknowledged)
+        self._staged.append(staged)
+
+    def between_batches(self, producer: Any) -> None:
+        self._journal_producer.poll(0)
+        while self._staged and self._staged[0].waiting <= 0:
+            staged = self._staged.popleft()
+            if staged.errors:
+                raise DriftloopError(f"{self.kind}: the journal was not written ({staged.errors[0]})")
+            for key, output in staged.outputs:
+                produce_retrying(producer, self.output_topic, output, key)
+        producer.poll(0)
+
+    def end(self, producer: Any) -> None:
+        deadline = time.monotonic() + 30
+        while self._staged and time.monotonic() < deadline:
+            self._journal_producer.poll(0.01)
+            self.between_batches(producer)
+        self.journal.table.close()
+
+
+class _StagedOutputs:
+    def __init__(self, outputs: list[tuple[bytes | None, bytes]]):
+        self.outputs = outputs
+        self.waiting = 0  # journal chunks not acknowledged yet
+        self.errors: list[str] = []
+
+    def acknowledged(self, error: Any, _message: Any) -> None:
+        if error is not None:
+            self.errors.append(error.str())
+        self.waiting -= 1
+
+
+class TransactionalJsonPassthrough(BytesPassthrough):
+    """The JSON passthrough with one Kafka transaction per batch: its outputs and the consumed offsets
+    commit together (Kafka's exactly-once), and readers see only committed outputs."""
+
+    kind = "json_passthrough_transactional"
+
+    def producer_config(self) -> dict[str, Any]:
+        return {**super().producer_config(), "transactional.id": f"{self.group}-tx", "enable.idempotence": True}
+
+    def begin(self, producer: Any, consumer: Any) -> None:
+        producer.init_transactions(30)
+
+    def handle(self, messages: list, producer: Any, consumer: Any) -> None:
+        producer.begin_transaction()
+        for message in messages:
+            produce_retrying(producer, self.output_topic, _json_output(message.value()), message.key())
+        producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                             consumer.consumer_group_metadata(), 30)
+        producer.commit_transaction(30)
+
+
+PASSTHROUGHS = (BytesPassthrough, JsonPassthrough, JournaledJsonPassthrough, TransactionalJsonPassthrough)
 
 
 def main(argv: list[str] | None = None) -> int:

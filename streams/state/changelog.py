@@ -1,10 +1,13 @@
-"""Partitioned key/value state that survives a worker's death, backed by a compacted Kafka changelog topic.
+"""Partitioned key/value state that survives a worker's death: a local RocksDB store per partition, backed by
+a compacted Kafka changelog topic that is the source of recovery.
 
 The scoring worker consumes with confluent-kafka in batches (Faust's per-event path is too slow), but
 it needs what Faust tables give: per-entity state and a join table that outlive a killed worker and
 follow partition reassignment. A `ChangelogTable` is that store, one per logical table:
 
-    table = ChangelogTable("entity-state", "driftloop-card_fraud-entity-state-changelog", partitions=4)
+    memory = StateMemory(128)                    # one budget for every table of the process
+    table = ChangelogTable("entity-state", "driftloop-card_fraud-entity-state-changelog", partitions=4,
+                           directory=data_dir / "state", memory=memory)
     table.ensure_changelog(bootstrap)            # once at start-up
     table.restore(bootstrap, [0, 2])             # on assignment of source partitions 0 and 2
     state = table.get(0, "u-42"); table.set(0, "u-42", new_state)
@@ -22,6 +25,19 @@ Partitions
     get/set/delete/items/expire on any other partition raise ValueError, so a worker cannot write
     into a partition it no longer owns.
 
+Where values live
+    A partition's values are in its `PartitionStore` (streams/state/store.py), a RocksDB database under
+    `<directory>/<topic>/<partition>/` that holds exactly the changelog's records up to an offset, and in
+    an overlay in memory: the values set or deleted since they last reached the store, and values read
+    from it since. `get` looks in the overlay, then in the store. A value reaches the store only once
+    its changelog record is acknowledged AND every record this table produced before it is too, with
+    nothing sealed left to drain (a quiet moment, which every checkpoint of
+    streams/state/checkpoint.py reaches); then the acknowledged records go into the store in offset
+    order, in one atomic batch with the offset after them, and leave the overlay unless changed since.
+    So the store never holds a value the changelog does not, and memory holds only what changed since
+    the last checkpoint (bounded by `StateMemory`: past its share a checkpoint is due) plus RocksDB's
+    capped caches, whatever the number of keys.
+
 Record format (changelog topic, one record per changed key and flush)
     partition  the state partition
     key        the key, UTF-8 bytes
@@ -37,31 +53,34 @@ Record format (changelog topic, one record per changed key and flush)
 
 Changelog topic
     Created with `cleanup.policy=compact` (Tansu accepts the config), so Kafka eventually keeps only
-    the latest record per key and drops tombstones: its size, like the store's memory, is bounded by
-    the live keys, not by the history. Until a broker compacts (or if it never does) a restore reads
-    more records and ends with the same state. An existing topic must have the source's
-    partition count and a compacting policy; otherwise `ensure_changelog` raises DriftloopError
-    (time- or size-based deletion would silently lose the state of quiet keys).
+    the latest record per key and drops tombstones. Tansu never compacts: its changelogs only grow,
+    which is why a restart reads only what its local store has not applied. An existing topic must
+    have the source's partition count and a compacting policy; otherwise `ensure_changelog` raises
+    DriftloopError (time- or size-based deletion would silently lose the state of quiet keys).
 
 Restore
-    Reads each given partition from offset 0 (auto.offset.reset=earliest if the log starts later) to
-    its end with an assign()-ed consumer (no group join, nothing committed). The end is where the
-    consumer reports end-of-partition (`enable.partition.eof`, i.e. the high watermark of the fetch
-    response; Tansu's ListOffsets can be wrong, so it is not asked); records a concurrent writer appends
-    later are not read. Records apply in offset order, last one per key wins, a tombstone deletes. The
-    loaded partitions replace whatever the store held for them, unflushed writes included. The cyclic
-    garbage collector is paused while records are decoded (it made restores 2.5x slower). Measured on
-    embedded Tansu, 2 cores, ~140-byte values: 80-250k records/s (50k keys in 0.2-0.6 s).
+    Opens (or creates) each given partition's store and applies the changelog from the store's offset
+    to the end: a restarted worker on the same data directory reads only the records written since its
+    last checkpoint reached the store; a worker on another host (an empty store) reads from offset 0.
+    The end is where the consumer reports end-of-partition (`enable.partition.eof`, i.e. the high
+    watermark of the fetch response; Tansu's ListOffsets can be wrong, so it is not asked); records a
+    concurrent writer appends later are not read. A store whose offset lies beyond the changelog's end
+    (the topic was deleted and made anew) is wiped and restored from the beginning; a topic made anew
+    that has since grown past the store's offset cannot be told apart, so delete
+    `<directory>/<topic>/` with the topic. Records apply in offset order, last one per key wins, a
+    tombstone deletes. The partitions' overlays are cleared: unflushed writes are gone.
+    Measured on embedded Tansu, 2 cores: see docs/benchmarks.md ("State").
     A new owner's restore sees every write of the previous owner if that owner flushed, had the records
     delivered and committed before giving the partition up (its revocation callback does that).
 
 Writes and flushing (at-least-once)
-    `set` and `delete` change memory and mark the key dirty; nothing reaches Kafka until `flush_to`.
+    `set` and `delete` change the overlay and mark the key dirty; nothing reaches Kafka until `flush_to`.
     `flush_to(producer)` produces one record per dirty key with its value at flush time (ten writes to
     a key between flushes are one record), then forgets the dirty marks. The caller then flushes the
-    producer, calls `check_delivered()` (which raises if a changelog record was not delivered), and
-    only then commits its source offsets. Changelog records carry their own delivery callback, which
-    replaces the producer's configured `on_delivery` for them: that one never sees their failures.
+    producer (its `poll` or `flush` runs the delivery reports, which move values into the store), calls
+    `check_delivered()` (which raises if a changelog record was not delivered), and only then commits
+    its source offsets. Changelog records carry their own delivery callback, which replaces the
+    producer's configured `on_delivery` for them: that one never sees their failures.
     A crash after the changelog records were delivered but before the commit leaves the changelog
     AHEAD of the committed source offsets: after a restart the restored state already contains the
     effect of the source records that will be replayed, and the caller must make those replays
@@ -83,12 +102,15 @@ Writes and flushing (at-least-once)
     milliseconds for a few thousand window states) over its loop's iterations.
     `flush_to` is `seal` and a `drain` without limit.
     Write-ahead: `append(producer, partition, key, value, on_delivery)` produces one record now,
-    outside the dirty/seal cycle and without keeping the value in memory (a restore loads it back);
-    the caller learns of its delivery through `on_delivery`.
+    outside the dirty/seal cycle and without keeping the value in memory (it reaches the store with
+    the other acknowledged records); the caller learns of its delivery through `on_delivery`.
+    `in_flight` counts the sealed records whose delivery has not been reported (not the appended ones).
 
-Memory
-    One dict entry per live key of the assigned partitions, plus one set entry per key written since
-    the last flush (sealed or not); deleted keys (once flushed) and dropped partitions take nothing.
+Counting and expiry
+    `counts(partition)` is the live keys by `kind_of(value)` ("" without one), kept in the store for
+    what it holds and corrected by the overlay: no scan. A table made with `expiry_time(value)` keeps
+    an index by that time in the store, so `expire(partition, older_than)` reads the entries due, not
+    every entry.
 """
 
 from __future__ import annotations
@@ -96,12 +118,16 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource, NewTopic
+from driftloop.streams.state.store import PartitionStore, StateMemory
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
@@ -123,6 +149,8 @@ _RESTORE_CONSUMER = {"enable.partition.eof": True, "enable.auto.commit": False, 
 # so that the last, partial batch and the end-of-partition events are not held back.
 _RESTORE_BATCH = 10_000
 _RESTORE_POLL_S = 0.01
+_DELETED = object()  # an overlay entry for a key deleted since the store last had it
+_ABSENT = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +167,37 @@ class ChangelogDeliveryError(RuntimeError):
 
 
 class ChangelogTable:
-    """Key (str) -> value state in `partitions` partitions, persisted to a compacted changelog topic."""
+    """Key (str) -> value state in `partitions` partitions, on local disk, persisted to a compacted changelog."""
 
-    def __init__(self, name: str, topic: str, partitions: int):
+    # A decoded window state takes about five times its MessagePack bytes in Python objects (measured on
+    # the demo spec: 5.4 kB for 1.1 kB); values made mostly of bytes or strings take far less.
+    PYTHON_BYTES_PER_ENCODED_BYTE = 5.0
+
+    def __init__(self, name: str, topic: str, partitions: int, *, directory: Path, memory: StateMemory,
+                 kind_of: Callable[[Any], str] | None = None, expiry_time: Callable[[Any], float] | None = None,
+                 python_bytes_per_encoded_byte: float = PYTHON_BYTES_PER_ENCODED_BYTE):
         if partitions < 1:
             raise ValueError(f"table {name!r}: partitions must be >= 1, got {partitions}")
         self.name = name
         self.topic = topic
         self.partitions = partitions
-        self._state: dict[int, dict[str, Any]] = {}  # only assigned partitions have an entry
+        self.directory = Path(directory) / topic
+        self.memory = memory
+        memory.tables.append(self)
+        self._kind_of = kind_of
+        self._expiry_time = expiry_time
+        self._stores: dict[int, PartitionStore] = {}  # only assigned partitions have an entry
+        self._overlay: dict[int, dict[str, Any]] = {}  # values changed since the store had them (_DELETED)
+        self._read: dict[int, dict[str, Any]] = {}  # values read from the store since the last quiet moment
         self._dirty: dict[int, set[str]] = {}
         self._draining: dict[int, set[str]] = {}  # sealed dirty keys not yet produced
         self._sealed: dict[int, dict[str, bytes | None]] = {}  # sealed values of draining keys changed since
+        self._acknowledged: dict[int, list[tuple[int, bytes, bytes | None]]] = {}  # (offset, key, value)
         self._failed_deliveries: list[KafkaError] = []
         self.in_flight = 0  # flushed records whose delivery has not been reported yet
+        self._unacknowledged = 0  # every produced record (appended ones too) not reported yet
+        self._encoded_bytes, self._encoded_values = 0, 0  # for the overlay's memory estimate
+        self._python_bytes_per_encoded_byte = python_bytes_per_encoded_byte
 
     # -- topic -------------------------------------------------------------------------------------
 
@@ -209,10 +254,11 @@ class ChangelogTable:
     @property
     def assigned(self) -> frozenset[int]:
         """The partitions this store holds (restored and not dropped)."""
-        return frozenset(self._state)
+        return frozenset(self._stores)
 
     def restore(self, bootstrap: str, partitions: Iterable[int], timeout: float = 60.0) -> Restored:
-        """Load `partitions` from the changelog's beginning to its end, replacing what the store held for them.
+        """Open the partitions' local stores and apply the changelog from each store's offset to the end;
+        their overlays (unflushed writes included) are cleared.
 
         Raises DriftloopError if the changelog cannot be read to its end within `timeout` seconds.
         """
@@ -220,28 +266,36 @@ class ChangelogTable:
         for partition in wanted:
             self._check_range(partition)
         started = time.perf_counter()
-        loaded: dict[int, dict[str, Any]] = {p: {} for p in wanted}
+        for partition in wanted:
+            if partition not in self._stores:
+                self._stores[partition] = PartitionStore(self.directory / str(partition), self.memory)
+            for per_partition in (self._overlay, self._read, self._sealed):
+                per_partition[partition] = {}
+            self._dirty[partition], self._draining[partition] = set(), set()
+            self._acknowledged[partition] = []
         records = 0
         if wanted:
-            # Every decoded value is new GC-tracked containers, so the cyclic collector would rescan the
-            # growing state again and again (restore ran 2.5x slower); nothing here creates cycles.
+            # Decoded values are new GC-tracked containers, so the cyclic collector would rescan them
+            # again and again; nothing here creates cycles.
             collecting = gc.isenabled()
             gc.disable()
             try:
-                records = self._read_to_end(bootstrap, loaded, timeout)
+                records = self._read_to_end(bootstrap, wanted, timeout)
             finally:
                 if collecting:
                     gc.enable()
-        self._state.update(loaded)
-        self._dirty.update((p, set()) for p in wanted)
-        self._draining.update((p, set()) for p in wanted)
-        self._sealed.update((p, {}) for p in wanted)
-        return Restored(records, sum(map(len, loaded.values())), time.perf_counter() - started)
+        keys = sum(sum(self._stores[p].counts.values()) for p in wanted)
+        return Restored(records, keys, time.perf_counter() - started)
 
-    def _read_to_end(self, bootstrap: str, loaded: dict[int, dict[str, Any]], timeout: float) -> int:
+    def _read_to_end(self, bootstrap: str, wanted: list[int], timeout: float) -> int:
         # assign() never joins the group, so the group id only satisfies librdkafka.
         consumer = kafka.consumer(bootstrap, f"driftloop-restore-{self.topic}", **_RESTORE_CONSUMER)
-        reading = dict(loaded)  # partition -> its state, until its end is reached
+        reading = set(wanted)  # until its end is reached
+        # A store that has applied records [0, offset) needs the rest; but a fetch from beyond a
+        # partition's end gets no answer on Tansu, so such a partition is read from 0 until the first
+        # fetch response tells its end (the consumer's cached high watermark), then sought to `offset`.
+        probing = {p for p in wanted if self._stores[p].offset > 0}
+        skip_below = {p: self._stores[p].offset for p in wanted}
         records = 0
         last_error = ""
         deadline = time.monotonic() + timeout
@@ -253,61 +307,87 @@ class ChangelogTable:
                                      f"(ensure_changelog creates it)")
             # Offset 0, not OFFSET_BEGINNING: on Tansu the latter costs an extra 0.5 s per restore, and if
             # a broker's log no longer starts at 0, auto.offset.reset=earliest (CONSUMER_DEFAULTS) applies.
-            consumer.assign([TopicPartition(self.topic, p, 0) for p in loaded])
+            consumer.assign([TopicPartition(self.topic, p, 0 if p in probing else skip_below[p]) for p in wanted])
             while reading:
                 if time.monotonic() > deadline:
                     raise DriftloopError(
                         f"restoring table {self.name!r}: changelog {self.topic!r} partitions {sorted(reading)} "
                         f"not read to their end within {timeout:.0f}s ({records} records read{last_error})")
+                batch: dict[int, list[tuple[int, bytes, bytes | None]]] = {}
                 for message in consumer.consume(_RESTORE_BATCH, timeout=_RESTORE_POLL_S):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            reading.pop(message.partition(), None)
-                        elif error.fatal():
+                    partition, error = message.partition(), message.error()
+                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                        if error.fatal():
                             raise DriftloopError(f"restoring table {self.name!r} from {self.topic!r}: {error.str()}")
-                        else:  # librdkafka retries these itself; the deadline bounds a restore that cannot progress
-                            _LOG.warning("restoring table %r from %r: %s", self.name, self.topic, error.str())
-                            last_error = f"; last consumer error: {error.str()}"
+                        # librdkafka retries these itself; the deadline bounds a restore that cannot progress
+                        _LOG.warning("restoring table %r from %r: %s", self.name, self.topic, error.str())
+                        last_error = f"; last consumer error: {error.str()}"
                         continue
-                    state = reading.get(message.partition())
-                    if state is None:  # written after its partition's end was reached: not part of this restore
+                    if partition not in reading:  # written after its end was reached: not part of this restore
                         continue
-                    # Inlined (no helper call per record): this loop is what bounds restore throughput.
-                    try:
-                        key = message.key().decode()
-                        raw_value = message.value()
-                        value = None if raw_value is None else _decode(raw_value)
-                    except (AttributeError, UnicodeDecodeError, msgspec.DecodeError) as exc:
-                        raise DriftloopError(
-                            f"restoring table {self.name!r}: changelog {self.topic!r} partition "
-                            f"{message.partition()} offset {message.offset()} is not a changelog record "
-                            f"of this table ({exc})") from None
-                    if value is None:
-                        state.pop(key, None)
-                    else:
-                        state[key] = value
-                    records += 1
+                    if partition in probing:
+                        probing.discard(partition)
+                        end = message.offset() if error is not None else consumer.get_watermark_offsets(
+                            TopicPartition(self.topic, partition), cached=True)[1]
+                        if end < skip_below[partition]:
+                            _LOG.warning("table %r: the local store of partition %d has applied %d records but the "
+                                         "changelog %r ends at %d: it followed another changelog, restoring from "
+                                         "the beginning", self.name, partition, skip_below[partition], self.topic, end)
+                            self._stores[partition].wipe()
+                            skip_below[partition] = 0
+                        elif error is None:
+                            consumer.seek(TopicPartition(self.topic, partition, skip_below[partition]))
+                            continue
+                    if error is not None:  # end of partition
+                        if message.offset() >= skip_below[partition]:
+                            reading.discard(partition)
+                        continue
+                    if message.offset() < skip_below[partition]:  # applied, or fetched again after the seek
+                        continue
+                    skip_below[partition] = message.offset() + 1
+                    batch.setdefault(partition, []).append((message.offset(), message.key(), message.value()))
+                for partition, applied in batch.items():
+                    self._apply(partition, applied)
+                    records += len(applied)
         finally:
             consumer.close()
         return records
 
     def drop(self, partitions: Iterable[int]) -> None:
-        """Forget those partitions' state and unflushed writes (on revocation; flush first to keep them)."""
+        """Forget those partitions' unflushed writes and close their stores (on revocation; flush first to
+        keep the writes)."""
         for partition in partitions:
-            self._state.pop(partition, None)
-            self._dirty.pop(partition, None)
-            self._draining.pop(partition, None)
-            self._sealed.pop(partition, None)
+            store = self._stores.pop(partition, None)
+            if store is not None:
+                store.close()
+            for per_partition in (self._overlay, self._read, self._dirty, self._draining, self._sealed,
+                                  self._acknowledged):
+                per_partition.pop(partition, None)
+
+    def close(self) -> None:
+        """Close every store (a worker's shutdown, after its last checkpoint)."""
+        self.drop(list(self._stores))
+        if self in self.memory.tables:
+            self.memory.tables.remove(self)
 
     # -- reads and writes --------------------------------------------------------------------------
 
     def get(self, partition: int, key: str) -> Any:
         """The key's value, or None if absent."""
         try:
-            return self._state[partition].get(key)
+            value = self._overlay[partition].get(key, _ABSENT)
         except KeyError:
             raise self._not_assigned(partition) from None
+        if value is _ABSENT:
+            read = self._read[partition]
+            value = read.get(key, _ABSENT)
+            if value is _ABSENT:
+                raw = self._stores[partition].get(key.encode())
+                if raw is None:
+                    return None
+                value = read[key] = _decode(raw)
+            return value
+        return None if value is _DELETED else value
 
     def get_for_update(self, partition: int, key: str) -> Any:
         """The key's value (None if absent), to be mutated in place and `set` again: a sealed key's
@@ -320,25 +400,23 @@ class ChangelogTable:
     def set(self, partition: int, key: str, value: Any) -> None:
         if value is None:
             raise ValueError(f"table {self.name!r}: None is not a storable value; use delete({partition}, {key!r})")
-        try:
-            state = self._state[partition]
-            if key in self._draining[partition]:
-                self._keep_sealed(partition, key, state.get(key))
-            state[key] = value
-            self._dirty[partition].add(key)
-        except KeyError:
-            raise self._not_assigned(partition) from None
+        self._change(partition, key, value)
 
     def delete(self, partition: int, key: str) -> None:
         """Remove the key; the next flush writes a tombstone (also for a key that was never there)."""
+        self._change(partition, key, _DELETED)
+
+    def _change(self, partition: int, key: str, value: Any) -> None:
         try:
-            state = self._state[partition]
-            if key in self._draining[partition]:
-                self._keep_sealed(partition, key, state.get(key))
-            state.pop(key, None)
-            self._dirty[partition].add(key)
+            overlay = self._overlay[partition]
         except KeyError:
             raise self._not_assigned(partition) from None
+        if key in self._draining[partition]:  # sealed keys are in the overlay: they were written
+            current = overlay.get(key)
+            self._keep_sealed(partition, key, None if current is _DELETED else current)
+        self._read[partition].pop(key, None)
+        overlay[key] = value
+        self._dirty[partition].add(key)
 
     def _keep_sealed(self, partition: int, key: str, value: Any) -> None:
         sealed = self._sealed[partition]
@@ -346,25 +424,85 @@ class ChangelogTable:
             sealed[key] = None if value is None else _encode(value)
 
     def items(self, partition: int) -> list[tuple[str, Any]]:
-        """A snapshot of the partition's (key, value) pairs; safe to modify the table while iterating it."""
+        """A snapshot of the partition's (key, value) pairs; safe to modify the table while iterating it.
+        Reads the whole store: for small tables and tests, not for a sweep over millions of keys."""
         try:
-            return list(self._state[partition].items())
+            overlay = self._overlay[partition]
         except KeyError:
             raise self._not_assigned(partition) from None
+        found = {key.decode(): _decode(raw) for key, raw in self._stores[partition].items()}
+        for key, value in overlay.items():
+            if value is _DELETED:
+                found.pop(key, None)
+            else:
+                found[key] = value
+        return list(found.items())
+
+    def counts(self, partition: int) -> Counter:
+        """Live keys of the partition by `kind_of` (one kind, "", without it): the store's counts corrected
+        by the overlay's changes, without reading the keys that did not change."""
+        try:
+            overlay = self._overlay[partition]
+        except KeyError:
+            raise self._not_assigned(partition) from None
+        counts = Counter(self._stores[partition].counts)
+        keys = list(overlay)
+        for key, raw in zip(keys, self._stores[partition].get_many([key.encode() for key in keys])):
+            if raw is not None:
+                counts[self._stored_kind(raw)] -= 1
+            value = overlay[key]
+            if value is not _DELETED:
+                counts[self._kind(value)] += 1
+        return +counts  # drops kinds counted down to zero
 
     def __len__(self) -> int:
         """Live keys across the assigned partitions."""
-        return sum(map(len, self._state.values()))
+        return sum(sum(self.counts(p).values()) for p in self._stores)
 
-    def expire(self, partition: int, older_than: float, time_of: Callable[[Any], float]) -> list[tuple[str, Any]]:
-        """Delete (with tombstones) the partition's entries whose `time_of(value)` < older_than; return them.
+    def _kind(self, value: Any) -> str:
+        return "" if self._kind_of is None else self._kind_of(value)
 
-        Scans the whole partition: meant for periodic sweeps of a join table, not for every event.
+    def _stored_kind(self, raw: bytes) -> str:
+        return "" if self._kind_of is None else self._kind_of(_decode(raw))
+
+    def expire(self, partition: int, older_than: float) -> list[tuple[str, Any]]:
+        """Delete (with tombstones) the partition's entries whose `expiry_time(value)` < older_than; return them.
+
+        Reads the changed values in memory and the store's expiry index up to `older_than`, so a sweep
+        costs what is due, not what is stored.
         """
-        expired = [(key, value) for key, value in self.items(partition) if time_of(value) < older_than]
+        if self._expiry_time is None:
+            raise ValueError(f"table {self.name!r} was made without an expiry_time")
+        try:
+            overlay = self._overlay[partition]
+        except KeyError:
+            raise self._not_assigned(partition) from None
+        time_of, store = self._expiry_time, self._stores[partition]
+        expired = [(key, value) for key, value in overlay.items()
+                   if value is not _DELETED and time_of(value) < older_than]
+        stale = []
+        for index_key, expires, raw_key in list(store.due(older_than)):
+            key = raw_key.decode()
+            if key in overlay:  # changed since it was stored: judged by its value in memory above
+                continue
+            raw = store.get(raw_key)
+            value = None if raw is None else _decode(raw)
+            if value is None or int(time_of(value) * 1000) != int(expires * 1000):
+                stale.append(index_key)  # deleted or re-written since it was indexed
+            else:
+                expired.append((key, value))
         for key, _ in expired:
             self.delete(partition, key)
+        store.forget_expiry(stale)
         return expired
+
+    def overlay_estimate(self) -> int:
+        """Bytes the values held in memory take, estimated from the mean encoded value."""
+        held = sum(map(len, self._overlay.values())) + sum(map(len, self._read.values()))
+        if not held:
+            return 0
+        mean = self._encoded_bytes / self._encoded_values if self._encoded_values else 1024
+        return int(held * mean * self._python_bytes_per_encoded_byte)
 
     def _check_range(self, partition: int) -> None:
         if not 0 <= partition < self.partitions:
@@ -372,7 +510,7 @@ class ChangelogTable:
 
     def _not_assigned(self, partition: int) -> ValueError:
         return ValueError(f"table {self.name!r}: partition {partition} is not assigned to this store "
-                          f"(assigned: {sorted(self._state)}); restore it first")
+                          f"(assigned: {sorted(self._stores)}); restore it first")
 
     # -- flushing ----------------------------------------------------------------------------------
 
@@ -394,31 +532,42 @@ class ChangelogTable:
                 self._draining[partition] |= dirty
                 dirty.clear()
 
-    def drain(self, producer: Producer, limit: int) -> bool:
-        """Produce up to `limit` sealed keys' records; True once every sealed key is produced."""
+    def drain(self, producer: Producer, limit: int | None) -> bool:
+        """Produce up to `limit` (None: all) sealed keys' records; True once every sealed key is produced."""
         self._produce_draining(producer, limit)
         return not any(self._draining.values())
 
     def _produce_draining(self, producer: Producer, limit: int | None) -> int:
         produced = 0
         for partition, draining in self._draining.items():
-            state, sealed = self._state[partition], self._sealed[partition]
+            overlay, sealed = self._overlay[partition], self._sealed[partition]
             while draining and (limit is None or produced < limit):
                 key = draining.pop()
                 if key in sealed:
                     encoded = sealed.pop(key)
                 else:
-                    value = state.get(key)
-                    encoded = None if value is None else _encode(value)
+                    value = overlay.get(key, _DELETED)
+                    encoded = None if value is _DELETED else _encode(value)
+                if encoded is not None:
+                    self._encoded_bytes += len(encoded)
+                    self._encoded_values += 1
                 self._produce(producer, partition, key.encode(), encoded)
                 produced += 1
+        self._persist_if_quiet()  # a seal with nothing to drain
         return produced
 
-    def append(self, producer: Producer, partition: int, key: str, value: bytes,
+    def append(self, producer: Producer, partition: int, key: str, value: bytes | None,
                on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
-        """Produce one already-encoded record now (write-ahead), without keeping it in memory."""
+        """Produce one already-encoded record now (write-ahead; None: a tombstone), without keeping it in
+        memory: it reaches the store with the other acknowledged records."""
         self._check_range(partition)
-        self._produce(producer, partition, key.encode(), value, on_delivery)
+
+        def delivered(error: KafkaError | None, message: Any) -> None:
+            self._acknowledge(error, message)
+            on_delivery(error, message)
+            self._persist_if_quiet()
+
+        self._produce(producer, partition, key.encode(), value, delivered)
 
     def _produce(self, producer: Producer, partition: int, key: bytes, value: bytes | None,
                  on_delivery: Callable[[KafkaError | None, Any], None] | None = None) -> None:
@@ -428,14 +577,66 @@ class ChangelogTable:
                                  on_delivery=on_delivery or self._delivered)
                 if on_delivery is None:
                     self.in_flight += 1
+                self._unacknowledged += 1
                 return
             except BufferError:  # the producer's local queue is full: let it deliver, then retry
                 producer.poll(0.05)
 
-    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
+    def _delivered(self, error: KafkaError | None, message: Any) -> None:
         self.in_flight -= 1
         if error is not None:
             self._failed_deliveries.append(error)
+        self._acknowledge(error, message)
+        self._persist_if_quiet()
+
+    def _acknowledge(self, error: KafkaError | None, message: Any) -> None:
+        self._unacknowledged -= 1
+        acknowledged = self._acknowledged.get(message.partition())
+        if error is None and acknowledged is not None:  # None: dropped since it was produced
+            acknowledged.append((message.offset(), message.key(), message.value()))
+
+    def _persist_if_quiet(self) -> None:
+        """Every produced record acknowledged and nothing sealed left to drain: the acknowledged records
+        are the changelog's next ones, so they go into the stores, and their keys leave memory."""
+        if self._unacknowledged or any(self._draining.values()):
+            return
+        for partition, acknowledged in self._acknowledged.items():
+            if acknowledged:
+                acknowledged.sort(key=_offset)  # without idempotence, reports may come out of order
+                self._apply(partition, acknowledged)
+                overlay, dirty = self._overlay[partition], self._dirty[partition]
+                for _offset_, key, _value in acknowledged:
+                    text = key.decode()
+                    if text not in dirty:
+                        overlay.pop(text, None)
+                acknowledged.clear()
+            self._read[partition].clear()
+
+    def _apply(self, partition: int, records: list[tuple[int, bytes, bytes | None]]) -> None:
+        """Write changelog records (offset order) into the partition's store, with their counts and expiry."""
+        store = self._stores[partition]
+        counts = Counter(store.counts)
+        known: dict[bytes, str | None] = {}  # kind of each key as the records so far leave it
+        unknown = list({key for _o, key, _v in records})
+        for key, raw in zip(unknown, store.get_many(unknown)):
+            known[key] = None if raw is None else self._stored_kind(raw)
+        decode = self._kind_of is not None or self._expiry_time is not None
+        writes = []
+        for _offset_, key, raw in records:
+            before = known[key]
+            if before is not None:
+                counts[before] -= 1
+            expires = None
+            if raw is None:
+                known[key] = None
+            else:
+                value = _decode(raw) if decode else None
+                kind = known[key] = self._kind(value) if self._kind_of else ""
+                counts[kind] += 1
+                if self._expiry_time is not None:
+                    expires = self._expiry_time(value)
+            writes.append((key, raw, expires))
+        store.write(writes, max(store.offset, records[-1][0] + 1), dict(+counts))
 
     def check_delivered(self) -> None:
         """Raise ChangelogDeliveryError if a changelog record reported failure since the last check.
@@ -446,3 +647,7 @@ class ChangelogTable:
             failed, self._failed_deliveries = self._failed_deliveries, []
             raise ChangelogDeliveryError(f"table {self.name!r}: {len(failed)} changelog records to {self.topic!r} "
                                          f"were not delivered; first: {failed[0].str()}")
+
+
+def _offset(record: tuple[int, bytes, bytes | None]) -> int:
+    return record[0]

@@ -8,7 +8,8 @@ trip to the broker; the others advance between batches, so scoring goes on while
    streams/worker/loop.py), then every record produced so far is acknowledged (`producer.flush`).
 2. Seal: note the next offset of every consumed record and the Feast writer's position, and seal the
    state tables' changed keys (streams/state/changelog.py): the values they hold now are the ones written.
-3. Drain: write the sealed keys to their changelogs, `slice` keys per loop iteration.
+3. Drain: write the sealed keys to their changelogs, `slice` keys per loop iteration (all at once while
+   the tables' changed values exceed their memory budget).
 4. Deliver: wait until those changelog records are acknowledged (each reports its delivery; a flush
    `max_delivery_wait` after the drain ended if reports do not come).
 5. Commit the noted offsets once the Feast rows submitted before the seal are written (asynchronously:
@@ -16,7 +17,9 @@ trip to the broker; the others advance between batches, so scoring goes on while
    chunks below it.
 
 Why a restart is exact. A successor restores the tables and the journal and consumes from the last
-committed offsets C. Take an event record r at offset y >= C, and the restored state of its entity,
+committed offsets C. (A restored partition is its local store, which holds the changelog's records up to
+an offset and nothing else, plus the changelog's records after that offset: the same state as a replay
+of the whole changelog; streams/state/changelog.py.) Take an event record r at offset y >= C, and the restored state of its entity,
 written at some seal S (or nothing):
 - If the state holds r (its offset `o` >= y), r was processed before S, so by step 1 every output of
   r was acknowledged before S and its journal entry too: r is skipped (streams/worker/scoring.py).
@@ -74,7 +77,9 @@ class Checkpoints:
 
     @property
     def draining(self) -> bool:
-        return self._draining is not None
+        """A checkpoint's changed keys are still being written or acknowledged: the next seal waits, so the
+        tables see every record acknowledged between two seals (their moment to move values to disk)."""
+        return self._draining is not None or any(not c.delivered for c in self._uncommitted)
 
     def seal(self, offsets: dict[tuple[str, int], int]) -> bool:
         """Step 2 for the offsets consumed so far; False (nothing done) while the last one still drains."""
@@ -90,7 +95,10 @@ class Checkpoints:
         """Steps 3-5, as far as they can go without waiting."""
         started = time.perf_counter()
         draining = self._draining
-        if draining is not None and all(table.drain(self.producer, self.slice_keys) for table in self.tables):
+        # Over the memory budget, a slice per iteration would fall behind the keys each batch changes:
+        # the whole checkpoint goes out at once, so its values can leave memory (changelog.py) sooner.
+        limit = None if self.tables[0].memory.over_budget() else self.slice_keys
+        if draining is not None and all(table.drain(self.producer, limit) for table in self.tables):
             draining.drained_at, self._draining = now, None
         drained = [c for c in self._uncommitted if c.drained_at is not None and not c.delivered]
         if drained:

@@ -26,13 +26,14 @@ Record format (compacted topic `driftloop-<spec>-journal-changelog`, partition =
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaError, Producer
-
 from driftloop.streams.state.changelog import ChangelogTable, Restored
+from driftloop.streams.state.store import StateMemory
 
 PREDICTED, DEAD_LETTERED = 0, 1
 # A chunk stays well below the producer's 1 MB message limit: a pending record is a few hundred bytes.
@@ -41,8 +42,8 @@ _encode = msgspec.msgpack.Encoder().encode
 
 
 class OutputJournal:
-    def __init__(self, topic: str, partitions: int):
-        self.table = ChangelogTable("journal", topic, partitions)
+    def __init__(self, topic: str, partitions: int, *, directory: Path, memory: StateMemory):
+        self.table = ChangelogTable("journal", topic, partitions, directory=directory, memory=memory)
         self._chunks: dict[int, list[tuple[int, str]]] = {}  # partition -> (last offset, key), oldest first
         self._entries: dict[int, dict[int, list[Any]]] = {}  # partition -> offset -> entry, from a restore
 

@@ -14,25 +14,28 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from driftloop.features.feast.repo import feature_view_name, feature_view_version
+from driftloop.streams import contracts
+from driftloop.streams.state.changelog import ChangelogTable
+from driftloop.streams.state.journal import OutputJournal
+from driftloop.streams.state.store import StateMemory
+from driftloop.streams.topology import Topology
+from driftloop.streams.worker.join import OutcomeJoiner, join_table
+from driftloop.streams.worker.learner import LabeledLearner
+from driftloop.streams.worker.loop import Pipeline
+from driftloop.streams.worker.metrics import WorkerMetrics
+from driftloop.streams.worker.scoring import EventScorer
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.features.feast.repo import feature_view_name, feature_view_version
 from driftloop.settings import Settings
 from driftloop.signing import SigningKey, key_path, load_key
 from driftloop.spec import load_spec
 from driftloop.stack import resolve_endpoints
-from driftloop.streams import contracts
-from driftloop.streams.state.changelog import ChangelogTable
-from driftloop.streams.worker.join import OutcomeJoiner
-from driftloop.streams.state.journal import OutputJournal
-from driftloop.streams.worker.learner import LabeledLearner
-from driftloop.streams.worker.metrics import WorkerMetrics
-from driftloop.streams.worker.loop import Pipeline
-from driftloop.streams.worker.scoring import EventScorer
-from driftloop.streams.topology import Topology
 
 if TYPE_CHECKING:
     from driftloop.models.provenance import ModelRefused
@@ -72,11 +75,14 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     if _partition_count(bootstrap, topology.outcomes_by_id) != join_partitions:
         raise DriftloopError(f"{topology.pending} and {topology.outcomes_by_id} must have the same partition count")
     event_partitions = _partition_count(bootstrap, topology.events)
-    entity_states = ChangelogTable("entity-state", topology.entity_changelog, event_partitions)
-    join_table = ChangelogTable("join", topology.join_changelog, join_partitions)
-    journal = OutputJournal(topology.journal_changelog, event_partitions)
+    # Each partition's state on local disk, shared by every worker of this host (a partition has one owner)
+    state_dir, memory = settings.data_dir / "state", StateMemory(settings.state_cache_mb)
+    entity_states = ChangelogTable("entity-state", topology.entity_changelog, event_partitions,
+                                   directory=state_dir, memory=memory)
+    joins = join_table(topology.join_changelog, join_partitions, directory=state_dir, memory=memory)
+    journal = OutputJournal(topology.journal_changelog, event_partitions, directory=state_dir, memory=memory)
     entity_states.ensure_changelog(bootstrap)
-    join_table.ensure_changelog(bootstrap)
+    joins.ensure_changelog(bootstrap)
     journal.ensure_changelog(bootstrap)
 
     apply_feast(settings, spec)  # idempotent; a worker started without `driftloop up` (compose) needs it
@@ -85,6 +91,8 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
                               what="finding the champion", stop=stop)
     _LOG.info("champion of %s is v%d", spec.model.name, champion.version)
     with ExitStack() as cleanup:
+        for table in (entity_states, joins, journal.table):  # after the last checkpoint, which runs inside
+            cleanup.callback(table.close)
         metrics = WorkerMetrics()
         metrics.info(worker_id=worker_id, spec=spec.name)
         router = ModelRouter(spec, tracking_uri, key=key,
@@ -102,8 +110,8 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
         cleanup.callback(learner.close)
         scorer = EventScorer(spec, entity_states, router, feature_view=feature_view_name(spec),
                              feature_view_version=feature_view_version(spec), journal=journal)
-        pipeline = Pipeline(spec, topology, bootstrap, scorer=scorer, joiner=OutcomeJoiner(spec, join_table),
-                            entity_states=entity_states, join_table=join_table, journal=journal, feast_sink=feast,
+        pipeline = Pipeline(spec, topology, bootstrap, scorer=scorer, joiner=OutcomeJoiner(spec, joins),
+                            entity_states=entity_states, join_table=joins, journal=journal, feast_sink=feast,
                             metrics=metrics, learner=learner, join_partitions=join_partitions, worker_id=worker_id)
         # Start-up leaves about half a million long-lived objects (MLflow, Feast, pandas): frozen, the
         # cyclic collector never rescans them, which paused the loop (docs/benchmarks.md).

@@ -13,8 +13,10 @@ more than the join itself. (Changelogs that earlier versions wrote hold it decod
 
 When the other side arrives, the joined record goes to the `labeled` topic and the entry is deleted.
 A second prediction for a waiting id (re-emitted after a worker restart) leaves the first in place.
-Entries older than the spec's `outcomes.join_ttl` (wall clock) expire and are counted, so memory stays
-bounded by the live waiting set. A second outcome for a waiting prediction's id is counted as a
+Entries older than the spec's `outcomes.join_ttl` (wall clock) expire and are counted. The table lives
+on local disk (`join_table`), so millions of predictions may wait weeks for their labels while memory
+holds only the entries changed since the last checkpoint; its expiry index makes a sweep cost what
+expires, and its counts by side make the waiting gauge cost what changed. A second outcome for a waiting prediction's id is counted as a
 duplicate; one for an id already joined waits like any other unmatched outcome and expires.
 """
 
@@ -26,12 +28,15 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import msgspec
+from driftloop.streams.contracts import CONTRACT_VERSION, iso_time
+from driftloop.streams.state.changelog import ChangelogTable
+from driftloop.streams.state.store import StateMemory
+from driftloop.streams.worker.validation import Rejection
 
 from driftloop.spec import PipelineSpec
-from driftloop.streams.contracts import CONTRACT_VERSION, iso_time
-from driftloop.streams.worker.validation import Rejection
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -93,6 +98,21 @@ def parse_outcome(raw: bytes | None, spec: PipelineSpec, now: float) -> Outcome 
     return Outcome(event_id, int(label), outcome_time)
 
 
+def join_table(topic: str, partitions: int, *, directory: Path, memory: StateMemory) -> ChangelogTable:
+    """The join's changelog table: entries counted by side, indexed by arrival for expiry."""
+    # an entry is mostly its prediction's JSON bytes: its Python objects take little more than its encoding
+    return ChangelogTable("join", topic, partitions, directory=directory, memory=memory, kind_of=_side,
+                          expiry_time=_arrived, python_bytes_per_encoded_byte=1.5)
+
+
+def _side(entry: dict) -> str:
+    return "prediction" if "p" in entry else "outcome"
+
+
+def _arrived(entry: dict) -> float:
+    return entry["at"]
+
+
 @dataclass
 class JoinResult:
     labeled: list[tuple[bytes, bytes]] = field(default_factory=list)  # (entity key, labeled JSON)
@@ -130,7 +150,7 @@ class OutcomeJoiner:
     def expire(self, partitions: list[int], result: JoinResult) -> None:
         bound = self.clock() - self.ttl
         for p in partitions:
-            for _key, entry in self.table.expire(p, bound, lambda entry: entry["at"]):
+            for _key, entry in self.table.expire(p, bound):
                 # an outcome that never met its prediction, or a prediction whose outcome never came
                 result.counts["expired_unmatched" if "o" in entry else "prediction_expired"] += 1
 
@@ -138,8 +158,7 @@ class OutcomeJoiner:
         """How many predictions and outcomes wait for their other side (for the join_pending gauge)."""
         sides = Counter()
         for p in self.table.assigned:
-            for _key, entry in self.table.items(p):
-                sides["prediction" if "p" in entry else "outcome"] += 1
+            sides.update(self.table.counts(p))
         return sides
 
     def _joined(self, partition: int, pending: dict, outcome: dict, result: JoinResult) -> None:

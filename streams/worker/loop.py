@@ -142,7 +142,8 @@ class Pipeline:
                 if self.learner is not None:
                     self.learner.poll()
                 now = time.monotonic()
-                if now >= next_checkpoint and not self.checkpoints.draining:
+                due = now >= next_checkpoint or self.entity_states.memory.over_budget()  # changed values in memory
+                if due and not self.checkpoints.draining:
                     self._quiesce(30.0)
                     self.checkpoints.seal(self._take_offsets())
                     self._observe_gauges()

@@ -1,10 +1,18 @@
-"""ChangelogTable against a real broker: what a restarted or newly assigned worker finds in its state."""
+"""ChangelogTable against a real broker: what a restarted or newly assigned worker finds in its state.
+
+Each table is made on a data directory of its own (a worker on another host, which restores from the
+changelog alone) unless a test names the directory (a worker restarted where it ran before).
+"""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 
 import msgspec
+import psutil
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.admin import ConfigResource
@@ -12,8 +20,10 @@ from confluent_kafka.admin import ConfigResource
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.streams.state.changelog import ChangelogDeliveryError, ChangelogTable
+from driftloop.streams.state.store import StateMemory
 
 PARTITIONS = 4
+MEMORY = StateMemory(32)
 
 
 @pytest.fixture
@@ -26,12 +36,32 @@ def producer(kafka_bootstrap: str):
     return kafka.producer(kafka_bootstrap)
 
 
-def _new_worker_table(bootstrap: str, topic: str, partitions=range(PARTITIONS)) -> ChangelogTable:
+@pytest.fixture
+def tables(tmp_path):
+    """table(topic, directory=None, **options): a ChangelogTable, on a directory of its own unless given."""
+    made: list[ChangelogTable] = []
+
+    def table(topic: str, directory=None, name: str = "test-state", **options) -> ChangelogTable:
+        made.append(ChangelogTable(name, topic, PARTITIONS, directory=directory or tmp_path / f"host-{len(made)}",
+                                   memory=MEMORY, **options))
+        return made[-1]
+
+    yield table
+    for each in made:
+        each.close()
+
+
+@pytest.fixture
+def new_worker_table(kafka_bootstrap, tables):
     """What a (re)started worker does: ensure the changelog, then restore its assigned partitions."""
-    table = ChangelogTable("test-state", topic, PARTITIONS)
-    table.ensure_changelog(bootstrap)
-    table.restore(bootstrap, partitions)
-    return table
+
+    def start(topic: str, partitions=range(PARTITIONS), directory=None, **options) -> ChangelogTable:
+        table = tables(topic, directory, **options)
+        table.ensure_changelog(kafka_bootstrap)
+        table.restore(kafka_bootstrap, partitions)
+        return table
+
+    return start
 
 
 def _flush(table: ChangelogTable, producer) -> int:
@@ -59,8 +89,9 @@ def _raw_records(bootstrap: str, topic: str, partition: int) -> list[tuple[bytes
     raise AssertionError(f"{topic}[{partition}] not read to its end")
 
 
-def test_a_restarted_worker_gets_back_every_flushed_write_and_loses_unflushed_ones(kafka_bootstrap, topic, producer):
-    table = _new_worker_table(kafka_bootstrap, topic)
+def test_a_restarted_worker_gets_back_every_flushed_write_and_loses_unflushed_ones(
+        kafka_bootstrap, topic, producer, new_worker_table, tables):
+    table = new_worker_table(topic)
     assert len(table) == 0
     state = {"latest": 1700000000.5, "sliding": [[1700000000.5, 1, 31.5]], "tag": "café", "seen": True, "n": 3}
     table.set(0, "u-1", state)
@@ -69,7 +100,7 @@ def test_a_restarted_worker_gets_back_every_flushed_write_and_loses_unflushed_on
     assert _flush(table, producer) == 3
     table.set(0, "u-unflushed", {"n": 1})  # the worker dies before its next flush
 
-    restarted = ChangelogTable("test-state", topic, PARTITIONS)
+    restarted = tables(topic)
     restored = restarted.restore(kafka_bootstrap, range(PARTITIONS))
     assert (restored.records, restored.keys) == (3, 3)
     assert restarted.get(0, "u-1") == state
@@ -79,8 +110,9 @@ def test_a_restarted_worker_gets_back_every_flushed_write_and_loses_unflushed_on
     assert len(restarted) == 3 and restarted.assigned == frozenset(range(PARTITIONS))
 
 
-def test_changelog_records_are_utf8_keys_and_msgpack_values_in_the_state_partition(kafka_bootstrap, topic, producer):
-    table = _new_worker_table(kafka_bootstrap, topic)
+def test_changelog_records_are_utf8_keys_and_msgpack_values_in_the_state_partition(
+        kafka_bootstrap, topic, producer, new_worker_table):
+    table = new_worker_table(topic)
     table.set(2, "ü-1", {"amount": 31.5, "ids": ["e-1"], "raw": b"{}"})
     table.set(2, "u-2", {"n": 1})
     table.delete(2, "u-2")  # set then deleted before the flush: only the tombstone goes out
@@ -92,19 +124,20 @@ def test_changelog_records_are_utf8_keys_and_msgpack_values_in_the_state_partiti
     assert [_raw_records(kafka_bootstrap, topic, p) for p in (0, 1, 3)] == [[], [], []]
 
 
-def test_a_changelog_written_as_json_is_still_restored(kafka_bootstrap, topic, producer):
-    _new_worker_table(kafka_bootstrap, topic)  # creates the topic
+def test_a_changelog_written_as_json_is_still_restored(kafka_bootstrap, topic, producer, new_worker_table, tables):
+    new_worker_table(topic)  # creates the topic
     producer.produce(topic, value=b'{"w":{"latest":1.5},"o":7}', key=b"u-old", partition=1)
     producer.produce(topic, value=None, key=b"u-gone", partition=1)
     assert producer.flush(10) == 0
-    restarted = ChangelogTable("entity-state", topic, PARTITIONS)
+    restarted = tables(topic, name="entity-state")
     restarted.restore(kafka_bootstrap, [1])
     assert restarted.get(1, "u-old") == {"w": {"latest": 1.5}, "o": 7}
     assert restarted.get(1, "u-gone") is None
 
 
-def test_ten_writes_to_a_key_between_flushes_are_one_record_with_the_last_value(kafka_bootstrap, topic, producer):
-    table = _new_worker_table(kafka_bootstrap, topic)
+def test_ten_writes_to_a_key_between_flushes_are_one_record_with_the_last_value(
+        kafka_bootstrap, topic, producer, new_worker_table):
+    table = new_worker_table(topic)
     for count in range(1, 11):
         table.set(1, "u-1", {"count": count})
     assert _flush(table, producer) == 1
@@ -112,8 +145,8 @@ def test_ten_writes_to_a_key_between_flushes_are_one_record_with_the_last_value(
     assert _raw_records(kafka_bootstrap, topic, 1) == [(b"u-1", msgspec.msgpack.encode({"count": 10}))]
 
 
-def test_a_deleted_key_stays_deleted_after_a_restart(kafka_bootstrap, topic, producer):
-    table = _new_worker_table(kafka_bootstrap, topic)
+def test_a_deleted_key_stays_deleted_after_a_restart(kafka_bootstrap, topic, producer, new_worker_table):
+    table = new_worker_table(topic)
     table.set(0, "gone", {"n": 1})
     table.set(0, "kept", {"n": 2})
     _flush(table, producer)
@@ -121,13 +154,14 @@ def test_a_deleted_key_stays_deleted_after_a_restart(kafka_bootstrap, topic, pro
     assert table.get(0, "gone") is None
     _flush(table, producer)
 
-    restarted = _new_worker_table(kafka_bootstrap, topic)
+    restarted = new_worker_table(topic)
     assert restarted.items(0) == [("kept", {"n": 2})]
     assert len(restarted) == 1
 
 
-def test_partitions_are_isolated_and_drop_forgets_state_and_unflushed_writes(kafka_bootstrap, topic, producer):
-    table = _new_worker_table(kafka_bootstrap, topic)
+def test_partitions_are_isolated_and_drop_forgets_state_and_unflushed_writes(
+        kafka_bootstrap, topic, producer, new_worker_table):
+    table = new_worker_table(topic)
     table.set(0, "same-key", {"p": 0})
     table.set(1, "same-key", {"p": 1})
     _flush(table, producer)
@@ -146,14 +180,14 @@ def test_partitions_are_isolated_and_drop_forgets_state_and_unflushed_writes(kaf
     assert [key for key, _ in _raw_records(kafka_bootstrap, topic, 0)] == [b"same-key"]
 
 
-def test_restore_loads_only_the_assigned_partitions(kafka_bootstrap, topic, producer):
-    writer = _new_worker_table(kafka_bootstrap, topic)
+def test_restore_loads_only_the_assigned_partitions(kafka_bootstrap, topic, producer, new_worker_table, tables):
+    writer = new_worker_table(topic)
     for p in range(PARTITIONS):
         for i in range(5):
             writer.set(p, f"u-{p}-{i}", {"p": p, "i": i})
     _flush(writer, producer)
 
-    other_worker = ChangelogTable("test-state", topic, PARTITIONS)
+    other_worker = tables(topic)
     restored = other_worker.restore(kafka_bootstrap, [1, 3])
     assert (restored.records, restored.keys) == (10, 10)
     assert other_worker.assigned == frozenset({1, 3})
@@ -163,8 +197,8 @@ def test_restore_loads_only_the_assigned_partitions(kafka_bootstrap, topic, prod
         other_worker.items(0)
 
 
-def test_restore_of_a_partition_replaces_what_the_store_held_for_it(kafka_bootstrap, topic, producer):
-    table = _new_worker_table(kafka_bootstrap, topic)
+def test_restore_of_a_partition_replaces_what_the_store_held_for_it(kafka_bootstrap, topic, producer, new_worker_table):
+    table = new_worker_table(topic)
     table.set(2, "flushed", {"n": 1})
     _flush(table, producer)
     table.set(2, "unflushed", {"n": 2})
@@ -173,22 +207,22 @@ def test_restore_of_a_partition_replaces_what_the_store_held_for_it(kafka_bootst
     assert _flush(table, producer) == 0
 
 
-def test_restore_of_an_empty_changelog_is_quick_and_empty(kafka_bootstrap, topic):
-    table = ChangelogTable("test-state", topic, PARTITIONS)
+def test_restore_of_an_empty_changelog_is_quick_and_empty(kafka_bootstrap, topic, tables):
+    table = tables(topic)
     assert table.ensure_changelog(kafka_bootstrap) is True
     restored = table.restore(kafka_bootstrap, range(PARTITIONS))
     assert (restored.records, restored.keys, len(table)) == (0, 0, 0)
     assert restored.seconds < 2
 
 
-def test_restore_of_50k_keys_is_complete_and_fast(kafka_bootstrap, topic, producer):
-    writer = _new_worker_table(kafka_bootstrap, topic)
+def test_restore_of_50k_keys_is_complete_and_fast(kafka_bootstrap, topic, producer, new_worker_table, tables):
+    writer = new_worker_table(topic)
     state = {"v": 1, "latest": 1700000000.0, "sliding": [[1700000000.0, 1, 31.5, 1, 31.5, 31.5]] * 3}
     for i in range(50_000):
         writer.set(i % PARTITIONS, f"user-{i}", state)
     assert _flush(writer, producer) == 50_000
 
-    restarted = ChangelogTable("test-state", topic, PARTITIONS)
+    restarted = tables(topic)
     restored = restarted.restore(kafka_bootstrap, range(PARTITIONS))
     assert (restored.records, restored.keys, len(restarted)) == (50_000, 50_000, 50_000)
     assert restarted.get(49_999 % PARTITIONS, "user-49999") == state
@@ -196,24 +230,29 @@ def test_restore_of_50k_keys_is_complete_and_fast(kafka_bootstrap, topic, produc
     assert restored.seconds < 5, f"restore took {restored.seconds:.2f}s"
 
 
-def test_expire_removes_old_join_entries_with_tombstones_and_returns_them(kafka_bootstrap, topic, producer):
-    pending = _new_worker_table(kafka_bootstrap, topic)
+def test_expire_removes_old_join_entries_with_tombstones_and_returns_them(
+        kafka_bootstrap, topic, producer, new_worker_table):
+    pending = new_worker_table(topic, expiry_time=_predicted_at)
     for event_id, predicted_at in [("e-1", 100.0), ("e-2", 250.0), ("e-3", 400.0)]:
         pending.set(1, event_id, {"score": 0.9, "predicted_at": predicted_at})
     _flush(pending, producer)
 
-    expired = pending.expire(1, older_than=300.0, time_of=lambda value: value["predicted_at"])
+    expired = pending.expire(1, older_than=300.0)
     assert sorted(expired) == [("e-1", {"score": 0.9, "predicted_at": 100.0}),
                                ("e-2", {"score": 0.9, "predicted_at": 250.0})]
     assert [key for key, _ in pending.items(1)] == ["e-3"]
     assert _flush(pending, producer) == 2
 
-    restarted = _new_worker_table(kafka_bootstrap, topic)
+    restarted = new_worker_table(topic)
     assert [key for key, _ in restarted.items(1)] == ["e-3"]
 
 
-def test_ensure_changelog_creates_a_compacted_topic_once(kafka_bootstrap, topic):
-    table = ChangelogTable("test-state", topic, PARTITIONS)
+def _predicted_at(value: dict) -> float:
+    return value["predicted_at"]
+
+
+def test_ensure_changelog_creates_a_compacted_topic_once(kafka_bootstrap, topic, tables):
+    table = tables(topic)
     assert table.ensure_changelog(kafka_bootstrap) is True
     assert table.ensure_changelog(kafka_bootstrap) is False
     client = kafka.admin(kafka_bootstrap)
@@ -222,28 +261,28 @@ def test_ensure_changelog_creates_a_compacted_topic_once(kafka_bootstrap, topic)
     assert client.describe_configs([resource])[resource].result(10)["cleanup.policy"].value == "compact"
 
 
-def test_a_changelog_with_another_partition_count_is_refused(kafka_bootstrap, topic):
+def test_a_changelog_with_another_partition_count_is_refused(kafka_bootstrap, topic, tables):
     kafka.ensure_topics(kafka_bootstrap, [topic], partitions=2)
     with pytest.raises(DriftloopError, match=f"changelog topic '{topic}' of table 'test-state' has 2 partitions "
                                              f"but the source has {PARTITIONS}"):
-        ChangelogTable("test-state", topic, PARTITIONS).ensure_changelog(kafka_bootstrap)
+        tables(topic).ensure_changelog(kafka_bootstrap)
 
 
-def test_a_changelog_that_deletes_old_records_is_refused(kafka_bootstrap, topic):
+def test_a_changelog_that_deletes_old_records_is_refused(kafka_bootstrap, topic, tables):
     kafka.ensure_topics(kafka_bootstrap, [topic], partitions=PARTITIONS)  # default policy: delete
     with pytest.raises(DriftloopError, match="cleanup.policy=delete: deletion by age or size would lose"):
-        ChangelogTable("test-state", topic, PARTITIONS).ensure_changelog(kafka_bootstrap)
+        tables(topic).ensure_changelog(kafka_bootstrap)
 
 
-def test_restore_from_a_missing_changelog_fails_at_once(kafka_bootstrap, topic):
+def test_restore_from_a_missing_changelog_fails_at_once(kafka_bootstrap, topic, tables):
     started = time.monotonic()
     with pytest.raises(DriftloopError, match=f"changelog topic '{topic}' does not exist"):
-        ChangelogTable("test-state", topic, PARTITIONS).restore(kafka_bootstrap, [0])
+        tables(topic).restore(kafka_bootstrap, [0])
     assert time.monotonic() - started < 5
 
 
-def test_undelivered_changelog_records_are_reported_before_a_commit(kafka_bootstrap, topic):
-    table = _new_worker_table(kafka_bootstrap, topic, [0])
+def test_undelivered_changelog_records_are_reported_before_a_commit(kafka_bootstrap, topic, new_worker_table):
+    table = new_worker_table(topic, [0])
     table.set(0, "u-1", {"n": 1})
     unreachable = kafka.producer("127.0.0.1:1", **{"message.timeout.ms": 300, "log_level": 0})
     assert table.flush_to(unreachable) == 1
@@ -253,9 +292,143 @@ def test_undelivered_changelog_records_are_reported_before_a_commit(kafka_bootst
     table.check_delivered()  # reported once
 
 
-def test_values_and_partitions_are_checked(kafka_bootstrap, topic):
-    table = _new_worker_table(kafka_bootstrap, topic, [0])
+def test_values_and_partitions_are_checked(kafka_bootstrap, topic, new_worker_table):
+    table = new_worker_table(topic, [0])
     with pytest.raises(ValueError, match="None is not a storable value"):
         table.set(0, "u-1", None)
     with pytest.raises(ValueError, match="has partitions 0..3, not 4"):
         table.restore(kafka_bootstrap, [4])
+
+
+def test_a_worker_restarted_on_its_data_dir_reads_only_what_changed_since(
+        kafka_bootstrap, topic, producer, new_worker_table, tables, tmp_path):
+    here = tmp_path / "this-host"
+    first = new_worker_table(topic, directory=here)
+    for i in range(1000):
+        first.set(i % PARTITIONS, f"u-{i}", {"n": i})
+    _flush(first, producer)
+    first.close()  # the worker stops; another one takes its partitions and writes on
+    elsewhere = new_worker_table(topic)
+    elsewhere.set(1, "u-1", {"n": -1})
+    elsewhere.set(2, "u-new", {"n": 5})
+    elsewhere.delete(3, "u-3")
+    _flush(elsewhere, producer)
+    elsewhere.close()
+
+    back = tables(topic, here)
+    assert back.restore(kafka_bootstrap, range(PARTITIONS)).records == 3  # not 1,003
+    assert (back.get(1, "u-1"), back.get(2, "u-new"), back.get(3, "u-3"), back.get(0, "u-996")) == (
+        {"n": -1}, {"n": 5}, None, {"n": 996})
+    assert len(back) == 1000
+    restored = back.restore(kafka_bootstrap, range(PARTITIONS))  # again: its store has it all now
+    assert restored.records == 0 and restored.keys == 1000
+
+
+def test_a_killed_worker_reopens_its_store_and_the_changelog_fills_in_the_rest(
+        kafka_bootstrap, topic, new_worker_table, tables, tmp_path):
+    here = tmp_path / "this-host"
+    new_worker_table(topic, directory=here).close()  # the topic exists before the child writes
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, kafka_bootstrap, topic, str(here)], check=False,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    # records the store never applied: acknowledged by the broker after the child's last quiet moment
+    assert child.stdout.split() == ["stored", "2000"]
+
+    back = tables(topic, here)
+    assert back.restore(kafka_bootstrap, range(PARTITIONS)).records == 500  # not 2,500
+    assert len(back) == 2500
+    assert back.get(0, "after-0") == {"late": 0} and back.get(1, "u-1") == {"n": 1}
+
+
+# Writes 2,000 keys that reach its store, then 500 that reach only the changelog, then dies by SIGKILL
+# (its RocksDB lock and its unsynced state go with it, as with `kill -9`).
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from driftloop import kafka
+from driftloop.streams.state.changelog import ChangelogTable
+from driftloop.streams.state.store import StateMemory
+bootstrap, topic, directory = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+table = ChangelogTable("test-state", topic, 4, directory=directory, memory=StateMemory(16))
+table.restore(bootstrap, range(4))
+producer = kafka.producer(bootstrap)
+for i in range(2000):
+    table.set(i % 4, f"u-{i}", {"n": i})
+table.flush_to(producer); producer.flush(30); table.check_delivered()
+print("stored", len(table), flush=True)
+raw = kafka.producer(bootstrap)  # the same records the table would write, acknowledged without it
+import msgspec
+for i in range(500):
+    raw.produce(topic, msgspec.msgpack.encode({"late": i}), f"after-{i}".encode(), i % 4)
+raw.flush(30)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_that_followed_a_deleted_changelog_is_wiped_and_restored_from_the_new_one(
+        kafka_bootstrap, topic, producer, new_worker_table, tmp_path):
+    here = tmp_path / "this-host"
+    old = new_worker_table(topic, directory=here)
+    for i in range(50):
+        old.set(0, f"old-{i}", {"n": i})
+    _flush(old, producer)
+    old.close()
+    client = kafka.admin(kafka_bootstrap)
+    client.delete_topics([topic], operation_timeout=15)[topic].result(15)
+    deadline = time.monotonic() + 15
+    while topic in client.list_topics(timeout=10).topics and time.monotonic() < deadline:
+        time.sleep(0.2)
+    fresh = new_worker_table(topic)
+    fresh.set(0, "new-1", {"n": 1})
+    _flush(fresh, producer)
+    fresh.close()
+
+    back = new_worker_table(topic, directory=here)
+    assert back.items(0) == [("new-1", {"n": 1})]
+
+
+def test_memory_holds_only_what_changed_since_the_last_checkpoint(
+        kafka_bootstrap, topic, producer, new_worker_table):
+    table = new_worker_table(topic)
+    value = {"p": "x" * 600, "at": 1700000000.0}  # the size of a waiting prediction
+    rss_before = _rss_mb()
+    for batch in range(20):
+        for i in range(10_000):
+            table.set(i % PARTITIONS, f"e-{batch}-{i}", value)
+        assert table.overlay_estimate() > 0
+        _flush(table, producer)
+        assert table.overlay_estimate() == 0  # on disk now, not in memory
+    grown = _rss_mb() - rss_before
+    assert len(table) == 200_000 and table.get(3, "e-7-9999") == value
+    # 200,000 values of ~650 bytes are 130 MB; RocksDB's caches are capped at 3/4 of 32 MB
+    assert grown < 80, f"RSS grew {grown:.0f} MB"
+
+
+def test_expiry_reads_what_is_due_whether_stored_changed_or_rewritten(
+        kafka_bootstrap, topic, producer, new_worker_table, tmp_path):
+    table = new_worker_table(topic, directory=tmp_path / "here", expiry_time=_predicted_at, kind_of=_kind)
+    table.set(0, "stored-old", {"predicted_at": 100.0, "k": "a"})
+    table.set(0, "rewritten", {"predicted_at": 100.0, "k": "a"})
+    table.set(0, "stored-new", {"predicted_at": 900.0, "k": "b"})
+    _flush(table, producer)
+    table.set(0, "rewritten", {"predicted_at": 800.0, "k": "a"})  # indexed at 100, now at 800
+    table.set(0, "in-memory-old", {"predicted_at": 50.0, "k": "b"})
+    assert table.counts(0) == {"a": 2, "b": 2}
+    assert sorted(key for key, _ in table.expire(0, older_than=500.0)) == ["in-memory-old", "stored-old"]
+    _flush(table, producer)
+    assert sorted(key for key, _ in table.expire(0, older_than=500.0)) == []
+    assert sorted(key for key, _ in table.expire(0, older_than=850.0)) == ["rewritten"]
+    _flush(table, producer)
+    table.close()
+
+    back = new_worker_table(topic, directory=tmp_path / "here", expiry_time=_predicted_at, kind_of=_kind)
+    assert back.counts(0) == {"b": 1}  # kept in the store: not counted by reading every key
+    assert [key for key, _ in back.expire(0, older_than=1000.0)] == ["stored-new"]
+
+
+def _kind(value: dict) -> str:
+    return value["k"]
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 1024 / 1024

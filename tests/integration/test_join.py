@@ -9,8 +9,8 @@ import pytest
 
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
-from driftloop.streams.state.changelog import ChangelogTable
-from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
+from driftloop.streams.state.store import StateMemory
+from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, join_table, parse_outcome
 from driftloop.streams.worker.validation import Rejection
 from tests.support.clock import Clock
 
@@ -18,11 +18,12 @@ SPEC = load_spec(DEMO_SPEC)
 
 
 @pytest.fixture
-def joiner(kafka_bootstrap, unique):
-    table = ChangelogTable("join", f"join-{unique}", partitions=2)
+def joiner(kafka_bootstrap, unique, tmp_path):
+    table = join_table(f"join-{unique}", 2, directory=tmp_path, memory=StateMemory(16))
     table.ensure_changelog(kafka_bootstrap)
     table.restore(kafka_bootstrap, [0, 1])
-    return OutcomeJoiner(SPEC, table, clock=Clock(1_700_000_000.0))
+    yield OutcomeJoiner(SPEC, table, clock=Clock(1_700_000_000.0))
+    table.close()
 
 
 def pending(event_id: str, score: float = 0.9) -> bytes:

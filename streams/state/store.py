@@ -1,0 +1,179 @@
+"""One partition of a changelog table on local disk: the changelog's records up to an offset, in RocksDB.
+
+A `ChangelogTable` (streams/state/changelog.py) keeps each assigned partition in a `PartitionStore`, a
+RocksDB database (through rocksdict, the binding Quix Streams uses) under
+`<directory>/<partition>/`. The store holds exactly what the changelog partition's records
+[0, `offset`) say, applied in order, never more: it is written only with records the broker has
+acknowledged, at moments when every record produced before is acknowledged too, in one atomic write
+batch with the new `offset`. So a worker that restarts (even after `kill -9`: RocksDB's log makes each
+write batch all or nothing) reopens the store and reads the changelog from `offset` on, instead of
+from the beginning; on Tansu, which never compacts, the changelog only grows and a full replay grows
+with it.
+
+Column families
+    default   key (UTF-8) -> value as in the changelog record (MessagePack, or JSON from old versions)
+    meta      b"offset" -> the next changelog offset to apply (8 bytes, big-endian);
+              b"counts" -> MessagePack {kind: live keys} (the table's `kind_of`, "" for a single kind)
+    expiry    8-byte big-endian milliseconds + key -> b"" (tables with an expiry time), so a sweep reads
+              the entries due instead of every entry; entries whose key was deleted since are removed
+              by the sweep that finds them
+
+Memory
+    Every store of a process shares one `StateMemory`: RocksDB's block cache (data, index and filter
+    blocks) and its memtables are capped by it, so a table's memory does not grow with its keys; the
+    tables' in-memory overlay (values changed and not yet in the store) gets the rest of the budget.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import rocksdict
+
+from driftloop.errors import DriftloopError
+
+MB = 1024 * 1024
+_META, _EXPIRY = "meta", "expiry"
+_OFFSET_KEY, _COUNTS_KEY = b"offset", b"counts"
+_encode = msgspec.msgpack.Encoder().encode
+_decode_counts = msgspec.msgpack.Decoder(dict[str, int]).decode
+# RocksDB refuses a second opener of a directory (its LOCK file): another worker of this host may still
+# be closing a partition it just gave up, so an open waits this long before it fails.
+OPEN_PATIENCE_S = 30.0
+
+
+class StateMemory:
+    """The memory budget of a process's state stores: a quarter RocksDB's block cache, a quarter its
+    memtables, half the tables' overlays of changed values (a checkpoint is due when they exceed it).
+
+    The block cache can be small: what it misses, the operating system's page cache serves from the
+    store's files without counting against the process."""
+
+    def __init__(self, megabytes: int):
+        if megabytes < 8:
+            raise ValueError(f"the state memory budget must be at least 8 MB, got {megabytes}")
+        total = megabytes * MB
+        self.megabytes = megabytes
+        self.block_cache = rocksdict.Cache(total // 4)
+        self.write_buffers = rocksdict.WriteBufferManager(total // 4, False)
+        self.overlay_bytes = total // 2
+        self.tables: list = []  # the ChangelogTables sharing this budget
+
+    def overlay_estimate(self) -> int:
+        return sum(table.overlay_estimate() for table in self.tables)
+
+    def over_budget(self) -> bool:
+        """True when the tables' changed values take more than their share: time for a checkpoint."""
+        return self.overlay_estimate() > self.overlay_bytes
+
+    def rocksdb_usage(self) -> int:
+        return self.block_cache.get_usage() + self.write_buffers.get_usage()
+
+    def options(self) -> rocksdict.Options:
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.create_missing_column_families(True)
+        options.set_write_buffer_manager(self.write_buffers)
+        options.set_write_buffer_size(8 * MB)  # per database; the manager caps them all together
+        options.set_max_write_buffer_number(2)
+        options.set_compression_type(rocksdict.DBCompressionType.lz4())
+        options.set_max_open_files(64)  # table readers are memory too
+        options.set_keep_log_file_num(2)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(self.block_cache)
+        table.set_bloom_filter(10, True)  # most joins look up an id that is not there yet
+        table.set_cache_index_and_filter_blocks(True)  # so index and filters count against the cache too
+        options.set_block_based_table_factory(table)
+        return options
+
+
+class PartitionStore:
+    """One RocksDB database: the changelog partition's records [0, offset) applied, and their counts."""
+
+    def __init__(self, path: Path, memory: StateMemory):
+        self.path = path
+        self._memory = memory
+        self._attach()
+
+    def _attach(self) -> None:
+        self._db = self._open()
+        self._meta = self._db.get_column_family_handle(_META)
+        self._expiry = self._db.get_column_family_handle(_EXPIRY)
+        self._meta_view = self._db.get_column_family(_META)
+        self._expiry_view = self._db.get_column_family(_EXPIRY)
+        raw_offset, raw_counts = self._meta_view.get(_OFFSET_KEY), self._meta_view.get(_COUNTS_KEY)
+        self.offset = int.from_bytes(raw_offset, "big") if raw_offset else 0
+        self.counts: dict[str, int] = dict(_decode_counts(raw_counts)) if raw_counts else {}
+
+    def _open(self) -> rocksdict.Rdict:
+        self.path.mkdir(parents=True, exist_ok=True)
+        options = self._memory.options()
+        families = {_META: self._memory.options(), _EXPIRY: self._memory.options()}
+        deadline = time.monotonic() + OPEN_PATIENCE_S
+        while True:
+            try:
+                return rocksdict.Rdict(str(self.path), options, column_families=families)
+            except Exception as exc:  # noqa: BLE001 (rocksdict raises plain Exceptions; a held LOCK is an IO error)
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise DriftloopError(f"cannot open the state store {self.path}: {exc}") from None
+                time.sleep(0.2)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return self._db.get(keys) if keys else []
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return self._db.items()
+
+    def write(self, records: list[tuple[bytes, bytes | None, float | None]], offset: int,
+              counts: dict[str, int]) -> None:
+        """Apply (key, value or None for a deletion, expiry time or None) in order, with the new offset and
+        counts: one atomic batch."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value, expires in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+                if expires is not None:
+                    batch.put(expiry_key(expires, key), b"", self._expiry)
+        batch.put(_OFFSET_KEY, offset.to_bytes(8, "big"), self._meta)
+        batch.put(_COUNTS_KEY, _encode(counts), self._meta)
+        self._db.write(batch)
+        self.offset, self.counts = offset, counts
+
+    def due(self, before: float) -> Iterator[tuple[bytes, float, bytes]]:
+        """(index key, expiry time, key) of the expiry index's entries before `before`, oldest first."""
+        bound = expiry_key(before, b"")
+        for index_key in self._expiry_view.keys(from_key=None):
+            if index_key >= bound:
+                return
+            yield index_key, int.from_bytes(index_key[:8], "big") / 1000, index_key[8:]
+
+    def forget_expiry(self, index_keys: list[bytes]) -> None:
+        """Drop index entries whose key was deleted or re-written since (derived data: no offset moves)."""
+        if index_keys:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for index_key in index_keys:
+                batch.delete(index_key, self._expiry)
+            self._db.write(batch)
+
+    def wipe(self) -> None:
+        """Forget everything (a changelog shorter than `offset` is not the one this store followed)."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._attach()
+
+    def close(self) -> None:
+        self._meta_view = self._expiry_view = self._meta = self._expiry = None  # rocksdict closes once unreferenced
+        self._db.close()
+
+
+def expiry_key(expires: float, key: bytes) -> bytes:
+    return max(int(expires * 1000), 0).to_bytes(8, "big") + key
