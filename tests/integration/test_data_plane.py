@@ -119,8 +119,10 @@ def test_two_workers_split_the_partitions_and_join_across_them(tmp_path, kafka_b
     try:
         stream = FraudStream(seed=29, users=200, events_per_second=20)
         count = 3000
+        # Over 10 s: the second worker's join (a rebalance takes seconds on the embedded broker) comes
+        # while the stream still flows, so both score part of it.
         produce(stream, kafka_bootstrap, settings.topic_events, settings.topic_outcomes, count=count,
-                label_delay_events=100)
+                rate=300, label_delay_events=100)
         ids = {e["event_id"] for e, _ in stream.take(count)}
         out = consume_all(kafka_bootstrap, [topology.labeled, topology.pending],
                           lambda r: {json.loads(m.value())["event_id"] for m in r[topology.labeled]} >= ids,
