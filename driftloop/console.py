@@ -35,8 +35,12 @@ def format_record(message: Any, *, as_json: bool, key_separator: str | None) -> 
     """One line for one consumed record."""
     key, value = message.key(), message.value()
     if as_json:
-        record: dict[str, Any] = {"topic": message.topic(), "partition": message.partition(),
-                                  "offset": message.offset(), "timestamp_ms": message.timestamp()[1]}
+        record: dict[str, Any] = {
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "timestamp_ms": message.timestamp()[1],
+        }
         for name, data in (("key", key), ("value", value)):
             try:
                 record[name] = None if data is None else data.decode("utf-8")
@@ -49,13 +53,24 @@ def format_record(message: Any, *, as_json: bool, key_separator: str | None) -> 
     return ("" if key is None else key.decode("utf-8", "backslashreplace")) + key_separator + text
 
 
-def tail(bootstrap: str, topic: str, *, from_beginning: bool, limit: int | None, exit_at_end: bool,
-         show: Callable[[Any], None], announce: Callable[[str], None]) -> int:
+def tail(
+    bootstrap: str,
+    topic: str,
+    *,
+    from_beginning: bool,
+    limit: int | None,
+    exit_at_end: bool,
+    show: Callable[[Any], None],
+    announce: Callable[[str], None],
+) -> int:
     """Show the topic's records (see the module docstring); returns how many were shown."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    client = kafka.consumer(bootstrap, f"driftloop-tail-{uuid.uuid4().hex[:10]}",
-                            **{"enable.auto.commit": False, "enable.partition.eof": True})
+    client = kafka.consumer(
+        bootstrap,
+        f"driftloop-tail-{uuid.uuid4().hex[:10]}",
+        **{"enable.auto.commit": False, "enable.partition.eof": True},
+    )
     shown = 0
     try:
         metadata = client.list_topics(timeout=15).topics
@@ -97,8 +112,9 @@ class Produced:
     skipped: int = 0  # lines reported and not sent
 
 
-def produce(bootstrap: str, topic: str, lines: Iterable[bytes], *, key_separator: str | None,
-            report: Callable[[str], None]) -> Produced:
+def produce(
+    bootstrap: str, topic: str, lines: Iterable[bytes], *, key_separator: str | None, report: Callable[[str], None]
+) -> Produced:
     """Send each line as a record (see the module docstring)."""
     if topic not in kafka.admin(bootstrap).list_topics(timeout=15).topics:
         raise DriftloopError(f"no topic {topic!r} on the broker at {bootstrap}")
@@ -135,6 +151,7 @@ def produce(bootstrap: str, topic: str, lines: Iterable[bytes], *, key_separator
     unsent = producer.flush(DELIVERY_TIMEOUT)
     if failures or unsent:
         problem = failures[0] if failures else f"not acknowledged within {DELIVERY_TIMEOUT:g}s"
-        raise DriftloopError(f"{len(failures) + unsent} of {result.records} records were not delivered to "
-                             f"{topic!r}: {problem}")
+        raise DriftloopError(
+            f"{len(failures) + unsent} of {result.records} records were not delivered to {topic!r}: {problem}"
+        )
     return result

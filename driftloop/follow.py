@@ -30,8 +30,11 @@ class TopicFollower:
 
         self._decode = json_object
         self.topic = topic
-        self._consumer = kafka.consumer(bootstrap, f"driftloop-follow-{uuid.uuid4().hex[:10]}",
-                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": _FETCH_WAIT_MS})
+        self._consumer = kafka.consumer(
+            bootstrap,
+            f"driftloop-follow-{uuid.uuid4().hex[:10]}",
+            **{"enable.auto.commit": False, "fetch.wait.max.ms": _FETCH_WAIT_MS},
+        )
         try:
             # the stack creates it; a bare broker may not have it
             kafka.ensure_topics(bootstrap, [topic], partitions, timeout=timeout)
@@ -77,6 +80,6 @@ class LogFollower:
                 text = log.read()
         except OSError:  # not created yet
             return []
-        complete = text[:text.rfind(b"\n") + 1]
+        complete = text[: text.rfind(b"\n") + 1]
         self.offset += len(complete)
         return complete.decode(errors="replace").splitlines()

@@ -6,7 +6,8 @@ import logging
 import math
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -53,8 +54,10 @@ def wait_for_broker(bootstrap: str, timeout: float = 15.0) -> None:
     while time.monotonic() < deadline:
         if broker_answers(bootstrap, timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
             return
-    raise DriftloopError(f"no Kafka broker answered a metadata request at {bootstrap} within {timeout:.0f}s "
-                         f"(check KAFKA_BOOTSTRAP_SERVERS)")
+    raise DriftloopError(
+        f"no Kafka broker answered a metadata request at {bootstrap} within {timeout:.0f}s "
+        f"(check KAFKA_BOOTSTRAP_SERVERS)"
+    )
 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 15.0) -> list[str]:
@@ -64,8 +67,11 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout
     missing = [name for name in dict.fromkeys(names) if name not in existing]
     if not missing:
         return []
-    futures = client.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing],
-                                   operation_timeout=timeout, request_timeout=timeout)
+    futures = client.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
     for name, future in futures.items():
         try:
             future.result(timeout)
@@ -86,8 +92,15 @@ def _wait_until_visible(client: AdminClient, names: list[str], timeout: float) -
     raise DriftloopError(f"topics {names} were created but did not appear in metadata within {timeout:.0f}s")
 
 
-def read_topic(bootstrap: str, topic: str, *, since: float | None = None, until: float | None = None,
-               decode: Callable[[bytes], Any] | None = None, timeout: float = 10.0) -> list[Any]:
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    decode: Callable[[bytes], Any] | None = None,
+    timeout: float = 10.0,
+) -> list[Any]:
     """The values of `topic` (decoded, when `decode` is given), in Kafka-timestamp order.
 
     Read from the beginning to each partition's end, rather than seeking back from the high watermark,
@@ -102,15 +115,19 @@ def read_topic(bootstrap: str, topic: str, *, since: float | None = None, until:
     since_ms = -math.inf if since is None else since * 1000
     until_ms = math.inf if until is None else until * 1000
     # A busy Tansu answers fetches that wait less than its read takes with nothing, indefinitely.
-    client = consumer(bootstrap, f"driftloop-reader-{uuid.uuid4().hex[:10]}",
-                      **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 500})
+    client = consumer(
+        bootstrap,
+        f"driftloop-reader-{uuid.uuid4().hex[:10]}",
+        **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 500},
+    )
     try:
         metadata = client.list_topics(topic, timeout=min(timeout, 15)).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
             return []
         kept: list[tuple[int, Any]] = []
-        for message in consume_to_end(client, topic, metadata.partitions, timeout=timeout,
-                                      past_end=lambda m: m.timestamp()[1] > until_ms):
+        for message in consume_to_end(
+            client, topic, metadata.partitions, timeout=timeout, past_end=lambda m: m.timestamp()[1] > until_ms
+        ):
             stamp = message.timestamp()[1]
             if stamp >= since_ms:
                 value = message.value()
@@ -144,17 +161,26 @@ def assign_at_end(client: Consumer, topics: list[str], *, timeout: float) -> Non
     deadline = time.monotonic() + timeout
     while unsettled:
         if time.monotonic() > deadline:
-            raise DriftloopError(f"could not find where {' and '.join(topics)} end within {timeout:.0f}s "
-                                 f"(partitions still unsettled: {sorted(unsettled)})")
+            raise DriftloopError(
+                f"could not find where {' and '.join(topics)} end within {timeout:.0f}s "
+                f"(partitions still unsettled: {sorted(unsettled)})"
+            )
         for message in client.consume(10_000, timeout=0.2):
             error = message.error()
             if error is None or error.code() == KafkaError._PARTITION_EOF:
                 unsettled.discard((message.topic(), message.partition()))
 
 
-def consume_to_end(client: Consumer, topic: str, partitions: Iterable[int], *, timeout: float,
-                   batch: int = 10_000, poll: float = 0.2,
-                   past_end: Callable[[Any], bool] | None = None) -> Iterator[Any]:
+def consume_to_end(
+    client: Consumer,
+    topic: str,
+    partitions: Iterable[int],
+    *,
+    timeout: float,
+    batch: int = 10_000,
+    poll: float = 0.2,
+    past_end: Callable[[Any], bool] | None = None,
+) -> Iterator[Any]:
     """Assign `partitions` of `topic` to `client` (created with enable.partition.eof) from their beginning and
     yield their records until each has reported its end, or a record `past_end` says lies beyond what is
     wanted (that record is not yielded). Later records are not read: a topic that keeps growing still ends.
@@ -170,8 +196,10 @@ def consume_to_end(client: Consumer, topic: str, partitions: Iterable[int], *, t
     read = 0
     while open_partitions:
         if time.monotonic() > deadline:
-            raise DriftloopError(f"could not read topic {topic!r} to its end within {timeout:g}s ({read} records "
-                                 f"read, partitions still open: {sorted(open_partitions)})")
+            raise DriftloopError(
+                f"could not read topic {topic!r} to its end within {timeout:g}s ({read} records "
+                f"read, partitions still open: {sorted(open_partitions)})"
+            )
         for message in client.consume(batch, timeout=poll):
             partition = message.partition()
             if partition not in open_partitions:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
@@ -61,18 +62,35 @@ class Display(Protocol):
 class LiveView:
     """Call `tick()` often (it is cheap between looks); `close()` shows what is left and restores the terminal."""
 
-    def __init__(self, display: Display, *, bootstrap: str, tracking_uri: str, model_name: str, audit_topic: str,
-                 drift_topic: str, partitions: int, metrics_urls: Callable[[], list[str]],
-                 children: Callable[[], dict[str, Any] | None] = lambda: None, pulse_every: float | None = None,
-                 decisions_since: float | None = None, backlog: int = 0, story: LogFollower | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        display: Display,
+        *,
+        bootstrap: str,
+        tracking_uri: str,
+        model_name: str,
+        audit_topic: str,
+        drift_topic: str,
+        partitions: int,
+        metrics_urls: Callable[[], list[str]],
+        children: Callable[[], dict[str, Any] | None] = lambda: None,
+        pulse_every: float | None = None,
+        decisions_since: float | None = None,
+        backlog: int = 0,
+        story: LogFollower | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         """Shows the decisions made from `decisions_since` (epoch seconds; default: from now on), after the last
         `backlog` made before it."""
         self.display, self.model_name, self.tracking_uri = display, model_name, tracking_uri
         self.metrics_urls, self.children, self.clock = metrics_urls, children, clock
         self.pulse_every = pulse_every or display.pulse_every
-        self.bootstrap, self.audit_topic, self.drift_topic, self.partitions = (bootstrap, audit_topic, drift_topic,
-                                                                              partitions)
+        self.bootstrap, self.audit_topic, self.drift_topic, self.partitions = (
+            bootstrap,
+            audit_topic,
+            drift_topic,
+            partitions,
+        )
         self._followers: tuple[TopicFollower, TopicFollower] | None = None  # audit, drift; once the broker answers
         self._topic_problem: str | None = None
         self.story = story
@@ -87,9 +105,12 @@ class LiveView:
     def open(self) -> None:
         self.display.open()
         if self._backlog:  # read to the topic's end now: the follower cannot tell history from news by itself
-            history = [r for r in kafka.read_topic(self.bootstrap, self.audit_topic, decode=json_object)
-                       if _shown(r) and _at(r) < self._since]
-            for record in history[-self._backlog:]:
+            history = [
+                r
+                for r in kafka.read_topic(self.bootstrap, self.audit_topic, decode=json_object)
+                if _shown(r) and _at(r) < self._since
+            ]
+            for record in history[-self._backlog :]:
                 self.display.decision(record)
 
     def tick(self) -> None:
@@ -99,8 +120,9 @@ class LiveView:
             self._take_look()
             self._connect()
             # a first look has no interval to measure: the next comes soon, and shows what moved between them
-            self._next_look = self.clock() + (min(self.pulse_every, TERMINAL_PULSE_SECONDS) if first else
-                                              self.pulse_every)
+            self._next_look = self.clock() + (
+                min(self.pulse_every, TERMINAL_PULSE_SECONDS) if first else self.pulse_every
+            )
             if not first or self._snapshot is None:
                 self.display.show(self.look, self._new_drift)
                 self._new_drift = False
@@ -206,8 +228,14 @@ def events_text(look: Look) -> str:
 
 def serving_text(look: Look) -> str:
     pulse = look.pulse
-    shares = [] if pulse is None else [f"{variant} v{'/v'.join(map(str, serving.versions))} {serving.share:.0%}"
-                                       for variant, serving in pulse.serving.items()]
+    shares = (
+        []
+        if pulse is None
+        else [
+            f"{variant} v{'/v'.join(map(str, serving.versions))} {serving.share:.0%}"
+            for variant, serving in pulse.serving.items()
+        ]
+    )
     return ", ".join(shares) or "no predictions in the last interval"
 
 
@@ -229,8 +257,9 @@ def children_text(look: Look) -> str | None:
 
 
 def pulse_line(look: Look) -> str:
-    return (f"pulse: {events_text(look)}; serving {serving_text(look)}; registry {registry_text(look)}"
-            + (f"; workers {look.workers[0]}/{look.workers[1]} answered" if look.workers[0] < look.workers[1] else ""))
+    return f"pulse: {events_text(look)}; serving {serving_text(look)}; registry {registry_text(look)}" + (
+        f"; workers {look.workers[0]}/{look.workers[1]} answered" if look.workers[0] < look.workers[1] else ""
+    )
 
 
 # --- the two displays ---------------------------------------------------------------------------------------
@@ -282,10 +311,15 @@ class TerminalDisplay:
         self.console.print(f"[bold cyan]{_clock()}[/] {_escape(line)}", highlight=False)
 
     def decision(self, record: dict[str, Any]) -> None:
-        colour = {"promoted": "green", "rolled_back": "red", "model_refused": "red", "retrain_triggered": "yellow",
-                  "alias_moved": "magenta", "child_restarted": "red"}.get(str(record.get("action")), "white")
-        self.console.print(f"[bold cyan]{_clock()}[/] [{colour}]{_escape(decision_line(record))}[/]",
-                           highlight=False)
+        colour = {
+            "promoted": "green",
+            "rolled_back": "red",
+            "model_refused": "red",
+            "retrain_triggered": "yellow",
+            "alias_moved": "magenta",
+            "child_restarted": "red",
+        }.get(str(record.get("action")), "white")
+        self.console.print(f"[bold cyan]{_clock()}[/] [{colour}]{_escape(decision_line(record))}[/]", highlight=False)
 
     def show(self, look: Look, new_drift: bool) -> None:
         self._live.update(self._panel(look))
@@ -313,8 +347,13 @@ class TerminalDisplay:
             if look.worker_problem:
                 grid.add_row("workers", f"{look.workers[0]}/{look.workers[1]} answered: {look.worker_problem}")
         up = "" if look is None else f" · watching for {_duration(time.time() - look.started)}"
-        return Panel(grid, title=f"[bold]{_escape(self.title)}[/]{up}", title_align="left",
-                     subtitle="Ctrl-C stops", subtitle_align="right")
+        return Panel(
+            grid,
+            title=f"[bold]{_escape(self.title)}[/]{up}",
+            title_align="left",
+            subtitle="Ctrl-C stops",
+            subtitle_align="right",
+        )
 
 
 def _escape(text: str) -> str:

@@ -16,8 +16,9 @@ from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 
 
-def collect_loop(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_uri: str,
-                 decisions: int = 8) -> dict[str, Any]:
+def collect_loop(
+    settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_uri: str, decisions: int = 8
+) -> dict[str, Any]:
     try:
         current = registry_aliases(spec.model.name, tracking_uri)
         registry_error = None
@@ -51,11 +52,17 @@ def drift_summary(report: dict[str, Any] | None, count: int) -> dict[str, Any] |
     data = report.get("data") or {}
     concept = report.get("concept") or {}
     quality = report.get("quality") or {}
-    return {"reports": count, "at": report.get("at"), "champion_version": report.get("champion_version"),
-            "drifted_share": data.get("drifted_share"), "data_drifted": data.get("drifted"),
-            "drifted_features": sorted(name for name, f in (data.get("features") or {}).items() if f.get("drifted")),
-            "concept_detections": len(concept.get("detections") or ()),
-            "quality_flagged": quality.get("flagged"), "quality": {k: v for k, v in quality.items() if k != "flagged"}}
+    return {
+        "reports": count,
+        "at": report.get("at"),
+        "champion_version": report.get("champion_version"),
+        "drifted_share": data.get("drifted_share"),
+        "data_drifted": data.get("drifted"),
+        "drifted_features": sorted(name for name, f in (data.get("features") or {}).items() if f.get("drifted")),
+        "concept_detections": len(concept.get("detections") or ()),
+        "quality_flagged": quality.get("flagged"),
+        "quality": {k: v for k, v in quality.items() if k != "flagged"},
+    }
 
 
 def decision_line(record: dict[str, Any]) -> str:
@@ -69,19 +76,24 @@ def drift_line(drift: dict[str, Any] | None) -> str:
     if drift is None:
         return "no report yet"
     share = drift["drifted_share"]
-    return (f"{drift['reports']} reports; last at {drift['at']}: drifted share "
-            f"{'-' if share is None else format(share, '.2f')}"
-            + (f" ({', '.join(drift['drifted_features'])})" if drift["drifted_features"] else "")
-            + f", concept detections {drift['concept_detections']}, quality "
-            + ("FLAGGED" if drift["quality_flagged"] else "ok"))
+    return (
+        f"{drift['reports']} reports; last at {drift['at']}: drifted share "
+        f"{'-' if share is None else format(share, '.2f')}"
+        + (f" ({', '.join(drift['drifted_features'])})" if drift["drifted_features"] else "")
+        + f", concept detections {drift['concept_detections']}, quality "
+        + ("FLAGGED" if drift["quality_flagged"] else "ok")
+    )
 
 
 def render_loop(loop: dict[str, Any]) -> str:
     versions = loop["aliases"]
     serving = ", ".join(f"{alias} v{version}" for alias, version in sorted(versions.items(), key=lambda kv: kv[0]))
-    lines = [f"registry    {loop['model']}: " + (serving or "no aliases")
-             + (f" (unreachable: {loop['registry_error']})" if loop["registry_error"] else ""),
-             f"drift       {drift_line(loop['drift'])}"]
+    lines = [
+        f"registry    {loop['model']}: "
+        + (serving or "no aliases")
+        + (f" (unreachable: {loop['registry_error']})" if loop["registry_error"] else ""),
+        f"drift       {drift_line(loop['drift'])}",
+    ]
     lines += [f"decision    {record['at']} {decision_line(record)}" for record in loop["decisions"]]
     if not loop["decisions"]:
         lines.append("decision    none yet")

@@ -24,8 +24,10 @@ class MetricsEndpoint:
         try:
             self._served = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            raise DriftloopError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
-                                 f"(choose another {self.port_setting}, or 0 for a free one)") from exc
+            raise DriftloopError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} "
+                f"(choose another {self.port_setting}, or 0 for a free one)"
+            ) from exc
         return self._served[0].server_port
 
     def stop(self) -> None:

@@ -35,13 +35,30 @@ class MlflowServer(ManagedProcess):
         self.port = reserve_port(port, "DRIFTLOOP_MLFLOW_PORT", host)
         self.url = f"http://{client_address(host, self.port)}"
         artifacts = (data_dir / "mlartifacts").resolve()
-        super().__init__("MLflow server", [
-            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-            "--artifacts-destination", str(artifacts), "--serve-artifacts",
-            "--host", host, "--port", str(self.port), "--workers", "1",
-        ], data_dir / "logs" / "mlflow.log", env=_server_env(),
+        super().__init__(
+            "MLflow server",
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                backend_uri,
+                "--artifacts-destination",
+                str(artifacts),
+                "--serve-artifacts",
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            data_dir / "logs" / "mlflow.log",
+            env=_server_env(),
             # The timeout allows for the first start, which migrates the database schema (slow on a slow disk).
-            readiness=Readiness(lambda _: http_ok(f"{self.url}/health"), f"answering HTTP at {self.url}", timeout=120))
+            readiness=Readiness(lambda _: http_ok(f"{self.url}/health"), f"answering HTTP at {self.url}", timeout=120),
+        )
 
 
 def _server_env() -> dict[str, str]:

@@ -9,9 +9,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from driftloop.errors import DriftloopError
 
@@ -31,7 +31,7 @@ def _die_with_parent() -> None:
 class Readiness:
     """When a started process counts as ready: `check(process)` returns True within `timeout` seconds."""
 
-    check: Callable[["ManagedProcess"], bool]
+    check: Callable[[ManagedProcess], bool]
     what: str  # says what `check` waits for, in error messages: "answering HTTP at ..."
     timeout: float
 
@@ -39,8 +39,14 @@ class Readiness:
 class ManagedProcess:
     """A named child process with a log file, a readiness check and an orderly stop."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 readiness: Readiness | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        readiness: Readiness | None = None,
+    ):
         self.name = name
         self.argv = argv
         self.log_path = log_path
@@ -60,8 +66,14 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log:
             self._log_offset = log.tell()
             try:
-                self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              env=self.env, preexec_fn=_die_with_parent)
+                self.popen = subprocess.Popen(
+                    self.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    preexec_fn=_die_with_parent,
+                )
             except OSError as exc:
                 raise DriftloopError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
 
@@ -76,8 +88,10 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen is not None and self.popen.poll() is not None:
-                raise DriftloopError(f"{self.name} exited with code {self.popen.returncode} before {what}; "
-                                     f"last log line: {self.last_log_line()!r} (log: {self.log_path})")
+                raise DriftloopError(
+                    f"{self.name} exited with code {self.popen.returncode} before {what}; "
+                    f"last log line: {self.last_log_line()!r} (log: {self.log_path})"
+                )
             if check():
                 return
             time.sleep(0.2)
@@ -163,8 +177,9 @@ def reserve_port(port: int, setting: str, host: str) -> int:
         try:
             sock.bind((host, port))
         except OSError:
-            raise DriftloopError(f"port {port} on {host} is taken; set {setting} to another port "
-                                 f"(0 picks a free one)") from None
+            raise DriftloopError(
+                f"port {port} on {host} is taken; set {setting} to another port (0 picks a free one)"
+            ) from None
         return sock.getsockname()[1]
 
 

@@ -49,10 +49,18 @@ class Snapshot:
     @classmethod
     def of(cls, scrapes: list[Scrape], at: float) -> Snapshot:
         summary = summarize(scrapes)
-        predictions = {(version, variant): n for version, variants in summary["predictions"].items()
-                       for variant, n in variants.items()}
-        return cls(at, summary["events"]["in"], predictions, histogram_buckets(scrapes, LATENCY_METRIC),
-                   summary["consumer_lag"]["total"])
+        predictions = {
+            (version, variant): n
+            for version, variants in summary["predictions"].items()
+            for variant, n in variants.items()
+        }
+        return cls(
+            at,
+            summary["events"]["in"],
+            predictions,
+            histogram_buckets(scrapes, LATENCY_METRIC),
+            summary["consumer_lag"]["total"],
+        )
 
 
 @dataclass(frozen=True)
@@ -72,17 +80,26 @@ class Pulse:
     @classmethod
     def between(cls, before: Snapshot, after: Snapshot) -> Pulse:
         seconds = max(after.at - before.at, 1e-9)
-        buckets = {bound: _increase(before.latency_buckets.get(bound, 0.0), count)
-                   for bound, count in after.latency_buckets.items()}
+        buckets = {
+            bound: _increase(before.latency_buckets.get(bound, 0.0), count)
+            for bound, count in after.latency_buckets.items()
+        }
         by_variant: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
         for (version, variant), count in after.predictions.items():
             by_variant[variant][int(version)] += _increase(before.predictions.get((version, variant), 0), count)
         total = sum(sum(versions.values()) for versions in by_variant.values())
-        serving = {variant: Serving(tuple(sorted(v for v, n in versions.items() if n)),
-                                    sum(versions.values()) / total)
-                   for variant, versions in sorted(by_variant.items()) if total and sum(versions.values())}
-        return cls(seconds, _increase(before.events_in, after.events_in) / seconds,
-                   histogram_quantile(0.99, buckets), after.lag, serving)
+        serving = {
+            variant: Serving(tuple(sorted(v for v, n in versions.items() if n)), sum(versions.values()) / total)
+            for variant, versions in sorted(by_variant.items())
+            if total and sum(versions.values())
+        }
+        return cls(
+            seconds,
+            _increase(before.events_in, after.events_in) / seconds,
+            histogram_quantile(0.99, buckets),
+            after.lag,
+            serving,
+        )
 
 
 def _increase(before: float, after: float) -> float:

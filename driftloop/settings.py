@@ -80,8 +80,9 @@ def _ip_address(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise ValueError("must be an IP address: 127.0.0.1 (this host only) or 0.0.0.0 (every interface, "
-                         "as in a container)") from None
+        raise ValueError(
+            "must be an IP address: 127.0.0.1 (this host only) or 0.0.0.0 (every interface, as in a container)"
+        ) from None
 
 
 def _existing_file(text: str) -> Path:
@@ -109,62 +110,162 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", _bootstrap, None,
-            "Kafka bootstrap servers (host:port,...). Unset: the CLI starts the embedded Tansu broker."),
-    Setting("mlflow_tracking_uri", "MLFLOW_TRACKING_URI", _url("http", "https", "sqlite", "postgresql", "file"), None,
-            "MLflow tracking/registry URI. Unset: `driftloop up` serves MLflow on a SQLite backend in the data dir."),
-    Setting("data_dir", "DRIFTLOOP_DATA_DIR", _path, ".driftloop",
-            "Where local state lives: MLflow database and artifacts, Feast registry and stores, logs."),
-    Setting("spec", "DRIFTLOOP_SPEC", _existing_file, str(DEMO_SPEC),
-            "Pipeline spec (YAML). Default: the shipped card-fraud demo spec."),
-    Setting("feast_repo", "DRIFTLOOP_FEAST_REPO", _path, "feature_repo",
-            "Feast repository directory (feature_store.yaml + definitions derived from the spec)."),
-    Setting("online_store", "DRIFTLOOP_ONLINE_STORE", _choice("sqlite", "redis"), "sqlite",
-            "Feast online store: sqlite (file in the data dir) or redis."),
-    Setting("redis_url", "DRIFTLOOP_REDIS_URL", _url("redis", "rediss"), "redis://127.0.0.1:6379/0",
-            "Redis for the Feast online store when DRIFTLOOP_ONLINE_STORE=redis."),
-    Setting("broker_port", "DRIFTLOOP_BROKER_PORT", _port, "9092",
-            "Port of the embedded broker on 127.0.0.1 (0 = a free port)."),
-    Setting("mlflow_port", "DRIFTLOOP_MLFLOW_PORT", _port, "5000",
-            "Port of the MLflow server/UI that `driftloop up` starts on 127.0.0.1 (0 = a free port)."),
-    Setting("metrics_port", "DRIFTLOOP_METRICS_PORT", _port, "9100",
-            "Port of the worker's Prometheus /metrics endpoint (0 = a free port)."),
-    Setting("bind_host", "DRIFTLOOP_BIND_HOST", _ip_address, LOOPBACK,
-            "Address every server driftloop starts listens on (the worker's /metrics, the embedded broker, the "
-            "MLflow server). 0.0.0.0 in containers, so other containers reach them (docker-compose.yml sets it)."),
-    Setting("supervisor_port", "DRIFTLOOP_SUPERVISOR_PORT", _port, "9101",
-            "Port of `driftloop up`'s own Prometheus /metrics on 127.0.0.1: restarts of its children, which of "
-            "them are up (0 = a free port)."),
-    Setting("control_metrics_port", "DRIFTLOOP_CONTROL_METRICS_PORT", _port, "9102",
-            "Port of the control plane's Prometheus /metrics on 127.0.0.1: its decisions, drift evaluations, "
-            "retraining durations and the canary trial (0 = a free port)."),
-    Setting("max_restarts", "DRIFTLOOP_MAX_RESTARTS", _count, "5",
-            "Restarts of one crashed child (worker, control plane, retrain worker, MLflow) that `driftloop up` "
-            "makes within 5 minutes; its next exit stops the stack (0: any exit does)."),
-    Setting("partitions", "DRIFTLOOP_PARTITIONS", _positive_int, None,
-            "Partitions for the topics driftloop creates. Unset: 4 with KAFKA_BOOTSTRAP_SERVERS, 1 on the embedded "
-            "broker (it serves one worker, and each partition adds to its cost per fetch)."),
+    Setting(
+        "kafka_bootstrap_servers",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        _bootstrap,
+        None,
+        "Kafka bootstrap servers (host:port,...). Unset: the CLI starts the embedded Tansu broker.",
+    ),
+    Setting(
+        "mlflow_tracking_uri",
+        "MLFLOW_TRACKING_URI",
+        _url("http", "https", "sqlite", "postgresql", "file"),
+        None,
+        "MLflow tracking/registry URI. Unset: `driftloop up` serves MLflow on a SQLite backend in the data dir.",
+    ),
+    Setting(
+        "data_dir",
+        "DRIFTLOOP_DATA_DIR",
+        _path,
+        ".driftloop",
+        "Where local state lives: MLflow database and artifacts, Feast registry and stores, logs.",
+    ),
+    Setting(
+        "spec",
+        "DRIFTLOOP_SPEC",
+        _existing_file,
+        str(DEMO_SPEC),
+        "Pipeline spec (YAML). Default: the shipped card-fraud demo spec.",
+    ),
+    Setting(
+        "feast_repo",
+        "DRIFTLOOP_FEAST_REPO",
+        _path,
+        "feature_repo",
+        "Feast repository directory (feature_store.yaml + definitions derived from the spec).",
+    ),
+    Setting(
+        "online_store",
+        "DRIFTLOOP_ONLINE_STORE",
+        _choice("sqlite", "redis"),
+        "sqlite",
+        "Feast online store: sqlite (file in the data dir) or redis.",
+    ),
+    Setting(
+        "redis_url",
+        "DRIFTLOOP_REDIS_URL",
+        _url("redis", "rediss"),
+        "redis://127.0.0.1:6379/0",
+        "Redis for the Feast online store when DRIFTLOOP_ONLINE_STORE=redis.",
+    ),
+    Setting(
+        "broker_port",
+        "DRIFTLOOP_BROKER_PORT",
+        _port,
+        "9092",
+        "Port of the embedded broker on 127.0.0.1 (0 = a free port).",
+    ),
+    Setting(
+        "mlflow_port",
+        "DRIFTLOOP_MLFLOW_PORT",
+        _port,
+        "5000",
+        "Port of the MLflow server/UI that `driftloop up` starts on 127.0.0.1 (0 = a free port).",
+    ),
+    Setting(
+        "metrics_port",
+        "DRIFTLOOP_METRICS_PORT",
+        _port,
+        "9100",
+        "Port of the worker's Prometheus /metrics endpoint (0 = a free port).",
+    ),
+    Setting(
+        "bind_host",
+        "DRIFTLOOP_BIND_HOST",
+        _ip_address,
+        LOOPBACK,
+        "Address every server driftloop starts listens on (the worker's /metrics, the embedded broker, the "
+        "MLflow server). 0.0.0.0 in containers, so other containers reach them (docker-compose.yml sets it).",
+    ),
+    Setting(
+        "supervisor_port",
+        "DRIFTLOOP_SUPERVISOR_PORT",
+        _port,
+        "9101",
+        "Port of `driftloop up`'s own Prometheus /metrics on 127.0.0.1: restarts of its children, which of "
+        "them are up (0 = a free port).",
+    ),
+    Setting(
+        "control_metrics_port",
+        "DRIFTLOOP_CONTROL_METRICS_PORT",
+        _port,
+        "9102",
+        "Port of the control plane's Prometheus /metrics on 127.0.0.1: its decisions, drift evaluations, "
+        "retraining durations and the canary trial (0 = a free port).",
+    ),
+    Setting(
+        "max_restarts",
+        "DRIFTLOOP_MAX_RESTARTS",
+        _count,
+        "5",
+        "Restarts of one crashed child (worker, control plane, retrain worker, MLflow) that `driftloop up` "
+        "makes within 5 minutes; its next exit stops the stack (0: any exit does).",
+    ),
+    Setting(
+        "partitions",
+        "DRIFTLOOP_PARTITIONS",
+        _positive_int,
+        None,
+        "Partitions for the topics driftloop creates. Unset: 4 with KAFKA_BOOTSTRAP_SERVERS, 1 on the embedded "
+        "broker (it serves one worker, and each partition adds to its cost per fetch).",
+    ),
     Setting("topic_events", "DRIFTLOOP_TOPIC_EVENTS", _topic, "events", "Input events topic."),
     Setting("topic_outcomes", "DRIFTLOOP_TOPIC_OUTCOMES", _topic, "outcomes", "Ground-truth outcomes topic."),
     Setting("topic_predictions", "DRIFTLOOP_TOPIC_PREDICTIONS", _topic, "predictions", "Predictions topic."),
-    Setting("topic_labeled", "DRIFTLOOP_TOPIC_LABELED", _topic, "labeled",
-            "Joined prediction + features + outcome records (the training log)."),
+    Setting(
+        "topic_labeled",
+        "DRIFTLOOP_TOPIC_LABELED",
+        _topic,
+        "labeled",
+        "Joined prediction + features + outcome records (the training log).",
+    ),
     Setting("topic_drift", "DRIFTLOOP_TOPIC_DRIFT", _topic, "drift", "Drift reports."),
     Setting("topic_audit", "DRIFTLOOP_TOPIC_AUDIT", _topic, "audit", "Every autonomous or operator decision."),
-    Setting("topic_retrain_requests", "DRIFTLOOP_TOPIC_RETRAIN_REQUESTS", _topic, "retrain-requests",
-            "Retraining requests from the trigger policy."),
-    Setting("signing_key_file", "DRIFTLOOP_SIGNING_KEY_FILE", _path, None,
-            "File with the secret key that signs model versions and control records (HMAC-SHA256); the MLflow "
-            "registry and Kafka never see it. Unset: `signing.key` in the data dir, which `driftloop up` and "
-            "`driftloop keygen` create (mode 0600)."),
-    Setting("state_cache_mb", "DRIFTLOOP_STATE_CACHE_MB", _at_least(8), "64",
-            "Memory (MB) a worker's state may use beyond its data on disk: RocksDB's block cache and memtables, "
-            "and the values changed since the last checkpoint (past their share a checkpoint is taken early). "
-            "Window state and the join table live in RocksDB under the data dir, whatever their size."),
+    Setting(
+        "topic_retrain_requests",
+        "DRIFTLOOP_TOPIC_RETRAIN_REQUESTS",
+        _topic,
+        "retrain-requests",
+        "Retraining requests from the trigger policy.",
+    ),
+    Setting(
+        "signing_key_file",
+        "DRIFTLOOP_SIGNING_KEY_FILE",
+        _path,
+        None,
+        "File with the secret key that signs model versions and control records (HMAC-SHA256); the MLflow "
+        "registry and Kafka never see it. Unset: `signing.key` in the data dir, which `driftloop up` and "
+        "`driftloop keygen` create (mode 0600).",
+    ),
+    Setting(
+        "state_cache_mb",
+        "DRIFTLOOP_STATE_CACHE_MB",
+        _at_least(8),
+        "64",
+        "Memory (MB) a worker's state may use beyond its data on disk: RocksDB's block cache and memtables, "
+        "and the values changed since the last checkpoint (past their share a checkpoint is taken early). "
+        "Window state and the join table live in RocksDB under the data dir, whatever their size.",
+    ),
     Setting("log_level", "DRIFTLOOP_LOG_LEVEL", _level, "INFO", "Log level."),
-    Setting("heartbeat_file", "DRIFTLOOP_HEARTBEAT_FILE", _path, None,
-            "A file the control plane and the retrain worker touch every 5 s while their loop runs, for a "
-            "container healthcheck (one process per file). Unset: none."),
+    Setting(
+        "heartbeat_file",
+        "DRIFTLOOP_HEARTBEAT_FILE",
+        _path,
+        None,
+        "A file the control plane and the retrain worker touch every 5 s while their loop runs, for a "
+        "container healthcheck (one process per file). Unset: none.",
+    ),
 )
 
 
@@ -208,8 +309,17 @@ class Settings:
 
     @property
     def topics(self) -> tuple[str, ...]:
-        return (self.topic_events, self.topic_dlq, self.topic_outcomes, self.topic_outcomes_dlq, self.topic_predictions,
-                self.topic_labeled, self.topic_drift, self.topic_audit, self.topic_retrain_requests)
+        return (
+            self.topic_events,
+            self.topic_dlq,
+            self.topic_outcomes,
+            self.topic_outcomes_dlq,
+            self.topic_predictions,
+            self.topic_labeled,
+            self.topic_drift,
+            self.topic_audit,
+            self.topic_retrain_requests,
+        )
 
     def replace(self, **changes: Any) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

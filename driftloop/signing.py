@@ -51,8 +51,10 @@ def load_key(path: str | Path) -> SigningKey:
     try:
         text = path.read_text().strip()
     except FileNotFoundError:
-        raise DriftloopError(f"no signing key at {path}: `driftloop up` or `driftloop keygen` creates one; every "
-                             f"driftloop process of a stack must read the same file (DRIFTLOOP_SIGNING_KEY_FILE)") from None
+        raise DriftloopError(
+            f"no signing key at {path}: `driftloop up` or `driftloop keygen` creates one; every "
+            f"driftloop process of a stack must read the same file (DRIFTLOOP_SIGNING_KEY_FILE)"
+        ) from None
     except OSError as exc:
         raise DriftloopError(f"cannot read the signing key {path}: {exc.strerror}") from None
     try:

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from driftloop.errors import DriftloopError
 from driftloop.features.aggregations import AGGREGATIONS
-from driftloop.streams.control.drift.detectors import ConceptDetector, concept_detector
 from driftloop.spec_hints import how_to_fix
+from driftloop.streams.control.drift.detectors import ConceptDetector, concept_detector
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -105,7 +105,8 @@ class WindowSpec(_Strict):
     step: float | None = None
 
     _durations = field_validator("size", "step", mode="before")(
-        lambda v: parse_duration(v) if isinstance(v, str) else v)
+        lambda v: parse_duration(v) if isinstance(v, str) else v
+    )
 
 
 class FeatureSpec(_Strict):
@@ -125,15 +126,16 @@ class ModelSpec(_Strict):
     warmup_events: int = Field(default=2000, ge=1)
 
 
-
 def _flavor_checks(spec: PipelineSpec):
     """Yield (path, problem) for a flavor or estimator, of the model or a retraining candidate, that the flavor
     registry does not offer."""
     from driftloop.models.flavors import flavor_of  # imported here: the flavors import this module
 
     models = [("model", spec.model.flavor, spec.model.estimator)]
-    models += [(f"retrain.candidates.{flavor}", flavor, estimator)
-               for flavor, estimator in (spec.retrain.candidates or {}).items()]
+    models += [
+        (f"retrain.candidates.{flavor}", flavor, estimator)
+        for flavor, estimator in (spec.retrain.candidates or {}).items()
+    ]
     for where, flavor, estimator in models:
         try:
             offered = flavor_of(flavor).estimators
@@ -186,8 +188,9 @@ class DriftSpec(_Strict):
         if not isinstance(data, dict) or "concept_detector" not in data:
             return data
         if "concept" in data:
-            raise ValueError("concept_detector is the old spelling of concept.detector; give the detector once, "
-                             "in concept")
+            raise ValueError(
+                "concept_detector is the old spelling of concept.detector; give the detector once, in concept"
+            )
         rest = {key: value for key, value in data.items() if key != "concept_detector"}
         return {**rest, "concept": {"detector": data["concept_detector"]}}
 
@@ -241,8 +244,11 @@ class PipelineSpec(_Strict):
     def model_inputs(self) -> tuple[str, ...]:
         if self.model.inputs is not None:
             return self.model.inputs
-        passthrough = tuple(name for name, f in self.events.fields.items()
-                            if f.type in ("int", "float", "bool", "category") and name != self.events.entity)
+        passthrough = tuple(
+            name
+            for name, f in self.events.fields.items()
+            if f.type in ("int", "float", "bool", "category") and name != self.events.entity
+        )
         return tuple(f.name for f in self.features) + passthrough
 
 
@@ -297,20 +303,35 @@ def _name_checks(spec: PipelineSpec):
     """Yield (path, problem) for names that Feast, MLflow, Kafka or the model exporters would refuse later."""
     if not _PIPELINE_NAME.match(spec.name):
         suggestion = re.sub(r"[^A-Za-z0-9_]", "_", spec.name).lstrip("_") or "my_pipeline"
-        yield "name", (f"{spec.name!r} must be letters, digits and '_', not starting with '_': it names the Feast "
-                       f"project (whose SQLite tables take no '-'), Kafka topics and consumer groups; "
-                       f"try {suggestion!r}")
+        yield (
+            "name",
+            (
+                f"{spec.name!r} must be letters, digits and '_', not starting with '_': it names the Feast "
+                f"project (whose SQLite tables take no '-'), Kafka topics and consumer groups; "
+                f"try {suggestion!r}"
+            ),
+        )
     model_name = spec.model.name
     if not model_name.strip():
         yield "model.name", "the MLflow registered model needs a name"
     elif any(c in model_name for c in "/:'"):
         suggestion = re.sub(r"[/:']", "_", model_name)
-        yield "model.name", (f"{model_name!r}: MLflow model names take no '/' or ':', and driftloop's registry "
-                             f"searches cannot hold a \"'\"; try {suggestion!r}")
+        yield (
+            "model.name",
+            (
+                f"{model_name!r}: MLflow model names take no '/' or ':', and driftloop's registry "
+                f'searches cannot hold a "\'"; try {suggestion!r}'
+            ),
+        )
     elif _path_not_unique(model_name):
-        yield "model.name", (f"{model_name!r} would be the file path {posixpath.normpath(model_name)!r}; MLflow "
-                             f"requires a model name that is its own normalised path, not '.', not starting "
-                             f"with '..'")
+        yield (
+            "model.name",
+            (
+                f"{model_name!r} would be the file path {posixpath.normpath(model_name)!r}; MLflow "
+                f"requires a model name that is its own normalised path, not '.', not starting "
+                f"with '..'"
+            ),
+        )
     elif len(model_name) > MAX_MODEL_NAME_LENGTH:
         yield "model.name", f"{len(model_name)} characters; MLflow's registry holds at most {MAX_MODEL_NAME_LENGTH}"
     ev = spec.events
@@ -325,16 +346,28 @@ def _name_checks(spec: PipelineSpec):
             columns.append((f"events.fields.{name}", name))
     for where, name in columns:
         if name == TIMESTAMP_COLUMN:
-            yield where, (f"{name!r} is the time column of the Feast offline store (and of Feast's entity_df); "
-                          f"rename it, e.g. {name + '_value'!r}")
+            yield (
+                where,
+                (
+                    f"{name!r} is the time column of the Feast offline store (and of Feast's entity_df); "
+                    f"rename it, e.g. {name + '_value'!r}"
+                ),
+            )
         elif name.startswith("__"):
             yield where, f"{name!r}: names starting with '__' are Feast's own (__dummy, __dummy_id, ...); drop the '__'"
         elif name in _ONNX_OUTPUTS and where != "events.entity":
-            yield where, (f"{name!r} is an output of the exported ONNX model (skl2onnx: label, probabilities), so "
-                          f"it cannot be an input; rename it, e.g. {name + '_value'!r}")
+            yield (
+                where,
+                (
+                    f"{name!r} is an output of the exported ONNX model (skl2onnx: label, probabilities), so "
+                    f"it cannot be an input; rename it, e.g. {name + '_value'!r}"
+                ),
+            )
     if ev.entity in (spec.model.inputs or ()):
-        yield f"model.inputs[{spec.model.inputs.index(ev.entity)}]", (
-            f"{ev.entity!r} is the entity (the Feast join key), which a model does not take as an input")
+        yield (
+            f"model.inputs[{spec.model.inputs.index(ev.entity)}]",
+            (f"{ev.entity!r} is the entity (the Feast join key), which a model does not take as an input"),
+        )
     for i, name in enumerate(spec.model.inputs or ()):
         if spec.model.inputs.index(name) != i:
             yield f"model.inputs[{i}]", f"{name!r} is listed twice"
@@ -350,8 +383,11 @@ def _cross_checks(spec: PipelineSpec):
     """Yield (path, problem) for rules that span several parts of the spec."""
     yield from _name_checks(spec)
     ev = spec.events
-    for key, expected in (("id_field", ("string", "int")), ("entity", ("string", "int")),
-                          ("time_field", ("timestamp",))):
+    for key, expected in (
+        ("id_field", ("string", "int")),
+        ("entity", ("string", "int")),
+        ("time_field", ("timestamp",)),
+    ):
         name = getattr(ev, key)
         if name not in ev.fields:
             yield f"events.{key}", f"{name!r} is not one of events.fields"
@@ -399,7 +435,10 @@ def _cross_checks(spec: PipelineSpec):
         if name not in known:
             yield f"model.inputs[{i}]", f"{name!r} is neither a feature nor an event field"
         elif name in ev.fields and ev.fields[name].type in ("string", "timestamp"):
-            yield f"model.inputs[{i}]", f"{name!r} is a {ev.fields[name].type} field; models take numbers and categories"
+            yield (
+                f"model.inputs[{i}]",
+                f"{name!r} is a {ev.fields[name].type} field; models take numbers and categories",
+            )
     if not spec.model_inputs:
         yield "model.inputs", "the model has no inputs"
     if spec.outcomes.label in ev.fields:

@@ -7,10 +7,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from driftloop import kafka
 from driftloop.broker import EmbeddedBroker
@@ -73,8 +74,9 @@ def resolve_endpoints(settings: Settings) -> tuple[str, str]:
     tracking_uri = settings.mlflow_tracking_uri or recorded.get("mlflow_tracking_uri")
     if not bootstrap or not tracking_uri:
         missing = "KAFKA_BOOTSTRAP_SERVERS" if not bootstrap else "MLFLOW_TRACKING_URI"
-        raise DriftloopError(f"{missing} is not set and no running `driftloop up` recorded it in "
-                             f"{settings.data_dir / 'stack.json'}")
+        raise DriftloopError(
+            f"{missing} is not set and no running `driftloop up` recorded it in {settings.data_dir / 'stack.json'}"
+        )
     return bootstrap, tracking_uri
 
 
@@ -86,11 +88,13 @@ def resolve_bootstrap(settings: Settings) -> str:
     stack_file = settings.data_dir / "stack.json"
     bootstrap = running_stack(settings.data_dir).get("bootstrap")
     if not bootstrap:
-        raise DriftloopError(f"no running stack: start `driftloop up` (it writes {stack_file}) or set "
-                             f"KAFKA_BOOTSTRAP_SERVERS")
+        raise DriftloopError(
+            f"no running stack: start `driftloop up` (it writes {stack_file}) or set KAFKA_BOOTSTRAP_SERVERS"
+        )
     if not broker_answers(bootstrap):
-        raise DriftloopError(f"no Kafka broker answers at {bootstrap} (from {stack_file}); "
-                             f"is `driftloop up` still running?")
+        raise DriftloopError(
+            f"no Kafka broker answers at {bootstrap} (from {stack_file}); is `driftloop up` still running?"
+        )
     return bootstrap
 
 
@@ -98,8 +102,13 @@ def _raise_stopped(signum: int, _frame: object) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[StackInfo], None] | None = None,
-              demo_rate: float | None = None, display: Display | None = None) -> None:
+def run_stack(
+    settings: Settings,
+    say: Callable[[str], None],
+    ready: Callable[[StackInfo], None] | None = None,
+    demo_rate: float | None = None,
+    display: Display | None = None,
+) -> None:
     """Bring the stack up, report it, then supervise it until SIGTERM/SIGINT or a child ends it, showing it
     on `display` meanwhile (driftloop/live.py)."""
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -110,24 +119,39 @@ def run_stack(settings: Settings, say: Callable[[str], None], ready: Callable[[S
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             _ensure_signing_key(settings, say)
             metrics = SupervisorMetrics()
-            supervisor_port = metrics.serve(reserve_port(settings.supervisor_port, "DRIFTLOOP_SUPERVISOR_PORT",
-                                                         settings.bind_host), settings.bind_host)
+            supervisor_port = metrics.serve(
+                reserve_port(settings.supervisor_port, "DRIFTLOOP_SUPERVISOR_PORT", settings.bind_host),
+                settings.bind_host,
+            )
             stack.callback(metrics.stop_serving)
             bootstrap, broker = _start_broker(settings, stack, say)
-            supervisor = Supervisor(RestartPolicy(max_restarts=settings.max_restarts), say,
-                                    _restart_auditor(bootstrap, settings.topic_audit, spec, say), metrics)
+            supervisor = Supervisor(
+                RestartPolicy(max_restarts=settings.max_restarts),
+                say,
+                _restart_auditor(bootstrap, settings.topic_audit, spec, say),
+                metrics,
+            )
             if broker is not None:
                 supervisor.add("broker", broker, ends_stack=BROKER_ENDS_STACK)
             tracking_uri = _start_mlflow(settings, stack, supervisor, say)
             _apply_feast(settings, spec, say)
             created = ensure_topics(bootstrap, settings.topics, settings.partitions)
-            say(f"topics ready ({len(settings.topics)}, {len(created)} created, "
-                f"{settings.partitions} partitions each): {', '.join(settings.topics)}")
+            say(
+                f"topics ready ({len(settings.topics)}, {len(created)} created, "
+                f"{settings.partitions} partitions each): {', '.join(settings.topics)}"
+            )
             metrics_url = _start_worker(settings, bootstrap, tracking_uri, stack, supervisor, say)
             control_url = _start_adaptive_loop(settings, bootstrap, tracking_uri, stack, supervisor, say)
-            info = StackInfo(bootstrap, tracking_uri, str(settings.spec), list(settings.topics), os.getpid(),
-                             [metrics_url], f"http://{client_address(settings.bind_host, supervisor_port)}/metrics",
-                             control_url)
+            info = StackInfo(
+                bootstrap,
+                tracking_uri,
+                str(settings.spec),
+                list(settings.topics),
+                os.getpid(),
+                [metrics_url],
+                f"http://{client_address(settings.bind_host, supervisor_port)}/metrics",
+                control_url,
+            )
             stack.callback((settings.data_dir / "stack.json").unlink, missing_ok=True)
             info.write(settings.data_dir)
             story = None
@@ -158,8 +182,9 @@ def _ensure_signing_key(settings: Settings, say: Callable[[str], None]) -> None:
     load_key(path)
 
 
-def _start_broker(settings: Settings, stack: ExitStack,
-                  say: Callable[[str], None]) -> tuple[str, EmbeddedBroker | None]:
+def _start_broker(
+    settings: Settings, stack: ExitStack, say: Callable[[str], None]
+) -> tuple[str, EmbeddedBroker | None]:
     """(bootstrap, the embedded broker, or None when Kafka is configured)."""
     if settings.kafka_bootstrap_servers:
         wait_for_broker(settings.kafka_bootstrap_servers, timeout=15)
@@ -172,19 +197,28 @@ def _start_broker(settings: Settings, stack: ExitStack,
     return broker.bootstrap, broker
 
 
-def _restart_auditor(bootstrap: str, topic: str, spec: PipelineSpec,
-                     say: Callable[[str], None]) -> Callable[[Restart], None]:
+def _restart_auditor(
+    bootstrap: str, topic: str, spec: PipelineSpec, say: Callable[[str], None]
+) -> Callable[[Restart], None]:
     """What publishes each restart on the audit topic, as every other decision of the loop is."""
     producer = kafka.producer(bootstrap)
 
     def publish(restart: Restart) -> None:
         code = restart.returncode
         record = contracts.audit(
-            actor="supervisor", action="child_restarted", model_name=spec.model.name,
+            actor="supervisor",
+            action="child_restarted",
+            model_name=spec.model.name,
             reason=f"{restart.child} exited ({restart.exit_status}); restarted after {restart.delay:g}s",
-            details={"child": restart.child, "exit_code": code if code is not None and code >= 0 else None,
-                     "signal": -code if code is not None and code < 0 else None, "exit": restart.exit_status,
-                     "restarts": restart.restarts, "log": str(restart.log_path)})
+            details={
+                "child": restart.child,
+                "exit_code": code if code is not None and code >= 0 else None,
+                "signal": -code if code is not None and code < 0 else None,
+                "exit": restart.exit_status,
+                "restarts": restart.restarts,
+                "log": str(restart.log_path),
+            },
+        )
         producer.produce(topic, record, key=spec.model.name.encode())
         if producer.flush(5) > 0:  # the restart happened all the same: say so rather than stop the stack
             say(f"could not publish the audit record of {restart.child}'s restart on {topic}")
@@ -192,19 +226,21 @@ def _restart_auditor(bootstrap: str, topic: str, spec: PipelineSpec,
     return publish
 
 
-def _start_mlflow(settings: Settings, stack: ExitStack, supervisor: Supervisor,
-                  say: Callable[[str], None]) -> str:
+def _start_mlflow(settings: Settings, stack: ExitStack, supervisor: Supervisor, say: Callable[[str], None]) -> str:
     uri = settings.mlflow_tracking_uri
     if uri and uri.startswith(("http://", "https://")):
         require_reachable(uri)
         say(f"using MLflow at {uri}")
         return uri
-    server = MlflowServer(backend_store_uri(uri, settings.data_dir), settings.data_dir, settings.mlflow_port,
-                          settings.bind_host)
+    server = MlflowServer(
+        backend_store_uri(uri, settings.data_dir), settings.data_dir, settings.mlflow_port, settings.bind_host
+    )
     stack.callback(server.stop)
     server.start()
     supervisor.add("mlflow", server)
-    say(f"MLflow tracking server and UI at {server.url} (backend: {_redact(server.argv[server.argv.index('--backend-store-uri') + 1])})")
+    say(
+        f"MLflow tracking server and UI at {server.url} (backend: {_redact(server.argv[server.argv.index('--backend-store-uri') + 1])})"
+    )
     return server.url
 
 
@@ -212,30 +248,49 @@ def _apply_feast(settings: Settings, spec: PipelineSpec, say: Callable[[str], No
     from driftloop.features.feast.repo import apply, feature_view_name  # feast is slow to import
 
     apply(settings, spec)
-    say(f"feast apply: feature view {feature_view_name(spec)!r} in {settings.feast_repo} "
-        f"(online store: {settings.online_store})")
+    say(
+        f"feast apply: feature view {feature_view_name(spec)!r} in {settings.feast_repo} "
+        f"(online store: {settings.online_store})"
+    )
 
 
 def _child_env(settings: Settings, bootstrap: str, tracking_uri: str, **extra: str) -> dict[str, str]:
     """A child's environment: pointed at what this stack runs, with absolute paths, and the stack's
     partition count (the default depends on KAFKA_BOOTSTRAP_SERVERS, which a child always has)."""
-    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MLFLOW_TRACKING_URI": tracking_uri,
-            "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()), "DRIFTLOOP_SPEC": str(settings.spec.resolve()),
-            "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve()),
-            "DRIFTLOOP_SIGNING_KEY_FILE": str(key_path(settings).resolve()),
-            "DRIFTLOOP_PARTITIONS": str(settings.partitions), "DRIFTLOOP_BIND_HOST": settings.bind_host, **extra}
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "DRIFTLOOP_DATA_DIR": str(settings.data_dir.resolve()),
+        "DRIFTLOOP_SPEC": str(settings.spec.resolve()),
+        "DRIFTLOOP_FEAST_REPO": str(settings.feast_repo.resolve()),
+        "DRIFTLOOP_SIGNING_KEY_FILE": str(key_path(settings).resolve()),
+        "DRIFTLOOP_PARTITIONS": str(settings.partitions),
+        "DRIFTLOOP_BIND_HOST": settings.bind_host,
+        **extra,
+    }
 
 
-def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
-                  supervisor: Supervisor, say: Callable[[str], None]) -> str:
+def _start_worker(
+    settings: Settings,
+    bootstrap: str,
+    tracking_uri: str,
+    stack: ExitStack,
+    supervisor: Supervisor,
+    say: Callable[[str], None],
+) -> str:
     """One `driftloop worker` child; ready when its metrics answer (on the same port after a restart)."""
     port = reserve_port(settings.metrics_port, "DRIFTLOOP_METRICS_PORT", settings.bind_host)
     env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_METRICS_PORT=str(port))
     url = f"http://{client_address(settings.bind_host, port)}/metrics"
     # First start registers a cold-start champion in MLflow and restores state: allow for it.
-    worker = ManagedProcess("worker", [sys.executable, "-m", "driftloop.cli", "worker"],
-                            settings.data_dir / "logs" / "worker.log", env=env,
-                            readiness=Readiness(lambda _: http_ok(url), f"serving metrics at {url}", timeout=180))
+    worker = ManagedProcess(
+        "worker",
+        [sys.executable, "-m", "driftloop.cli", "worker"],
+        settings.data_dir / "logs" / "worker.log",
+        env=env,
+        readiness=Readiness(lambda _: http_ok(url), f"serving metrics at {url}", timeout=180),
+    )
     stack.callback(worker.stop)
     worker.start()
     supervisor.add("worker", worker)
@@ -243,20 +298,33 @@ def _start_worker(settings: Settings, bootstrap: str, tracking_uri: str, stack: 
     return url
 
 
-def _start_adaptive_loop(settings: Settings, bootstrap: str, tracking_uri: str, stack: ExitStack,
-                         supervisor: Supervisor, say: Callable[[str], None]) -> str:
+def _start_adaptive_loop(
+    settings: Settings,
+    bootstrap: str,
+    tracking_uri: str,
+    stack: ExitStack,
+    supervisor: Supervisor,
+    say: Callable[[str], None],
+) -> str:
     """The control plane (drift agent, trigger, promotion) and a retrain worker, as children; returns the
     control plane's metrics URL (on the same port after a restart)."""
     port = reserve_port(settings.control_metrics_port, "DRIFTLOOP_CONTROL_METRICS_PORT", settings.bind_host)
-    env = _child_env(settings, bootstrap, tracking_uri, DRIFTLOOP_LOG_LEVEL="INFO",
-                     DRIFTLOOP_CONTROL_METRICS_PORT=str(port))
+    env = _child_env(
+        settings, bootstrap, tracking_uri, DRIFTLOOP_LOG_LEVEL="INFO", DRIFTLOOP_CONTROL_METRICS_PORT=str(port)
+    )
     children = []
-    for name, command, ready_line in (("control plane", "control", CONTROL_PLANE_READY),
-                                      ("retrain worker", "retrain-worker", RETRAIN_WORKER_READY)):
+    for name, command, ready_line in (
+        ("control plane", "control", CONTROL_PLANE_READY),
+        ("retrain worker", "retrain-worker", RETRAIN_WORKER_READY),
+    ):
         # Ready = consuming: a demo started before would drift while nobody watches.
-        child = ManagedProcess(name, [sys.executable, "-m", "driftloop.cli", command],
-                               settings.data_dir / "logs" / f"{command}.log", env=env,
-                               readiness=_logs(ready_line, timeout=180))
+        child = ManagedProcess(
+            name,
+            [sys.executable, "-m", "driftloop.cli", command],
+            settings.data_dir / "logs" / f"{command}.log",
+            env=env,
+            readiness=_logs(ready_line, timeout=180),
+        )
         stack.callback(child.stop)
         child.spawn()  # both start at once: each takes seconds of imports
         children.append((command, child))
@@ -264,8 +332,10 @@ def _start_adaptive_loop(settings: Settings, bootstrap: str, tracking_uri: str, 
         child.wait_until_ready()
         supervisor.add(command, child)
     url = f"http://{client_address(settings.bind_host, port)}/metrics"
-    say(f"control plane watching drift and canaries ({settings.topic_drift}, {settings.topic_audit}; metrics at "
-        f"{url}); retrain worker consuming {settings.topic_retrain_requests}")
+    say(
+        f"control plane watching drift and canaries ({settings.topic_drift}, {settings.topic_audit}; metrics at "
+        f"{url}); retrain worker consuming {settings.topic_retrain_requests}"
+    )
     return url
 
 
@@ -274,35 +344,67 @@ def _logs(line: str, timeout: float) -> Readiness:
     return Readiness(lambda process: line in process.log_since_start(), f"logging {line!r}", timeout)
 
 
-def _start_demo(settings: Settings, bootstrap: str, tracking_uri: str, rate: float, stack: ExitStack,
-                supervisor: Supervisor, say: Callable[[str], None]) -> LogFollower:
+def _start_demo(
+    settings: Settings,
+    bootstrap: str,
+    tracking_uri: str,
+    rate: float,
+    stack: ExitStack,
+    supervisor: Supervisor,
+    say: Callable[[str], None],
+) -> LogFollower:
     """The scripted demo (load/demo.py): the synthetic card-fraud stream at `rate` events/s with an
     abrupt concept drift, until the loop has promoted a retrained model; then the timeline PNG. Returns
     what follows its story in its log (the log is appended to: from where this run starts)."""
     log = settings.data_dir / "logs" / "demo.log"
     story = LogFollower(log, log.stat().st_size if log.exists() else 0)
-    demo = ManagedProcess("demo", [
-        sys.executable, "-m", "driftloop.load.demo", "--bootstrap", bootstrap, "--rate", str(rate),
-        "--mlflow-url", tracking_uri, "--data-dir", str(settings.data_dir.resolve())],
-        log, env=_child_env(settings, bootstrap, tracking_uri))
+    demo = ManagedProcess(
+        "demo",
+        [
+            sys.executable,
+            "-m",
+            "driftloop.load.demo",
+            "--bootstrap",
+            bootstrap,
+            "--rate",
+            str(rate),
+            "--mlflow-url",
+            tracking_uri,
+            "--data-dir",
+            str(settings.data_dir.resolve()),
+        ],
+        log,
+        env=_child_env(settings, bootstrap, tracking_uri),
+    )
     stack.callback(demo.stop)
     demo.start()
     supervisor.add("demo", demo, ends_stack=DEMO_ENDS_STACK)
-    say(f"demo: synthetic fraud stream at {rate:g} events/s with a concept drift; its story follows here "
-        f"(and in {log})")
+    say(
+        f"demo: synthetic fraud stream at {rate:g} events/s with a concept drift; its story follows here (and in {log})"
+    )
     return story
 
 
-def _live_view(settings: Settings, spec: PipelineSpec, info: StackInfo, display: Display, started: float,
-               story: LogFollower | None) -> LiveView:
+def _live_view(
+    settings: Settings, spec: PipelineSpec, info: StackInfo, display: Display, started: float, story: LogFollower | None
+) -> LiveView:
     """The view of this stack: its decisions since it started, its workers, its children, the demo's story."""
     from driftloop.live import LiveView
     from driftloop.status import collect_children
 
-    return LiveView(display, bootstrap=info.bootstrap, tracking_uri=info.mlflow_tracking_uri,
-                    model_name=spec.model.name, audit_topic=settings.topic_audit, drift_topic=settings.topic_drift,
-                    partitions=settings.partitions, metrics_urls=lambda: info.metrics_urls,
-                    children=lambda: collect_children(settings), decisions_since=started, story=story)
+    return LiveView(
+        display,
+        bootstrap=info.bootstrap,
+        tracking_uri=info.mlflow_tracking_uri,
+        model_name=spec.model.name,
+        audit_topic=settings.topic_audit,
+        drift_topic=settings.topic_drift,
+        partitions=settings.partitions,
+        metrics_urls=lambda: info.metrics_urls,
+        children=lambda: collect_children(settings),
+        decisions_since=started,
+        story=story,
+    )
 
 
 def _redact(uri: str) -> str:

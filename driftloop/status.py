@@ -58,6 +58,7 @@ def scrape(url: str, timeout: float = TIMEOUT_SECONDS) -> Scrape:
 
 def collect(urls: list[str], timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
     """Scrape every URL and summarize the workers that answered; DriftloopError when none did."""
+
     def attempt(url: str) -> Scrape | str:
         try:
             return scrape(url, timeout)
@@ -68,8 +69,9 @@ def collect(urls: list[str], timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]
         results = dict(zip(urls, pool.map(attempt, urls)))
     scrapes = [result for result in results.values() if not isinstance(result, str)]
     if not scrapes:
-        raise DriftloopError(f"no driftloop worker answered at {', '.join(urls) or '(no URL)'} "
-                             "(is `driftloop up` running?)")
+        raise DriftloopError(
+            f"no driftloop worker answered at {', '.join(urls) or '(no URL)'} (is `driftloop up` running?)"
+        )
     workers = {
         "answered": [url for url, result in results.items() if not isinstance(result, str)],
         "unreachable": {url: result for url, result in results.items() if isinstance(result, str)},
@@ -89,8 +91,13 @@ def collect_children(settings: Settings, timeout: float = TIMEOUT_SECONDS) -> di
     except (OSError, ValueError) as exc:
         return {"url": url, "unreachable": _reason(exc)}
     restarts = {labels["child"]: _count(value) for labels, value in samples.get(RESTARTS_METRIC, ())}
-    return {"url": url, "children": {labels["child"]: {"up": value == 1, "restarts": restarts.get(labels["child"], 0)}
-                                     for labels, value in samples.get(UP_METRIC, ())}}
+    return {
+        "url": url,
+        "children": {
+            labels["child"]: {"up": value == 1, "restarts": restarts.get(labels["child"], 0)}
+            for labels, value in samples.get(UP_METRIC, ())
+        },
+    }
 
 
 def _reason(exc: Exception) -> str:
@@ -154,8 +161,10 @@ def _quantiles(scrapes: list[Scrape], name: str, by: str | None, qs: tuple[float
     for key, count in _sum(scrapes, f"{name}_bucket", *((by,) if by else ()), "le").items():
         grouped[key[0] if by else ""][float(key[-1])] = count
     return {
-        value: {"count": _count(buckets.get(math.inf, 0.0)),
-                **{f"p{round(q * 100)}": histogram_quantile(q, buckets) for q in qs}}
+        value: {
+            "count": _count(buckets.get(math.inf, 0.0)),
+            **{f"p{round(q * 100)}": histogram_quantile(q, buckets) for q in qs},
+        }
         for value, buckets in sorted(grouped.items())
     }
 
@@ -164,12 +173,15 @@ def summarize(scrapes: list[Scrape]) -> dict[str, Any]:
     """The status of the workers behind these scrapes, as plain JSON-able data."""
     events = _sum(scrapes, "driftloop_events_total", "result")
     predicted, dead_lettered = events.get(("predicted",), 0.0), events.get(("dead_lettered",), 0.0)
-    by_reason = {reason: _count(n) for (reason,), n in sorted(_sum(scrapes, "driftloop_dlq_total", "reason").items())
-                 if n}
+    by_reason = {
+        reason: _count(n) for (reason,), n in sorted(_sum(scrapes, "driftloop_dlq_total", "reason").items()) if n
+    }
 
     predictions: dict[str, dict[str, int]] = defaultdict(dict)
-    for (version, variant), n in sorted(_sum(scrapes, "driftloop_predictions_total", "model_version", "variant").items(),
-                                        key=lambda item: (_version_order(item[0][0]), item[0][1])):
+    for (version, variant), n in sorted(
+        _sum(scrapes, "driftloop_predictions_total", "model_version", "variant").items(),
+        key=lambda item: (_version_order(item[0][0]), item[0][1]),
+    ):
         predictions[version][variant] = _count(n)
 
     in_use: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
@@ -180,7 +192,9 @@ def summarize(scrapes: list[Scrape]) -> dict[str, Any]:
     batch_count = sum(_sum(scrapes, "driftloop_batch_size_count").values())
     batch_events = sum(_sum(scrapes, "driftloop_batch_size_sum").values())
     stages = _quantiles(scrapes, "driftloop_stage_seconds", "stage", (0.5, 0.99))
-    in_pipeline_order = sorted(stages, key=lambda stage: (STAGES.index(stage) if stage in STAGES else len(STAGES), stage))
+    in_pipeline_order = sorted(
+        stages, key=lambda stage: (STAGES.index(stage) if stage in STAGES else len(STAGES), stage)
+    )
     latency = _quantiles(scrapes, "driftloop_event_latency_seconds", None, (0.5, 0.95, 0.99)).get("")
 
     lag = _sum(scrapes, "driftloop_consumer_lag", "topic")
@@ -188,20 +202,30 @@ def summarize(scrapes: list[Scrape]) -> dict[str, Any]:
     pending = _sum(scrapes, "driftloop_join_pending", "side")
 
     return {
-        "events": {"in": _count(predicted + dead_lettered), "predicted": _count(predicted),
-                   "dead_lettered": _count(dead_lettered), "dead_lettered_by_reason": by_reason},
+        "events": {
+            "in": _count(predicted + dead_lettered),
+            "predicted": _count(predicted),
+            "dead_lettered": _count(dead_lettered),
+            "dead_lettered_by_reason": by_reason,
+        },
         "unseen_categories": _by_label(scrapes, "driftloop_unseen_categories_total", "field"),
         "missing_values": _by_label(scrapes, "driftloop_missing_values_total", "field"),
         "predictions": dict(predictions),
-        "models": {model: {variant: sorted(versions) for variant, versions in sorted(variants.items())}
-                   for model, variants in sorted(in_use.items())},
+        "models": {
+            model: {variant: sorted(versions) for variant, versions in sorted(variants.items())}
+            for model, variants in sorted(in_use.items())
+        },
         "batches": {"count": _count(batch_count), "mean_size": batch_events / batch_count if batch_count else None},
         "stage_seconds": {stage: stages[stage] for stage in in_pipeline_order},
         "event_latency_seconds": latency or {"count": 0, "p50": None, "p95": None, "p99": None},
-        "consumer_lag": {"total": _count(sum(lag.values())),
-                         "by_topic": {topic: _count(n) for (topic,), n in sorted(lag.items())}},
-        "outcomes": {**{result: _count(outcomes.get((result,), 0.0)) for result in OUTCOME_RESULTS},
-                     **{f"pending_{side}s": _count(pending.get((side,), 0.0)) for side in JOIN_SIDES}},
+        "consumer_lag": {
+            "total": _count(sum(lag.values())),
+            "by_topic": {topic: _count(n) for (topic,), n in sorted(lag.items())},
+        },
+        "outcomes": {
+            **{result: _count(outcomes.get((result,), 0.0)) for result in OUTCOME_RESULTS},
+            **{f"pending_{side}s": _count(pending.get((side,), 0.0)) for side in JOIN_SIDES},
+        },
         "feast_rows": _count(sum(_sum(scrapes, "driftloop_feast_rows_total").values())),
         "live_metrics": _live_metrics(scrapes),
     }
@@ -226,9 +250,12 @@ def _live_metrics(scrapes: list[Scrape]) -> dict[str, dict[str, float | int | No
             total[1] += n
     result = {}
     for (version,), n in sorted(samples_of.items(), key=lambda item: _version_order(item[0][0])):
-        result[version] = {metric: (weighted[version, metric][0] / weighted[version, metric][1]
-                                    if (version, metric) in weighted else None)
-                           for metric in LIVE_METRICS}
+        result[version] = {
+            metric: (
+                weighted[version, metric][0] / weighted[version, metric][1] if (version, metric) in weighted else None
+            )
+            for metric in LIVE_METRICS
+        }
         result[version]["samples"] = _count(n)
     return result
 
@@ -240,50 +267,73 @@ def _ms(seconds: float | None) -> str:
 def render(summary: dict[str, Any]) -> str:
     """The summary as a few readable lines."""
     workers = summary["workers"]
-    who = ", ".join(f"{info.get('worker_id', '?')} (spec {info.get('spec', '?')}, driftloop {info.get('version', '?')})"
-                    for info in workers["info"]) or ", ".join(workers["answered"])
+    who = ", ".join(
+        f"{info.get('worker_id', '?')} (spec {info.get('spec', '?')}, driftloop {info.get('version', '?')})"
+        for info in workers["info"]
+    ) or ", ".join(workers["answered"])
     lines = [f"workers     {len(workers['answered'])} answered: {who}"]
     lines += [f"            unreachable: {url}: {reason}" for url, reason in workers["unreachable"].items()]
     events = summary["events"]
     reasons = ", ".join(f"{reason} {n}" for reason, n in events["dead_lettered_by_reason"].items())
-    lines.append(f"events      in {events['in']}, predicted {events['predicted']}, "
-                 f"dead-lettered {events['dead_lettered']}" + (f" ({reasons})" if reasons else ""))
+    lines.append(
+        f"events      in {events['in']}, predicted {events['predicted']}, "
+        f"dead-lettered {events['dead_lettered']}" + (f" ({reasons})" if reasons else "")
+    )
     for title, key in (("unseen", "unseen_categories"), ("missing", "missing_values")):
         if summary[key]:
             lines.append(f"{title:<12}" + ", ".join(f"{field} {n}" for field, n in summary[key].items()))
-    predictions = [f"v{version} {variant} {n}" for version, variants in summary["predictions"].items()
-                   for variant, n in variants.items()]
+    predictions = [
+        f"v{version} {variant} {n}"
+        for version, variants in summary["predictions"].items()
+        for variant, n in variants.items()
+    ]
     lines.append("predictions " + (", ".join(predictions) or "none"))
-    models = [f"{model} {variant} v{'/v'.join(map(str, versions))}" for model, variants in summary["models"].items()
-              for variant, versions in variants.items()]
+    models = [
+        f"{model} {variant} v{'/v'.join(map(str, versions))}"
+        for model, variants in summary["models"].items()
+        for variant, versions in variants.items()
+    ]
     lines.append("models      " + (", ".join(models) or "none reported"))
     batches = summary["batches"]
     if batches["count"]:
         lines.append(f"batches     {batches['count']}, mean size {batches['mean_size']:.1f}")
-    stages = [f"{stage} {_ms(q['p50'])} / {_ms(q['p99'])}" for stage, q in summary["stage_seconds"].items()
-              if q["count"]]
+    stages = [
+        f"{stage} {_ms(q['p50'])} / {_ms(q['p99'])}" for stage, q in summary["stage_seconds"].items() if q["count"]
+    ]
     if stages:
         lines.append("stages      p50 / p99: " + ", ".join(stages))
     latency = summary["event_latency_seconds"]
-    lines.append(f"latency     append to prediction: p50 {_ms(latency['p50'])}, p95 {_ms(latency['p95'])}, "
-                 f"p99 {_ms(latency['p99'])} over {latency['count']} events")
+    lines.append(
+        f"latency     append to prediction: p50 {_ms(latency['p50'])}, p95 {_ms(latency['p95'])}, "
+        f"p99 {_ms(latency['p99'])} over {latency['count']} events"
+    )
     lag = summary["consumer_lag"]
-    lines.append(f"lag         {lag['total']} records behind"
-                 + (" (" + ", ".join(f"{topic} {n}" for topic, n in lag["by_topic"].items()) + ")" if lag["by_topic"]
-                    else ""))
+    lines.append(
+        f"lag         {lag['total']} records behind"
+        + (" (" + ", ".join(f"{topic} {n}" for topic, n in lag["by_topic"].items()) + ")" if lag["by_topic"] else "")
+    )
     outcomes = summary["outcomes"]
-    lines.append(f"outcomes    joined {outcomes['joined']}, expired unmatched {outcomes['expired_unmatched']}, "
-                 f"invalid {outcomes['invalid']}, duplicate {outcomes['duplicate']}; pending: "
-                 f"{outcomes['pending_predictions']} predictions, {outcomes['pending_outcomes']} outcomes")
+    lines.append(
+        f"outcomes    joined {outcomes['joined']}, expired unmatched {outcomes['expired_unmatched']}, "
+        f"invalid {outcomes['invalid']}, duplicate {outcomes['duplicate']}; pending: "
+        f"{outcomes['pending_predictions']} predictions, {outcomes['pending_outcomes']} outcomes"
+    )
     lines.append(f"feast       {summary['feast_rows']} rows written")
     for version, values in summary["live_metrics"].items():
-        shown = ", ".join(f"{metric} {'-' if values[metric] is None else format(values[metric], '.3f')}"
-                          for metric in LIVE_METRICS)
+        shown = ", ".join(
+            f"{metric} {'-' if values[metric] is None else format(values[metric], '.3f')}" for metric in LIVE_METRICS
+        )
         lines.append(f"{'live v' + version:<12}{shown} (window {values['samples']})")
     supervised = summary.get("supervisor")
     if supervised is not None:
-        lines.append("children    " + (f"not shown: {supervised['url']}: {supervised['unreachable']}"
-                                       if "unreachable" in supervised else _children(supervised["children"])))
+        lines.append(
+            "children    "
+            + (
+                f"not shown: {supervised['url']}: {supervised['unreachable']}"
+                if "unreachable" in supervised
+                else _children(supervised["children"])
+            )
+        )
     return "\n".join(lines)
 
 
@@ -291,6 +341,7 @@ def _children(children: dict[str, dict[str, Any]]) -> str:
     def one(child: str, state: dict[str, Any]) -> str:
         restarts = state["restarts"]
         return f"{child} {'up' if state['up'] else 'down'}" + (
-            f" ({restarts} restart{'s' if restarts != 1 else ''})" if restarts else "")
+            f" ({restarts} restart{'s' if restarts != 1 else ''})" if restarts else ""
+        )
 
     return ", ".join(one(child, state) for child, state in children.items())

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -54,10 +54,18 @@ class SupervisorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._restarts = Counter(RESTARTS_METRIC.removesuffix("_total"), "Restarts of a child of driftloop up "
-                                 "after it exited", ["child"], registry=self.registry)
-        self._up = Gauge(UP_METRIC, "1 while the child runs and is ready, 0 while it is down or starting",
-                         ["child"], registry=self.registry)
+        self._restarts = Counter(
+            RESTARTS_METRIC.removesuffix("_total"),
+            "Restarts of a child of driftloop up after it exited",
+            ["child"],
+            registry=self.registry,
+        )
+        self._up = Gauge(
+            UP_METRIC,
+            "1 while the child runs and is ready, 0 while it is down or starting",
+            ["child"],
+            registry=self.registry,
+        )
         self._endpoint = MetricsEndpoint(self.registry, "DRIFTLOOP_SUPERVISOR_PORT")
 
     def track(self, child: str) -> None:
@@ -79,8 +87,7 @@ class SupervisorMetrics:
 
 
 class _Child:
-    def __init__(self, label: str, process: ManagedProcess, ends_stack: str | None, policy: RestartPolicy,
-                 now: float):
+    def __init__(self, label: str, process: ManagedProcess, ends_stack: str | None, policy: RestartPolicy, now: float):
         self.label, self.process, self.ends_stack = label, process, ends_stack
         self.restarts = 0
         self.recent: deque[float] = deque()  # when it was restarted, within the policy's window
@@ -94,8 +101,14 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, policy: RestartPolicy, say: Callable[[str], None], on_restart: Callable[[Restart], None],
-                 metrics: SupervisorMetrics, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        policy: RestartPolicy,
+        say: Callable[[str], None],
+        on_restart: Callable[[Restart], None],
+        metrics: SupervisorMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.policy, self.say, self.on_restart, self.metrics, self.clock = policy, say, on_restart, metrics, clock
         self._children: list[_Child] = []
 
@@ -118,8 +131,10 @@ class Supervisor:
             code = child.process.returncode()
             if child.ends_stack is not None and code is not None:
                 status = describe_exit(code)
-                raise DriftloopError(f"{child.process.name} exited ({status}); {child.ends_stack}: stopping the "
-                                     f"stack{_last_words(child.process, status)} (log: {child.process.log_path})")
+                raise DriftloopError(
+                    f"{child.process.name} exited ({status}); {child.ends_stack}: stopping the "
+                    f"stack{_last_words(child.process, status)} (log: {child.process.log_path})"
+                )
         for child in self._children:
             if child.ends_stack is None:
                 self._check(child, self.clock())
@@ -153,13 +168,16 @@ class Supervisor:
             raise DriftloopError(
                 f"{process.name} is crash-looping: it exited ({status}) after {len(child.recent)} restarts in the "
                 f"last {self.policy.window / 60:g} minutes (DRIFTLOOP_MAX_RESTARTS={self.policy.max_restarts}); "
-                f"stopping the stack{_last_words(process, status)} (log: {process.log_path})")
+                f"stopping the stack{_last_words(process, status)} (log: {process.log_path})"
+            )
         if child.ready_since is not None and now - child.ready_since >= self.policy.healthy_after:
             child.delay = self.policy.first_delay
         child.exited_at, child.exit_status, child.returncode, child.ready_since = now, status, code, None
         child.restart_at = now + child.delay
-        self.say(f"{process.name} exited ({status}); restarting in {child.delay:g}s "
-                 f"(restart {child.restarts + 1}; log: {process.log_path})")
+        self.say(
+            f"{process.name} exited ({status}); restarting in {child.delay:g}s "
+            f"(restart {child.restarts + 1}; log: {process.log_path})"
+        )
 
     def _respawn(self, child: _Child, now: float) -> None:
         child.process.spawn()
@@ -168,8 +186,9 @@ class Supervisor:
         child.spawned_at, child.restart_at = now, None
         delay, child.delay = child.delay, min(child.delay * 2, self.policy.max_delay)
         self.metrics.restarted(child.label)
-        self.on_restart(Restart(child.label, child.exit_status, child.returncode, child.restarts, delay,
-                                child.process.log_path))
+        self.on_restart(
+            Restart(child.label, child.exit_status, child.returncode, child.restarts, delay, child.process.log_path)
+        )
 
 
 def _last_words(process: ManagedProcess, status: str) -> str:

@@ -69,10 +69,14 @@ class ReferenceComputer:
         features = {}
         for f in self.spec.features:
             aggregation = AGGREGATIONS[f.agg]
-            inputs = {"since": since, "value": None if f.field is None else event.get(f.field),
-                      "window": [ve.get(f.field) for te, ve in seen if f.window and in_window(f.window, t, te)]}
-            features[f.name] = clamp(float(aggregation.define(**{name: inputs[name] for name in
-                                                                  aggregation.define_inputs})))
+            inputs = {
+                "since": since,
+                "value": None if f.field is None else event.get(f.field),
+                "window": [ve.get(f.field) for te, ve in seen if f.window and in_window(f.window, t, te)],
+            }
+            features[f.name] = clamp(
+                float(aggregation.define(**{name: inputs[name] for name in aggregation.define_inputs}))
+            )
         seen.append((t, event))
         state["latest"] = latest = t if latest is None else max(latest, t)
         seen[:] = [(te, ve) for te, ve in seen if te > latest - self.allowed_lateness - self._reach]

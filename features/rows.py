@@ -54,12 +54,13 @@ class RowBuilder:
     def __init__(self, spec: PipelineSpec):
         features = tuple(f.name for f in spec.features)
         inputs = spec.model_inputs
-        if inputs[:len(features)] == features:
-            body = [f"    features[{name!r}] = get({name!r})" for name in inputs[len(features):]]
+        if inputs[: len(features)] == features:
+            body = [f"    features[{name!r}] = get({name!r})" for name in inputs[len(features) :]]
             body.append("    return features")
         else:
-            items = (f"{name!r}: features[{name!r}]" if name in features else f"{name!r}: get({name!r})"
-                     for name in inputs)
+            items = (
+                f"{name!r}: features[{name!r}]" if name in features else f"{name!r}: get({name!r})" for name in inputs
+            )
             body = [f"    return {{{', '.join(items)}}}"]
         self.source = "\n".join(["def row(features, values):", "    get = values.get", *body])
         namespace: dict[str, Any] = {}
@@ -82,6 +83,7 @@ class Featuriser:
         event = self.validator.validate(raw)
         if not isinstance(event, Event):
             return event, None
-        self._states[event.entity], features = self._computer.update(self._states.get(event.entity),
-                                                                    event.event_time, event.values)
+        self._states[event.entity], features = self._computer.update(
+            self._states.get(event.entity), event.event_time, event.values
+        )
         return event, self._row(features, event.values)

@@ -108,13 +108,13 @@ class _Group:
 
     def __init__(self, sliding: bool, width: float = 0.0, step: float = 0.0, ratio: int = 1, span: int = 0):
         self.sliding = sliding
-        self.width = width    # bucket width (bucketed)
-        self.step = step      # step: the window ends where t's step-bucket ends (bucketed)
-        self.ratio = ratio    # buckets per step
-        self.span = span      # buckets per window (bucketed)
+        self.width = width  # bucket width (bucketed)
+        self.step = step  # step: the window ends where t's step-bucket ends (bucketed)
+        self.ratio = ratio  # buckets per step
+        self.span = span  # buckets per window (bucketed)
         self.stats: list[tuple[int, Statistic]] = []  # (field index, statistic) per cell list after keys, counts
         self.reads: list[int] = []
-        self.horizon = 0.0    # sliding: seconds of entries kept behind the latest event
+        self.horizon = 0.0  # sliding: seconds of entries kept behind the latest event
         self.grain: float = 1  # beyond max_entries, cells merge onto a grid this wide (seconds or buckets)
 
     def own_key(self, t: float):
@@ -170,8 +170,7 @@ class FeatureComputer:
     events), for reading.
     """
 
-    def __init__(self, spec: PipelineSpec, *, allowed_lateness: float = 0.0,
-                 max_entries: int = DEFAULT_MAX_ENTRIES):
+    def __init__(self, spec: PipelineSpec, *, allowed_lateness: float = 0.0, max_entries: int = DEFAULT_MAX_ENTRIES):
         if allowed_lateness < 0 or not math.isfinite(allowed_lateness):
             raise ValueError("allowed_lateness must be a finite number of seconds >= 0")
         if max_entries < 4:
@@ -250,8 +249,9 @@ class FeatureComputer:
         for aggregation, ri, vi in features:
             inputs = {"value": f"v{vi}", "count": f"run{ri}[2]", "since": "since"}
             if ri >= 0:
-                inputs.update({stat.name: f"run{ri}[{slot}]" for stat, _, slot, fvi in self._reads[ri].stats
-                               if fvi == vi})
+                inputs.update(
+                    {stat.name: f"run{ri}[{slot}]" for stat, _, slot, fvi in self._reads[ri].stats if fvi == vi}
+                )
             plans.append((aggregation, {name: inputs[name] for name in aggregation.finish_inputs}))
         self._plans = tuple(plans)
         self._layout = self._layout_id()
@@ -269,10 +269,17 @@ class FeatureComputer:
         parts = [f"v{STATE_VERSION}", ",".join(self._fields)]
         for g in self._groups:
             geometry = "sliding" if g.sliding else f"b{g.width!r}/{g.step!r}x{g.ratio}/{g.span}"
-            parts.append(geometry + ":" + ",".join(f"{vi}{stat.code}" for vi, stat in g.stats)
-                         + ":" + ",".join(f"{self._reads[ri].span!r}/" + "".join(f"{vi}{stat.code}" for stat, _, _, vi
-                                                                              in self._reads[ri].stats)
-                                          for ri in g.reads))
+            parts.append(
+                geometry
+                + ":"
+                + ",".join(f"{vi}{stat.code}" for vi, stat in g.stats)
+                + ":"
+                + ",".join(
+                    f"{self._reads[ri].span!r}/"
+                    + "".join(f"{vi}{stat.code}" for stat, _, _, vi in self._reads[ri].stats)
+                    for ri in g.reads
+                )
+            )
         return f"v{STATE_VERSION}-" + hashlib.blake2b("|".join(parts).encode(), digest_size=6).hexdigest()
 
     def new_state(self) -> dict:
@@ -283,8 +290,12 @@ class FeatureComputer:
             for stat, _, _, _ in r.stats:
                 run += stat.empty()
             runs.append(run)
-        return {"layout": self._layout, "latest": None,
-                "cells": [[[] for _ in range(2 + len(g.stats))] for g in self._groups], "runs": runs}
+        return {
+            "layout": self._layout,
+            "latest": None,
+            "cells": [[[] for _ in range(2 + len(g.stats))] for g in self._groups],
+            "runs": runs,
+        }
 
     # -- the hot path -------------------------------------------------------------------------------
 
@@ -306,10 +317,18 @@ class FeatureComputer:
         finishes them the same way from aggregates read off the entries.
         """
         ns: dict[str, Any] = {
-            "floor": math.floor, "bisect_right": bisect_right, "_num": _num, "_clamp": clamp,
-            "_bad_time": _bad_time, "_new_state": self.new_state, "_late": self._update_late,
-            "_advance": self._advance, "_drop": self._drop, "_shrink": self._shrink,
-            "LAYOUT": self._layout, "NAMES": self.names,
+            "floor": math.floor,
+            "bisect_right": bisect_right,
+            "_num": _num,
+            "_clamp": clamp,
+            "_bad_time": _bad_time,
+            "_new_state": self.new_state,
+            "_late": self._update_late,
+            "_advance": self._advance,
+            "_drop": self._drop,
+            "_shrink": self._shrink,
+            "LAYOUT": self._layout,
+            "NAMES": self.names,
         }
         empty = self.new_state()["runs"]
         for ri, r in enumerate(self._reads):
@@ -606,10 +625,14 @@ def _benchmark(argv: list[str] | None = None) -> None:
     numeric = [name for name, f in spec.events.fields.items() if f.numeric]
     start = 1_700_000_000.0
     times = sorted(start + rng.uniform(0, args.hours * 3600) for _ in range(args.events))
-    events = [(f"e{rng.randrange(args.entities)}", t,
-               {name: round(rng.lognormvariate(3, 1), 2) for name in numeric}) for t in times]
-    print(f"{spec.name}: {len(spec.features)} features, {args.events:,} events in time order, "
-          f"{args.entities:,} entities over {args.hours:g} h")
+    events = [
+        (f"e{rng.randrange(args.entities)}", t, {name: round(rng.lognormvariate(3, 1), 2) for name in numeric})
+        for t in times
+    ]
+    print(
+        f"{spec.name}: {len(spec.features)} features, {args.events:,} events in time order, "
+        f"{args.entities:,} entities over {args.hours:g} h"
+    )
     for _ in range(args.repeat):
         computer = FeatureComputer(spec)
         update = computer.update
@@ -618,8 +641,10 @@ def _benchmark(argv: list[str] | None = None) -> None:
         for entity, t, values in events:
             states[entity], _ = update(states.get(entity), t, values)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        print(f"  {args.events / wall:>10,.0f} events/s wall ({wall:.2f} s)   "
-              f"{args.events / cpu:>10,.0f} events/s CPU ({cpu:.2f} s)")
+        print(
+            f"  {args.events / wall:>10,.0f} events/s wall ({wall:.2f} s)   "
+            f"{args.events / cpu:>10,.0f} events/s CPU ({cpu:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

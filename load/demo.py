@@ -39,7 +39,7 @@ import uuid
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,8 @@ from driftloop.cli import positive
 from driftloop.errors import DriftloopError
 from driftloop.follow import TopicFollower
 from driftloop.load.generator import DriftPlan, FraudStream, _send, encode
-from driftloop.loop_status import decision_line
 from driftloop.load.timeline import DEFAULT_WINDOW, epoch, is_promotion, write_timeline
+from driftloop.loop_status import decision_line
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.stack import running_stack
@@ -84,7 +84,7 @@ def stream_start(events: int, event_seconds: float, now: float) -> datetime:
     """When a stream must start so that `events` events, `event_seconds` of event time apart on average, end
     before `now`: with a tenth to spare, as the gaps are random (and sum to more than their mean about half
     the time)."""
-    return datetime.fromtimestamp(now - 1.1 * events * event_seconds, timezone.utc)
+    return datetime.fromtimestamp(now - 1.1 * events * event_seconds, UTC)
 
 
 class StreamPlayer:
@@ -94,8 +94,9 @@ class StreamPlayer:
     time lies ahead of the wall clock: `produce` stops short instead.
     """
 
-    def __init__(self, stream: FraudStream, bootstrap: str, events_topic: str, outcomes_topic: str, *,
-                 label_delay: int):
+    def __init__(
+        self, stream: FraudStream, bootstrap: str, events_topic: str, outcomes_topic: str, *, label_delay: int
+    ):
         self.bootstrap = bootstrap
         self.events_topic, self.outcomes_topic = events_topic, outcomes_topic
         self.label_delay = label_delay
@@ -146,8 +147,15 @@ class StreamPlayer:
         return self.producer.flush(timeout)
 
 
-def play(player: StreamPlayer, rate: float | None, *, until: Callable[[], bool], on_tick: Callable[[], None],
-         tick: float = 0.05, limit: int | None = None) -> None:
+def play(
+    player: StreamPlayer,
+    rate: float | None,
+    *,
+    until: Callable[[], bool],
+    on_tick: Callable[[], None],
+    tick: float = 0.05,
+    limit: int | None = None,
+) -> None:
     """Produce at `rate` events/s (None: as fast as the producer goes) until `until()` or `limit` more events,
     calling `on_tick` every `tick` seconds or so."""
     started, base = time.monotonic(), player.produced
@@ -168,8 +176,11 @@ def play(player: StreamPlayer, rate: float | None, *, until: Callable[[], bool],
 
 def drifted_after(prefix: str, onset: int) -> Callable[[str], bool]:
     """Tells the drifted events of a FraudStream by id (`<prefix><index>`): those at or past the onset."""
+
     def is_drifted(event_id: str) -> bool:
-        return event_id.startswith(prefix) and event_id[len(prefix):].isdigit() and int(event_id[len(prefix):]) >= onset
+        return (
+            event_id.startswith(prefix) and event_id[len(prefix) :].isdigit() and int(event_id[len(prefix) :]) >= onset
+        )
 
     return is_drifted
 
@@ -177,8 +188,10 @@ def drifted_after(prefix: str, onset: int) -> Callable[[str], bool]:
 def mlflow_links(tracking_uri: str | None, spec: PipelineSpec) -> list[str]:
     """Lines saying where the MLflow UI shows the retraining runs and the model versions."""
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
-        return [f"MLflow runs: experiment {spec.name!r}, model versions: registered model {spec.model.name!r} "
-                f"(tracking URI {tracking_uri or 'unknown'}; `driftloop mlflow` serves a UI over it)"]
+        return [
+            f"MLflow runs: experiment {spec.name!r}, model versions: registered model {spec.model.name!r} "
+            f"(tracking URI {tracking_uri or 'unknown'}; `driftloop mlflow` serves a UI over it)"
+        ]
     base = tracking_uri.rstrip("/")
     # MLflow's REST API rather than its client: a courtesy lookup must cost a second, not an import and retries.
     query = urllib.parse.urlencode({"experiment_name": spec.name})
@@ -201,11 +214,13 @@ def _facts_line(facts: dict[str, Any]) -> str:
         value = facts[f"accuracy_{name}"]
         return "n/a" if value is None else f"{value:.3f}"
 
-    return (f"drift onset {facts['onset']}; first drifted event scored {moment('drift_first_scored')}, detected "
-            f"{moment('detection')}, challenger "
-            f"{moment('challenger')}, promoted {moment('promotion')}, new champion serving "
-            f"{moment('new_champion_serving')}; accuracy before the drift {accuracy('before_drift')}, after it "
-            f"{accuracy('after_drift')}, after the promotion {accuracy('after_promotion')}")
+    return (
+        f"drift onset {facts['onset']}; first drifted event scored {moment('drift_first_scored')}, detected "
+        f"{moment('detection')}, challenger "
+        f"{moment('challenger')}, promoted {moment('promotion')}, new champion serving "
+        f"{moment('new_champion_serving')}; accuracy before the drift {accuracy('before_drift')}, after it "
+        f"{accuracy('after_drift')}, after the promotion {accuracy('after_promotion')}"
+    )
 
 
 def run_demo(args: argparse.Namespace, settings: Settings, spec: PipelineSpec, say: Callable[[str], None]) -> int:
@@ -214,32 +229,47 @@ def run_demo(args: argparse.Namespace, settings: Settings, spec: PipelineSpec, s
     kafka.wait_for_broker(bootstrap, timeout=15)
     kafka.ensure_topics(bootstrap, [settings.topic_events, settings.topic_outcomes], settings.partitions)
     scripted = args.onset + int(args.rate * (args.timeout + args.after_promotion + 3600))
-    stream = FraudStream(seed=args.seed, users=args.users, fraud_rate=args.fraud_rate,
-                         drift=DriftPlan("abrupt", args.onset, concept=True),
-                         start=stream_start(scripted, 1 / args.event_time_rate, time.time()),
-                         events_per_second=args.event_time_rate, id_prefix=f"demo-{uuid.uuid4().hex[:6]}-")
+    stream = FraudStream(
+        seed=args.seed,
+        users=args.users,
+        fraud_rate=args.fraud_rate,
+        drift=DriftPlan("abrupt", args.onset, concept=True),
+        start=stream_start(scripted, 1 / args.event_time_rate, time.time()),
+        events_per_second=args.event_time_rate,
+        id_prefix=f"demo-{uuid.uuid4().hex[:6]}-",
+    )
     is_drifted = drifted_after(stream.id_prefix, args.onset)
-    player = StreamPlayer(stream, bootstrap, settings.topic_events, settings.topic_outcomes,
-                          label_delay=args.label_delay)
+    player = StreamPlayer(
+        stream, bootstrap, settings.topic_events, settings.topic_outcomes, label_delay=args.label_delay
+    )
     watch = TopicFollower(bootstrap, settings.topic_audit, settings.partitions)
     png = Path(args.data_dir) / TIMELINE_FILE
     started = time.time()
     state: dict[str, Any] = {"onset": None, "promotion": None, "progress": started}
-    say(f"producing the fraud stream at {args.rate:g} events/s to {settings.topic_events} (outcomes "
+    say(
+        f"producing the fraud stream at {args.rate:g} events/s to {settings.topic_events} (outcomes "
         f"{args.label_delay} events later to {settings.topic_outcomes}); concept drift at event {args.onset:,}, "
-        f"in about {args.onset / args.rate:.0f} s")
+        f"in about {args.onset / args.rate:.0f} s"
+    )
 
     def tick() -> None:
         moment = time.time()
         if state["onset"] is None and player.produced > args.onset:
             state["onset"] = player.sent_at[args.onset]
-            say(f"drift onset: event {args.onset:,} (the first of the new fraud pattern) went out at "
-                f"{datetime.fromtimestamp(state['onset'], timezone.utc).isoformat(timespec='seconds')}")
+            say(
+                f"drift onset: event {args.onset:,} (the first of the new fraud pattern) went out at "
+                f"{datetime.fromtimestamp(state['onset'], UTC).isoformat(timespec='seconds')}"
+            )
         for record in watch.poll():
             if record.get("action") not in _QUIET_ACTIONS:
                 say(f"{DECISION}{decision_line(record)}")
-            if (is_promotion(record) and state["onset"] is not None and state["promotion"] is None
-                    and isinstance(record.get("at"), str) and epoch(record["at"]) >= state["onset"]):
+            if (
+                is_promotion(record)
+                and state["onset"] is not None
+                and state["promotion"] is None
+                and isinstance(record.get("at"), str)
+                and epoch(record["at"]) >= state["onset"]
+            ):
                 state["promotion"] = epoch(record["at"])
         if moment - state["progress"] >= _PROGRESS_SECONDS:
             state["progress"] = moment
@@ -253,18 +283,29 @@ def run_demo(args: argparse.Namespace, settings: Settings, spec: PipelineSpec, s
     try:
         play(player, args.rate, until=scripted_part_over, on_tick=tick)
         say(f"writing the timeline of the run ({player.produced:,} events) ...")
-        facts = write_timeline(bootstrap, settings, started - 1, time.time(), state["onset"], png,
-                               title=f"driftloop demo: {spec.model.name}, concept drift at event {args.onset:,} "
-                                     f"({args.rate:g} events/s)",
-                               drifted_share_threshold=spec.drift.drifted_share, window=args.window,
-                               is_drifted=is_drifted)
+        facts = write_timeline(
+            bootstrap,
+            settings,
+            started - 1,
+            time.time(),
+            state["onset"],
+            png,
+            title=f"driftloop demo: {spec.model.name}, concept drift at event {args.onset:,} ({args.rate:g} events/s)",
+            drifted_share_threshold=spec.drift.drifted_share,
+            window=args.window,
+            is_drifted=is_drifted,
+        )
         say(f"timeline: {png.resolve()}")
         say(_facts_line(facts))
         for line in mlflow_links(args.mlflow_url, spec):
             say(line)
         if state["promotion"] is None:
-            print(f"driftloop: demo: error: no retrained model was promoted within {args.timeout:g} s of the drift "
-                  f"onset; the timeline shows how far the loop got: {png.resolve()}", file=sys.stderr, flush=True)
+            print(
+                f"driftloop: demo: error: no retrained model was promoted within {args.timeout:g} s of the drift "
+                f"onset; the timeline shows how far the loop got: {png.resolve()}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         say("the loop adapted; the drifted stream goes on until Ctrl-C (or SIGTERM)")
         play(player, args.rate, until=lambda: False, on_tick=tick)  # ends only by Stopped
@@ -285,43 +326,91 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m driftloop.load.demo",
         description="The scripted demo of `driftloop up --demo`: a synthetic card-fraud stream with an abrupt "
-                    "concept drift, until the loop has promoted a retrained model; then a timeline PNG, and the "
-                    "stream goes on until stopped.")
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS, else the "
-                                            "running `driftloop up`'s)")
-    parser.add_argument("--mlflow-url", help="MLflow tracking server, for the UI links (default: "
-                                             "$MLFLOW_TRACKING_URI, else the running `driftloop up`'s)")
+        "concept drift, until the loop has promoted a retrained model; then a timeline PNG, and the "
+        "stream goes on until stopped.",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS, else the running `driftloop up`'s)",
+    )
+    parser.add_argument(
+        "--mlflow-url",
+        help="MLflow tracking server, for the UI links (default: "
+        "$MLFLOW_TRACKING_URI, else the running `driftloop up`'s)",
+    )
     parser.add_argument("--data-dir", help=f"where {TIMELINE_FILE} goes (default: $DRIFTLOOP_DATA_DIR)")
-    parser.add_argument("--rate", type=positive(float), default=1000.0, metavar="EPS",
-                        help="events per second (default 1000)")
-    parser.add_argument("--onset", type=int, default=ONSET, metavar="N",
-                        help=f"index of the first drifted event (default {ONSET}: after the 24 h windows' warm-up, "
-                             f"the first model and the drift reference)")
-    parser.add_argument("--label-delay", type=int, default=LABEL_DELAY, metavar="N",
-                        help=f"outcomes follow their event by N events (default {LABEL_DELAY})")
-    parser.add_argument("--timeout", type=positive(float), default=600.0, metavar="S",
-                        help="give up when nothing is promoted S seconds after the onset (default 600)")
-    parser.add_argument("--after-promotion", type=float, default=30.0, metavar="S",
-                        help="seconds of stream after the promotion before the timeline is drawn (default 30)")
+    parser.add_argument(
+        "--rate", type=positive(float), default=1000.0, metavar="EPS", help="events per second (default 1000)"
+    )
+    parser.add_argument(
+        "--onset",
+        type=int,
+        default=ONSET,
+        metavar="N",
+        help=f"index of the first drifted event (default {ONSET}: after the 24 h windows' warm-up, "
+        f"the first model and the drift reference)",
+    )
+    parser.add_argument(
+        "--label-delay",
+        type=int,
+        default=LABEL_DELAY,
+        metavar="N",
+        help=f"outcomes follow their event by N events (default {LABEL_DELAY})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=600.0,
+        metavar="S",
+        help="give up when nothing is promoted S seconds after the onset (default 600)",
+    )
+    parser.add_argument(
+        "--after-promotion",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds of stream after the promotion before the timeline is drawn (default 30)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="random seed of the stream (default 7)")
-    parser.add_argument("--users", type=positive(int), default=DEMO_STREAM["users"],
-                        help=f"cards in the stream (default {DEMO_STREAM['users']})")
-    parser.add_argument("--fraud-rate", type=_share, default=DEMO_STREAM["fraud_rate"],
-                        help=f"share of fraudulent events (default {DEMO_STREAM['fraud_rate']})")
-    parser.add_argument("--event-time-rate", type=positive(float), default=DEMO_STREAM["events_per_second"],
-                        metavar="EPS", help="events per second of simulated event time (default "
-                                            f"{DEMO_STREAM['events_per_second']}: the 24 h windows fill after "
-                                            f"{int(86400 * DEMO_STREAM['events_per_second']):,} events)")
-    parser.add_argument("--window", type=positive(int), default=DEFAULT_WINDOW, metavar="N",
-                        help=f"outcomes in the timeline's rolling accuracy (default {DEFAULT_WINDOW})")
+    parser.add_argument(
+        "--users",
+        type=positive(int),
+        default=DEMO_STREAM["users"],
+        help=f"cards in the stream (default {DEMO_STREAM['users']})",
+    )
+    parser.add_argument(
+        "--fraud-rate",
+        type=_share,
+        default=DEMO_STREAM["fraud_rate"],
+        help=f"share of fraudulent events (default {DEMO_STREAM['fraud_rate']})",
+    )
+    parser.add_argument(
+        "--event-time-rate",
+        type=positive(float),
+        default=DEMO_STREAM["events_per_second"],
+        metavar="EPS",
+        help="events per second of simulated event time (default "
+        f"{DEMO_STREAM['events_per_second']}: the 24 h windows fill after "
+        f"{int(86400 * DEMO_STREAM['events_per_second']):,} events)",
+    )
+    parser.add_argument(
+        "--window",
+        type=positive(int),
+        default=DEFAULT_WINDOW,
+        metavar="N",
+        help=f"outcomes in the timeline's rolling accuracy (default {DEFAULT_WINDOW})",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.onset < 0 or args.label_delay < 0 or args.after_promotion < 0:
-        print("driftloop: demo: error: --onset, --label-delay and --after-promotion cannot be negative",
-              file=sys.stderr, flush=True)
+        print(
+            "driftloop: demo: error: --onset, --label-delay and --after-promotion cannot be negative",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     say = lambda line: print(f"driftloop: demo: {line}", flush=True)  # noqa: E731

@@ -48,14 +48,15 @@ import sys
 import time
 from bisect import bisect
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 
-DEFAULT_START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
 
 CATEGORIES = ("grocery", "restaurants", "fuel", "travel", "electronics", "fashion", "gaming", "digital_goods", "other")
 COUNTRIES = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "BR", "IN", "NG", "other")
@@ -78,13 +79,31 @@ class _Weighted:
 
 # Ordinary purchases: category mix, and per category the median amount and the channel mix.
 _LEGIT_CATEGORY = _Weighted(CATEGORIES, (0.25, 0.18, 0.12, 0.04, 0.05, 0.10, 0.04, 0.08, 0.14))
-_CATEGORY_MEDIAN = {"grocery": 40.0, "restaurants": 30.0, "fuel": 50.0, "travel": 350.0, "electronics": 250.0,
-                    "fashion": 80.0, "gaming": 25.0, "digital_goods": 10.0, "other": 45.0}
-_CHANNEL = {category: _Weighted(CHANNELS, weights) for category, weights in {  # pos, web, app
-    "grocery": (0.85, 0.05, 0.10), "restaurants": (0.85, 0.05, 0.10), "fuel": (0.95, 0.0, 0.05),
-    "travel": (0.10, 0.60, 0.30), "electronics": (0.40, 0.45, 0.15), "fashion": (0.50, 0.35, 0.15),
-    "gaming": (0.05, 0.35, 0.60), "digital_goods": (0.02, 0.38, 0.60), "other": (0.60, 0.25, 0.15),
-}.items()}
+_CATEGORY_MEDIAN = {
+    "grocery": 40.0,
+    "restaurants": 30.0,
+    "fuel": 50.0,
+    "travel": 350.0,
+    "electronics": 250.0,
+    "fashion": 80.0,
+    "gaming": 25.0,
+    "digital_goods": 10.0,
+    "other": 45.0,
+}
+_CHANNEL = {
+    category: _Weighted(CHANNELS, weights)
+    for category, weights in {  # pos, web, app
+        "grocery": (0.85, 0.05, 0.10),
+        "restaurants": (0.85, 0.05, 0.10),
+        "fuel": (0.95, 0.0, 0.05),
+        "travel": (0.10, 0.60, 0.30),
+        "electronics": (0.40, 0.45, 0.15),
+        "fashion": (0.50, 0.35, 0.15),
+        "gaming": (0.05, 0.35, 0.60),
+        "digital_goods": (0.02, 0.38, 0.60),
+        "other": (0.60, 0.25, 0.15),
+    }.items()
+}
 # Home countries of users, and where they buy when abroad (before / after covariate drift).
 _HOME = _Weighted(COUNTRIES, (0.30, 0.12, 0.12, 0.10, 0.06, 0.08, 0.08, 0.05, 0.05, 0.02, 0.02))
 _ABROAD = _Weighted(COUNTRIES, (0.22, 0.14, 0.10, 0.16, 0.06, 0.14, 0.12, 0.02, 0.02, 0.0, 0.02))
@@ -109,12 +128,26 @@ class _Pattern:
         return (self.size[0] + self.size[1]) / 2
 
 
-PATTERN_A = _Pattern("A", _Weighted(("electronics", "travel", "fashion"), (0.5, 0.3, 0.2)),
-                     _Weighted(("NG", "BR", "IN", "other"), (0.3, 0.2, 0.2, 0.3)),
-                     _Weighted(CHANNELS, (0.0, 0.9, 0.1)), 900.0, 0.5, (2, 6), (0.01, 0.15))
-PATTERN_B = _Pattern("B", _Weighted(("digital_goods", "gaming"), (0.75, 0.25)),
-                     _Weighted(("GB", "DE", "FR", "ES", "IT", "NL"), (0.2, 0.2, 0.15, 0.15, 0.15, 0.15)),
-                     _Weighted(CHANNELS, (0.0, 0.1, 0.9)), 5.0, 0.5, (4, 12), (0.005, 0.06))
+PATTERN_A = _Pattern(
+    "A",
+    _Weighted(("electronics", "travel", "fashion"), (0.5, 0.3, 0.2)),
+    _Weighted(("NG", "BR", "IN", "other"), (0.3, 0.2, 0.2, 0.3)),
+    _Weighted(CHANNELS, (0.0, 0.9, 0.1)),
+    900.0,
+    0.5,
+    (2, 6),
+    (0.01, 0.15),
+)
+PATTERN_B = _Pattern(
+    "B",
+    _Weighted(("digital_goods", "gaming"), (0.75, 0.25)),
+    _Weighted(("GB", "DE", "FR", "ES", "IT", "NL"), (0.2, 0.2, 0.15, 0.15, 0.15, 0.15)),
+    _Weighted(CHANNELS, (0.0, 0.1, 0.9)),
+    5.0,
+    0.5,
+    (4, 12),
+    (0.005, 0.06),
+)
 _STEALTH_SHARE = 0.1  # share of the fraud that looks like an ordinary purchase
 
 
@@ -162,9 +195,17 @@ class DriftPlan:
 class FraudStream:
     """An endless, deterministic iterable of `(event, outcome)` pairs; see the module docstring."""
 
-    def __init__(self, seed: int = 7, users: int = 2000, fraud_rate: float = 0.03,
-                 drift: DriftPlan = DriftPlan("none", 0), start: datetime | None = None,
-                 events_per_second: float = 100.0, *, id_prefix: str | None = None):
+    def __init__(
+        self,
+        seed: int = 7,
+        users: int = 2000,
+        fraud_rate: float = 0.03,
+        drift: DriftPlan = DriftPlan("none", 0),
+        start: datetime | None = None,
+        events_per_second: float = 100.0,
+        *,
+        id_prefix: str | None = None,
+    ):
         if users < 1:
             raise ValueError("users must be >= 1")
         if not 0.0 <= fraud_rate <= 0.5:
@@ -177,7 +218,7 @@ class FraudStream:
         self.users = users
         self.fraud_rate = fraud_rate
         self.drift = drift
-        self.start = (start or DEFAULT_START).astimezone(timezone.utc)
+        self.start = (start or DEFAULT_START).astimezone(UTC)
         self.events_per_second = events_per_second
         self.id_prefix = f"e{seed}-" if id_prefix is None else id_prefix
 
@@ -246,8 +287,11 @@ class FraudStream:
             }
             if rng.random() >= profile["missing_age"]:
                 event["account_age_days"] = min(36500, profile["age"] + int(clock // 86400))
-            outcome = {"event_id": event["event_id"], "is_fraud": label,
-                       "outcome_time": _iso(when + rng.uniform(60.0, 600.0))}
+            outcome = {
+                "event_id": event["event_id"],
+                "is_fraud": label,
+                "outcome_time": _iso(when + rng.uniform(60.0, 600.0)),
+            }
             yield event, outcome
 
     def _make_users(self, rng: random.Random) -> list[dict[str, Any]]:
@@ -255,14 +299,16 @@ class FraudStream:
         width = len(str(self.users - 1))
         for k in range(self.users):
             young = rng.random() < 0.15
-            users.append({
-                "id": f"u-{k:0{width}d}",
-                "activity": max(0.05, rng.gammavariate(2.0, 0.5)),  # relative transaction rate
-                "home": _HOME.pick(rng),
-                "scale": math.exp(rng.gauss(0.0, 0.4)),  # spending level
-                "age": rng.randint(0, 179) if young else min(36000, int(rng.lognormvariate(6.8, 0.9)) + 180),
-                "missing_age": 0.02 if rng.random() < 0.8 else 0.3,  # some sources rarely send it
-            })
+            users.append(
+                {
+                    "id": f"u-{k:0{width}d}",
+                    "activity": max(0.05, rng.gammavariate(2.0, 0.5)),  # relative transaction rate
+                    "home": _HOME.pick(rng),
+                    "scale": math.exp(rng.gauss(0.0, 0.4)),  # spending level
+                    "age": rng.randint(0, 179) if young else min(36000, int(rng.lognormvariate(6.8, 0.9)) + 180),
+                    "missing_age": 0.02 if rng.random() < 0.8 else 0.3,  # some sources rarely send it
+                }
+            )
         return users
 
     @staticmethod
@@ -290,8 +336,13 @@ class FraudStream:
 
 
 def _attrs(amount: float, category: str, country: str, channel: str, card_present: bool) -> dict[str, Any]:
-    return {"amount": round(min(1_000_000.0, max(0.01, amount)), 2), "merchant_category": category,
-            "country": country, "channel": channel, "card_present": card_present}
+    return {
+        "amount": round(min(1_000_000.0, max(0.01, amount)), 2),
+        "merchant_category": category,
+        "country": country,
+        "channel": channel,
+        "card_present": card_present,
+    }
 
 
 def _iso(epoch_seconds: float) -> str:
@@ -303,9 +354,16 @@ def encode(record: dict[str, Any]) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def produce(stream: Iterable[tuple[dict[str, Any], dict[str, Any]]], bootstrap: str, events_topic: str,
-            outcomes_topic: str, count: int, rate: float | None = None, label_delay_events: int = 0,
-            flush_timeout: float = 60.0) -> dict[str, Any]:
+def produce(
+    stream: Iterable[tuple[dict[str, Any], dict[str, Any]]],
+    bootstrap: str,
+    events_topic: str,
+    outcomes_topic: str,
+    count: int,
+    rate: float | None = None,
+    label_delay_events: int = 0,
+    flush_timeout: float = 60.0,
+) -> dict[str, Any]:
     """Produce `count` events (key user_id) and their outcomes (key event_id) as JSON.
 
     rate: events per wall-clock second (None: as fast as possible). label_delay_events: each
@@ -347,10 +405,17 @@ def produce(stream: Iterable[tuple[dict[str, Any], dict[str, Any]]], bootstrap: 
     remaining = producer.flush(flush_timeout)
     seconds = time.perf_counter() - started
     if remaining or failures:
-        raise DriftloopError(f"{remaining} records still queued and {len(failures)} failed after flushing to "
-                             f"{bootstrap}" + (f"; first failure: {failures[0]}" if failures else ""))
-    return {"events": produced_events, "outcomes": produced_outcomes, "frauds": frauds,
-            "seconds": round(seconds, 3), "events_per_s": round(produced_events / seconds, 1) if seconds else None}
+        raise DriftloopError(
+            f"{remaining} records still queued and {len(failures)} failed after flushing to "
+            f"{bootstrap}" + (f"; first failure: {failures[0]}" if failures else "")
+        )
+    return {
+        "events": produced_events,
+        "outcomes": produced_outcomes,
+        "frauds": frauds,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(produced_events / seconds, 1) if seconds else None,
+    }
 
 
 def _send(producer: Any, topic: str, key: str, value: bytes) -> None:
@@ -363,10 +428,14 @@ def _send(producer: Any, topic: str, key: str, value: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m driftloop.load.generator",
-                                     description="Produce the synthetic card-fraud stream to Kafka.")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                        required="KAFKA_BOOTSTRAP_SERVERS" not in os.environ)
+    parser = argparse.ArgumentParser(
+        prog="python -m driftloop.load.generator", description="Produce the synthetic card-fraud stream to Kafka."
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        required="KAFKA_BOOTSTRAP_SERVERS" not in os.environ,
+    )
     parser.add_argument("--events", type=int, default=10_000, help="number of events (default 10000)")
     parser.add_argument("--events-topic", default=os.environ.get("DRIFTLOOP_TOPIC_EVENTS", "events"))
     parser.add_argument("--outcomes-topic", default=os.environ.get("DRIFTLOOP_TOPIC_OUTCOMES", "outcomes"))
@@ -384,11 +453,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         plan = DriftPlan(args.drift, args.onset, args.width, covariate=args.covariate, concept=not args.no_concept)
-        stream = FraudStream(args.seed, args.users, args.fraud_rate, plan,
-                             start=datetime.now(timezone.utc) if args.now else None)
+        stream = FraudStream(
+            args.seed, args.users, args.fraud_rate, plan, start=datetime.now(UTC) if args.now else None
+        )
         kafka.wait_for_broker(args.bootstrap)
-        stats = produce(stream, args.bootstrap, args.events_topic, args.outcomes_topic, args.events, rate=args.rate,
-                        label_delay_events=args.label_delay_events)
+        stats = produce(
+            stream,
+            args.bootstrap,
+            args.events_topic,
+            args.outcomes_topic,
+            args.events,
+            rate=args.rate,
+            label_delay_events=args.label_delay_events,
+        )
     except (DriftloopError, ValueError) as exc:
         print(f"driftloop: error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -55,26 +55,41 @@ class NeverRetrained:
         started_ms = int(time.time() * 1000)
         tracking_uri = settings.mlflow_tracking_uri or running_stack(settings.data_dir).get("mlflow_tracking_uri")
         if not tracking_uri:
-            return cls(spec, None, "no MLflow tracking URI (MLFLOW_TRACKING_URI or a running `driftloop up`)",
-                       started_ms)
+            return cls(
+                spec, None, "no MLflow tracking URI (MLFLOW_TRACKING_URI or a running `driftloop up`)", started_ms
+            )
         try:
-            champion = load_alias(spec.model.name, CHAMPION, tracking_uri=tracking_uri,
-                                  key=load_key(key_path(settings)))
+            champion = load_alias(
+                spec.model.name, CHAMPION, tracking_uri=tracking_uri, key=load_key(key_path(settings))
+            )
         except Exception as exc:  # the replay itself must not fail for its baseline
-            return cls(spec, None, f"cannot load the champion from {tracking_uri}: {str(exc).splitlines()[0]}",
-                       started_ms)
+            return cls(
+                spec, None, f"cannot load the champion from {tracking_uri}: {str(exc).splitlines()[0]}", started_ms
+            )
         if champion is None:
             return cls(spec, None, f"model {spec.model.name!r} has no champion in {tracking_uri}", started_ms)
         return cls(spec, champion, None, started_ms)
 
-    def score(self, bootstrap: str, labeled_topic: str, row_of: Mapping[str, int], expected: int, delay_rows: int,
-              timeout: float) -> dict[str, Any]:
+    def score(
+        self,
+        bootstrap: str,
+        labeled_topic: str,
+        row_of: Mapping[str, int],
+        expected: int,
+        delay_rows: int,
+        timeout: float,
+    ) -> dict[str, Any]:
         """The baseline's figures (module docstring); waits up to `timeout` s without news for `expected`
         labeled records of this run."""
         if self.champion is None:
             return {"model_version": None, "problem": self.problem}
-        history, run = (_read_labeled(bootstrap, labeled_topic, row_of, self.champion.created_ms, self.started_ms,
-                                      expected, timeout) if expected else ([], {}))
+        history, run = (
+            _read_labeled(
+                bootstrap, labeled_topic, row_of, self.champion.created_ms, self.started_ms, expected, timeout
+            )
+            if expected
+            else ([], {})
+        )
         model = self.champion.model
         if model.online and history:
             model.learn([r.features for r in history], [r.label for r in history])
@@ -93,9 +108,11 @@ class NeverRetrained:
         labels = np.array([run[row].label for row in rows], dtype=np.int64)
         live = np.array([run[row].decision for row in rows], dtype=np.int64)
         return {
-            "model_version": self.champion.version, "flavor": model.flavor,
-            "learning": f"online, each row learned {delay_rows} rows after it was predicted" if model.online
-                        else "none (a batch-trained model)",
+            "model_version": self.champion.version,
+            "flavor": model.flavor,
+            "learning": f"online, each row learned {delay_rows} rows after it was predicted"
+            if model.online
+            else "none (a batch-trained model)",
             "caught_up_rows": len(history) if model.online else 0,
             "rows": len(rows),
             "accuracy": float(np.mean(decisions == labels)) if len(rows) else None,
@@ -104,16 +121,25 @@ class NeverRetrained:
         }
 
 
-def _read_labeled(bootstrap: str, topic: str, row_of: Mapping[str, int], registered_ms: int, started_ms: int,
-                  expected: int, timeout: float) -> tuple[list[Labeled], dict[int, Labeled]]:
+def _read_labeled(
+    bootstrap: str,
+    topic: str,
+    row_of: Mapping[str, int],
+    registered_ms: int,
+    started_ms: int,
+    expected: int,
+    timeout: float,
+) -> tuple[list[Labeled], dict[int, Labeled]]:
     """(history: records joined in [registered_ms, started_ms), in time order; this run's records by row).
 
     Reads from the beginning to the end of every partition, then on until `expected` records of the run
     are there or none came for `timeout` seconds (the last outcomes' join may still be under way)."""
     # A busy Tansu answers fetches that wait less than its read takes with nothing, indefinitely.
-    consumer = kafka.consumer(bootstrap, f"driftloop-replay-baseline-{uuid.uuid4().hex[:10]}",
-                              **{"enable.auto.commit": False, "enable.partition.eof": True,
-                                 "fetch.wait.max.ms": 500})
+    consumer = kafka.consumer(
+        bootstrap,
+        f"driftloop-replay-baseline-{uuid.uuid4().hex[:10]}",
+        **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 500},
+    )
     history: list[tuple[int, Labeled]] = []
     run: dict[int, Labeled] = {}
     try:

@@ -33,12 +33,12 @@ import json
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -50,8 +50,8 @@ from driftloop.errors import DriftloopError
 from driftloop.load.generator import _send
 from driftloop.load.never_retrained import NeverRetrained
 from driftloop.settings import Settings
-from driftloop.stack import resolve_bootstrap
 from driftloop.spec import FieldSpec, PipelineSpec, load_spec
+from driftloop.stack import resolve_bootstrap
 from driftloop.streams.contracts import iso_time
 
 _decode = msgspec.json.Decoder().decode
@@ -88,9 +88,17 @@ class ReplayRow:
     event_time: float | None  # epoch seconds; None when the table's value cannot be read as a time
 
 
-def table_rows(spec: PipelineSpec, frame: pd.DataFrame, *, origin: str, run_id: str, entity_value: str | None = None,
-               start: datetime | None = None, time_step: float | None = None,
-               now: Callable[[], float] = time.time) -> list[ReplayRow]:
+def table_rows(
+    spec: PipelineSpec,
+    frame: pd.DataFrame,
+    *,
+    origin: str,
+    run_id: str,
+    entity_value: str | None = None,
+    start: datetime | None = None,
+    time_step: float | None = None,
+    now: Callable[[], float] = time.time,
+) -> list[ReplayRow]:
     """The table as events plus labels, by the module docstring's rules; DriftloopError for a table that
     cannot be replayed (no label column, a required column missing, a label that is not 0/1, ids that
     are empty or repeated, no time column and no time step). `origin` names the table in those errors."""
@@ -99,22 +107,30 @@ def table_rows(spec: PipelineSpec, frame: pd.DataFrame, *, origin: str, run_id: 
     entity_value = spec.replay.entity_value if entity_value is None else entity_value
     time_step = time_step or spec.replay.time_step
     if ev.time_field not in columns and time_step is None:
-        raise DriftloopError(f"{origin}: no time column {ev.time_field!r}, and spec {spec.name!r} sets no "
-                             f"replay.time_step: say how far apart the rows are, in the spec (replay: {{time_step: "
-                             f"1d}}) or with --time-step (e.g. 30m, 1h, 1d)")
+        raise DriftloopError(
+            f"{origin}: no time column {ev.time_field!r}, and spec {spec.name!r} sets no "
+            f"replay.time_step: say how far apart the rows are, in the spec (replay: {{time_step: "
+            f"1d}}) or with --time-step (e.g. 30m, 1h, 1d)"
+        )
     label = spec.outcomes.label
     if label not in columns:
-        raise DriftloopError(f"{origin}: no label column {label!r} (the spec's outcomes.label); "
-                             f"columns: {', '.join(map(str, frame.columns))}")
+        raise DriftloopError(
+            f"{origin}: no label column {label!r} (the spec's outcomes.label); "
+            f"columns: {', '.join(map(str, frame.columns))}"
+        )
     generated = {ev.id_field, ev.entity, ev.time_field}  # replay makes these up when the table lacks them
     missing = [name for name, f in ev.fields.items() if f.required and name not in columns and name not in generated]
     if missing:
-        raise DriftloopError(f"{origin}: missing columns for required fields of spec {spec.name!r}: "
-                             f"{', '.join(missing)}")
+        raise DriftloopError(
+            f"{origin}: missing columns for required fields of spec {spec.name!r}: {', '.join(missing)}"
+        )
     count = len(frame)
     labels = [_label(value, origin, index, label) for index, value in enumerate(frame[label].tolist())]
-    values = {name: list(map(_converter(f), frame[name].tolist()))
-              for name, f in ev.fields.items() if name in columns and name not in generated}
+    values = {
+        name: list(map(_converter(f), frame[name].tolist()))
+        for name, f in ev.fields.items()
+        if name in columns and name not in generated
+    }
 
     if ev.id_field in columns:
         ids = [_key(ev.fields[ev.id_field], v) for v in frame[ev.id_field].tolist()]
@@ -144,8 +160,9 @@ def table_rows(spec: PipelineSpec, frame: pd.DataFrame, *, origin: str, run_id: 
             if column[index] is not None:
                 event[name] = column[index]
         entity = entities[index]
-        rows.append(ReplayRow(str(ids[index]), None if entity is None else str(entity), event, labels[index],
-                              seconds[index]))
+        rows.append(
+            ReplayRow(str(ids[index]), None if entity is None else str(entity), event, labels[index], seconds[index])
+        )
     return rows
 
 
@@ -168,8 +185,10 @@ def _require_unique_ids(ids: list[Any], origin: str, column: str) -> None:
         if event_id is None or event_id == "":
             raise DriftloopError(f"{origin}: row {index}, column {column!r}: the event id is empty")
         if event_id in first_row:
-            raise DriftloopError(f"{origin}: rows {first_row[event_id]} and {index}, column {column!r}: "
-                                 f"the same event id {event_id!r}; replay needs one id per row")
+            raise DriftloopError(
+                f"{origin}: rows {first_row[event_id]} and {index}, column {column!r}: "
+                f"the same event id {event_id!r}; replay needs one id per row"
+            )
         first_row[event_id] = index
 
 
@@ -270,7 +289,7 @@ def _epoch_seconds(value: Any) -> float | None:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # --- what comes back ------------------------------------------------------------------------------
@@ -288,8 +307,16 @@ class RunCollector:
     (a worker re-emitting after a crash) are counted as duplicates.
     """
 
-    def __init__(self, bootstrap: str, predictions_topic: str, dlq_topic: str, id_field: str,
-                 row_of: Mapping[str, int], *, position_timeout: float = 15.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        predictions_topic: str,
+        dlq_topic: str,
+        id_field: str,
+        row_of: Mapping[str, int],
+        *,
+        position_timeout: float = 15.0,
+    ):
         self.predictions_topic = predictions_topic
         self.id_field = id_field
         self.row_of = row_of
@@ -299,15 +326,16 @@ class RunCollector:
         self._answered: set[int] = set()  # rows with a prediction or a dead letter
         self.last_arrival: float | None = None  # time.monotonic() of this run's latest record
         # A short fetch wait: an idle partition reports its end after one wait, 500 ms by default.
-        self._consumer = kafka.consumer(bootstrap, f"driftloop-replay-{uuid.uuid4().hex[:10]}",
-                                        **{"enable.auto.commit": False, "enable.partition.eof": True,
-                                           "fetch.wait.max.ms": 100})
+        self._consumer = kafka.consumer(
+            bootstrap,
+            f"driftloop-replay-{uuid.uuid4().hex[:10]}",
+            **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 100},
+        )
         try:
             kafka.assign_at_end(self._consumer, [predictions_topic, dlq_topic], timeout=position_timeout)
         except BaseException:
             self._consumer.close()
             raise
-
 
     @property
     def accounted(self) -> int:
@@ -381,8 +409,9 @@ def _json_object(value: bytes | None) -> dict[str, Any]:
 # --- metrics --------------------------------------------------------------------------------------
 
 
-def prequential_metrics(labels: Sequence[int], predictions: Sequence[Mapping[str, Any] | None],
-                        deciles: int = 10) -> dict[str, Any]:
+def prequential_metrics(
+    labels: Sequence[int], predictions: Sequence[Mapping[str, Any] | None], deciles: int = 10
+) -> dict[str, Any]:
     """Scores of the predictions against the labels, both in row order; a None prediction is a row that got none.
 
     accuracy/precision/recall/f1 use each prediction's `decision`, log-loss and ROC AUC its `score`,
@@ -403,18 +432,30 @@ def prequential_metrics(labels: Sequence[int], predictions: Sequence[Mapping[str
     majority = (ones_before > np.arange(len(y)) - ones_before).astype(np.int64)
     previous = np.concatenate(([0], y[:-1])) if len(y) else y
 
-    result: dict[str, Any] = {"rows": len(y), "predicted": int(scored.sum()), "accuracy": None, "precision": None,
-                              "recall": None, "f1": None, "log_loss": None, "roc_auc": None}
+    result: dict[str, Any] = {
+        "rows": len(y),
+        "predicted": int(scored.sum()),
+        "accuracy": None,
+        "precision": None,
+        "recall": None,
+        "f1": None,
+        "log_loss": None,
+        "roc_auc": None,
+    }
     if len(truth):
         true_positives = int(np.sum((decision == 1) & (truth == 1)))
         precision = _ratio(true_positives, int(np.sum(decision == 1)))
         recall = _ratio(true_positives, int(np.sum(truth == 1)))
         eps = np.finfo(np.float64).eps  # scikit-learn's clipping, so a score of exactly 0 or 1 stays finite
         clipped = np.clip(score, eps, 1 - eps)
-        result.update(accuracy=float(np.mean(decision == truth)), precision=precision, recall=recall,
-                      f1=_ratio(2 * precision * recall, precision + recall),
-                      log_loss=float(-np.mean(np.where(truth == 1, np.log(clipped), np.log1p(-clipped)))),
-                      roc_auc=_roc_auc(truth, score))
+        result.update(
+            accuracy=float(np.mean(decision == truth)),
+            precision=precision,
+            recall=recall,
+            f1=_ratio(2 * precision * recall, precision + recall),
+            log_loss=float(-np.mean(np.where(truth == 1, np.log(clipped), np.log1p(-clipped)))),
+            roc_auc=_roc_auc(truth, score),
+        )
     result["baselines"] = {
         "majority_class": float(np.mean(majority[scored] == truth)) if len(truth) else None,
         "previous_label": float(np.mean(previous[scored] == truth)) if len(truth) else None,
@@ -422,12 +463,19 @@ def prequential_metrics(labels: Sequence[int], predictions: Sequence[Mapping[str
     correct = np.zeros(len(y), dtype=bool)
     correct[scored] = decision == truth
     result["deciles"] = [
-        {"rows": [int(part[0]), int(part[-1]) + 1], "predicted": int(scored[part].sum()),
-         "accuracy": float(correct[part][scored[part]].mean()) if scored[part].any() else None}
-        for part in np.array_split(np.arange(len(y)), deciles) if len(part)]
+        {
+            "rows": [int(part[0]), int(part[-1]) + 1],
+            "predicted": int(scored[part].sum()),
+            "accuracy": float(correct[part][scored[part]].mean()) if scored[part].any() else None,
+        }
+        for part in np.array_split(np.arange(len(y)), deciles)
+        if len(part)
+    ]
     versions = Counter((p["model_name"], p["model_version"], p["variant"]) for p in predictions if p is not None)
-    result["model_versions"] = [{"model_name": name, "model_version": version, "variant": variant, "predictions": n}
-                                for (name, version, variant), n in sorted(versions.items())]
+    result["model_versions"] = [
+        {"model_name": name, "model_version": version, "variant": variant, "predictions": n}
+        for (name, version, variant), n in sorted(versions.items())
+    ]
     return result
 
 
@@ -486,17 +534,25 @@ class ReplayReport:
             + (f", {self.duplicate_predictions} duplicate predictions" if self.duplicate_predictions else ""),
         ]
         if self.dead_letter_reasons:
-            lines.append("dead letters  " + ", ".join(f"{reason}: {n}" for reason, n in
-                                                      sorted(self.dead_letter_reasons.items())))
+            lines.append(
+                "dead letters  " + ", ".join(f"{reason}: {n}" for reason, n in sorted(self.dead_letter_reasons.items()))
+            )
         for version in m["model_versions"]:
-            lines.append(f"model     {version['model_name']} v{version['model_version']} ({version['variant']}): "
-                         f"{version['predictions']} predictions")
+            lines.append(
+                f"model     {version['model_name']} v{version['model_version']} ({version['variant']}): "
+                f"{version['predictions']} predictions"
+            )
         baselines = m["baselines"]
-        lines += ["", f"{'':<10}{'model':>8}{'majority class':>16}{'previous label':>16}",
-                  f"{'accuracy':<10}{_cell(m['accuracy'])}{_cell(baselines['majority_class'], 16)}"
-                  f"{_cell(baselines['previous_label'], 16)}"]
-        lines += [f"{key.replace('_', ' '):<10}{_cell(m[key])}" for key in ("precision", "recall", "f1", "log_loss",
-                                                                            "roc_auc")]
+        lines += [
+            "",
+            f"{'':<10}{'model':>8}{'majority class':>16}{'previous label':>16}",
+            f"{'accuracy':<10}{_cell(m['accuracy'])}{_cell(baselines['majority_class'], 16)}"
+            f"{_cell(baselines['previous_label'], 16)}",
+        ]
+        lines += [
+            f"{key.replace('_', ' '):<10}{_cell(m[key])}"
+            for key in ("precision", "recall", "f1", "log_loss", "roc_auc")
+        ]
         lines.append("accuracy by tenth of the stream: " + " ".join(_cell(d["accuracy"], 0) for d in m["deciles"]))
         baseline = self.never_retrained
         if baseline is not None:
@@ -507,19 +563,32 @@ class ReplayReport:
 def _never_retrained_line(baseline: dict[str, Any]) -> str:
     if baseline.get("model_version") is None:
         return f"never retrained: not scored: {baseline.get('problem')}"
-    return (f"never retrained: champion v{baseline['model_version']} as the replay started ({baseline['flavor']}, "
-            f"learning {baseline['learning']}): accuracy {_cell(baseline['accuracy'], 0).strip()} on "
-            f"{baseline['rows']} labeled rows, where the live pipeline had {_cell(baseline['live_accuracy'], 0).strip()}")
+    return (
+        f"never retrained: champion v{baseline['model_version']} as the replay started ({baseline['flavor']}, "
+        f"learning {baseline['learning']}): accuracy {_cell(baseline['accuracy'], 0).strip()} on "
+        f"{baseline['rows']} labeled rows, where the live pipeline had {_cell(baseline['live_accuracy'], 0).strip()}"
+    )
 
 
 def _cell(value: float | None, width: int = 8) -> str:
     return f"{'-' if value is None else f'{value:.4f}':>{width}}"
 
 
-def replay(settings: Settings, path: str | Path, *, spec: PipelineSpec | None = None, label_delay: int = 0,
-           label_delay_seconds: float | None = None, rate: float | None = None, limit: int | None = None,
-           entity_value: str | None = None, start: datetime | None = None, time_step: float | None = None,
-           timeout: float = 30.0, progress: bool = False) -> ReplayReport:
+def replay(
+    settings: Settings,
+    path: str | Path,
+    *,
+    spec: PipelineSpec | None = None,
+    label_delay: int = 0,
+    label_delay_seconds: float | None = None,
+    rate: float | None = None,
+    limit: int | None = None,
+    entity_value: str | None = None,
+    start: datetime | None = None,
+    time_step: float | None = None,
+    timeout: float = 30.0,
+    progress: bool = False,
+) -> ReplayReport:
     """Replay the table on the stack the settings point at and score what comes back.
 
     spec: default `settings.spec`. rate: events per second (None: as fast as possible). timeout: stop
@@ -532,19 +601,38 @@ def replay(settings: Settings, path: str | Path, *, spec: PipelineSpec | None = 
         raise DriftloopError("the rate must be more than 0 events per second")
     spec = spec or load_spec(settings.spec)
     run_id = uuid.uuid4().hex[:8]
-    rows = table_rows(spec, read_table(path, limit), origin=str(path), run_id=run_id, entity_value=entity_value,
-                      start=start, time_step=time_step)
+    rows = table_rows(
+        spec,
+        read_table(path, limit),
+        origin=str(path),
+        run_id=run_id,
+        entity_value=entity_value,
+        start=start,
+        time_step=time_step,
+    )
     bootstrap = resolve_bootstrap(settings)
-    kafka.ensure_topics(bootstrap, [settings.topic_events, settings.topic_outcomes, settings.topic_predictions,
-                                    settings.topic_dlq], settings.partitions)
+    kafka.ensure_topics(
+        bootstrap,
+        [settings.topic_events, settings.topic_outcomes, settings.topic_predictions, settings.topic_dlq],
+        settings.partitions,
+    )
     row_of = {row.event_id: index for index, row in enumerate(rows)}
     baseline = NeverRetrained.at_start(settings, spec)
-    with RunCollector(bootstrap, settings.topic_predictions, settings.topic_dlq, spec.events.id_field,
-                      row_of) as collector:
+    with RunCollector(
+        bootstrap, settings.topic_predictions, settings.topic_dlq, spec.events.id_field, row_of
+    ) as collector:
         started = time.monotonic()
-        produced_outcomes, event_seconds = _produce(rows, bootstrap, settings, spec, collector,
-                                                    label_delay=label_delay, label_delay_seconds=label_delay_seconds,
-                                                    rate=rate, progress=progress)
+        produced_outcomes, event_seconds = _produce(
+            rows,
+            bootstrap,
+            settings,
+            spec,
+            collector,
+            label_delay=label_delay,
+            label_delay_seconds=label_delay_seconds,
+            rate=rate,
+            progress=progress,
+        )
         produce_seconds = time.monotonic() - started
         _wait_for_the_rest(collector, len(rows), timeout, progress)
         predictions = [collector.predictions.get(index) for index in range(len(rows))]
@@ -552,22 +640,41 @@ def replay(settings: Settings, path: str | Path, *, spec: PipelineSpec | None = 
         answering = (collector.last_arrival - started) if collector.predictions and collector.last_arrival else None
         # the baseline learns each row as late as the live model got its outcome, in rows
         delay_rows = label_delay if label_delay_seconds is None else (round(label_delay_seconds * rate) if rate else 0)
-        never_retrained = baseline.score(bootstrap, settings.topic_labeled, row_of, len(collector.predictions),
-                                         delay_rows, timeout)
+        never_retrained = baseline.score(
+            bootstrap, settings.topic_labeled, row_of, len(collector.predictions), delay_rows, timeout
+        )
         return ReplayReport(
-            run_id=run_id, table=str(path), spec=spec.name, rows=len(rows), produced_events=len(rows),
-            produced_outcomes=produced_outcomes, produce_seconds=round(produce_seconds, 3),
+            run_id=run_id,
+            table=str(path),
+            spec=spec.name,
+            rows=len(rows),
+            produced_events=len(rows),
+            produced_outcomes=produced_outcomes,
+            produce_seconds=round(produce_seconds, 3),
             rows_per_s=round(len(rows) / event_seconds, 1) if event_seconds else float(len(rows)),
             predictions_per_s=round(len(collector.predictions) / answering, 1) if answering else None,
-            predicted=len(collector.predictions), dead_lettered=sum(reasons.values()),
-            missing=collector.missing, duplicate_predictions=collector.duplicate_predictions,
+            predicted=len(collector.predictions),
+            dead_lettered=sum(reasons.values()),
+            missing=collector.missing,
+            duplicate_predictions=collector.duplicate_predictions,
             dead_letter_reasons=dict(reasons.most_common()),
-            metrics=prequential_metrics([row.label for row in rows], predictions), never_retrained=never_retrained)
+            metrics=prequential_metrics([row.label for row in rows], predictions),
+            never_retrained=never_retrained,
+        )
 
 
-def _produce(rows: list[ReplayRow], bootstrap: str, settings: Settings, spec: PipelineSpec, collector: RunCollector,
-             *, label_delay: int, label_delay_seconds: float | None, rate: float | None,
-             progress: bool) -> tuple[int, float]:
+def _produce(
+    rows: list[ReplayRow],
+    bootstrap: str,
+    settings: Settings,
+    spec: PipelineSpec,
+    collector: RunCollector,
+    *,
+    label_delay: int,
+    label_delay_seconds: float | None,
+    rate: float | None,
+    progress: bool,
+) -> tuple[int, float]:
     """Produce every event and outcome, reading what comes back meanwhile.
 
     Returns the outcomes produced and the seconds the events took (without waiting out a label delay)."""
@@ -622,15 +729,18 @@ def _produce(rows: list[ReplayRow], bootstrap: str, settings: Settings, spec: Pi
             send_outcome(waiting.popleft()[1])
     remaining = producer.flush(60)
     if remaining or failures:
-        raise DriftloopError(f"{remaining} records still queued and {len(failures)} failed producing to {bootstrap}"
-                             + (f"; first failure: {failures[0]}" if failures else ""))
+        raise DriftloopError(
+            f"{remaining} records still queued and {len(failures)} failed producing to {bootstrap}"
+            + (f"; first failure: {failures[0]}" if failures else "")
+        )
     return outcomes, event_seconds
 
 
 def _wait_for_the_rest(collector: RunCollector, rows: int, timeout: float, progress: bool) -> None:
     """Read until every row is accounted for, or nothing of this run came for `timeout` seconds."""
-    with tqdm(total=rows, initial=collector.accounted, desc="received", unit="rows", disable=not progress,
-              mininterval=0.5) as bar:
+    with tqdm(
+        total=rows, initial=collector.accounted, desc="received", unit="rows", disable=not progress, mininterval=0.5
+    ) as bar:
         quiet_since = time.monotonic()
         while collector.accounted < rows:
             new = collector.poll(0.2)

@@ -7,7 +7,8 @@ is `driftloop.kafka.read_topic`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -17,8 +18,15 @@ T = TypeVar("T")
 _decode_json = msgspec.json.Decoder().decode
 
 
-def read_between(bootstrap: str, topic: str, since: float, until: float,
-                 decode: Callable[[bytes], T] = _decode_json, *, timeout: float = 120.0) -> list[T]:
+def read_between(
+    bootstrap: str,
+    topic: str,
+    since: float,
+    until: float,
+    decode: Callable[[bytes], T] = _decode_json,
+    *,
+    timeout: float = 120.0,
+) -> list[T]:
     """The decoded values of `topic` written between `since` and `until` (epoch seconds), in timestamp order.
 
     `decode` turns a value into what is returned (default: the JSON document); a value it raises on is

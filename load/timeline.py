@@ -28,10 +28,11 @@ Without `is_drifted`, the events before the drift are those predicted before the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -75,11 +76,13 @@ class Outcomes:
         predicted_at = np.array([epoch(r.predicted_at) for r in records], dtype=np.float64)
         order = np.argsort(predicted_at, kind="stable")
         drifted = None if is_drifted is None else np.array([is_drifted(r.event_id) for r in records], dtype=bool)
-        return cls(predicted_at[order],
-                   np.array([r.decision == r.label for r in records], dtype=bool)[order],
-                   np.array([r.variant == "canary" for r in records], dtype=bool)[order],
-                   np.array([r.model_version for r in records], dtype=np.int64)[order],
-                   None if drifted is None else drifted[order])
+        return cls(
+            predicted_at[order],
+            np.array([r.decision == r.label for r in records], dtype=bool)[order],
+            np.array([r.variant == "canary" for r in records], dtype=bool)[order],
+            np.array([r.model_version for r in records], dtype=np.int64)[order],
+            None if drifted is None else drifted[order],
+        )
 
     def __len__(self) -> int:
         return len(self.predicted_at)
@@ -99,15 +102,22 @@ def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def read_run(bootstrap: str, settings: Settings, since: float, until: float, *,
-             drifted_share_threshold: float | None = None,
-             is_drifted: Callable[[str], bool] | None = None) -> RunRecords:
+def read_run(
+    bootstrap: str,
+    settings: Settings,
+    since: float,
+    until: float,
+    *,
+    drifted_share_threshold: float | None = None,
+    is_drifted: Callable[[str], bool] | None = None,
+) -> RunRecords:
     """The labeled, audit and drift records written between `since` and `until` (epoch seconds)."""
     labeled = read_between(bootstrap, settings.topic_labeled, since, until, _decode_labeled)
     audit = read_between(bootstrap, settings.topic_audit, since, until, json_object)
     drift = read_between(bootstrap, settings.topic_drift, since, until, json_object)
-    return RunRecords(since, until, Outcomes.of(labeled, is_drifted), _by_time(audit), _by_time(drift),
-                      drifted_share_threshold)
+    return RunRecords(
+        since, until, Outcomes.of(labeled, is_drifted), _by_time(audit), _by_time(drift), drifted_share_threshold
+    )
 
 
 def _by_time(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,8 +172,13 @@ def timeline_facts(run: RunRecords, onset: float, window: int = DEFAULT_WINDOW) 
         served = np.zeros(len(outcomes), dtype=bool)
     new_champion_serving = float(at[served][0]) if served.any() else None
 
-    times = {"drift_first_scored": first_scored, "detection": _at(detection), "challenger": _at(challenger),
-             "promotion": promoted_at, "new_champion_serving": new_champion_serving}
+    times = {
+        "drift_first_scored": first_scored,
+        "detection": _at(detection),
+        "challenger": _at(challenger),
+        "promotion": promoted_at,
+        "new_champion_serving": new_champion_serving,
+    }
     return {
         "onset": iso_time(onset),
         "drift_first_scored": _iso(first_scored),
@@ -175,15 +190,23 @@ def timeline_facts(run: RunRecords, onset: float, window: int = DEFAULT_WINDOW) 
         "promoted_version": promoted_version,
         "promoted_by": promotion.get("actor") if promotion else None,
         "new_champion_serving": _iso(new_champion_serving),
-        "rollbacks": [{"at": r["at"], "version": r.get("version"), "actor": r.get("actor"), "reason": r.get("reason")}
-                      for r in audit if r.get("action") == "rolled_back"],
-        "seconds_from_onset": {name: None if value is None else round(value - onset, 2)
-                               for name, value in times.items()},
+        "rollbacks": [
+            {"at": r["at"], "version": r.get("version"), "actor": r.get("actor"), "reason": r.get("reason")}
+            for r in audit
+            if r.get("action") == "rolled_back"
+        ],
+        "seconds_from_onset": {
+            name: None if value is None else round(value - onset, 2) for name, value in times.items()
+        },
         "accuracy_before_drift": _accuracy(before),
         "accuracy_after_drift": _accuracy(outcomes.correct[after_drift]),
         "accuracy_after_promotion": _accuracy(outcomes.correct[served]),
-        "outcomes": {"before_drift": int(len(before)), "after_drift": int(after_drift.sum()),
-                     "after_promotion": int(served.sum()), "all": len(outcomes)},
+        "outcomes": {
+            "before_drift": int(len(before)),
+            "after_drift": int(after_drift.sum()),
+            "after_promotion": int(served.sum()),
+            "all": len(outcomes),
+        },
         "window": window,
     }
 
@@ -219,8 +242,9 @@ def _thin(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(a[keep] for a in arrays)
 
 
-def draw_timeline(run: RunRecords, facts: dict[str, Any], path: str | Path, *, title: str,
-                  window: int = DEFAULT_WINDOW) -> Path:
+def draw_timeline(
+    run: RunRecords, facts: dict[str, Any], path: str | Path, *, title: str, window: int = DEFAULT_WINDOW
+) -> Path:
     """Write the PNG (see the module docstring) and return its path."""
     import matplotlib
 
@@ -230,8 +254,7 @@ def draw_timeline(run: RunRecords, facts: dict[str, Any], path: str | Path, *, t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     zero = run.since
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5), height_ratios=(3, 1),
-                                      layout="constrained")
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5), height_ratios=(3, 1), layout="constrained")
     try:
         outcomes = run.outcomes
         lowest: float | None = None  # of the accuracy lines, past a cold start
@@ -241,14 +264,20 @@ def draw_timeline(run: RunRecords, facts: dict[str, Any], path: str | Path, *, t
                 continue
             accuracy = rolling_accuracy(outcomes.correct[chosen], window)
             # A model starting cold climbs from nowhere: the scale starts once it reached its usual level.
-            settled = accuracy[int(np.argmax(accuracy >= np.median(accuracy))):]
+            settled = accuracy[int(np.argmax(accuracy >= np.median(accuracy))) :]
             lowest = float(settled.min()) if lowest is None else min(lowest, float(settled.min()))
             x, y = _thin(outcomes.predicted_at[chosen] - zero, accuracy)
             top.plot(x, y, color=colour, linewidth=1.2 if not canary else 0.9, label=f"{label}: accuracy")
         if len(outcomes) and run.until - outcomes.predicted_at[-1] > _SILENCE_SECONDS:
-            top.annotate("no outcome joined for later predictions (yet)", (outcomes.predicted_at[-1] - zero, 0.02),
-                         xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points",
-                         fontsize=8, color="tab:blue")
+            top.annotate(
+                "no outcome joined for later predictions (yet)",
+                (outcomes.predicted_at[-1] - zero, 0.02),
+                xycoords=("data", "axes fraction"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=8,
+                color="tab:blue",
+            )
         top.set_ylabel(f"accuracy over the last {window}\noutcomes of each variant")
         top.set_ylim(0.0 if lowest is None else max(0.0, lowest - 0.1), 1.02)
         top.grid(alpha=0.3)
@@ -256,16 +285,33 @@ def draw_timeline(run: RunRecords, facts: dict[str, Any], path: str | Path, *, t
 
         drift = [r for r in run.drift if (r.get("data") or {}).get("drifted_share") is not None]
         if drift:
-            bottom.plot([epoch(r["at"]) - zero for r in drift], [r["data"]["drifted_share"] for r in drift],
-                        color="tab:gray", marker=".", markersize=3, linewidth=0.8,
-                        label="data drift: share of drifted input columns")
+            bottom.plot(
+                [epoch(r["at"]) - zero for r in drift],
+                [r["data"]["drifted_share"] for r in drift],
+                color="tab:gray",
+                marker=".",
+                markersize=3,
+                linewidth=0.8,
+                label="data drift: share of drifted input columns",
+            )
         if run.drifted_share_threshold is not None:
-            bottom.axhline(run.drifted_share_threshold, color="tab:gray", linestyle="--", linewidth=0.8,
-                           label="data-drift threshold (spec)")
+            bottom.axhline(
+                run.drifted_share_threshold,
+                color="tab:gray",
+                linestyle="--",
+                linewidth=0.8,
+                label="data-drift threshold (spec)",
+            )
         detections = [epoch(r["at"]) - zero for r in run.drift if (r.get("concept") or {}).get("detections")]
         if detections:
-            bottom.plot(detections, [1.0] * len(detections), linestyle="none", marker="v", color="tab:red",
-                        label="concept drift detected (loss rose)")
+            bottom.plot(
+                detections,
+                [1.0] * len(detections),
+                linestyle="none",
+                marker="v",
+                color="tab:red",
+                label="concept drift detected (loss rose)",
+            )
         bottom.set_ylim(-0.05, 1.1)
         bottom.set_ylabel("drift")
         bottom.grid(alpha=0.3)
@@ -274,11 +320,21 @@ def draw_timeline(run: RunRecords, facts: dict[str, Any], path: str | Path, *, t
         onset = epoch(facts["onset"]) - zero
         scored = facts.get("drift_first_scored")
         for axis in (top, bottom):
-            axis.axvline(onset, color="tab:red", linestyle="--", linewidth=1.5,
-                         label="drift onset (first drifted event produced)" if axis is top else None)
+            axis.axvline(
+                onset,
+                color="tab:red",
+                linestyle="--",
+                linewidth=1.5,
+                label="drift onset (first drifted event produced)" if axis is top else None,
+            )
             if scored is not None:
-                axis.axvline(epoch(scored) - zero, color="tab:red", linestyle=":", linewidth=1.5,
-                             label="first drifted event scored" if axis is top else None)
+                axis.axvline(
+                    epoch(scored) - zero,
+                    color="tab:red",
+                    linestyle=":",
+                    linewidth=1.5,
+                    label="first drifted event scored" if axis is top else None,
+                )
             seen: set[str] = set()
             for record in run.audit:
                 style = _MARKERS.get(record.get("action"))
@@ -287,12 +343,22 @@ def draw_timeline(run: RunRecords, facts: dict[str, Any], path: str | Path, *, t
                 label, colour, line = style
                 first = record["action"] not in seen and axis is top
                 seen.add(record["action"])
-                axis.axvline(epoch(record["at"]) - zero, color=colour, linestyle=line, linewidth=1.3,
-                             label=label if first else None)
+                axis.axvline(
+                    epoch(record["at"]) - zero,
+                    color=colour,
+                    linestyle=line,
+                    linewidth=1.3,
+                    label=label if first else None,
+                )
         if facts.get("promotion") and facts.get("promoted_version") is not None:
-            top.annotate(f"v{facts['promoted_version']}", (epoch(facts["promotion"]) - zero, 1.0),
-                         xycoords=("data", "axes fraction"), xytext=(3, -12), textcoords="offset points",
-                         color="tab:green")
+            top.annotate(
+                f"v{facts['promoted_version']}",
+                (epoch(facts["promotion"]) - zero, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                color="tab:green",
+            )
         top.legend(loc="lower left", fontsize=8, framealpha=0.9)
         if bottom.get_legend_handles_labels()[0]:
             bottom.legend(loc="upper left", fontsize=8, framealpha=0.9)
@@ -302,13 +368,23 @@ def draw_timeline(run: RunRecords, facts: dict[str, Any], path: str | Path, *, t
     return path
 
 
-def write_timeline(bootstrap: str, settings: Settings, since: float, until: float, onset: float, path: str | Path,
-                   *, title: str, drifted_share_threshold: float | None = None, window: int = DEFAULT_WINDOW,
-                   is_drifted: Callable[[str], bool] | None = None) -> dict[str, Any]:
+def write_timeline(
+    bootstrap: str,
+    settings: Settings,
+    since: float,
+    until: float,
+    onset: float,
+    path: str | Path,
+    *,
+    title: str,
+    drifted_share_threshold: float | None = None,
+    window: int = DEFAULT_WINDOW,
+    is_drifted: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
     """Read the run from the broker, draw the PNG at `path`, and return the facts (with "png": the path)."""
-    run = read_run(bootstrap, settings, since, until, drifted_share_threshold=drifted_share_threshold,
-                   is_drifted=is_drifted)
+    run = read_run(
+        bootstrap, settings, since, until, drifted_share_threshold=drifted_share_threshold, is_drifted=is_drifted
+    )
     facts = timeline_facts(run, onset, window)
     draw_timeline(run, facts, path, title=title, window=window)
     return {**facts, "png": str(path)}
-

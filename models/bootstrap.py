@@ -38,9 +38,12 @@ def placeholder_spec(spec: PipelineSpec) -> PipelineSpec:
     return with_model(spec, *PLACEHOLDER_MODEL)
 
 
-def ensure_champion(spec: PipelineSpec, tracking_uri: str,
-                    warmup: Iterable[tuple[Mapping[str, Any], int]] | None = None,
-                    key: SigningKey | None = None) -> ModelVersionInfo:
+def ensure_champion(
+    spec: PipelineSpec,
+    tracking_uri: str,
+    warmup: Iterable[tuple[Mapping[str, Any], int]] | None = None,
+    key: SigningKey | None = None,
+) -> ModelVersionInfo:
     name = spec.model.name
     current = get_alias_version(name, CHAMPION, tracking_uri=tracking_uri)
     if current is not None:
@@ -61,9 +64,17 @@ def ensure_champion(spec: PipelineSpec, tracking_uri: str,
         tags[PLACEHOLDER_TAG] = "warmup"
 
     metrics = {"warmup_rows": float(len(rows)), "warmup_positive_rate": sum(labels) / len(labels) if labels else 0.0}
-    info = register(model, built_by, tracking_uri=tracking_uri, reference_rows=rows[-spec.drift.reference_size:],
-                    metrics=metrics, params={"origin": "bootstrap", "cold_start": not rows},
-                    tags=tags, run_name=f"{name}-bootstrap", key=key)
+    info = register(
+        model,
+        built_by,
+        tracking_uri=tracking_uri,
+        reference_rows=rows[-spec.drift.reference_size :],
+        metrics=metrics,
+        params={"origin": "bootstrap", "cold_start": not rows},
+        tags=tags,
+        run_name=f"{name}-bootstrap",
+        key=key,
+    )
     if get_alias_version(name, CHAMPION, tracking_uri=tracking_uri) is None:
         set_alias(name, CHAMPION, info.version, tracking_uri=tracking_uri)
         return info

@@ -59,27 +59,30 @@ def labelled_rows(spec: PipelineSpec, n: int, seed: int = 0) -> tuple[list[dict[
     """Demo-spec rows; fraud = amount > 500 and a risky merchant category, with 3% label noise."""
     rnd = random.Random(seed)
     fields = spec.events.fields
-    categories, countries, channels = (fields[name].values or () for name in ("merchant_category", "country",
-                                                                            "channel"))
+    categories, countries, channels = (
+        fields[name].values or () for name in ("merchant_category", "country", "channel")
+    )
     others = [c for c in categories if c not in RISKY]
     rows, labels = [], []
     for _ in range(n):
         amount = rnd.expovariate(1 / 600)
         category = rnd.choice(RISKY) if rnd.random() < 0.5 else rnd.choice(others)
-        rows.append({
-            "txn_count_10m": float(rnd.randint(1, 10)),
-            "amount_sum_1h": amount * rnd.uniform(1, 3),
-            "amount_max_24h": amount * rnd.uniform(1, 2),
-            "amount_mean_24h": amount * rnd.uniform(0.5, 1),
-            "amount_ratio_to_mean_24h": rnd.uniform(0.5, 3),
-            "secs_since_last_txn": rnd.uniform(0, 86400),
-            "amount": amount,
-            "merchant_category": category,
-            "country": rnd.choice(countries),
-            "channel": rnd.choice(channels),
-            "card_present": rnd.random() < 0.5,
-            "account_age_days": None if rnd.random() < 0.1 else float(rnd.randint(0, 5000)),
-        })
+        rows.append(
+            {
+                "txn_count_10m": float(rnd.randint(1, 10)),
+                "amount_sum_1h": amount * rnd.uniform(1, 3),
+                "amount_max_24h": amount * rnd.uniform(1, 2),
+                "amount_mean_24h": amount * rnd.uniform(0.5, 1),
+                "amount_ratio_to_mean_24h": rnd.uniform(0.5, 3),
+                "secs_since_last_txn": rnd.uniform(0, 86400),
+                "amount": amount,
+                "merchant_category": category,
+                "country": rnd.choice(countries),
+                "channel": rnd.choice(channels),
+                "card_present": rnd.random() < 0.5,
+                "account_age_days": None if rnd.random() < 0.1 else float(rnd.randint(0, 5000)),
+            }
+        )
         label = int(amount > 500 and category in RISKY)
         labels.append(1 - label if rnd.random() < 0.03 else label)
     return rows, labels
@@ -143,8 +146,9 @@ def check_estimator_choice(trial: Trial) -> None:
     unknown = spec.model_copy(update={"model": spec.model.model_copy(update={"estimator": "no_such_estimator"})})
     _raises(DriftloopError, trial.estimator, lambda: trial.flavor.train(unknown, trial.train_rows, trial.train_labels))
     bad_params = spec.model_copy(update={"model": spec.model.model_copy(update={"params": {"no_such_param": 1}})})
-    _raises(DriftloopError, "no_such_param", lambda: trial.flavor.train(bad_params, trial.train_rows,
-                                                                        trial.train_labels))
+    _raises(
+        DriftloopError, "no_such_param", lambda: trial.flavor.train(bad_params, trial.train_rows, trial.train_labels)
+    )
 
 
 def check_cold_start(trial: Trial) -> None:
@@ -169,20 +173,28 @@ def check_scores_odd_rows(trial: Trial) -> None:
     empty = trial.model.predict_proba([])
     assert isinstance(empty, np.ndarray) and empty.shape == (0,), "an empty batch scores as an empty array"
     with_extra, without = trial.odd_rows[4], {k: v for k, v in trial.odd_rows[4].items() if k != "not_an_input"}
-    assert trial.model.predict_proba([with_extra])[0] == trial.model.predict_proba([without])[0], \
+    assert trial.model.predict_proba([with_extra])[0] == trial.model.predict_proba([without])[0], (
         "a key that is not an input changed the score"
+    )
 
 
 def check_batch_scores_as_single_rows(trial: Trial) -> None:
     rows = trial.test_rows[:50] + trial.odd_rows
     one_by_one = np.array([trial.model.predict_proba([row])[0] for row in rows])
-    np.testing.assert_allclose(trial.model.predict_proba(rows), one_by_one, rtol=0, atol=1e-6,
-                               err_msg="a row scored differently alone than in its batch")
+    np.testing.assert_allclose(
+        trial.model.predict_proba(rows),
+        one_by_one,
+        rtol=0,
+        atol=1e-6,
+        err_msg="a row scored differently alone than in its batch",
+    )
 
 
 def check_learns_each_kind_of_input(trial: Trial) -> None:
-    rules = {"a number and a category": lambda row: row["amount"] > 500 or row["merchant_category"] in RISKY,
-             "a bool": lambda row: row["card_present"]}
+    rules = {
+        "a number and a category": lambda row: row["amount"] > 500 or row["merchant_category"] in RISKY,
+        "a bool": lambda row: row["card_present"],
+    }
     for carried_by, rule in rules.items():
         model = trial.flavor.train(trial.spec, trial.train_rows, [int(rule(row)) for row in trial.train_rows])
         auc = _auc(model.predict_proba(trial.test_rows), [int(rule(row)) for row in trial.test_rows])
@@ -200,13 +212,15 @@ def check_save_load_round_trip(trial: Trial) -> None:
         again = trial.flavor.load(target)
     assert type(again) is trial.flavor and again.estimator == model.estimator, "load: another flavor or estimator"
     assert [(c.name, c.kind) for c in again.columns] == [(c.name, c.kind) for c in model.columns], "load: columns"
-    np.testing.assert_array_equal(again.predict_proba(rows), model.predict_proba(rows),
-                                  err_msg="the loaded model scores differently")
+    np.testing.assert_array_equal(
+        again.predict_proba(rows), model.predict_proba(rows), err_msg="the loaded model scores differently"
+    )
     if trial.flavor.online:  # the worker replays learning onto a loaded champion: its state must be whole
         for learner in (model, again):
             learner.learn(trial.test_rows[:300], trial.test_labels[:300])
-        np.testing.assert_array_equal(again.predict_proba(rows), model.predict_proba(rows),
-                                      err_msg="the loaded model learns differently")
+        np.testing.assert_array_equal(
+            again.predict_proba(rows), model.predict_proba(rows), err_msg="the loaded model learns differently"
+        )
 
 
 def check_learn_semantics(trial: Trial) -> None:
@@ -245,9 +259,19 @@ def check_scores_500_rows_quickly(trial: Trial) -> None:
 
 def yield_checks(flavor: type[Model]) -> Iterator[Check]:
     """The checks every flavor passes (each reads the flavor's online and cold_start to know its rule)."""
-    yield from (check_declaration, check_estimator_choice, check_cold_start, check_columns, check_scores_odd_rows,
-                check_batch_scores_as_single_rows, check_learns_each_kind_of_input, check_save_load_round_trip,
-                check_learn_semantics, check_training_labels, check_scores_500_rows_quickly)
+    yield from (
+        check_declaration,
+        check_estimator_choice,
+        check_cold_start,
+        check_columns,
+        check_scores_odd_rows,
+        check_batch_scores_as_single_rows,
+        check_learns_each_kind_of_input,
+        check_save_load_round_trip,
+        check_learn_semantics,
+        check_training_labels,
+        check_scores_500_rows_quickly,
+    )
 
 
 def check_flavor(flavor: type[Model], estimators: Sequence[str] | None = None) -> None:

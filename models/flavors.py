@@ -26,11 +26,17 @@ __all__ = ["FLAVORS", "Model", "flavor_of", "load", "new_model", "retrain_candid
 
 # One "module:Class" per flavor. The modules import their libraries only when a model is built or loaded,
 # so that checking a spec (which reads every flavor's estimators) stays fast.
-FLAVORS: dict[str, type[Model]] = {cls.flavor: cls for cls in map(pkgutil.resolve_name, (
-    "driftloop.models.onnx_flavor:OnnxModel",
-    "driftloop.models.river_flavor:RiverModel",
-    "driftloop.models.sklearn_flavor:SklearnModel",
-))}
+FLAVORS: dict[str, type[Model]] = {
+    cls.flavor: cls
+    for cls in map(
+        pkgutil.resolve_name,
+        (
+            "driftloop.models.onnx_flavor:OnnxModel",
+            "driftloop.models.river_flavor:RiverModel",
+            "driftloop.models.sklearn_flavor:SklearnModel",
+        ),
+    )
+}
 
 
 def flavor_of(name: str) -> type[Model]:
@@ -44,8 +50,9 @@ def with_model(spec: PipelineSpec, flavor: str, estimator: str) -> PipelineSpec:
     """The spec whose `model` section names another flavor/estimator (same name, inputs, threshold). The spec's
     `model.params` belong to its own estimator, so they carry over only when that stays the same."""
     same = (flavor, estimator) == (spec.model.flavor, spec.model.estimator)
-    model = spec.model.model_copy(update={"flavor": flavor, "estimator": estimator,
-                                          "params": spec.model.params if same else {}})
+    model = spec.model.model_copy(
+        update={"flavor": flavor, "estimator": estimator, "params": spec.model.params if same else {}}
+    )
     return spec.model_copy(update={"model": model})
 
 

@@ -104,8 +104,9 @@ class Model(ABC):
     @classmethod
     def new(cls, spec: PipelineSpec) -> Model:
         """A fresh, untrained model of spec.model (cold_start flavors)."""
-        raise DriftloopError(f"model {spec.model.name}: a {cls.flavor} model cannot start cold; train it on rows "
-                             f"of both labels")
+        raise DriftloopError(
+            f"model {spec.model.name}: a {cls.flavor} model cannot start cold; train it on rows of both labels"
+        )
 
     @classmethod
     def train(cls, spec: PipelineSpec, rows: Sequence[Row], labels: Sequence[int]) -> Model:
@@ -139,8 +140,9 @@ class Model(ABC):
             raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
 
     @classmethod
-    def make_estimator(cls, spec: PipelineSpec, classes: Mapping[str, str],
-                       defaults: Mapping[str, Any] | None = None) -> Any:
+    def make_estimator(
+        cls, spec: PipelineSpec, classes: Mapping[str, str], defaults: Mapping[str, Any] | None = None
+    ) -> Any:
         """An instance of `classes[spec.model.estimator]` ("module:Class", imported only now, so that reading a
         flavor's `estimators` stays cheap) with `defaults` overridden by the spec's `model.params`."""
         path = classes.get(spec.model.estimator)

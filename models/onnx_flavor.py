@@ -93,8 +93,10 @@ class OnnxModel(Model):
         self.session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("driftloop.flavor") != self.flavor:
-            raise DriftloopError(f"not a driftloop {self.flavor} model (its metadata driftloop.flavor is "
-                                 f"{meta.get('driftloop.flavor')!r})")
+            raise DriftloopError(
+                f"not a driftloop {self.flavor} model (its metadata driftloop.flavor is "
+                f"{meta.get('driftloop.flavor')!r})"
+            )
         self.estimator = meta.get("driftloop.estimator", "")
         self.columns = tuple(ModelInput.of_kind(name, kind) for name, kind in json.loads(meta["driftloop.columns"]))
         outputs = [o.name for o in self.session.get_outputs()]
@@ -113,9 +115,17 @@ class OnnxModel(Model):
         numerics = [c.name for c in columns if c.kind != "category"]
         transformers = []
         if categories:
-            transformers.append(("categories", OneHotEncoder(categories=[list(c.categories) for c in categories],
-                                                             handle_unknown="ignore", sparse_output=False),
-                                 [c.name for c in categories]))
+            transformers.append(
+                (
+                    "categories",
+                    OneHotEncoder(
+                        categories=[list(c.categories) for c in categories],
+                        handle_unknown="ignore",
+                        sparse_output=False,
+                    ),
+                    [c.name for c in categories],
+                )
+            )
         if numerics:
             steps = [("impute", SimpleImputer(strategy="mean", keep_empty_features=True))]
             if spec.model.estimator not in cls.unscaled:
@@ -129,8 +139,10 @@ class OnnxModel(Model):
         cls.check_lengths(rows, labels)
         y = np.asarray([int(bool(label)) for label in labels])
         if len(set(y.tolist())) < 2:
-            raise DriftloopError(f"model {spec.model.name}: training a {cls.flavor} model needs rows of both labels "
-                                 f"(got {len(y)} rows, all {y[0] if len(y) else 'absent'})")
+            raise DriftloopError(
+                f"model {spec.model.name}: training a {cls.flavor} model needs rows of both labels "
+                f"(got {len(y)} rows, all {y[0] if len(y) else 'absent'})"
+            )
         columns = model_inputs(spec)
         pipeline = cls.sklearn_pipeline(spec, columns)
         pipeline.fit(_frame(columns, rows), y)
@@ -143,13 +155,22 @@ class OnnxModel(Model):
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-        initial_types = [(c.name, StringTensorType([None, 1]) if c.kind == "category" else FloatTensorType([None, 1]))
-                         for c in columns]
-        onx = convert_sklearn(pipeline, name=spec.model.name, initial_types=initial_types,
-                              options={id(pipeline.named_steps["estimator"]): {"zipmap": False}},
-                              target_opset=TARGET_OPSET)
-        meta = {"driftloop.flavor": cls.flavor, "driftloop.estimator": spec.model.estimator,
-                "driftloop.columns": json.dumps([[c.name, c.kind] for c in columns])}
+        initial_types = [
+            (c.name, StringTensorType([None, 1]) if c.kind == "category" else FloatTensorType([None, 1]))
+            for c in columns
+        ]
+        onx = convert_sklearn(
+            pipeline,
+            name=spec.model.name,
+            initial_types=initial_types,
+            options={id(pipeline.named_steps["estimator"]): {"zipmap": False}},
+            target_opset=TARGET_OPSET,
+        )
+        meta = {
+            "driftloop.flavor": cls.flavor,
+            "driftloop.estimator": spec.model.estimator,
+            "driftloop.columns": json.dumps([[c.name, c.kind] for c in columns]),
+        }
         for key, value in meta.items():
             prop = onx.metadata_props.add()
             prop.key, prop.value = key, value

@@ -42,8 +42,7 @@ def _message(name: str, tags: Mapping[str, str], root: Path, signed_files: tuple
         path = root / top
         found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
         files.update({p.relative_to(root).as_posix(): file_sha256(p) for p in found})
-    document = {"model": name, "flavor": tags.get(FLAVOR_TAG), "placeholder": tags.get(PLACEHOLDER_TAG),
-                "files": files}
+    document = {"model": name, "flavor": tags.get(FLAVOR_TAG), "placeholder": tags.get(PLACEHOLDER_TAG), "files": files}
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -52,8 +51,13 @@ def sign(key: SigningKey, name: str, tags: Mapping[str, str], root: Path, signed
     return key.sign(_DOMAIN, _message(name, tags, root, signed_files))
 
 
-def verify(key: SigningKey, name: str, version: int, tags: Mapping[str, str], root: Path,
-           signed_files: tuple[str, ...]) -> None:
+def verify(
+    key: SigningKey, name: str, version: int, tags: Mapping[str, str], root: Path, signed_files: tuple[str, ...]
+) -> None:
     if not key.verify(_DOMAIN, _message(name, tags, root, signed_files), tags.get(SIGNATURE_TAG)):
-        raise ModelRefused(name, version, f"bad signature: its files or its {FLAVOR_TAG}/{PLACEHOLDER_TAG} tags are "
-                                          f"not what driftloop signed (or another key signed them)")
+        raise ModelRefused(
+            name,
+            version,
+            f"bad signature: its files or its {FLAVOR_TAG}/{PLACEHOLDER_TAG} tags are "
+            f"not what driftloop signed (or another key signed them)",
+        )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow.pyfunc import PythonModel
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from driftloop.models.inputs import frame_to_rows

@@ -40,8 +40,8 @@ from mlflow.tracking import MlflowClient
 
 from driftloop.errors import DriftloopError
 from driftloop.mlflow_server import http_ok, server_aliases
-from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models import provenance
+from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models.flavors import Model, flavor_of, load
 from driftloop.models.inputs import rows_to_frame
 from driftloop.models.provenance import FLAVOR_TAG, PLACEHOLDER_TAG, SIGNATURE_TAG, ModelRefused
@@ -151,11 +151,19 @@ def _requirements(flavor: str) -> list[str]:
     return out
 
 
-def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
-             reference_rows: Sequence[Mapping[str, Any]],
-             metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,
-             tags: Mapping[str, str] | None = None, run_name: str | None = None,
-             artifacts: Sequence[str | Path] = (), key: SigningKey | None = None) -> ModelVersionInfo:
+def register(
+    model: Model,
+    spec: PipelineSpec,
+    *,
+    tracking_uri: str,
+    reference_rows: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, float] | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    artifacts: Sequence[str | Path] = (),
+    key: SigningKey | None = None,
+) -> ModelVersionInfo:
     """Log `model` in a new MLflow run and register it as a new version of spec.model.name.
 
     `params`/`metrics` go to the run (with the flavor, estimator and spec model params); `tags` go to both
@@ -165,8 +173,12 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
     """
     key = key or configured_key()
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    run_params = {"flavor": model.flavor, "estimator": spec.model.estimator,
-                  **{f"model.{k}": v for k, v in spec.model.params.items()}, **(params or {})}
+    run_params = {
+        "flavor": model.flavor,
+        "estimator": spec.model.estimator,
+        **{f"model.{k}": v for k, v in spec.model.params.items()},
+        **(params or {}),
+    }
     reference = rows_to_frame(model_inputs(spec), list(reference_rows))
     with tempfile.TemporaryDirectory(prefix="driftloop-register-") as tmp:
         model_dir = Path(tmp) / MODEL_ARTIFACT
@@ -186,19 +198,22 @@ def register(model: Model, spec: PipelineSpec, *, tracking_uri: str,
                 for path in artifacts:
                     mlflow.log_artifact(str(path))
                 logged = mlflow.pyfunc.log_model(
-                    name="model", python_model=DriftloopPyfunc(),
+                    name="model",
+                    python_model=DriftloopPyfunc(),
                     artifacts={"model": str(model_dir), "reference": str(reference_path)},
-                    signature=signature_for(spec), pip_requirements=_requirements(model.flavor),
+                    signature=signature_for(spec),
+                    pip_requirements=_requirements(model.flavor),
                     input_example=reference.head(5) if len(reference) else None,
-                    metadata={CHECKSUM_TAG: checksum, FLAVOR_TAG: model.flavor})
+                    metadata={CHECKSUM_TAG: checksum, FLAVOR_TAG: model.flavor},
+                )
                 try:
                     client.create_registered_model(spec.model.name)
                 except MlflowException as exc:
                     if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                         raise
                 version = client.create_model_version(
-                    spec.model.name, source=logged.model_uri, run_id=run_id, model_id=logged.model_id,
-                    tags=version_tags)
+                    spec.model.name, source=logged.model_uri, run_id=run_id, model_id=logged.model_id, tags=version_tags
+                )
     return ModelVersionInfo(spec.model.name, int(version.version), run_id, checksum)
 
 
@@ -277,8 +292,9 @@ def load_version(name: str, version: int, *, tracking_uri: str, key: SigningKey 
     with _verified(name, version, tracking_uri, key) as (mv, local, checksum):
         model = load(local / MODEL_ARTIFACT, mv.tags[FLAVOR_TAG])
         reference = pd.read_parquet(local / REFERENCE_FILE)
-    return LoadedModel(int(mv.version), model, reference, checksum, int(mv.creation_timestamp or 0),
-                       PLACEHOLDER_TAG in mv.tags)
+    return LoadedModel(
+        int(mv.version), model, reference, checksum, int(mv.creation_timestamp or 0), PLACEHOLDER_TAG in mv.tags
+    )
 
 
 def load_reference(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> VerifiedReference:
@@ -303,8 +319,9 @@ def sign_version(name: str, version: int, *, tracking_uri: str, key: SigningKey 
 
 
 @contextmanager
-def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None,
-              signed: bool = True) -> Iterator[tuple[Any, Path, str]]:
+def _verified(
+    name: str, version: int, tracking_uri: str, key: SigningKey | None, signed: bool = True
+) -> Iterator[tuple[Any, Path, str]]:
     """(model version, local artifacts directory, model checksum), downloaded and verified (`signed`
     False: all but the signature); the files last until the block ends."""
     key = key or configured_key()
@@ -315,16 +332,26 @@ def _verified(name: str, version: int, tracking_uri: str, key: SigningKey | None
         if not expected:
             raise ModelRefused(name, version, f"no {CHECKSUM_TAG} tag: an unverifiable model")
         if (signed and not tags.get(SIGNATURE_TAG)) or not tags.get(FLAVOR_TAG):
-            raise ModelRefused(name, version, f"unsigned: no {SIGNATURE_TAG} (or {FLAVOR_TAG}) tag, so nothing "
-                                              f"proves driftloop registered it")
+            raise ModelRefused(
+                name,
+                version,
+                f"unsigned: no {SIGNATURE_TAG} (or {FLAVOR_TAG}) tag, so nothing proves driftloop registered it",
+            )
         source = client.get_model_version_download_uri(name, str(version)).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="driftloop-load-") as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts", dst_path=tmp,
-                                                             tracking_uri=tracking_uri))
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{source}/artifacts", dst_path=tmp, tracking_uri=tracking_uri
+                )
+            )
             actual = directory_checksum(local / MODEL_ARTIFACT)
             if actual != expected:
-                raise ModelRefused(name, version, f"checksum mismatch: the registry tag {CHECKSUM_TAG} is {expected} "
-                                                  f"but the downloaded model files hash to {actual}")
+                raise ModelRefused(
+                    name,
+                    version,
+                    f"checksum mismatch: the registry tag {CHECKSUM_TAG} is {expected} "
+                    f"but the downloaded model files hash to {actual}",
+                )
             if signed:
                 provenance.verify(key, name, version, tags, local, SIGNED_FILES)
             yield mv, local, actual
@@ -341,8 +368,9 @@ def mlflow_problem(tracking_uri: str) -> str | None:
     return None
 
 
-def when_reachable(call: Callable[[], T], *, tracking_uri: str, what: str, stop: threading.Event,
-                   timeout: float = 120.0) -> T:
+def when_reachable(
+    call: Callable[[], T], *, tracking_uri: str, what: str, stop: threading.Event, timeout: float = 120.0
+) -> T:
     """`call()`, tried again while MLflow at tracking_uri does not answer (it is restarting, say).
 
     Waits 0.5 s, doubling up to 5 s, between tries and logs each wait; after `timeout` seconds, or once
@@ -350,19 +378,30 @@ def when_reachable(call: Callable[[], T], *, tracking_uri: str, what: str, stop:
     The default timeout ends a worker's wait before `driftloop up` would stop it for not being ready (180 s),
     so the worker's log says why it gave up.
     """
+
     def log_wait(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception()
-        _LOG.warning("%s: MLflow at %s does not answer (%s); trying again in %.1fs (for up to %.0fs)", what,
-                     tracking_uri, str(error).splitlines()[0] if str(error) else type(error).__name__,
-                     state.next_action.sleep, timeout)
+        _LOG.warning(
+            "%s: MLflow at %s does not answer (%s); trying again in %.1fs (for up to %.0fs)",
+            what,
+            tracking_uri,
+            str(error).splitlines()[0] if str(error) else type(error).__name__,
+            state.next_action.sleep,
+            timeout,
+        )
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(lambda _: mlflow_problem(tracking_uri) is not None),
-        wait=tenacity.wait_exponential(multiplier=0.5, max=5.0), sleep=stop.wait,
-        stop=tenacity.stop_after_delay(timeout) | tenacity.stop_when_event_set(stop), before_sleep=log_wait)
+        wait=tenacity.wait_exponential(multiplier=0.5, max=5.0),
+        sleep=stop.wait,
+        stop=tenacity.stop_after_delay(timeout) | tenacity.stop_when_event_set(stop),
+        before_sleep=log_wait,
+    )
     try:
         return retrying(call)
     except tenacity.RetryError as gave_up:
         error = gave_up.last_attempt.exception()
-        raise DriftloopError(f"{what}: MLflow at {tracking_uri} did not answer "
-                             f"{'before the stop' if stop.is_set() else f'for {timeout:.0f}s'}: {error}") from error
+        raise DriftloopError(
+            f"{what}: MLflow at {tracking_uri} did not answer "
+            f"{'before the stop' if stop.is_set() else f'for {timeout:.0f}s'}: {error}"
+        ) from error

@@ -110,8 +110,13 @@ class RiverModel(Model):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / self.filename
-        state = {"format": _FORMAT, "flavor": self.flavor, "estimator": self.estimator,
-                 "columns": self.columns, "pipeline": self.pipeline}
+        state = {
+            "format": _FORMAT,
+            "flavor": self.flavor,
+            "estimator": self.estimator,
+            "columns": self.columns,
+            "pipeline": self.pipeline,
+        }
         with path.open("wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
         return [path]

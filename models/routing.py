@@ -47,9 +47,15 @@ class Serving:
 
 
 class ModelRouter:
-    def __init__(self, spec: PipelineSpec, tracking_uri: str, *, poll_seconds: float = 2.0,
-                 key: SigningKey | None = None,
-                 on_refused: Callable[[ModelRefused, int | None], None] | None = None):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        tracking_uri: str,
+        *,
+        poll_seconds: float = 2.0,
+        key: SigningKey | None = None,
+        on_refused: Callable[[ModelRefused, int | None], None] | None = None,
+    ):
         self.spec = spec
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
@@ -140,11 +146,18 @@ class ModelRouter:
         for other in others:
             self._refused(other, found.version if found else None)
         if found is None:
-            raise DriftloopError(f"{refusal}; no other version of {self.spec.model.name} verifies either, so there "
-                                 f"is nothing safe to serve") from None
+            raise DriftloopError(
+                f"{refusal}; no other version of {self.spec.model.name} verifies either, so there "
+                f"is nothing safe to serve"
+            ) from None
         which = "previous" if wanted.get(PREVIOUS) == found.version else "the newest version that verifies"
-        _LOG.warning("champion v%d is refused (%s): serving v%d (%s) instead", refusal.version, refusal.reason,
-                     found.version, which)
+        _LOG.warning(
+            "champion v%d is refused (%s): serving v%d (%s) instead",
+            refusal.version,
+            refusal.reason,
+            found.version,
+            which,
+        )
         self._refused(refusal, found.version)
         return found.version, (found.model, found.created_ms)
 
@@ -176,6 +189,9 @@ class ModelRouter:
             except Exception as exc:  # registry down: keep serving what is loaded
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if message != self.last_error:
-                    _LOG.warning("model registry: %s; still serving %s", message,
-                                 {v: s.version for v, s in self._serving.items()})
+                    _LOG.warning(
+                        "model registry: %s; still serving %s",
+                        message,
+                        {v: s.version for v, s in self._serving.items()},
+                    )
                 self.last_error = message

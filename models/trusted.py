@@ -26,21 +26,32 @@ Read = TypeVar("Read")
 
 
 class TrustedVersions:
-    def __init__(self, name: str, tracking_uri: str, key: SigningKey, *, recheck_seconds: float = RECHECK_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        name: str,
+        tracking_uri: str,
+        key: SigningKey,
+        *,
+        recheck_seconds: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.name, self.tracking_uri, self.key = name, tracking_uri, key
         self.recheck_seconds, self.clock = recheck_seconds, clock
         self._refused: dict[int, tuple[str, float]] = {}  # version -> (reason, when to verify it again)
 
     def load(self, version: int) -> LoadedModel:
-        return self._checked(version, lambda: load_version(self.name, version, tracking_uri=self.tracking_uri,
-                                                           key=self.key))
+        return self._checked(
+            version, lambda: load_version(self.name, version, tracking_uri=self.tracking_uri, key=self.key)
+        )
 
     def reference(self, version: int) -> VerifiedReference:
-        return self._checked(version, lambda: load_reference(self.name, version, tracking_uri=self.tracking_uri,
-                                                             key=self.key))
+        return self._checked(
+            version, lambda: load_reference(self.name, version, tracking_uri=self.tracking_uri, key=self.key)
+        )
 
-    def fallback(self, aliases: Mapping[str, int], read: Callable[[int], Read]) -> tuple[Read | None, list[ModelRefused]]:
+    def fallback(
+        self, aliases: Mapping[str, int], read: Callable[[int], Read]
+    ) -> tuple[Read | None, list[ModelRefused]]:
         """The first of `previous`, then the other versions newest first, that `read` (self.load or
         self.reference) accepts; with the refusals met on the way (to report the news among them)."""
         refusals: list[ModelRefused] = []
@@ -74,5 +85,11 @@ def refusal_record(actor: str, refusal: ModelRefused, serving: int | None = None
     """The audit record `model_refused` (actor: "worker" | "control" | "retrain" | "operator")."""
     from driftloop.streams.contracts import audit
 
-    return audit(actor=actor, action="model_refused", model_name=refusal.name, reason=str(refusal),
-                 version=refusal.version, details={"refused_because": refusal.reason, "serving": serving, **details})
+    return audit(
+        actor=actor,
+        action="model_refused",
+        model_name=refusal.name,
+        reason=str(refusal),
+        version=refusal.version,
+        details={"refused_because": refusal.reason, "serving": serving, **details},
+    )

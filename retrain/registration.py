@@ -50,8 +50,14 @@ DATA_DRIFT_FILE = "data_drift.html"
 def code_version() -> str:
     """driftloop's package version, plus the git commit of the checkout it runs from when there is one."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(driftloop.__file__).parent,
-                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(driftloop.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return driftloop.__version__
     return f"{driftloop.__version__}+g{commit}"
@@ -63,10 +69,14 @@ def data_drift_report(spec: PipelineSpec, reference: pd.DataFrame, current: pd.D
     from evidently.presets import DataDriftPreset
 
     columns = model_inputs(spec)
-    definition = DataDefinition(numerical_columns=[c.name for c in columns if c.kind == "numeric"],
-                                categorical_columns=[c.name for c in columns if c.kind != "numeric"])
-    snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(current, data_definition=definition),
-                                               Dataset.from_pandas(reference, data_definition=definition))
+    definition = DataDefinition(
+        numerical_columns=[c.name for c in columns if c.kind == "numeric"],
+        categorical_columns=[c.name for c in columns if c.kind != "numeric"],
+    )
+    snapshot = Report([DataDriftPreset()]).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
     snapshot.save_html(str(path))
     for metric in snapshot.dict()["metrics"]:
         if metric["metric_name"].startswith("DriftedColumnsCount"):
@@ -74,20 +84,44 @@ def data_drift_report(spec: PipelineSpec, reference: pd.DataFrame, current: pd.D
     raise ValueError("Evidently's DataDriftPreset reported no DriftedColumnsCount")
 
 
-def record(spec: PipelineSpec, *, tracking_uri: str, key: SigningKey, request: Mapping[str, Any], winner: Candidate,
-           passed: bool, reason: str, params: Mapping[str, Any], metrics: Mapping[str, float | None],
-           reference_rows: Sequence[Mapping[str, Any]], drift_reference: pd.DataFrame,
-           drift_current: pd.DataFrame, fingerprint: str) -> ModelVersionInfo:
+def record(
+    spec: PipelineSpec,
+    *,
+    tracking_uri: str,
+    key: SigningKey,
+    request: Mapping[str, Any],
+    winner: Candidate,
+    passed: bool,
+    reason: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float | None],
+    reference_rows: Sequence[Mapping[str, Any]],
+    drift_reference: pd.DataFrame,
+    drift_current: pd.DataFrame,
+    fingerprint: str,
+) -> ModelVersionInfo:
     """Log the run and register `winner` (see the module docstring); returns the new version."""
     request_id = str(request["request_id"])
-    tags = {ORIGIN_TAG: "retrain", REQUEST_TAG: request_id, FINGERPRINT_TAG: fingerprint,
-            GATE_TAG: "passed" if passed else "rejected"}
+    tags = {
+        ORIGIN_TAG: "retrain",
+        REQUEST_TAG: request_id,
+        FINGERPRINT_TAG: fingerprint,
+        GATE_TAG: "passed" if passed else "rejected",
+    }
     if not passed:
         tags[REJECTED_TAG] = reason
-    all_params = {"request_id": request_id, "reason": request.get("reason"), "train_from": request.get("train_from"),
-                  "request_champion_version": request.get("champion_version"),
-                  "feature_view": feature_view_name(spec), "feature_view_version": feature_view_version(spec),
-                  "code_version": code_version(), "dataset_fingerprint": fingerprint, "gate": reason, **params}
+    all_params = {
+        "request_id": request_id,
+        "reason": request.get("reason"),
+        "train_from": request.get("train_from"),
+        "request_champion_version": request.get("champion_version"),
+        "feature_view": feature_view_name(spec),
+        "feature_view_version": feature_view_version(spec),
+        "code_version": code_version(),
+        "dataset_fingerprint": fingerprint,
+        "gate": reason,
+        **params,
+    }
     all_metrics = {key: value for key, value in metrics.items() if value is not None}
     with tempfile.TemporaryDirectory(prefix="driftloop-retrain-") as tmp:
         report_json = Path(tmp) / DRIFT_REPORT_FILE
@@ -98,9 +132,19 @@ def record(spec: PipelineSpec, *, tracking_uri: str, key: SigningKey, request: M
             all_metrics["data_drift_share"] = data_drift_report(spec, drift_reference, drift_current, html)
             artifacts.append(html)
         except Exception as exc:  # the report documents the run; it must not stop a retraining
-            _LOG.warning("request %s: the Evidently data-drift report failed: %s: %s", request_id,
-                         type(exc).__name__, exc)
+            _LOG.warning(
+                "request %s: the Evidently data-drift report failed: %s: %s", request_id, type(exc).__name__, exc
+            )
             all_params["data_drift_report"] = f"failed: {type(exc).__name__}: {exc}"[:500]
-        return register(winner.model, winner.spec, tracking_uri=tracking_uri, reference_rows=reference_rows,
-                        metrics=all_metrics, params=all_params, tags=tags, run_name=f"{spec.model.name}-retrain",
-                        artifacts=artifacts, key=key)
+        return register(
+            winner.model,
+            winner.spec,
+            tracking_uri=tracking_uri,
+            reference_rows=reference_rows,
+            metrics=all_metrics,
+            params=all_params,
+            tags=tags,
+            run_name=f"{spec.model.name}-retrain",
+            artifacts=artifacts,
+            key=key,
+        )

@@ -102,13 +102,15 @@ class TrainingSet:
         return len(self.rows)
 
 
-def read_window(bootstrap: str, topic: str, spec: PipelineSpec, train_from: float | None, *,
-                group: str, timeout: float = 60.0) -> LabeledWindow:
+def read_window(
+    bootstrap: str, topic: str, spec: PipelineSpec, train_from: float | None, *, group: str, timeout: float = 60.0
+) -> LabeledWindow:
     """The newest `spec.retrain.window_events` distinct labelled events at or after train_from, oldest first."""
     decode = msgspec.json.Decoder(_Labeled).decode
     size = spec.retrain.window_events
-    consumer = kafka.consumer(bootstrap, group, **{"enable.auto.commit": False, "enable.partition.eof": True,
-                                                   "fetch.wait.max.ms": 25})
+    consumer = kafka.consumer(
+        bootstrap, group, **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 25}
+    )
     # The window so far: a min-heap by (event time, event id), and the ids it holds. A repeat of an event
     # has the event's time, so it sorts equal to its first record: that one is either in the heap (the
     # repeat is dropped) or was pushed out, and then the repeat cannot enter either. So duplicates are
@@ -120,14 +122,20 @@ def read_window(bootstrap: str, topic: str, spec: PipelineSpec, train_from: floa
         metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise DriftloopError(f"the labeled topic {topic!r} does not exist")
-        for message in kafka.consume_to_end(consumer, topic, metadata.partitions, timeout=timeout, batch=5000,
-                                            poll=0.5):
+        for message in kafka.consume_to_end(
+            consumer, topic, metadata.partitions, timeout=timeout, batch=5000, poll=0.5
+        ):
             read += 1
             try:
                 record = decode(message.value())
             except msgspec.DecodeError as exc:  # also its subclass ValidationError (a missing field)
-                _LOG.warning("skipping an unreadable labeled record at %s[%d]@%d: %s",
-                             topic, message.partition(), message.offset(), exc)
+                _LOG.warning(
+                    "skipping an unreadable labeled record at %s[%d]@%d: %s",
+                    topic,
+                    message.partition(),
+                    message.offset(),
+                    exc,
+                )
                 continue
             if record.event_id in in_window:
                 duplicates += 1
@@ -139,8 +147,16 @@ def read_window(bootstrap: str, topic: str, spec: PipelineSpec, train_from: floa
             eligible += 1
             if len(newest) == size and (event_time, record.event_id) <= newest[0][:2]:
                 continue
-            row = LabeledRow(record.event_id, record.entity, event_time, int(bool(record.label)),
-                             record.features, message.timestamp()[1], record.score, record.model_version)
+            row = LabeledRow(
+                record.event_id,
+                record.entity,
+                event_time,
+                int(bool(record.label)),
+                record.features,
+                message.timestamp()[1],
+                record.score,
+                record.model_version,
+            )
             if len(newest) == size:
                 in_window.discard(heapq.heappop(newest)[1])
             heapq.heappush(newest, (event_time, record.event_id, row))
@@ -150,8 +166,9 @@ def read_window(bootstrap: str, topic: str, spec: PipelineSpec, train_from: floa
     return LabeledWindow([row for _, _, row in sorted(newest)], read, duplicates, early, eligible)
 
 
-def build_training_set(history: OfflineHistory, window: LabeledWindow, spec: PipelineSpec,
-                       train_from: float | None) -> TrainingSet:
+def build_training_set(
+    history: OfflineHistory, window: LabeledWindow, spec: PipelineSpec, train_from: float | None
+) -> TrainingSet:
     """Join the window's rows to their point-in-time Feast vectors; raises NotEnoughData below retrain.min_rows."""
     if len(window.rows) < spec.retrain.min_rows:
         raise NotEnoughData(len(window.rows), spec.retrain.min_rows, train_from)
@@ -175,20 +192,28 @@ def build_training_set(history: OfflineHistory, window: LabeledWindow, spec: Pip
             mismatches += 1
         rows.append(answer)
     if mismatches:
-        _LOG.warning("%d of %d Feast vectors differ from the features recorded in their labeled records",
-                     mismatches, from_feast)
+        _LOG.warning(
+            "%d of %d Feast vectors differ from the features recorded in their labeled records", mismatches, from_feast
+        )
     labels = [row.label for row in window.rows]
     event_ids = [row.event_id for row in window.rows]
-    return TrainingSet(rows=rows, labels=labels, event_ids=event_ids,
-                       event_times=[row.event_time for row in window.rows],
-                       joined_ms=[row.joined_ms for row in window.rows],
-                       fingerprint=fingerprint(event_ids, labels, rows, inputs),
-                       from_feast=from_feast, from_labeled=len(rows) - from_feast, feast_mismatches=mismatches,
-                       window=window)
+    return TrainingSet(
+        rows=rows,
+        labels=labels,
+        event_ids=event_ids,
+        event_times=[row.event_time for row in window.rows],
+        joined_ms=[row.joined_ms for row in window.rows],
+        fingerprint=fingerprint(event_ids, labels, rows, inputs),
+        from_feast=from_feast,
+        from_labeled=len(rows) - from_feast,
+        feast_mismatches=mismatches,
+        window=window,
+    )
 
 
-def fingerprint(event_ids: Sequence[str], labels: Sequence[int], rows: Sequence[dict[str, Any]],
-                inputs: Sequence[str]) -> str:
+def fingerprint(
+    event_ids: Sequence[str], labels: Sequence[int], rows: Sequence[dict[str, Any]], inputs: Sequence[str]
+) -> str:
     """SHA-256 of the ordered (event_id, label, [inputs in spec order]) rows, one JSON line each."""
     digest = hashlib.sha256()
     for event_id, label, row in zip(event_ids, labels, rows, strict=True):

@@ -41,17 +41,20 @@ def holdout_size(rows: int, share: float) -> int:
 def holdout_metrics(probabilities: Sequence[float], labels: Sequence[int], threshold: float) -> Metrics:
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
-    return {"accuracy": float(np.mean((p >= threshold) == y)),
-            "roc_auc": roc_auc(zip(y.astype(bool).tolist(), p.tolist())),
-            "log_loss": float(log_loss(y, p, labels=[0, 1]))}
+    return {
+        "accuracy": float(np.mean((p >= threshold) == y)),
+        "roc_auc": roc_auc(zip(y.astype(bool).tolist(), p.tolist())),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+    }
 
 
 def score(model: Model, rows: Sequence[Mapping[str, Any]], labels: Sequence[int], spec: PipelineSpec) -> Metrics:
     return holdout_metrics(model.predict_proba(rows), labels, spec.model.threshold)
 
 
-def catch_up(model: Model, registered_ms: int, rows: Sequence[Mapping[str, Any]], labels: Sequence[int],
-             joined_ms: Sequence[int]) -> int:
+def catch_up(
+    model: Model, registered_ms: int, rows: Sequence[Mapping[str, Any]], labels: Sequence[int], joined_ms: Sequence[int]
+) -> int:
     """Let an online champion learn the rows joined since it was registered, in order; returns rows learned."""
     if not model.online:
         return 0
@@ -68,19 +71,24 @@ class GateResult:
     reason: str  # one sentence, e.g. "roc_auc 0.8100 <= champion v3 0.8400 + 0.0000"
 
 
-def gate(spec: PipelineSpec, candidates: Mapping[str, Metrics], champion: Metrics | None,
-         champion_version: int | None) -> GateResult:
+def gate(
+    spec: PipelineSpec, candidates: Mapping[str, Metrics], champion: Metrics | None, champion_version: int | None
+) -> GateResult:
     metric, margin = spec.retrain.gate_metric, spec.retrain.min_improvement
     lower = metric in LOWER_IS_BETTER
     defined = {name: m[metric] for name, m in candidates.items() if m[metric] is not None}
     if not defined:
-        return GateResult(False, next(iter(candidates)),
-                          f"{metric} is undefined on this holdout (it holds only one class)")
+        return GateResult(
+            False, next(iter(candidates)), f"{metric} is undefined on this holdout (it holds only one class)"
+        )
     winner = (min if lower else max)(defined, key=defined.__getitem__)
     value = defined[winner]
     if champion is None:
-        nothing = ("there is no champion to compare with" if champion_version is None
-                   else f"champion v{champion_version} is the warm-up placeholder, not compared")
+        nothing = (
+            "there is no champion to compare with"
+            if champion_version is None
+            else f"champion v{champion_version} is the warm-up placeholder, not compared"
+        )
         return GateResult(True, winner, f"{metric} {value:.4f}; {nothing}")
     theirs = champion[metric]
     if theirs is None:

@@ -48,17 +48,22 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
+from driftloop.features.feast.offline import OfflineHistory
 from driftloop.heartbeat import Heartbeat
 from driftloop.models.bootstrap import CHAMPION
 from driftloop.models.inputs import rows_to_frame
 from driftloop.models.provenance import ModelRefused
 from driftloop.models.registry import (
-    LoadedModel, aliases, mlflow_problem, set_alias, set_version_tag, version_tags, versions_tagged,
+    LoadedModel,
+    aliases,
+    mlflow_problem,
+    set_alias,
+    set_version_tag,
+    version_tags,
+    versions_tagged,
 )
 from driftloop.models.routing import CHALLENGER
 from driftloop.models.trusted import TrustedVersions, refusal_record
-from driftloop.streams.control.promotion import alias_moves
-from driftloop.features.feast.offline import OfflineHistory
 from driftloop.retrain.registration import GATE_TAG, REQUEST_TAG, record
 from driftloop.retrain.train import train_candidates, train_spec_model
 from driftloop.retrain.training_set import NotEnoughData, TrainingSet, build_training_set, read_window
@@ -68,6 +73,7 @@ from driftloop.settings import Settings
 from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams import contracts
+from driftloop.streams.control.promotion import alias_moves
 
 _LOG = logging.getLogger("driftloop.retrain.worker")
 CHALLENGER_SET_TAG = "driftloop.challenger_set_at"  # when this worker pointed `challenger` at the version
@@ -81,9 +87,18 @@ class _Stopped(Exception):
 
 
 class RetrainWorker:
-    def __init__(self, settings: Settings, spec: PipelineSpec, stop: threading.Event, *, bootstrap: str,
-                 tracking_uri: str, data_retry_seconds: float = 5.0, max_data_wait_seconds: float = 900.0,
-                 max_backoff_seconds: float = 30.0):
+    def __init__(
+        self,
+        settings: Settings,
+        spec: PipelineSpec,
+        stop: threading.Event,
+        *,
+        bootstrap: str,
+        tracking_uri: str,
+        data_retry_seconds: float = 5.0,
+        max_data_wait_seconds: float = 900.0,
+        max_backoff_seconds: float = 30.0,
+    ):
         self.settings, self.spec, self.stop = settings, spec, stop
         self.bootstrap, self.tracking_uri = bootstrap, tracking_uri
         self.data_retry_seconds = data_retry_seconds
@@ -95,8 +110,10 @@ class RetrainWorker:
         self.history = OfflineHistory(settings, spec)
         # Evidently takes seconds to import: pay that at start-up, not inside the drift-to-challenger time.
         import evidently.presets  # noqa: F401
-        self.consumer: Consumer = kafka.consumer(bootstrap, self.group, **{
-            "enable.auto.commit": False, "max.poll.interval.ms": _MAX_POLL_INTERVAL_MS})
+
+        self.consumer: Consumer = kafka.consumer(
+            bootstrap, self.group, **{"enable.auto.commit": False, "max.poll.interval.ms": _MAX_POLL_INTERVAL_MS}
+        )
         self.producer = kafka.producer(bootstrap)
         self.heartbeat = Heartbeat(settings.heartbeat_file)
 
@@ -105,8 +122,13 @@ class RetrainWorker:
     def run(self) -> None:
         topic = self.settings.topic_retrain_requests
         self.consumer.subscribe([topic])
-        _LOG.info("retrain worker for model %s: consuming %s as %s; MLflow at %s", self.spec.model.name, topic,
-                  self.group, self.tracking_uri)
+        _LOG.info(
+            "retrain worker for model %s: consuming %s as %s; MLflow at %s",
+            self.spec.model.name,
+            topic,
+            self.group,
+            self.tracking_uri,
+        )
         try:
             while not self.stop.is_set():
                 self.heartbeat.beat()
@@ -126,21 +148,37 @@ class RetrainWorker:
         """Handle one request; True when it is done (commit it), False when stopping before that."""
         where = {"partition": message.partition(), "offset": message.offset()}
         if not contracts.signed_by(self.key, message.topic(), message.value(), message.headers()):
-            _LOG.warning("retrain request at %s[%d]@%d has no valid signature: refused", message.topic(),
-                         message.partition(), message.offset())
-            self._audit("request_refused", "a retrain request without a valid signature (forged, or written "
-                                           "without the signing key) was ignored", details=where)
+            _LOG.warning(
+                "retrain request at %s[%d]@%d has no valid signature: refused",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+            )
+            self._audit(
+                "request_refused",
+                "a retrain request without a valid signature (forged, or written without the signing key) was ignored",
+                details=where,
+            )
             return True
         try:
             request = _parse(message.value())
         except DriftloopError as exc:
-            _LOG.error("retrain request at %s[%d]@%d is unusable: %s", message.topic(), message.partition(),
-                       message.offset(), exc)
+            _LOG.error(
+                "retrain request at %s[%d]@%d is unusable: %s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                exc,
+            )
             self._audit("retrain_failed", f"unusable retrain request: {exc}", details=where)
             return True
         if request["model_name"] != self.spec.model.name:
-            _LOG.warning("request %s is for model %r, not %r: skipped", request["request_id"],
-                         request["model_name"], self.spec.model.name)
+            _LOG.warning(
+                "request %s is for model %r, not %r: skipped",
+                request["request_id"],
+                request["model_name"],
+                self.spec.model.name,
+            )
             return True
         backoff = 1.0
         while not self.stop.is_set():
@@ -157,8 +195,13 @@ class RetrainWorker:
                         _LOG.exception("request %s failed", request["request_id"])
                         self._audit("retrain_failed", f"{type(exc).__name__}: {exc}", request)
                         return True
-            _LOG.warning("request %s: MLflow at %s is unreachable (%s); retrying in %.0fs", request["request_id"],
-                         self.tracking_uri, problem, backoff)
+            _LOG.warning(
+                "request %s: MLflow at %s is unreachable (%s); retrying in %.0fs",
+                request["request_id"],
+                self.tracking_uri,
+                problem,
+                backoff,
+            )
             try:
                 self._idle(backoff)
             except _Stopped:
@@ -200,19 +243,30 @@ class RetrainWorker:
             holdout_rows = [holdout_rows[i] for i in served]
             holdout_labels = [holdout_labels[i] for i in served]
             results = {c.name: score(c.model, holdout_rows, holdout_labels, spec) for c in candidates}
-            results["champion"] = holdout_metrics([data.window.rows[cut + i].served_score for i in served],
-                                                  holdout_labels, spec.model.threshold)
+            results["champion"] = holdout_metrics(
+                [data.window.rows[cut + i].served_score for i in served], holdout_labels, spec.model.threshold
+            )
         else:  # a new champion that served little of the holdout: score its registered snapshot, caught up
             results = {c.name: score(c.model, holdout_rows, holdout_labels, spec) for c in candidates}
             if champion is not None:
                 catch_up(champion.model, champion.created_ms, train_rows, train_labels, data.joined_ms[:cut])
                 results["champion"] = score(champion.model, holdout_rows, holdout_labels, spec)
         timings["validate_seconds"] = time.perf_counter() - step
-        decision = gate(spec, {c.name: results[c.name] for c in candidates},
-                        None if warmup else results.get("champion"), champion_version)
+        decision = gate(
+            spec,
+            {c.name: results[c.name] for c in candidates},
+            None if warmup else results.get("champion"),
+            champion_version,
+        )
         winner = next(c for c in candidates if c.name == decision.winner)
-        _LOG.info("request %s: holdout of %d rows: %s; gate %s: %s", request_id, held, _summary(results),
-                  "passed" if decision.passed else "failed", decision.reason)
+        _LOG.info(
+            "request %s: holdout of %d rows: %s; gate %s: %s",
+            request_id,
+            held,
+            _summary(results),
+            "passed" if decision.passed else "failed",
+            decision.reason,
+        )
 
         columns = model_inputs(spec)
         if champion is not None and len(champion.reference):
@@ -221,33 +275,76 @@ class RetrainWorker:
             drift_reference, reference_name = rows_to_frame(columns, train_rows), "training rows"
         current = _columnar_rows(request.get("current_rows"))
         drift_current = rows_to_frame(columns, current or holdout_rows)
-        params = {"window_first_event_time": contracts.iso_time(data.event_times[0]),
-                  "window_last_event_time": contracts.iso_time(data.event_times[-1]),
-                  "rows": len(data), "train_rows": cut, "holdout_rows": held,
-                  "candidates": ",".join(f"{c.spec.model.flavor}:{c.spec.model.estimator}" for c in candidates),
-                  "winner": winner.name, "gate_metric": spec.retrain.gate_metric,
-                  "min_improvement": spec.retrain.min_improvement, "champion_version": champion_version,
-                  "drift_reference": reference_name,
-                  "drift_current": "request current_rows" if current else "holdout rows"}
-        metrics: dict[str, float | None] = {f"{model}.{metric}": values[metric]
-                                            for model, values in results.items() for metric in METRICS}
-        metrics.update({"rows_from_feast": data.from_feast, "rows_from_labeled": data.from_labeled,
-                        "feast_mismatches": data.feast_mismatches, "labeled_duplicates": data.window.duplicates,
-                        **{f"{c.name}.train_seconds": c.seconds for c in candidates}, **timings})
+        params = {
+            "window_first_event_time": contracts.iso_time(data.event_times[0]),
+            "window_last_event_time": contracts.iso_time(data.event_times[-1]),
+            "rows": len(data),
+            "train_rows": cut,
+            "holdout_rows": held,
+            "candidates": ",".join(f"{c.spec.model.flavor}:{c.spec.model.estimator}" for c in candidates),
+            "winner": winner.name,
+            "gate_metric": spec.retrain.gate_metric,
+            "min_improvement": spec.retrain.min_improvement,
+            "champion_version": champion_version,
+            "drift_reference": reference_name,
+            "drift_current": "request current_rows" if current else "holdout rows",
+        }
+        metrics: dict[str, float | None] = {
+            f"{model}.{metric}": values[metric] for model, values in results.items() for metric in METRICS
+        }
+        metrics.update(
+            {
+                "rows_from_feast": data.from_feast,
+                "rows_from_labeled": data.from_labeled,
+                "feast_mismatches": data.feast_mismatches,
+                "labeled_duplicates": data.window.duplicates,
+                **{f"{c.name}.train_seconds": c.seconds for c in candidates},
+                **timings,
+            }
+        )
         step = time.perf_counter()
-        info = record(spec, tracking_uri=uri, key=self.key, request=request, winner=winner, passed=decision.passed,
-                      reason=decision.reason, params=params, metrics=metrics,
-                      reference_rows=train_rows[-spec.drift.reference_size:], drift_reference=drift_reference,
-                      drift_current=drift_current, fingerprint=data.fingerprint)
+        info = record(
+            spec,
+            tracking_uri=uri,
+            key=self.key,
+            request=request,
+            winner=winner,
+            passed=decision.passed,
+            reason=decision.reason,
+            params=params,
+            metrics=metrics,
+            reference_rows=train_rows[-spec.drift.reference_size :],
+            drift_reference=drift_reference,
+            drift_current=drift_current,
+            fingerprint=data.fingerprint,
+        )
         total = time.perf_counter() - started
-        _LOG.info("request %s: registered %s v%d (%s, run %s) in %.1fs; whole retraining %.1fs", request_id, name,
-                  info.version, winner.name, info.run_id, time.perf_counter() - step, total)
-        self._audit("registered", f"{winner.name} trained on {cut} rows, validated on {held}", request,
-                    version=info.version,
-                    details={"run_id": info.run_id, "candidate": winner.name, "metrics": results,
-                             "champion_version": champion_version, "rows_from_feast": data.from_feast,
-                             "rows_from_labeled": data.from_labeled, "dataset_fingerprint": data.fingerprint,
-                             "seconds": round(total, 2)})
+        _LOG.info(
+            "request %s: registered %s v%d (%s, run %s) in %.1fs; whole retraining %.1fs",
+            request_id,
+            name,
+            info.version,
+            winner.name,
+            info.run_id,
+            time.perf_counter() - step,
+            total,
+        )
+        self._audit(
+            "registered",
+            f"{winner.name} trained on {cut} rows, validated on {held}",
+            request,
+            version=info.version,
+            details={
+                "run_id": info.run_id,
+                "candidate": winner.name,
+                "metrics": results,
+                "champion_version": champion_version,
+                "rows_from_feast": data.from_feast,
+                "rows_from_labeled": data.from_labeled,
+                "dataset_fingerprint": data.fingerprint,
+                "seconds": round(total, 2),
+            },
+        )
         if decision.passed and warmup:
             self._replace_placeholder(request, info.version, decision.reason)
         elif decision.passed:
@@ -283,36 +380,48 @@ class RetrainWorker:
             _LOG.warning("%s", refusal)
             self._publish(refusal_record(ACTOR, refusal, serving))
 
-    def _training_set(self, request: dict[str, Any], train_from: float | None,
-                      timings: dict[str, float]) -> TrainingSet:
+    def _training_set(
+        self, request: dict[str, Any], train_from: float | None, timings: dict[str, float]
+    ) -> TrainingSet:
         """Read the window until it has enough rows (or the wait bound passes), then join Feast's features."""
         deadline = time.monotonic() + self.max_data_wait_seconds
         announced = False
         while True:
             step = time.perf_counter()
-            window = read_window(self.bootstrap, self.settings.topic_labeled, self.spec, train_from,
-                                 group=f"{self.group}-reader")
+            window = read_window(
+                self.bootstrap, self.settings.topic_labeled, self.spec, train_from, group=f"{self.group}-reader"
+            )
             timings["read_labeled_seconds"] = time.perf_counter() - step
             step = time.perf_counter()
             try:
                 data = build_training_set(self.history, window, self.spec, train_from)
             except NotEnoughData as exc:
                 if time.monotonic() >= deadline:
-                    raise DriftloopError(f"not enough labelled data after waiting {self.max_data_wait_seconds:g}s: "
-                                         f"{exc}") from None
-                _LOG.info("request %s: %s; reading again in %gs", request["request_id"], exc,
-                          self.data_retry_seconds)
+                    raise DriftloopError(
+                        f"not enough labelled data after waiting {self.max_data_wait_seconds:g}s: {exc}"
+                    ) from None
+                _LOG.info("request %s: %s; reading again in %gs", request["request_id"], exc, self.data_retry_seconds)
                 if not announced:
-                    self._audit("waiting_for_data", str(exc), request,
-                                details={"rows": exc.found, "min_rows": exc.needed})
+                    self._audit(
+                        "waiting_for_data", str(exc), request, details={"rows": exc.found, "min_rows": exc.needed}
+                    )
                     announced = True
                 self._idle(self.data_retry_seconds)
                 continue
             timings["feast_seconds"] = time.perf_counter() - step
-            _LOG.info("request %s: %d rows (%s .. %s) from %d labeled records (%d duplicates); features: %d from "
-                      "Feast, %d from the labeled records, %d mismatches", request["request_id"], len(data),
-                      contracts.iso_time(data.event_times[0]), contracts.iso_time(data.event_times[-1]),
-                      window.read, window.duplicates, data.from_feast, data.from_labeled, data.feast_mismatches)
+            _LOG.info(
+                "request %s: %d rows (%s .. %s) from %d labeled records (%d duplicates); features: %d from "
+                "Feast, %d from the labeled records, %d mismatches",
+                request["request_id"],
+                len(data),
+                contracts.iso_time(data.event_times[0]),
+                contracts.iso_time(data.event_times[-1]),
+                window.read,
+                window.duplicates,
+                data.from_feast,
+                data.from_labeled,
+                data.feast_mismatches,
+            )
             return data
 
     def _set_challenger(self, request: dict[str, Any], version: int, reason: str) -> None:
@@ -331,12 +440,23 @@ class RetrainWorker:
             self._set_challenger(request, version, reason)
             return
         now = time.time()
-        state = alias_moves.apply_marked(name, uri, version, "promoted", current,
-                                         alias_moves.promotion(version, current, now), now)
-        _LOG.info("request %s: %s v%d replaced the warm-up placeholder v%d as champion", request["request_id"], name,
-                  version, placeholder)
-        self._audit("promoted", f"the first trained model replaces the warm-up placeholder v{placeholder}: {reason}",
-                    request, version=version, details={"from": current, "to": state})
+        state = alias_moves.apply_marked(
+            name, uri, version, "promoted", current, alias_moves.promotion(version, current, now), now
+        )
+        _LOG.info(
+            "request %s: %s v%d replaced the warm-up placeholder v%d as champion",
+            request["request_id"],
+            name,
+            version,
+            placeholder,
+        )
+        self._audit(
+            "promoted",
+            f"the first trained model replaces the warm-up placeholder v{placeholder}: {reason}",
+            request,
+            version=version,
+            details={"from": current, "to": state},
+        )
 
     def _finish(self, request: dict[str, Any], version: int) -> None:
         """A replayed request whose version exists: finish its decision if a crash came between passing and that."""
@@ -350,8 +470,9 @@ class RetrainWorker:
             if version not in aliases(name, tracking_uri=uri).values():
                 self._set_challenger(request, version, "passed the gate before the worker restarted")
                 return
-        _LOG.info("request %s: already done (v%d, gate %s); skipped", request["request_id"], version,
-                  tags.get(GATE_TAG, "?"))
+        _LOG.info(
+            "request %s: already done (v%d, gate %s); skipped", request["request_id"], version, tags.get(GATE_TAG, "?")
+        )
 
     # -- helpers ----------------------------------------------------------------------------------------
 
@@ -360,20 +481,44 @@ class RetrainWorker:
             self.consumer.commit(message=message, asynchronous=False)
         except KafkaException as exc:  # e.g. the partition moved to another worker meanwhile
             # Uncommitted, the request is consumed again; its registered version makes that a skip.
-            _LOG.warning("could not commit the retrain request at %s[%d]@%d: %s", message.topic(),
-                         message.partition(), message.offset(), exc.args[0].str())
+            _LOG.warning(
+                "could not commit the retrain request at %s[%d]@%d: %s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                exc.args[0].str(),
+            )
 
-    def _audit(self, action: str, reason: str, request: Mapping[str, Any] | None = None, *,
-               version: int | None = None, details: Mapping[str, Any] | None = None) -> None:
+    def _audit(
+        self,
+        action: str,
+        reason: str,
+        request: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         context = {} if request is None else {"request_id": request["request_id"]}
-        self._publish(contracts.audit(actor=ACTOR, action=action, model_name=self.spec.model.name, reason=reason,
-                                      version=version, details={**context, **(details or {})}))
+        self._publish(
+            contracts.audit(
+                actor=ACTOR,
+                action=action,
+                model_name=self.spec.model.name,
+                reason=reason,
+                version=version,
+                details={**context, **(details or {})},
+            )
+        )
 
     def _publish(self, record: bytes) -> None:
         """Produce a signed audit record (the control plane acts only on signed ones) and wait for it."""
         topic = self.settings.topic_audit
-        self.producer.produce(topic, value=record, key=self.spec.model.name.encode(),
-                              headers=contracts.signature_headers(self.key, topic, record))
+        self.producer.produce(
+            topic,
+            value=record,
+            key=self.spec.model.name.encode(),
+            headers=contracts.signature_headers(self.key, topic, record),
+        )
         if self.producer.flush(10):
             raise DriftloopError(f"the audit record {json.loads(record)['action']!r} was not delivered to {topic!r}")
 
@@ -429,17 +574,23 @@ def _columnar_rows(columns: Mapping[str, list[Any]] | None) -> list[dict[str, An
 
 
 def _summary(results: Mapping[str, Mapping[str, float | None]]) -> str:
-    return "; ".join(f"{model} " + ", ".join(f"{metric} {value:.4f}" if value is not None else f"{metric} n/a"
-                                             for metric, value in values.items())
-                     for model, values in results.items())
+    return "; ".join(
+        f"{model} "
+        + ", ".join(
+            f"{metric} {value:.4f}" if value is not None else f"{metric} n/a" for metric, value in values.items()
+        )
+        for model, values in results.items()
+    )
 
 
-def run_retrain_worker(settings: Settings, stop: threading.Event, *, bootstrap: str, tracking_uri: str,
-                       **options: float) -> None:
+def run_retrain_worker(
+    settings: Settings, stop: threading.Event, *, bootstrap: str, tracking_uri: str, **options: float
+) -> None:
     """Run the retraining worker until `stop` is set (options: see RetrainWorker)."""
     logging.getLogger("feast").setLevel(logging.WARNING)  # Feast logs every registry refresh at INFO
     spec = load_spec(settings.spec)
     kafka.wait_for_broker(bootstrap, timeout=15)
-    kafka.ensure_topics(bootstrap, [settings.topic_retrain_requests, settings.topic_audit, settings.topic_labeled],
-                        settings.partitions)
+    kafka.ensure_topics(
+        bootstrap, [settings.topic_retrain_requests, settings.topic_audit, settings.topic_labeled], settings.partitions
+    )
     RetrainWorker(settings, spec, stop, bootstrap=bootstrap, tracking_uri=tracking_uri, **options).run()

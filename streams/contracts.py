@@ -12,7 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -67,14 +67,19 @@ def dead_letter(original: bytes | None, source: Source, reason: str, detail: str
         "reason": reason,
         "field": field,
         "detail": detail[:500],
-        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset,
-                   "timestamp_ms": source.timestamp_ms, "key": _text_or_none(dead_letter_key(source.key))},
+        "source": {
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "timestamp_ms": source.timestamp_ms,
+            "key": _text_or_none(dead_letter_key(source.key)),
+        },
         "original_b64": base64.b64encode(kept).decode("ascii"),
         "original_utf8": _text_or_none(kept, prefix=truncated),
         "original_size": len(original),
         "original_sha256": hashlib.sha256(original).hexdigest(),
         "original_truncated": truncated,
-        "dead_lettered_at": iso_time(datetime.now(timezone.utc).timestamp()),
+        "dead_lettered_at": iso_time(datetime.now(UTC).timestamp()),
     }
     envelope = json.dumps(record, separators=(",", ":")).encode()
     if len(envelope) > DLQ_ENVELOPE_BYTES:
@@ -96,8 +101,10 @@ def original_bytes(envelope: dict[str, Any]) -> bytes:
     Raises ValueError for an envelope of an oversized input, which carries only its prefix.
     """
     if envelope.get("original_truncated"):
-        raise ValueError(f"the original was {envelope['original_size']} bytes; the envelope keeps only its "
-                         f"first {DLQ_PREFIX_BYTES} (SHA-256 {envelope['original_sha256']})")
+        raise ValueError(
+            f"the original was {envelope['original_size']} bytes; the envelope keeps only its "
+            f"first {DLQ_PREFIX_BYTES} (SHA-256 {envelope['original_sha256']})"
+        )
     return base64.b64decode(envelope["original_b64"])
 
 
@@ -119,19 +126,53 @@ class Prediction(msgspec.Struct, frozen=True):
     latency_ms: float
 
 
-def prediction(*, event_id: str, entity: str, event_time: float, score: float, threshold: float, model_name: str,
-               model_version: int, variant: str, feature_view: str, feature_view_version: str,
-               latency_ms: float) -> bytes:
+def prediction(
+    *,
+    event_id: str,
+    entity: str,
+    event_time: float,
+    score: float,
+    threshold: float,
+    model_name: str,
+    model_version: int,
+    variant: str,
+    feature_view: str,
+    feature_view_version: str,
+    latency_ms: float,
+) -> bytes:
     """One record per valid event on the predictions topic."""
     # A Struct, not a dict: cheaper to build and to encode, once per prediction.
-    return _encode(Prediction(CONTRACT_VERSION, event_id, entity, iso_time(event_time), round(float(score), 6),
-                              int(score >= threshold), threshold, model_name, model_version, variant,
-                              feature_view, feature_view_version, round(latency_ms, 3)))
+    return _encode(
+        Prediction(
+            CONTRACT_VERSION,
+            event_id,
+            entity,
+            iso_time(event_time),
+            round(float(score), 6),
+            int(score >= threshold),
+            threshold,
+            model_name,
+            model_version,
+            variant,
+            feature_view,
+            feature_view_version,
+            round(latency_ms, 3),
+        )
+    )
 
 
-def observation(*, worker: str, valid: int, rows: list[dict[str, Any]], columns: tuple[str, ...],
-                event_time_max: float | None, dlq: dict[str, int], unseen: dict[str, int], missing: dict[str, int],
-                champion_version: int | None) -> bytes:
+def observation(
+    *,
+    worker: str,
+    valid: int,
+    rows: list[dict[str, Any]],
+    columns: tuple[str, ...],
+    event_time_max: float | None,
+    dlq: dict[str, int],
+    unseen: dict[str, int],
+    missing: dict[str, int],
+    champion_version: int | None,
+) -> bytes:
     """What one scored batch looked like, for the drift agent (internal topic `driftloop-<spec>-observations`).
 
     rows: the model-input rows of the batch's valid events, columnar (column -> values in event order),
@@ -152,8 +193,16 @@ def observation(*, worker: str, valid: int, rows: list[dict[str, Any]], columns:
     return _encode(record)
 
 
-def audit(*, actor: str, action: str, model_name: str, reason: str, version: int | None = None,
-          details: dict[str, Any] | None = None, at: float | None = None) -> bytes:
+def audit(
+    *,
+    actor: str,
+    action: str,
+    model_name: str,
+    reason: str,
+    version: int | None = None,
+    details: dict[str, Any] | None = None,
+    at: float | None = None,
+) -> bytes:
     """One decision on the audit topic, automatic or by an operator, taken or declined.
 
     actor: "trigger" | "retrain" | "promotion" | "operator". action, e.g. "retrain_triggered",
@@ -173,9 +222,17 @@ def audit(*, actor: str, action: str, model_name: str, reason: str, version: int
     return json.dumps(record, separators=(",", ":"), default=str).encode()
 
 
-def retrain_request(*, request_id: str, model_name: str, champion_version: int | None, reason: str,
-                    train_from: float | None, drift_report: dict[str, Any] | None,
-                    current_rows: dict[str, list[Any]] | None, at: float | None = None) -> bytes:
+def retrain_request(
+    *,
+    request_id: str,
+    model_name: str,
+    champion_version: int | None,
+    reason: str,
+    train_from: float | None,
+    drift_report: dict[str, Any] | None,
+    current_rows: dict[str, list[Any]] | None,
+    at: float | None = None,
+) -> bytes:
     """A request on the retrain-requests topic (from the trigger policy or `driftloop retrain`).
 
     reason: "warmup" | "data_drift" | "concept_drift" | "schedule" | "operator". train_from: event time (epoch s)
@@ -216,8 +273,7 @@ def iso_time(epoch_seconds: float) -> str:
     share seconds), because this runs for every prediction and every labeled record.
     """
     if epoch_seconds < 0:  # never for a validated event; the fraction arithmetic below assumes t >= 0
-        return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat(timespec="milliseconds").replace(
-            "+00:00", "Z")
+        return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     whole = math.floor(epoch_seconds)
     micros = round((epoch_seconds - whole) * 1_000_000)  # exact subtraction for t >= 0; round() is half-even
     if micros == 1_000_000:
@@ -241,5 +297,5 @@ def _text_or_none(data: bytes | None, prefix: bool = False) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         if prefix and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
-            return data[:exc.start].decode("utf-8")
+            return data[: exc.start].decode("utf-8")
         return None

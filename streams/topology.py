@@ -27,13 +27,21 @@ class Topology:
     @classmethod
     def of(cls, settings: Settings, spec: PipelineSpec) -> Topology:
         prefix = f"driftloop-{spec.name}"
-        return cls(group=prefix, events=settings.topic_events, outcomes=settings.topic_outcomes,
-                   predictions=settings.topic_predictions, events_dlq=settings.topic_dlq,
-                   outcomes_dlq=settings.topic_outcomes_dlq, labeled=settings.topic_labeled,
-                   pending=f"{prefix}-pending", outcomes_by_id=f"{prefix}-outcomes-by-id",
-                   entity_changelog=f"{prefix}-entity-state-changelog", join_changelog=f"{prefix}-join-changelog",
-                   journal_changelog=f"{prefix}-journal-changelog",
-                   observations=f"{prefix}-observations")
+        return cls(
+            group=prefix,
+            events=settings.topic_events,
+            outcomes=settings.topic_outcomes,
+            predictions=settings.topic_predictions,
+            events_dlq=settings.topic_dlq,
+            outcomes_dlq=settings.topic_outcomes_dlq,
+            labeled=settings.topic_labeled,
+            pending=f"{prefix}-pending",
+            outcomes_by_id=f"{prefix}-outcomes-by-id",
+            entity_changelog=f"{prefix}-entity-state-changelog",
+            join_changelog=f"{prefix}-join-changelog",
+            journal_changelog=f"{prefix}-journal-changelog",
+            observations=f"{prefix}-observations",
+        )
 
     @property
     def changelogs(self) -> tuple[str, ...]:

@@ -23,8 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["LARGEST", "N_VALUES", "SMALLEST", "TOTAL", "Aggregation", "Extreme", "Statistic", "Total", "clamp",
-           "inline", "present"]
+__all__ = [
+    "LARGEST",
+    "N_VALUES",
+    "SMALLEST",
+    "TOTAL",
+    "Aggregation",
+    "Extreme",
+    "Statistic",
+    "Total",
+    "clamp",
+    "inline",
+    "present",
+]
 
 _BIG = 1.7976931348623157e308  # largest finite float: where overflowing results are clamped
 
@@ -223,8 +234,12 @@ class Extreme(Statistic):
         return ["m = " + cell, f"if m is None or {v} {'>' if self.largest else '<'} m:", f"    {cell} = {v}"]
 
     def include_source(self, run, slot, v):
-        return [f"m = {run}[{slot}]", f"if m is None or {v} {'>=' if self.largest else '<='} m:",
-                f"    {run}[{slot}] = {v}", f"    {run}[{slot + 1}] = key"]
+        return [
+            f"m = {run}[{slot}]",
+            f"if m is None or {v} {'>=' if self.largest else '<='} m:",
+            f"    {run}[{slot}] = {v}",
+            f"    {run}[{slot + 1}] = key",
+        ]
 
 
 N_VALUES = Total("n_values", "n", term="1", zero=0)  # how many of the window's values are not None
@@ -285,10 +300,15 @@ class Aggregation:
         if not isinstance(getattr(cls, "name", None), str) or not cls.name.isidentifier():
             raise TypeError(f"{where}: `name` must be an identifier (what a spec's `agg` says)")
         stat_names = [s.name for s in cls.statistics]
-        if (not all(isinstance(s, Statistic) for s in cls.statistics) or len(set(stat_names)) < len(stat_names)
-                or set(stat_names) & set(EVENT_INPUTS)):
-            raise TypeError(f"{where}: `statistics` must be Statistic instances with distinct names, none of "
-                            f"{', '.join(EVENT_INPUTS)}")
+        if (
+            not all(isinstance(s, Statistic) for s in cls.statistics)
+            or len(set(stat_names)) < len(stat_names)
+            or set(stat_names) & set(EVENT_INPUTS)
+        ):
+            raise TypeError(
+                f"{where}: `statistics` must be Statistic instances with distinct names, none of "
+                f"{', '.join(EVENT_INPUTS)}"
+            )
         cls.finish_inputs = _parameters(cls, "finish", (*EVENT_INPUTS, *stat_names))
         cls.define_inputs = _parameters(cls, "define", tuple(DEFINE_INPUTS))
         unread = set(stat_names) - set(cls.finish_inputs)
@@ -305,8 +325,9 @@ def _parameters(cls: type, method: str, allowed: tuple[str, ...]) -> tuple[str, 
     names = []
     for p in inspect.signature(function.__func__).parameters.values():
         if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name not in allowed:
-            raise TypeError(f"aggregation {cls.__qualname__}: {method}({p}): its parameters are named from "
-                            f"{', '.join(allowed)}")
+            raise TypeError(
+                f"aggregation {cls.__qualname__}: {method}({p}): its parameters are named from {', '.join(allowed)}"
+            )
         names.append(p.name)
     return tuple(names)
 

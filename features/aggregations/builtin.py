@@ -42,8 +42,7 @@ class Mean(Aggregation):
 
     @staticmethod
     def finish(value, n_values, total):
-        return ((total + value) / (n_values + 1) if value is not None
-                else total / n_values if n_values else 0.0)
+        return (total + value) / (n_values + 1) if value is not None else total / n_values if n_values else 0.0
 
     @staticmethod
     def define(window, value):
@@ -59,8 +58,13 @@ class Max(Aggregation):
 
     @staticmethod
     def finish(value, largest):
-        return ((value if largest is None or value > largest else largest) if value is not None
-                else 0.0 if largest is None else largest)
+        return (
+            (value if largest is None or value > largest else largest)
+            if value is not None
+            else 0.0
+            if largest is None
+            else largest
+        )
 
     @staticmethod
     def define(window, value):
@@ -75,8 +79,13 @@ class Min(Aggregation):
 
     @staticmethod
     def finish(value, smallest):
-        return ((value if smallest is None or value < smallest else smallest) if value is not None
-                else 0.0 if smallest is None else smallest)
+        return (
+            (value if smallest is None or value < smallest else smallest)
+            if value is not None
+            else 0.0
+            if smallest is None
+            else smallest
+        )
 
     @staticmethod
     def define(window, value):

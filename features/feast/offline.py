@@ -73,8 +73,10 @@ class OfflineHistory:
         try:
             view = store.get_feature_view(feature_view_name(spec))
         except (FeatureViewNotFoundException, FileNotFoundError):  # no such view, or no registry at all
-            raise DriftloopError(f"the Feast feature view {feature_view_name(spec)!r} is not registered in "
-                                 f"{config.registry.path}: `driftloop up` applies it") from None
+            raise DriftloopError(
+                f"the Feast feature view {feature_view_name(spec)!r} is not registered in "
+                f"{config.registry.path}: `driftloop up` applies it"
+            ) from None
         # Feast reads a TTL of 0 (or none) as "no limit"
         self._ttl_us = round(view.ttl.total_seconds() * 1_000_000) if view.ttl else None
         self._inputs = list(spec.model_inputs)
@@ -122,8 +124,9 @@ class OfflineHistory:
             for path in files:
                 path.unlink(missing_ok=True)
         result = Compaction(len(files), rows, time.perf_counter() - started)
-        _LOG.info("compacted %d offline files (%d rows) into %s in %.1fs", result.files, result.rows, name,
-                  result.seconds)
+        _LOG.info(
+            "compacted %d offline files (%d rows) into %s in %.1fs", result.files, result.rows, name, result.seconds
+        )
         return result
 
     def features(self, keys: Sequence[tuple[Any, int]]) -> list[dict[str, Any] | None]:
@@ -137,13 +140,19 @@ class OfflineHistory:
         distinct = list(dict.fromkeys(keys))
         if not distinct:
             return []
-        asked = pd.DataFrame({"entity": [entity for entity, _ in distinct], "at": [us for _, us in distinct],
-                              "key": np.arange(len(distinct))}).sort_values("at", kind="stable")
+        asked = pd.DataFrame(
+            {
+                "entity": [entity for entity, _ in distinct],
+                "at": [us for _, us in distinct],
+                "key": np.arange(len(distinct)),
+            }
+        ).sort_values("at", kind="stable")
         best_at = np.full(len(distinct), np.iinfo(np.int64).min)
         answers: list[dict[str, Any] | None] = [None] * len(distinct)
         moment = pa.timestamp("us", tz="UTC")
-        wanted = (ds.field(self._entity).isin(sorted(set(asked["entity"])))
-                  & (ds.field(TIMESTAMP_COLUMN) <= pa.scalar(int(asked["at"].iloc[-1]), moment)))
+        wanted = ds.field(self._entity).isin(sorted(set(asked["entity"]))) & (
+            ds.field(TIMESTAMP_COLUMN) <= pa.scalar(int(asked["at"].iloc[-1]), moment)
+        )
         if self._ttl_us is not None:
             earliest = int(asked["at"].iloc[0]) - self._ttl_us
             wanted &= ds.field(TIMESTAMP_COLUMN) >= pa.scalar(earliest, moment)
@@ -153,16 +162,30 @@ class OfflineHistory:
                 return [None] * len(keys)
             # one thread: batches come in file order, then row order, so the last written row wins a tie
             scan = ds.dataset(files, format="parquet").to_batches(
-                columns=[self._entity, TIMESTAMP_COLUMN, *self._inputs], filter=wanted, batch_size=BATCH_ROWS,
-                use_threads=False)
+                columns=[self._entity, TIMESTAMP_COLUMN, *self._inputs],
+                filter=wanted,
+                batch_size=BATCH_ROWS,
+                use_threads=False,
+            )
             for batch in scan:
                 if batch.num_rows == 0:
                     continue
                 stored_at = batch.column(TIMESTAMP_COLUMN).cast(moment).cast(pa.int64()).to_numpy()
-                stored = pd.DataFrame({"entity": batch.column(self._entity).to_pandas(), "at": stored_at,
-                                       "row": np.arange(batch.num_rows)})
-                matched = pd.merge_asof(asked, stored.sort_values("at", kind="stable"), on="at", by="entity",
-                                        direction="backward", tolerance=self._ttl_us)
+                stored = pd.DataFrame(
+                    {
+                        "entity": batch.column(self._entity).to_pandas(),
+                        "at": stored_at,
+                        "row": np.arange(batch.num_rows),
+                    }
+                )
+                matched = pd.merge_asof(
+                    asked,
+                    stored.sort_values("at", kind="stable"),
+                    on="at",
+                    by="entity",
+                    direction="backward",
+                    tolerance=self._ttl_us,
+                )
                 found = matched[matched["row"].notna()]
                 key, row = found["key"].to_numpy(), found["row"].to_numpy(dtype=np.int64)
                 newer = stored_at[row] >= best_at[key]  # a later batch was written later: it wins a tie
@@ -182,8 +205,9 @@ def _batches(files: Sequence[Path], schema: Any) -> Iterator[Any]:
     for path in files:
         handle = pq.ParquetFile(path)
         if not handle.schema_arrow.equals(schema, check_metadata=False):
-            raise DriftloopError(f"offline file {path} has another schema than {files[0].name}: "
-                                 f"{handle.schema_arrow} vs {schema}")
+            raise DriftloopError(
+                f"offline file {path} has another schema than {files[0].name}: {handle.schema_arrow} vs {schema}"
+            )
         yield from handle.iter_batches(batch_size=BATCH_ROWS)
 
 

@@ -35,16 +35,22 @@ class BatchedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
 
 
 class BatchedSqliteOnlineStore(SqliteOnlineStore):
-    def online_write_batch(self, config: Any, table: Any, data: Sequence[tuple[Any, dict[str, Any], datetime,
-                                                                             datetime | None]],
-                           progress: Callable[[int], Any] | None) -> None:
+    def online_write_batch(
+        self,
+        config: Any,
+        table: Any,
+        data: Sequence[tuple[Any, dict[str, Any], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
         if config.online_store.enable_openai_compatible_store or config.online_store.vector_enabled:
             super().online_write_batch(config, table, list(data), progress)
             return
         name = _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
-        upsert = (f"INSERT INTO {_quote_id(name)} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-                  f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-                  f"{', '.join(f'{column} = excluded.{column}' for column in _COLUMNS[2:])};")
+        upsert = (
+            f"INSERT INTO {_quote_id(name)} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+            f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+            f"{', '.join(f'{column} = excluded.{column}' for column in _COLUMNS[2:])};"
+        )
         version = config.entity_key_serialization_version
         rows = []
         for entity_key, values, event_time, created_time in data:
@@ -52,8 +58,16 @@ class BatchedSqliteOnlineStore(SqliteOnlineStore):
             event_ts = to_naive_utc(event_time)
             created_ts = None if created_time is None else to_naive_utc(created_time)
             for feature, value in values.items():
-                rows.append((key, feature, value.SerializeToString(), extract_text_and_num(value, False)[0],
-                             event_ts, created_ts))
+                rows.append(
+                    (
+                        key,
+                        feature,
+                        value.SerializeToString(),
+                        extract_text_and_num(value, False)[0],
+                        event_ts,
+                        created_ts,
+                    )
+                )
         connection = self._get_conn(config)
         with connection:
             connection.executemany(upsert, rows)

@@ -48,14 +48,25 @@ def feast_objects(spec: PipelineSpec, settings: Settings) -> tuple[Entity, PushS
     from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType, types
 
     entity_field = spec.events.fields[spec.events.entity]
-    entity = Entity(name=spec.events.entity, join_keys=[spec.events.entity],
-                    value_type=ValueType.INT64 if entity_field.type == "int" else ValueType.STRING)
-    batch = FileSource(name=f"{spec.name}_offline", path=str(offline_dir(settings, spec)),
-                       timestamp_field=TIMESTAMP_COLUMN)
+    entity = Entity(
+        name=spec.events.entity,
+        join_keys=[spec.events.entity],
+        value_type=ValueType.INT64 if entity_field.type == "int" else ValueType.STRING,
+    )
+    batch = FileSource(
+        name=f"{spec.name}_offline", path=str(offline_dir(settings, spec)), timestamp_field=TIMESTAMP_COLUMN
+    )
     push = PushSource(name=push_source_name(spec), batch_source=batch)
     schema = [Field(name=i.name, dtype=getattr(types, i.stored_as.feast)) for i in model_inputs(spec)]
-    view = FeatureView(name=feature_view_name(spec), entities=[entity], ttl=timedelta(seconds=spec.feature_ttl),
-                       schema=schema, source=push, online=True, tags={"spec": spec.name})
+    view = FeatureView(
+        name=feature_view_name(spec),
+        entities=[entity],
+        ttl=timedelta(seconds=spec.feature_ttl),
+        schema=schema,
+        source=push,
+        online=True,
+        tags={"spec": spec.name},
+    )
     return entity, push, view
 
 
@@ -77,8 +88,10 @@ def repo_config(settings: Settings, spec: PipelineSpec) -> dict:
     else:
         # Feast's SQLite store with batched writes (features/feast/online_store.py), named as Feast's
         # configuration names a custom store: its class path.
-        online = {"type": "driftloop.features.feast.online_store.BatchedSqliteOnlineStore",
-                  "path": str(feast_dir / "online.db")}
+        online = {
+            "type": "driftloop.features.feast.online_store.BatchedSqliteOnlineStore",
+            "path": str(feast_dir / "online.db"),
+        }
     return {
         "project": spec.name,
         "provider": "local",
@@ -111,6 +124,9 @@ def apply(settings: Settings, spec: PipelineSpec) -> FeatureStore:
 def feature_view_version(spec: PipelineSpec) -> str:
     """A short fingerprint of what the feature view serves (inputs, their windows, TTL), stamped on every
     prediction: two predictions with the same value were scored on identically defined features."""
-    definition = {"inputs": list(spec.model_inputs), "features": [f.model_dump() for f in spec.features],
-                  "ttl": spec.feature_ttl}
+    definition = {
+        "inputs": list(spec.model_inputs),
+        "features": [f.model_dump() for f in spec.features],
+        "ttl": spec.feature_ttl,
+    }
     return hashlib.blake2b(json.dumps(definition, sort_keys=True).encode(), digest_size=6).hexdigest()

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -57,8 +57,12 @@ from driftloop.spec import PipelineSpec
 _LOG = logging.getLogger("driftloop.features.feast.writer")
 _TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 # The value types each column type takes (null: every value of the batch is None).
-_ACCEPTS = {pa.float64(): {pa.float64(), pa.int64(), pa.null()}, pa.int64(): {pa.int64(), pa.null()},
-            pa.bool_(): {pa.bool_(), pa.null()}, pa.string(): {pa.string(), pa.null()}}
+_ACCEPTS = {
+    pa.float64(): {pa.float64(), pa.int64(), pa.null()},
+    pa.int64(): {pa.int64(), pa.null()},
+    pa.bool_(): {pa.bool_(), pa.null()},
+    pa.string(): {pa.string(), pa.null()},
+}
 
 
 _encode_rows = msgspec.msgpack.Encoder().encode
@@ -74,9 +78,13 @@ class FeastWriteError(DriftloopError):
 def arrow_schema(spec: PipelineSpec) -> pa.Schema:
     """The offline files' schema: entity key, event timestamp, then the model inputs in order."""
     entity_type = spec.events.fields[spec.events.entity].type
-    return pa.schema([pa.field(spec.events.entity, pa.int64() if entity_type == "int" else pa.string()),
-                      pa.field(TIMESTAMP_COLUMN, _TIMESTAMP_TYPE)]
-                     + [pa.field(i.name, pa.type_for_alias(i.stored_as.arrow)) for i in model_inputs(spec)])
+    return pa.schema(
+        [
+            pa.field(spec.events.entity, pa.int64() if entity_type == "int" else pa.string()),
+            pa.field(TIMESTAMP_COLUMN, _TIMESTAMP_TYPE),
+        ]
+        + [pa.field(i.name, pa.type_for_alias(i.stored_as.arrow)) for i in model_inputs(spec)]
+    )
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -102,7 +110,7 @@ def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What an online store's `online_write_batch` takes per entity: (EntityKey, {input: Value}, event time,
 # created time).
 _OnlineRecord = tuple[Any, dict[str, Any], datetime, datetime | None]
@@ -155,10 +163,15 @@ class _OnlineRecords:
         entity_value = int64 if self._entity_is_int else text
         # The event time in whole microseconds, as rows_to_table stores it and Feast's own write took it
         # from there; no created time, as the feature view's source has no created-timestamp column.
-        return [(entity_key(join_keys=[entity], entity_values=[entity_value(row[entity])]),
-                 {name: convert(row[name]) for name, convert in inputs},
-                 _EPOCH + timedelta(microseconds=round(row[TIMESTAMP_COLUMN] * 1_000_000)), None)
-                for row in rows]
+        return [
+            (
+                entity_key(join_keys=[entity], entity_values=[entity_value(row[entity])]),
+                {name: convert(row[name]) for name, convert in inputs},
+                _EPOCH + timedelta(microseconds=round(row[TIMESTAMP_COLUMN] * 1_000_000)),
+                None,
+            )
+            for row in rows
+        ]
 
     def all_missing(self, records: Sequence[_OnlineRecord]) -> bool:
         return all(value is self.missing for _, values, _, _ in records for value in values.values())
@@ -167,9 +180,16 @@ class _OnlineRecords:
 class FeastWriter:
     """The feature view's writer and online reader; `write` and the reads may be called from any thread."""
 
-    def __init__(self, settings: Settings, spec: PipelineSpec, *, max_pending_rows: int = 50_000,
-                 write_interval: float = 0.0, on_write: Callable[[int, float], None] | None = None,
-                 separate_process: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        spec: PipelineSpec,
+        *,
+        max_pending_rows: int = 50_000,
+        write_interval: float = 0.0,
+        on_write: Callable[[int, float], None] | None = None,
+        separate_process: bool = False,
+    ):
         from feast import FeatureStore, RepoConfig  # seconds to import: only processes that write pay for it
         from feast.errors import FeatureViewNotFoundException
 
@@ -183,12 +203,15 @@ class FeastWriter:
         try:
             feature_view = self._store.get_feature_view(self._view)
         except (FeatureViewNotFoundException, FileNotFoundError):  # no such view, or no registry at all
-            raise DriftloopError(f"the Feast feature view {self._view!r} is not registered in "
-                                 f"{config.registry.path}: `driftloop up` applies it") from None
+            raise DriftloopError(
+                f"the Feast feature view {self._view!r} is not registered in "
+                f"{config.registry.path}: `driftloop up` applies it"
+            ) from None
         self._online_records = _OnlineRecords(spec)
         # On SQLite, the store feature_store.yaml names is features/feast/online_store.py's batched one.
-        self._write_records = functools.partial(self._store.provider.online_write_batch, self._store.config,
-                                                feature_view, progress=None)
+        self._write_records = functools.partial(
+            self._store.provider.online_write_batch, self._store.config, feature_view, progress=None
+        )
         self._entity = spec.events.entity
         self._inputs = spec.model_inputs
         self._feature_refs = [f"{self._view}:{name}" for name in self._inputs]
@@ -228,8 +251,9 @@ class FeastWriter:
 
         context = multiprocessing.get_context("spawn")  # fork would copy librdkafka's threads' locks
         self._connection, child_end = context.Pipe()
-        self._child = context.Process(target=_serve_writes, args=(settings, spec, child_end),
-                                      name="driftloop-feast-writer", daemon=True)
+        self._child = context.Process(
+            target=_serve_writes, args=(settings, spec, child_end), name="driftloop-feast-writer", daemon=True
+        )
         self._child.start()
         child_end.close()
         # Wait until the child has imported Feast and opened the store: seconds of CPU that would
@@ -297,14 +321,17 @@ class FeastWriter:
             return []
         with self._store_lock:
             response = self._store.get_online_features(
-                features=self._feature_refs, entity_rows=[{self._entity: e} for e in entity_ids])
+                features=self._feature_refs, entity_rows=[{self._entity: e} for e in entity_ids]
+            )
         columns = response.to_dict()
         # Every written row has an event time; an unknown entity has none. (Statuses cannot tell: Redis
         # reports an unknown entity's features as PRESENT, and a written None is an empty value too.)
         first_input = list(response.proto.metadata.feature_names.val).index(self._inputs[0])
         timestamps = response.proto.results[first_input].event_timestamps
-        return [{name: columns[name][i] for name in self._inputs} if timestamps[i].ToNanoseconds() else None
-                for i in range(len(entity_ids))]
+        return [
+            {name: columns[name][i] for name in self._inputs} if timestamps[i].ToNanoseconds() else None
+            for i in range(len(entity_ids))
+        ]
 
     def online_vector(self, entity_id: Any) -> dict[str, Any] | None:
         return self.online_vectors([entity_id])[0]
@@ -345,8 +372,10 @@ class FeastWriter:
                 while self._done < target and self._failure is None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise FeastWriteError(f"Feast writes did not finish within {timeout:g}s "
-                                              f"({target - self._done} batches still unwritten)")
+                        raise FeastWriteError(
+                            f"Feast writes did not finish within {timeout:g}s "
+                            f"({target - self._done} batches still unwritten)"
+                        )
                     self._cond.wait(remaining)
             finally:
                 self._flushes_waiting -= 1
@@ -391,9 +420,15 @@ class FeastWriter:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
-                self._cond.wait_for(lambda: self._closing or self._flushes_waiting or time.monotonic() >= next_write
-                                    or self._pending_rows >= self._max_pending_rows,
-                                    timeout=max(next_write - time.monotonic(), 0))
+                self._cond.wait_for(
+                    lambda: (
+                        self._closing
+                        or self._flushes_waiting
+                        or time.monotonic() >= next_write
+                        or self._pending_rows >= self._max_pending_rows
+                    ),
+                    timeout=max(next_write - time.monotonic(), 0),
+                )
                 next_write = time.monotonic() + self._write_interval
                 if not self._queue:
                     return
@@ -406,8 +441,9 @@ class FeastWriter:
                     self._write_in_child(rows)
             except Exception as exc:  # every failure must reach flush(), whatever raised it
                 with self._cond:
-                    self._failure = FeastWriteError(f"writing {len(rows)} rows to Feast failed: "
-                                                    f"{type(exc).__name__}: {exc}")
+                    self._failure = FeastWriteError(
+                        f"writing {len(rows)} rows to Feast failed: {type(exc).__name__}: {exc}"
+                    )
                     self._failure.__cause__ = exc
                     self._done += len(batches) + len(self._queue)
                     self._queue = []
@@ -490,9 +526,17 @@ def _benchmark(argv: Sequence[str] | None = None) -> None:
         return rng.choice(model_input.categories)
 
     start = time.time()
-    batches = [[{spec.events.entity: f"e{rng.randrange(args.entities)}", TIMESTAMP_COLUMN: start + b + i / 1e4,
-                 **{m.name: value(m) for m in inputs}} for i in range(args.batch_size)]
-               for b in range(args.batches)]
+    batches = [
+        [
+            {
+                spec.events.entity: f"e{rng.randrange(args.entities)}",
+                TIMESTAMP_COLUMN: start + b + i / 1e4,
+                **{m.name: value(m) for m in inputs},
+            }
+            for i in range(args.batch_size)
+        ]
+        for b in range(args.batches)
+    ]
     rows = args.batches * args.batch_size
 
     def rows_per_second(write: Callable[[Any], None], items: Sequence[Any]) -> dict[str, int]:
@@ -512,31 +556,57 @@ def _benchmark(argv: Sequence[str] | None = None) -> None:
                 results.append({"store": store, "skipped": f"{args.redis_url}: {exc}"})
                 continue
         with tempfile.TemporaryDirectory() as tmp:
-            settings = load(environ={"DRIFTLOOP_DATA_DIR": f"{tmp}/data", "DRIFTLOOP_FEAST_REPO": f"{tmp}/repo",
-                                     "DRIFTLOOP_ONLINE_STORE": store, "DRIFTLOOP_REDIS_URL": args.redis_url})
+            settings = load(
+                environ={
+                    "DRIFTLOOP_DATA_DIR": f"{tmp}/data",
+                    "DRIFTLOOP_FEAST_REPO": f"{tmp}/repo",
+                    "DRIFTLOOP_ONLINE_STORE": store,
+                    "DRIFTLOOP_REDIS_URL": args.redis_url,
+                }
+            )
             feature_store = apply(settings, spec)
             writer = FeastWriter(settings, spec)
             view, push = feature_view_name(spec), push_source_name(spec)
             schema = writer._schema
             try:
-                results.append({
-                    "store": store,
-                    "write": rows_per_second(writer.write, batches),
-                    "online_write": rows_per_second(writer._write_online, batches),
-                    "online_write_to_online_store": rows_per_second(
-                        lambda batch: writer._store.write_to_online_store(
-                            view, rows_to_table(batch, schema).to_pandas()), batches),
-                    "online_push": rows_per_second(
-                        lambda batch: writer._store.push(push, rows_to_table(batch, schema).to_pandas(),
-                                                         to=PushMode.ONLINE), batches),
-                    "offline_append": rows_per_second(
-                        writer._append_offline, [rows_to_table(batch, schema) for batch in batches]),
-                })
+                results.append(
+                    {
+                        "store": store,
+                        "write": rows_per_second(writer.write, batches),
+                        "online_write": rows_per_second(writer._write_online, batches),
+                        "online_write_to_online_store": rows_per_second(
+                            lambda batch: writer._store.write_to_online_store(
+                                view, rows_to_table(batch, schema).to_pandas()
+                            ),
+                            batches,
+                        ),
+                        "online_push": rows_per_second(
+                            lambda batch: writer._store.push(
+                                push, rows_to_table(batch, schema).to_pandas(), to=PushMode.ONLINE
+                            ),
+                            batches,
+                        ),
+                        "offline_append": rows_per_second(
+                            writer._append_offline, [rows_to_table(batch, schema) for batch in batches]
+                        ),
+                    }
+                )
             finally:
                 writer.close()
                 feature_store.teardown()
-    print(json.dumps({"spec": args.spec, "batch_size": args.batch_size, "batches": args.batches,
-                      "entities": args.entities, "inputs": len(inputs), "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "spec": args.spec,
+                "batch_size": args.batch_size,
+                "batches": args.batches,
+                "entities": args.entities,
+                "inputs": len(inputs),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,20 +47,21 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from driftloop import __version__, kafka
+from driftloop.errors import DriftloopError
 from driftloop.load.benchmarks.passthrough import BATCH, PASSTHROUGHS, WAIT_SECONDS, produce_retrying
 from driftloop.load.benchmarks.worker_process import DataPlaneWorkers
 from driftloop.load.generator import FraudStream, encode
 from driftloop.streams.worker.loop import PRODUCER_CONFIG
-
-from driftloop import __version__, kafka
-from driftloop.errors import DriftloopError
 
 TARGET_RATIO = 0.5  # data-plane throughput / JSON passthrough throughput, at least
 TARGET_P99_MS = 50.0  # produce -> prediction p99, at most, ...
@@ -99,8 +100,10 @@ class BenchOptions:
 
     @property
     def command(self) -> str:
-        command = (f"driftloop bench --events {self.events} --rate-events-per-s {self.rate_events_per_s:g} "
-                   f"--latency-seconds {self.latency_seconds:g} --partitions {self.partitions}")
+        command = (
+            f"driftloop bench --events {self.events} --rate-events-per-s {self.rate_events_per_s:g} "
+            f"--latency-seconds {self.latency_seconds:g} --partitions {self.partitions}"
+        )
         if self.workers > 1:
             command += f" --workers {self.workers}"
         if self.pending:
@@ -112,7 +115,6 @@ def warm_up_set(count: int) -> list[tuple[dict[str, Any], int]]:
     """(model-input row, label) of `count` demo events of another seed, featurised as the worker does (the
     benchmark's pipelines run the demo spec under their own names)."""
     from driftloop.features.rows import Featuriser
-
     from driftloop.settings import DEMO_SPEC
     from driftloop.spec import load_spec
 
@@ -126,17 +128,22 @@ def warm_up_set(count: int) -> list[tuple[dict[str, Any], int]]:
 
 def demo_events(count: int) -> list[tuple[bytes, bytes, str]]:
     """The first `count` events of the demo stream as (key, value, event id), the same on every run."""
-    return [(event["user_id"].encode(), encode(event), event["event_id"])
-            for event, _ in itertools.islice(FraudStream(seed=3, id_prefix="bench-"), count)]
+    return [
+        (event["user_id"].encode(), encode(event), event["event_id"])
+        for event, _ in itertools.islice(FraudStream(seed=3, id_prefix="bench-"), count)
+    ]
 
 
 def state_events(entities: int, count: int) -> list[tuple[bytes, bytes, str]]:
     """`count` demo events of `entities` users (each one that appears gets a window state)."""
     stream = FraudStream(seed=5, users=entities, id_prefix="bench-state-")
-    return [(event["user_id"].encode(), encode(event), event["event_id"]) for event, _ in itertools.islice(stream, count)]
+    return [
+        (event["user_id"].encode(), encode(event), event["event_id"]) for event, _ in itertools.islice(stream, count)
+    ]
 
 
 # -- measuring (the child process's side) ---------------------------------------------------------
+
 
 class _Identified(msgspec.Struct):
     event_id: Any = None
@@ -161,14 +168,22 @@ def _event_id(value: bytes | None, dead_letter: bool) -> str | None:
 class OutputReader:
     """Reads a system's output topics from given offsets (no group join) and accounts for every event."""
 
-    def __init__(self, bootstrap: str, output_topic: str, dead_letter_topic: str | None,
-                 start_offsets: dict[str, dict[int, int]] | None = None):
+    def __init__(
+        self,
+        bootstrap: str,
+        output_topic: str,
+        dead_letter_topic: str | None,
+        start_offsets: dict[str, dict[int, int]] | None = None,
+    ):
         self.dead_letter_topic = dead_letter_topic
         # Latencies come from the outputs' Kafka timestamps, so reading late costs nothing; reading
         # often does: every fetch that returns data costs Tansu's memory store time in proportion to
         # the batches the partition holds, and at 10 ms the reader was the broker's busiest client.
-        self._consumer = kafka.consumer(bootstrap, f"bench-reader-{uuid.uuid4().hex[:10]}",
-                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": READER_FETCH_WAIT_MS})
+        self._consumer = kafka.consumer(
+            bootstrap,
+            f"bench-reader-{uuid.uuid4().hex[:10]}",
+            **{"enable.auto.commit": False, "fetch.wait.max.ms": READER_FETCH_WAIT_MS},
+        )
         assignment = []
         for topic in filter(None, (output_topic, dead_letter_topic)):
             offsets = (start_offsets or {}).get(topic, {})
@@ -213,8 +228,14 @@ class OutputReader:
         self._consumer.close()
 
 
-def observe_backlog(bootstrap: str, output_topic: str, dead_letter_topic: str | None, expected_ids: list[str],
-                    patience: float, since_ms: float | None = None) -> dict[str, Any]:
+def observe_backlog(
+    bootstrap: str,
+    output_topic: str,
+    dead_letter_topic: str | None,
+    expected_ids: list[str],
+    patience: float,
+    since_ms: float | None = None,
+) -> dict[str, Any]:
     """Read the outputs from the start until every expected event is accounted for (see read_until_accounted);
     the clock (first and last output, `timed` outputs) takes only outputs from `since_ms` on."""
     expected = set(expected_ids)
@@ -224,15 +245,28 @@ def observe_backlog(bootstrap: str, output_topic: str, dead_letter_topic: str | 
     finally:
         reader.close()
     stamps = [stamp for stamp in reader.timestamps_ms.values() if since_ms is None or stamp >= since_ms]
-    return {"outputs": reader.outputs, "dead_lettered": reader.dead_lettered, "unexpected": reader.unexpected,
-            "missing": len(expected) - len(reader.timestamps_ms), "timed": len(stamps),
-            "first_output_ms": min(stamps, default=None), "last_output_ms": max(stamps, default=None),
-            "next_offsets": reader.next_offsets}
+    return {
+        "outputs": reader.outputs,
+        "dead_lettered": reader.dead_lettered,
+        "unexpected": reader.unexpected,
+        "missing": len(expected) - len(reader.timestamps_ms),
+        "timed": len(stamps),
+        "first_output_ms": min(stamps, default=None),
+        "last_output_ms": max(stamps, default=None),
+        "next_offsets": reader.next_offsets,
+    }
 
 
-def offer_and_observe(bootstrap: str, input_topic: str, output_topic: str, dead_letter_topic: str | None,
-                      start_offsets: dict[str, dict[int, int]], offered: list[tuple[bytes, bytes, str]],
-                      rate: float, patience: float) -> dict[str, Any]:
+def offer_and_observe(
+    bootstrap: str,
+    input_topic: str,
+    output_topic: str,
+    dead_letter_topic: str | None,
+    start_offsets: dict[str, dict[int, int]],
+    offered: list[tuple[bytes, bytes, str]],
+    rate: float,
+    patience: float,
+) -> dict[str, Any]:
     """Send `offered` at `rate` (each with its send time as CreateTime) while reading the outputs, then
     read on until every offered event is accounted for (see read_until_accounted)."""
     sent_ms: dict[str, int] = {}
@@ -256,19 +290,26 @@ def offer_and_observe(bootstrap: str, input_topic: str, output_topic: str, dead_
             reader.read(sent_ms, timeout=0.001)  # also paces the loop: no busy wait on a small machine
         sending_seconds = time.time() - started
         if producer.flush(30) or failures:
-            raise DriftloopError(f"bench: offered events were not delivered to {input_topic!r} "
-                                 f"({failures[:1] or 'flush timed out'})")
+            raise DriftloopError(
+                f"bench: offered events were not delivered to {input_topic!r} ({failures[:1] or 'flush timed out'})"
+            )
         reader.read_until_accounted(sent_ms, patience)
     finally:
         reader.close()
     latencies = sorted(reader.timestamps_ms[i] - sent_ms[i] for i in reader.timestamps_ms)
     last_output = max(reader.timestamps_ms.values(), default=None)
-    return {"offered": len(offered), "seconds": round(sending_seconds, 3),
-            "offered_events_per_s": round(len(offered) / sending_seconds, 1),
-            "outputs": reader.outputs, "dead_lettered": reader.dead_lettered, "unexpected": reader.unexpected,
-            "missing": len(offered) - len(latencies),
-            "last_output_after_s": round(last_output / 1000 - started, 3) if last_output is not None else None,
-            **latency_summary(latencies), "next_offsets": reader.next_offsets}
+    return {
+        "offered": len(offered),
+        "seconds": round(sending_seconds, 3),
+        "offered_events_per_s": round(len(offered) / sending_seconds, 1),
+        "outputs": reader.outputs,
+        "dead_lettered": reader.dead_lettered,
+        "unexpected": reader.unexpected,
+        "missing": len(offered) - len(latencies),
+        "last_output_after_s": round(last_output / 1000 - started, 3) if last_output is not None else None,
+        **latency_summary(latencies),
+        "next_offsets": reader.next_offsets,
+    }
 
 
 def latency_summary(latencies_ms: list[int]) -> dict[str, float | None]:
@@ -276,8 +317,13 @@ def latency_summary(latencies_ms: list[int]) -> dict[str, float | None]:
     if not latencies_ms:
         return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
     rank = lambda q: latencies_ms[max(0, math.ceil(q * len(latencies_ms)) - 1)]  # noqa: E731
-    return {"p50_ms": rank(0.50), "p95_ms": rank(0.95), "p99_ms": rank(0.99), "max_ms": latencies_ms[-1],
-            "mean_ms": round(sum(latencies_ms) / len(latencies_ms), 2)}
+    return {
+        "p50_ms": rank(0.50),
+        "p95_ms": rank(0.95),
+        "p99_ms": rank(0.99),
+        "max_ms": latencies_ms[-1],
+        "mean_ms": round(sum(latencies_ms) / len(latencies_ms), 2),
+    }
 
 
 def _child_main(connection: Any, function: Callable[..., Any], args: tuple) -> None:
@@ -326,10 +372,12 @@ class ChildCall:
 
 # -- the run --------------------------------------------------------------------------------------
 
+
 def preload(bootstrap: str, topic: str, events: list[tuple[bytes, bytes, str]]) -> None:
     failures: list[str] = []
-    producer = kafka.producer(bootstrap, **PRODUCER_CONFIG,
-                              on_delivery=lambda err, _msg: failures.append(err.str()) if err else None)
+    producer = kafka.producer(
+        bootstrap, **PRODUCER_CONFIG, on_delivery=lambda err, _msg: failures.append(err.str()) if err else None
+    )
     for key, value, _ in events:
         produce_retrying(producer, topic, value, key)
         producer.poll(0)
@@ -337,9 +385,14 @@ def preload(bootstrap: str, topic: str, events: list[tuple[bytes, bytes, str]]) 
         raise DriftloopError(f"bench: pre-loading {topic!r} failed ({failures[:1] or 'flush timed out'})")
 
 
-def measure(system: Any, backlog: list[tuple[bytes, bytes, str]], offered: list[tuple[bytes, bytes, str]],
-            rate: float, say: Callable[[str], None], probes: list[tuple[bytes, bytes, str]] | None = None
-            ) -> dict[str, Any]:
+def measure(
+    system: Any,
+    backlog: list[tuple[bytes, bytes, str]],
+    offered: list[tuple[bytes, bytes, str]],
+    rate: float,
+    say: Callable[[str], None],
+    probes: list[tuple[bytes, bytes, str]] | None = None,
+) -> dict[str, Any]:
     """Both phases on one prepared system: pre-load, start, throughput until caught up, latency at `rate`;
     with `probes`, its memory then, and its first worker's restart after `kill -9`."""
     say(f"{system.kind}: pre-loading {len(backlog)} events")
@@ -350,14 +403,29 @@ def measure(system: Any, backlog: list[tuple[bytes, bytes, str]], offered: list[
     try:
         system.start()
         # Patience covers the consumer group's first join (and the first Feast write): seconds, not minutes.
-        with ChildCall(observe_backlog, system.bootstrap, system.output_topic, system.dead_letter_topic,
-                       [event_id for _, _, event_id in backlog], 120.0,
-                       getattr(system, "balanced_at_ms", None)) as call:
+        with ChildCall(
+            observe_backlog,
+            system.bootstrap,
+            system.output_topic,
+            system.dead_letter_topic,
+            [event_id for _, _, event_id in backlog],
+            120.0,
+            getattr(system, "balanced_at_ms", None),
+        ) as call:
             seen = call.result()
         stages = system.stage_seconds()
         say(f"{system.kind}: caught up; latency phase ({len(offered)} events at {rate:g}/s)")
-        with ChildCall(offer_and_observe, system.bootstrap, system.input_topic, system.output_topic,
-                       system.dead_letter_topic, seen.pop("next_offsets"), offered, rate, 30.0) as call:
+        with ChildCall(
+            offer_and_observe,
+            system.bootstrap,
+            system.input_topic,
+            system.output_topic,
+            system.dead_letter_topic,
+            seen.pop("next_offsets"),
+            offered,
+            rate,
+            30.0,
+        ) as call:
             latency = call.result()
         if hasattr(system, "memory"):
             result["memory"] = system.memory()
@@ -376,13 +444,23 @@ def measure(system: Any, backlog: list[tuple[bytes, bytes, str]], offered: list[
     return result
 
 
-def restart(system: DataPlaneWorkers, offsets: dict[str, dict[int, int]],
-            probes: list[tuple[bytes, bytes, str]]) -> dict[str, Any]:
+def restart(
+    system: DataPlaneWorkers, offsets: dict[str, dict[int, int]], probes: list[tuple[bytes, bytes, str]]
+) -> dict[str, Any]:
     """`kill -9` of the first worker, the seconds until its successor has restored its state, and that
     successor's latency on probe events offered right after (every probe must come out)."""
     restarted = system.restart_first()
-    with ChildCall(offer_and_observe, system.bootstrap, system.input_topic, system.output_topic,
-                   system.dead_letter_topic, offsets, probes, PROBE_RATE, 60.0) as call:
+    with ChildCall(
+        offer_and_observe,
+        system.bootstrap,
+        system.input_topic,
+        system.output_topic,
+        system.dead_letter_topic,
+        offsets,
+        probes,
+        PROBE_RATE,
+        60.0,
+    ) as call:
         probed = call.result()
     probed.pop("next_offsets")
     restarted["probes"] = probed
@@ -392,12 +470,18 @@ def restart(system: DataPlaneWorkers, offsets: dict[str, dict[int, int]],
 def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> dict[str, Any]:
     first, last, timed = seen["first_output_ms"], seen["last_output_ms"], seen["timed"]
     seconds = (last - first) / 1000 if first is not None else None
-    return {"events": events, "outputs": seen["outputs"], "dead_lettered": seen["dead_lettered"],
-            "missing": seen["missing"], "unexpected": seen["unexpected"],
-            "accounted": seen["missing"] == 0 and seen["unexpected"] == 0,
-            "timed_events": timed,  # those output once every worker had its partitions
-            "seconds": seconds, "events_per_s": round(timed / seconds, 1) if seconds else None,
-            "start_to_first_output_s": round((first - started_ms) / 1000, 3) if first is not None else None}
+    return {
+        "events": events,
+        "outputs": seen["outputs"],
+        "dead_lettered": seen["dead_lettered"],
+        "missing": seen["missing"],
+        "unexpected": seen["unexpected"],
+        "accounted": seen["missing"] == 0 and seen["unexpected"] == 0,
+        "timed_events": timed,  # those output once every worker had its partitions
+        "seconds": seconds,
+        "events_per_s": round(timed / seconds, 1) if seconds else None,
+        "start_to_first_output_s": round((first - started_ms) / 1000, 3) if first is not None else None,
+    }
 
 
 def stage_summary(stages: dict[str, dict[str, float]], phase_seconds: float | None) -> dict[str, dict[str, float]]:
@@ -405,13 +489,17 @@ def stage_summary(stages: dict[str, dict[str, float]], phase_seconds: float | No
     summary = {}
     for stage, values in sorted(stages.items(), key=lambda item: -item[1].get("sum", 0.0)):
         total = values.get("sum", 0.0)
-        summary[stage] = {"seconds": round(total, 3), "count": int(values.get("count", 0)),
-                          "share_of_phase": round(total / phase_seconds, 3) if phase_seconds else None}
+        summary[stage] = {
+            "seconds": round(total, 3),
+            "count": int(values.get("count", 0)),
+            "share_of_phase": round(total / phase_seconds, 3) if phase_seconds else None,
+        }
     return summary
 
 
-def run_bench(options: BenchOptions, bootstrap: str | None = None,
-              say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+def run_bench(
+    options: BenchOptions, bootstrap: str | None = None, say: Callable[[str], None] = lambda line: None
+) -> dict[str, Any]:
     """The whole benchmark; `bootstrap` None starts (and stops) an embedded broker."""
     began, load_at_start = time.monotonic(), os.getloadavg()
     run = uuid.uuid4().hex[:8]
@@ -428,8 +516,10 @@ def run_bench(options: BenchOptions, bootstrap: str | None = None,
             kafka.wait_for_broker(bootstrap)
             broker_kind = "external (KAFKA_BOOTSTRAP_SERVERS)"
         systems = [kind(bootstrap, run, options.partitions, work) for kind in PASSTHROUGHS]
-        systems += [DataPlaneWorkers(bootstrap, f"{run}w{workers}", options.partitions, work / f"workers-{workers}",
-                                     workers) for workers in range(1, options.workers + 1)]
+        systems += [
+            DataPlaneWorkers(bootstrap, f"{run}w{workers}", options.partitions, work / f"workers-{workers}", workers)
+            for workers in range(1, options.workers + 1)
+        ]
         loaded = None
         if options.pending:
             loaded = DataPlaneWorkers(bootstrap, f"{run}s", options.partitions, work / "state")
@@ -438,10 +528,14 @@ def run_bench(options: BenchOptions, bootstrap: str | None = None,
         if broker_kind.startswith("external"):  # an embedded broker forgets everything when it stops
             for system in systems:
                 cleanup.callback(_delete_topics, bootstrap, system.topics)
-        say(f"broker {bootstrap} ({broker_kind}); generating {options.events + options.offered} demo events "
-            f"while the data plane's Feast repository is applied")
-        with ChildCall(demo_events, options.events + options.offered) as generating, \
-                ChildCall(warm_up_set, WARMUP_EVENTS) as warming:
+        say(
+            f"broker {bootstrap} ({broker_kind}); generating {options.events + options.offered} demo events "
+            f"while the data plane's Feast repository is applied"
+        )
+        with (
+            ChildCall(demo_events, options.events + options.offered) as generating,
+            ChildCall(warm_up_set, WARMUP_EVENTS) as warming,
+        ):
             planes = [system for system in systems if isinstance(system, DataPlaneWorkers)]
             for system in systems:
                 if system not in planes:
@@ -450,23 +544,38 @@ def run_bench(options: BenchOptions, bootstrap: str | None = None,
             for system in planes:  # importing Feast takes seconds: it overlaps the generation
                 system.prepare(warmup)
             events = generating.result()
-        backlog, offered = events[:options.events], events[options.events:]
-        results = {system.kind: measure(system, backlog, offered, options.rate_events_per_s, say)
-                   for system in systems if system is not loaded}
+        backlog, offered = events[: options.events], events[options.events :]
+        results = {
+            system.kind: measure(system, backlog, offered, options.rate_events_per_s, say)
+            for system in systems
+            if system is not loaded
+        }
         if loaded is not None:
             say(f"{loaded.kind}: generating {options.pending} events of {options.entities} entities")
             with ChildCall(state_events, options.entities, options.pending + options.offered + PROBES) as generating:
                 state = generating.result()
-            results[loaded.kind] = measure(loaded, state[:options.pending], state[options.pending:-PROBES],
-                                           options.rate_events_per_s, say, probes=state[-PROBES:])
+            results[loaded.kind] = measure(
+                loaded,
+                state[: options.pending],
+                state[options.pending : -PROBES],
+                options.rate_events_per_s,
+                say,
+                probes=state[-PROBES:],
+            )
             # what the worker held when it was killed: the latency phase's events wait for labels too
-            results[loaded.kind]["state"] = {"entities": len({key for key, _, _ in state[:-PROBES]}),
-                                             "pending_joins": len(state) - PROBES}
-    machine = {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-               "broker": broker_kind, "driftloop": __version__,
-               # other processes on the machine move the numbers: the load says how busy it was
-               "load_average": {"start": [round(x, 2) for x in load_at_start],
-                                "end": [round(x, 2) for x in os.getloadavg()]}}
+            results[loaded.kind]["state"] = {
+                "entities": len({key for key, _, _ in state[:-PROBES]}),
+                "pending_joins": len(state) - PROBES,
+            }
+    machine = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "broker": broker_kind,
+        "driftloop": __version__,
+        # other processes on the machine move the numbers: the load says how busy it was
+        "load_average": {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]},
+    }
     message_bytes = sum(len(value) for _, value, _ in events) / len(events)
     return report(options, results, machine, message_bytes, time.monotonic() - began)
 
@@ -478,57 +587,83 @@ def _ratio(results: dict[str, dict[str, Any]], system: str, baseline: str) -> fl
     return round(value / base, 3) if value and base else None
 
 
-def report(options: BenchOptions, results: dict[str, dict[str, Any]], machine: dict[str, Any],
-           message_bytes: float, seconds: float) -> dict[str, Any]:
+def report(
+    options: BenchOptions,
+    results: dict[str, dict[str, Any]],
+    machine: dict[str, Any],
+    message_bytes: float,
+    seconds: float,
+) -> dict[str, Any]:
     versus_json = _ratio(results, "data_plane", "json_passthrough")
     p99 = results["data_plane"]["latency"]["p99_ms"]
     targets: dict[str, Any] = {
-        "throughput_vs_json_passthrough": {"min": TARGET_RATIO, "value": versus_json,
-                                           "met": versus_json is not None and versus_json >= TARGET_RATIO},
-        "p99_latency_ms": {"max": TARGET_P99_MS, "at_events_per_s": TARGET_RATE, "value": p99,
-                           "met": p99 is not None and p99 <= TARGET_P99_MS
-                           and options.rate_events_per_s >= TARGET_RATE},
+        "throughput_vs_json_passthrough": {
+            "min": TARGET_RATIO,
+            "value": versus_json,
+            "met": versus_json is not None and versus_json >= TARGET_RATIO,
+        },
+        "p99_latency_ms": {
+            "max": TARGET_P99_MS,
+            "at_events_per_s": TARGET_RATE,
+            "value": p99,
+            "met": p99 is not None and p99 <= TARGET_P99_MS and options.rate_events_per_s >= TARGET_RATE,
+        },
     }
     loaded = results.get("data_plane_loaded")
     if loaded is not None:
         full = options.entities >= TARGET_STATE[0] and options.pending >= TARGET_STATE[1]
         rss = max(loaded["memory"]["worker_peak_rss_mb"])
         back = loaded["restart"]["process_start_to_restored_s"]
-        targets["worker_peak_rss_mb"] = {"max": TARGET_RSS_MB, "entities": TARGET_STATE[0],
-                                         "pending_joins": TARGET_STATE[1], "value": rss,
-                                         "met": full and rss <= TARGET_RSS_MB}
-        targets["restart_to_restored_s"] = {"max": TARGET_RESTART_S, "value": back,
-                                            "met": full and back <= TARGET_RESTART_S}
+        targets["worker_peak_rss_mb"] = {
+            "max": TARGET_RSS_MB,
+            "entities": TARGET_STATE[0],
+            "pending_joins": TARGET_STATE[1],
+            "value": rss,
+            "met": full and rss <= TARGET_RSS_MB,
+        }
+        targets["restart_to_restored_s"] = {
+            "max": TARGET_RESTART_S,
+            "value": back,
+            "met": full and back <= TARGET_RESTART_S,
+        }
     return {
         "command": options.command,
         "machine": machine,
-        "options": {"events": options.events, "rate_events_per_s": options.rate_events_per_s,
-                    "latency_seconds": options.latency_seconds, "partitions": options.partitions,
-                    "workers": options.workers, "entities": options.entities, "pending": options.pending,
-                    "message_bytes": round(message_bytes, 1)},
+        "options": {
+            "events": options.events,
+            "rate_events_per_s": options.rate_events_per_s,
+            "latency_seconds": options.latency_seconds,
+            "partitions": options.partitions,
+            "workers": options.workers,
+            "entities": options.entities,
+            "pending": options.pending,
+            "message_bytes": round(message_bytes, 1),
+        },
         "method": {
             "throughput": "N pre-loaded events / (last - first output's Kafka timestamp)",
             "latency": "per offered event: its output's Kafka timestamp - its own (CreateTime, this machine's clock)",
             "passthroughs": f"one thread each: consume({BATCH}, timeout={WAIT_SECONDS}s) -> produce, with the "
-                            f"worker's Kafka client settings; json: stdlib json.loads, one field added, json.dumps",
+            f"worker's Kafka client settings; json: stdlib json.loads, one field added, json.dumps",
             "memory": "VmRSS and VmHWM of each worker process from /proc (its Feast writer process apart)",
             "restart": "kill -9 of the process group, then seconds from the new process's start until it logs its "
-                       "restored state (imports, model loading, group join and restore included)",
+            "restored state (imports, model loading, group join and restore included)",
         },
         **results,
         "ratios": {
             "data_plane_vs_bytes_passthrough": _ratio(results, "data_plane", "bytes_passthrough"),
             "data_plane_vs_json_passthrough": versus_json,
             "journaled_vs_json_passthrough": _ratio(results, "json_passthrough_journaled", "json_passthrough"),
-            "transactional_vs_json_passthrough": _ratio(results, "json_passthrough_transactional",
-                                                        "json_passthrough"),
+            "transactional_vs_json_passthrough": _ratio(results, "json_passthrough_transactional", "json_passthrough"),
             "scale_out_2_workers": _ratio(results, "data_plane_2_workers", "data_plane"),
         },
         "targets": targets,
-        "accounted": all(r["throughput"]["accounted"] and r["latency"]["missing"] == 0
-                         and r["latency"]["unexpected"] == 0
-                         and ("restart" not in r or r["restart"]["probes"]["missing"] == 0)
-                         for r in results.values()),
+        "accounted": all(
+            r["throughput"]["accounted"]
+            and r["latency"]["missing"] == 0
+            and r["latency"]["unexpected"] == 0
+            and ("restart" not in r or r["restart"]["probes"]["missing"] == 0)
+            for r in results.values()
+        ),
         "seconds": round(seconds, 1),
     }
 
@@ -555,8 +690,9 @@ def run_cli(config: Any, args: Any) -> int:
     """`driftloop bench`: print the report as one JSON object; exit 1 when an event went unaccounted."""
     workers = args.workers
     partitions = args.partitions or (4 if workers > 1 else config.partitions)  # two workers need partitions
-    options = BenchOptions(args.events, args.rate_events_per_s, args.latency_seconds, partitions, workers,
-                           args.entities, args.pending)
+    options = BenchOptions(
+        args.events, args.rate_events_per_s, args.latency_seconds, partitions, workers, args.entities, args.pending
+    )
     # SIGTERM unwinds like Ctrl-C, so everything the run started is stopped either way. A KeyboardInterrupt
     # raised while a finalizer (__del__, a weakref callback) runs is printed and dropped by CPython; the flag
     # makes the next progress line raise it again, so one Ctrl-C always ends the run.

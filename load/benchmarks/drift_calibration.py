@@ -105,10 +105,22 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
             batch["unseen"].update(event.unseen)
             batch["missing"].update(event.missing)
             batch["event_time_max"] = max(batch["event_time_max"] or 0.0, event.event_time)
-            waiting.append(({"event_id": event.event_id, "entity": event.entity,
-                             "event_time": iso_time(event.event_time), "score": score,
-                             "decision": int(score >= threshold), "label": outcome["is_fraud"],
-                             "model_version": version, "variant": "champion"}, row, event.event_time))
+            waiting.append(
+                (
+                    {
+                        "event_id": event.event_id,
+                        "entity": event.entity,
+                        "event_time": iso_time(event.event_time),
+                        "score": score,
+                        "decision": int(score >= threshold),
+                        "label": outcome["is_fraud"],
+                        "model_version": version,
+                        "variant": "champion",
+                    },
+                    row,
+                    event.event_time,
+                )
+            )
         while len(waiting) > LABEL_DELAY:
             record, row, event_time = waiting.popleft()
             if model.online:
@@ -125,9 +137,17 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
 
 
 def _new_batch(inputs, version: int) -> dict[str, Any]:
-    return {"contract": 1, "worker": "calibration", "valid": 0, "dlq": Counter(), "unseen": Counter(),
-            "missing": Counter(), "champion_version": version, "event_time_max": None,
-            "rows": {name: [] for name in inputs}}
+    return {
+        "contract": 1,
+        "worker": "calibration",
+        "valid": 0,
+        "dlq": Counter(),
+        "unseen": Counter(),
+        "missing": Counter(),
+        "champion_version": version,
+        "event_time_max": None,
+        "rows": {name: [] for name in inputs},
+    }
 
 
 def _with_detector(spec: PipelineSpec, detector: ConceptDetector) -> PipelineSpec:
@@ -151,8 +171,9 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
     empty = rows_to_frame(model_inputs(spec), [])
     data = DataDriftMonitor(spec, empty, 1, clock=clock)
     quality, concept, policy = QualityMonitor(spec), ConceptDriftMonitor(spec), TriggerPolicy(spec, clock=clock)
-    compared = {name: ConceptDriftMonitor(_with_detector(spec, detector))
-                for name, detector in compared_detectors(spec).items()}
+    compared = {
+        name: ConceptDriftMonitor(_with_detector(spec, detector)) for name, detector in compared_detectors(spec).items()
+    }
     first_detection: dict[str, dict[str, Any]] = {}
     detections_before_onset: Counter = Counter()
     detections: list[dict[str, Any]] = []
@@ -178,10 +199,14 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
                 if onset is not None and index < onset:
                     detections_before_onset[name] += 1
                 elif name not in first_detection:
-                    first_detection[name] = {"events": index, "delay": index - onset if onset else None,
-                                             "at_event": found["at_event"],
-                                             "change_point_event_time": found["change_point_event_time"],
-                                             "loss_before": found["loss_before"], "loss_after": found["loss_after"]}
+                    first_detection[name] = {
+                        "events": index,
+                        "delay": index - onset if onset else None,
+                        "at_event": found["at_event"],
+                        "change_point_event_time": found["change_point_event_time"],
+                        "loss_before": found["loss_before"],
+                        "loss_after": found["loss_after"],
+                    }
             detection = concept.update(record)
             if detection is not None:
                 detections.append(detection)
@@ -196,29 +221,54 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
             seconds.append(section["seconds"])
             shares.append(section["drifted_share"])
             default_shares.append(_share_at_evidently_default(section["features"]))
-        report = build_report(spec, champion_version=batch["champion_version"], evaluation=evaluations, data=section,
-                              window=data.window_info(), detections=detections, quality=quality.evaluate(),
-                              at=clock())
+        report = build_report(
+            spec,
+            champion_version=batch["champion_version"],
+            evaluation=evaluations,
+            data=section,
+            window=data.window_info(),
+            detections=detections,
+            quality=quality.evaluate(),
+            at=clock(),
+        )
         detections = []
         decision = policy.decide(report, current_rows=data.current_rows())
         if decision.reason is not None:
-            due.append({"events": index, "reason": decision.reason, "declined": decision.declined,
-                        "sentence": decision.sentence})
+            due.append(
+                {
+                    "events": index,
+                    "reason": decision.reason,
+                    "declined": decision.declined,
+                    "sentence": decision.sentence,
+                }
+            )
         if decision.trigger:
             triggered.append(due[-1])
     return {
-        "events": events, "onset": onset, "stream": {"seed": stream.seed, **DEMO_STREAM,
-                                                     "drift": stream.drift.kind, "covariate": stream.drift.covariate,
-                                                     "concept": stream.drift.concept},
-        "reference_ready_at_event": reference_ready_at, "first_model_at_event": first_model_at,
+        "events": events,
+        "onset": onset,
+        "stream": {
+            "seed": stream.seed,
+            **DEMO_STREAM,
+            "drift": stream.drift.kind,
+            "covariate": stream.drift.covariate,
+            "concept": stream.drift.concept,
+        },
+        "reference_ready_at_event": reference_ready_at,
+        "first_model_at_event": first_model_at,
         "evaluations": evaluations,
-        "data_drift": {"evaluated": len(shares), "drifted_windows": sum(s >= spec.drift.drifted_share for s in shares),
-                       "max_drifted_share": max(shares, default=None),
-                       "evaluate_seconds": _summary(seconds),
-                       "at_evidently_default_threshold": {
-                           "drifted_windows": sum(s >= spec.drift.drifted_share for s in default_shares),
-                           "sustained_runs": _sustained_runs(default_shares, spec)}},
-        "retrainings_triggered": len(triggered), "retrainings_due": len(due),
+        "data_drift": {
+            "evaluated": len(shares),
+            "drifted_windows": sum(s >= spec.drift.drifted_share for s in shares),
+            "max_drifted_share": max(shares, default=None),
+            "evaluate_seconds": _summary(seconds),
+            "at_evidently_default_threshold": {
+                "drifted_windows": sum(s >= spec.drift.drifted_share for s in default_shares),
+                "sustained_runs": _sustained_runs(default_shares, spec),
+            },
+        },
+        "retrainings_triggered": len(triggered),
+        "retrainings_due": len(due),
         "first_retraining": triggered[0] if triggered else None,
         "first_concept_detection": first_detection,
         "concept_detections_before_onset": dict(detections_before_onset),
@@ -228,8 +278,11 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
 
 def _share_at_evidently_default(features: dict[str, dict[str, Any]]) -> float:
     tested = [f for f in features.values() if f["method"] is not None]
-    drifted = [f for f in tested if (f["score"] >= wasserstein_stat_test.default_threshold
-                                     if f["method"] == "wasserstein" else f["drifted"])]
+    drifted = [
+        f
+        for f in tested
+        if (f["score"] >= wasserstein_stat_test.default_threshold if f["method"] == "wasserstein" else f["drifted"])
+    ]
     return len(drifted) / len(tested) if tested else 0.0
 
 
@@ -247,8 +300,11 @@ def _summary(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     ordered = sorted(values)
-    return {"median": round(statistics.median(ordered), 4), "p95": round(ordered[int(0.95 * (len(ordered) - 1))], 4),
-            "max": round(ordered[-1], 4)}
+    return {
+        "median": round(statistics.median(ordered), 4),
+        "p95": round(ordered[int(0.95 * (len(ordered) - 1))], 4),
+        "max": round(ordered[-1], 4),
+    }
 
 
 def _run(job: tuple[Path, str, int, int, int | None]) -> dict[str, Any]:
@@ -261,13 +317,22 @@ def _run(job: tuple[Path, str, int, int, int | None]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m driftloop.load.benchmarks.drift_calibration", description=__doc__.split("\n")[0])
-    parser.add_argument("--spec", type=Path, default=DEMO_SPEC,
-                        help="the demo spec, or a copy with other drift knobs (default: the demo's)")
+    parser = argparse.ArgumentParser(
+        prog="python -m driftloop.load.benchmarks.drift_calibration", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--spec",
+        type=Path,
+        default=DEMO_SPEC,
+        help="the demo spec, or a copy with other drift knobs (default: the demo's)",
+    )
     parser.add_argument("--stationary-events", type=int, default=200_000)
     parser.add_argument("--seeds", type=int, default=3, help="runs of each kind, seeds 1..N (default 3)")
-    parser.add_argument("--concept-onsets", default="60000,80000,100000",
-                        help="onsets of the concept-drift runs, comma-separated (default 60000,80000,100000: after the first model)")
+    parser.add_argument(
+        "--concept-onsets",
+        default="60000,80000,100000",
+        help="onsets of the concept-drift runs, comma-separated (default 60000,80000,100000: after the first model)",
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--json-out", help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -278,8 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs += [(args.spec, "covariate", seed, 0, ONSET) for seed in seeds]
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         runs = pool.map(_run, jobs)
-    result = {"spec": args.spec.name, "drift": spec.drift.model_dump(), "warmup_seconds": warmup_seconds(spec),
-              "label_delay_events": LABEL_DELAY, "batch_events": BATCH, "rate": RATE, "runs": runs}
+    result = {
+        "spec": args.spec.name,
+        "drift": spec.drift.model_dump(),
+        "warmup_seconds": warmup_seconds(spec),
+        "label_delay_events": LABEL_DELAY,
+        "batch_events": BATCH,
+        "rate": RATE,
+        "runs": runs,
+    }
     text = json.dumps(result, indent=2, default=str)
     if args.json_out:
         with open(args.json_out, "w") as fh:

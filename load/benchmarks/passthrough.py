@@ -38,21 +38,29 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from driftloop import kafka
+from driftloop.errors import DriftloopError
 from driftloop.load.generator import FraudStream, encode
 from driftloop.streams.state.journal import PREDICTED, OutputJournal
 from driftloop.streams.state.store import StateMemory
 from driftloop.streams.worker.loop import CONSUMER_CONFIG, JOURNAL_PRODUCER_CONFIG, PRODUCER_CONFIG
-
-from driftloop import kafka
-from driftloop.errors import DriftloopError
 
 # The worker's consume call (streams/worker/loop.py), mirrored by the passthroughs: consume() returns
 # early only for a full batch, so the wait is part of every event's latency at low rates.
 BATCH, WAIT_SECONDS = 2000, 0.005
 
 
-def passthrough(bootstrap: str, source_topic: str, sink_topic: str, count: int, *, group_id: str,
-                batch_size: int = 1000, timeout: float = 120) -> dict[str, Any]:
+def passthrough(
+    bootstrap: str,
+    source_topic: str,
+    sink_topic: str,
+    count: int,
+    *,
+    group_id: str,
+    batch_size: int = 1000,
+    timeout: float = 120,
+) -> dict[str, Any]:
     """Forward exactly `count` messages (key and value as they are) from source_topic to sink_topic.
 
     Returns {"events", "seconds", "events_per_s", ...}; `seconds` runs from the first message
@@ -77,8 +85,9 @@ def passthrough(bootstrap: str, source_topic: str, sink_topic: str, count: int, 
         consumer.subscribe([source_topic])
         while forwarded < count:
             if time.monotonic() > deadline:
-                raise DriftloopError(f"passthrough forwarded {forwarded} of {count} messages from {source_topic!r} "
-                                     f"within {timeout:.0f}s")
+                raise DriftloopError(
+                    f"passthrough forwarded {forwarded} of {count} messages from {source_topic!r} within {timeout:.0f}s"
+                )
             messages = consumer.consume(min(batch_size, count - forwarded), timeout=0.5)
             for message in messages:
                 error = message.error()
@@ -99,16 +108,22 @@ def passthrough(bootstrap: str, source_topic: str, sink_topic: str, count: int, 
         remaining = producer.flush(max(1.0, deadline - time.monotonic()))
         finished = time.perf_counter()
         if remaining or failures:
-            raise DriftloopError(f"passthrough: {remaining} messages still queued and {len(failures)} failed "
-                                 f"producing to {sink_topic!r}" + (f"; first: {failures[0]}" if failures else ""))
+            raise DriftloopError(
+                f"passthrough: {remaining} messages still queued and {len(failures)} failed "
+                f"producing to {sink_topic!r}" + (f"; first: {failures[0]}" if failures else "")
+            )
     finally:
         consumer.close()  # commits the consumed offsets (auto-commit), outside the measured time
     assert first is not None
     seconds = finished - first
     # Microseconds: a fast run forwards 20k messages in ~35 ms, where milliseconds were 1 % of the time.
-    return {"events": forwarded, "seconds": round(seconds, 6),
-            "events_per_s": round(forwarded / seconds, 1) if seconds > 0 else float(forwarded),
-            "wait_for_first_s": round(first - subscribed, 3), "batch_size": batch_size}
+    return {
+        "events": forwarded,
+        "seconds": round(seconds, 6),
+        "events_per_s": round(forwarded / seconds, 1) if seconds > 0 else float(forwarded),
+        "wait_for_first_s": round(first - subscribed, 3),
+        "batch_size": batch_size,
+    }
 
 
 def demo_payloads(count: int) -> list[tuple[bytes, bytes]]:
@@ -116,8 +131,9 @@ def demo_payloads(count: int) -> list[tuple[bytes, bytes]]:
     return [(event["user_id"].encode(), encode(event)) for event, _ in itertools.islice(FraudStream(seed=1), count)]
 
 
-def measure_raw_passthrough(bootstrap: str, count: int = 200_000, partitions: int = 4,
-                            payload: bytes | None = None) -> dict[str, Any]:
+def measure_raw_passthrough(
+    bootstrap: str, count: int = 200_000, partitions: int = 4, payload: bytes | None = None
+) -> dict[str, Any]:
     """Measure raw passthrough on fresh topics: pre-produce `count` messages, forward them, verify the sink.
 
     payload: the value of every message (default: distinct demo-shaped events keyed by user_id).
@@ -144,8 +160,14 @@ def measure_raw_passthrough(bootstrap: str, count: int = 200_000, partitions: in
         size = sum(len(value) for _, value in records) / count
     finally:
         _delete_topics(bootstrap, [source, sink])
-    return {**stats, "partitions": partitions, "message_bytes": round(size, 1), "verified": True,
-            "source_topic": source, "sink_topic": sink}
+    return {
+        **stats,
+        "partitions": partitions,
+        "message_bytes": round(size, 1),
+        "verified": True,
+        "source_topic": source,
+        "sink_topic": sink,
+    }
 
 
 def _produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -164,8 +186,9 @@ def _produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]])
         raise DriftloopError(f"pre-producing to {topic!r}: {remaining} still queued, {len(failures)} failed")
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, idle: float = 1.0,
-               timeout: float = 120) -> list[bytes | None]:
+def read_topic(
+    bootstrap: str, topic: str, expected: int, idle: float = 1.0, timeout: float = 120
+) -> list[bytes | None]:
     """Every value on `topic` (all partitions, from the beginning), without a consumer-group join.
 
     Reads until `expected` values have arrived and then until nothing came for `idle` seconds, so
@@ -205,8 +228,9 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
         pass
 
 
-def produce_retrying(producer: Any, topic: str, value: bytes | None, key: bytes | None, timestamp_ms: int = 0,
-                     **options: Any) -> None:
+def produce_retrying(
+    producer: Any, topic: str, value: bytes | None, key: bytes | None, timestamp_ms: int = 0, **options: Any
+) -> None:
     while True:
         try:
             producer.produce(topic, value, key, timestamp=timestamp_ms, **options)
@@ -269,8 +293,10 @@ class BytesPassthrough:
                 self.between_batches(producer)
             self.end(producer)
             if producer.flush(30) or self.failures:
-                raise DriftloopError(f"{self.kind}: records to {self.output_topic!r} were not delivered "
-                                     f"({self.failures[:1] or 'flush timed out'})")
+                raise DriftloopError(
+                    f"{self.kind}: records to {self.output_topic!r} were not delivered "
+                    f"({self.failures[:1] or 'flush timed out'})"
+                )
         finally:
             consumer.close()
 
@@ -323,8 +349,12 @@ class JournaledJsonPassthrough(BytesPassthrough):
 
     def prepare(self) -> None:
         super().prepare()
-        self.journal = OutputJournal(f"bench-{self.group}-journal-changelog", self.partitions,
-                                     directory=self.work_dir / self.kind, memory=StateMemory(32))
+        self.journal = OutputJournal(
+            f"bench-{self.group}-journal-changelog",
+            self.partitions,
+            directory=self.work_dir / self.kind,
+            memory=StateMemory(32),
+        )
         self.journal.ensure_changelog(self.bootstrap)
         self.topics.append(self.journal.table.topic)
         self._staged: deque[_StagedOutputs] = deque()
@@ -388,8 +418,9 @@ class TransactionalJsonPassthrough(BytesPassthrough):
         producer.begin_transaction()
         for message in messages:
             produce_retrying(producer, self.output_topic, _json_output(message.value()), message.key())
-        producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
-                                             consumer.consumer_group_metadata(), 30)
+        producer.send_offsets_to_transaction(
+            consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 30
+        )
         producer.commit_transaction(30)
 
 
@@ -397,10 +428,16 @@ PASSTHROUGHS = (BytesPassthrough, JsonPassthrough, JournaledJsonPassthrough, Tra
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m driftloop.load.benchmarks.passthrough",
-                                     description="Measure raw confluent-kafka consume->produce throughput.")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                        required="KAFKA_BOOTSTRAP_SERVERS" not in os.environ, help="HOST:PORT")
+    parser = argparse.ArgumentParser(
+        prog="python -m driftloop.load.benchmarks.passthrough",
+        description="Measure raw confluent-kafka consume->produce throughput.",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        required="KAFKA_BOOTSTRAP_SERVERS" not in os.environ,
+        help="HOST:PORT",
+    )
     parser.add_argument("--events", type=int, default=200_000, help="messages to forward (default 200000)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the fresh topics (default 4)")
     args = parser.parse_args(argv)

@@ -31,27 +31,48 @@ from typing import Any
 
 import psutil
 
-from driftloop import kafka, settings as settings_module
+from driftloop import kafka
+from driftloop import settings as settings_module
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
 
 
 def _settings(workdir: Path, bootstrap: str, spec_path: Path, topic: str) -> Settings:
-    return settings_module.load(environ={
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DRIFTLOOP_DATA_DIR": str(workdir / "data"),
-        "DRIFTLOOP_FEAST_REPO": str(workdir / "feature_repo"), "DRIFTLOOP_SPEC": str(spec_path),
-        "DRIFTLOOP_PARTITIONS": "1", "DRIFTLOOP_TOPIC_LABELED": topic})
+    return settings_module.load(
+        environ={
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DRIFTLOOP_DATA_DIR": str(workdir / "data"),
+            "DRIFTLOOP_FEAST_REPO": str(workdir / "feature_repo"),
+            "DRIFTLOOP_SPEC": str(spec_path),
+            "DRIFTLOOP_PARTITIONS": "1",
+            "DRIFTLOOP_TOPIC_LABELED": topic,
+        }
+    )
 
 
 def _labeled(spec: PipelineSpec, event_id: str, entity: Any, event_time: float, row: dict, label: int) -> bytes:
     """A `labeled` record as streams/worker/join.py writes it (score and times made up: the training set ignores them)."""
-    return json.dumps({
-        "contract": 1, "event_id": event_id, "entity": str(entity), "event_time": iso_time(event_time),
-        "score": 0.5, "decision": 1, "label": label, "model_name": spec.model.name, "model_version": 1,
-        "variant": "champion", "features": row, "outcome_time": iso_time(event_time),
-        "predicted_at": iso_time(event_time), "joined_at": iso_time(event_time), "latency_ms": 1.0, "model_ms": 0.1,
-    }).encode()
+    return json.dumps(
+        {
+            "contract": 1,
+            "event_id": event_id,
+            "entity": str(entity),
+            "event_time": iso_time(event_time),
+            "score": 0.5,
+            "decision": 1,
+            "label": label,
+            "model_name": spec.model.name,
+            "model_version": 1,
+            "variant": "champion",
+            "features": row,
+            "outcome_time": iso_time(event_time),
+            "predicted_at": iso_time(event_time),
+            "joined_at": iso_time(event_time),
+            "latency_ms": 1.0,
+            "model_ms": 0.1,
+        }
+    ).encode()
 
 
 def prepare(settings: Settings, spec: PipelineSpec, table: Path, entity_value: str, rows_per_file: int) -> dict:
@@ -63,8 +84,9 @@ def prepare(settings: Settings, spec: PipelineSpec, table: Path, entity_value: s
 
     apply(settings, spec)
     kafka.ensure_topics(settings.kafka_bootstrap_servers, [settings.topic_labeled], 1)
-    events = table_rows(spec, read_table(table), origin=str(table), run_id=uuid.uuid4().hex[:8],
-                        entity_value=entity_value)
+    events = table_rows(
+        spec, read_table(table), origin=str(table), run_id=uuid.uuid4().hex[:8], entity_value=entity_value
+    )
     featuriser = Featuriser(spec)
     writer = FeastWriter(settings, spec)
     producer = kafka.producer(settings.kafka_bootstrap_servers, **{"linger.ms": 50})
@@ -77,8 +99,11 @@ def prepare(settings: Settings, spec: PipelineSpec, table: Path, entity_value: s
                 continue
             rows += 1
             pending.append({spec.events.entity: event.entity, "event_timestamp": event.event_time, **row})
-            producer.produce(settings.topic_labeled, key=str(event.entity).encode(),
-                             value=_labeled(spec, event.event_id, event.entity, event.event_time, row, replayed.label))
+            producer.produce(
+                settings.topic_labeled,
+                key=str(event.entity).encode(),
+                value=_labeled(spec, event.event_id, event.entity, event.event_time, row, replayed.label),
+            )
             producer.poll(0)
             if len(pending) == rows_per_file:
                 writer.write(pending)
@@ -101,16 +126,30 @@ def _build(settings: Settings, spec: PipelineSpec, results) -> None:
     history = OfflineHistory(settings, spec)
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    window = read_window(settings.kafka_bootstrap_servers, settings.topic_labeled, spec, None,
-                         group=f"retrain-memory-{uuid.uuid4().hex[:8]}", timeout=300)
+    window = read_window(
+        settings.kafka_bootstrap_servers,
+        settings.topic_labeled,
+        spec,
+        None,
+        group=f"retrain-memory-{uuid.uuid4().hex[:8]}",
+        timeout=300,
+    )
     read = time.perf_counter() - started
     data = build_training_set(history, window, spec, None)
-    results.put({"rss_before_mb": round(before / 2**20), "read_window_seconds": round(read, 2),
-                 "build_seconds": round(time.perf_counter() - started - read, 2), "rows": len(data),
-                 "from_feast": data.from_feast, "from_labeled": data.from_labeled,
-                 "feast_mismatches": data.feast_mismatches, "labeled_read": window.read,
-                 # the kernel's own peak for this process (KiB on Linux), not a sample
-                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+    results.put(
+        {
+            "rss_before_mb": round(before / 2**20),
+            "read_window_seconds": round(read, 2),
+            "build_seconds": round(time.perf_counter() - started - read, 2),
+            "rows": len(data),
+            "from_feast": data.from_feast,
+            "from_labeled": data.from_labeled,
+            "feast_mismatches": data.feast_mismatches,
+            "labeled_read": window.read,
+            # the kernel's own peak for this process (KiB on Linux), not a sample
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        }
+    )
 
 
 def measure(settings: Settings, spec: PipelineSpec, limit_mb: float) -> dict:
@@ -135,8 +174,10 @@ def measure(settings: Settings, spec: PipelineSpec, limit_mb: float) -> dict:
             break
         time.sleep(0.05)
     child.join()
-    outcome: dict[str, Any] = {"seconds": round(time.monotonic() - started, 1),
-                               "sampled_peak_rss_mb": round(sampled_peak / 2**20)}
+    outcome: dict[str, Any] = {
+        "seconds": round(time.monotonic() - started, 1),
+        "sampled_peak_rss_mb": round(sampled_peak / 2**20),
+    }
     if killed:
         outcome["killed_above_mb"] = limit_mb
     elif child.exitcode != 0:
@@ -147,14 +188,21 @@ def measure(settings: Settings, spec: PipelineSpec, limit_mb: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m driftloop.load.benchmarks.retrain_memory",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m driftloop.load.benchmarks.retrain_memory", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("table", type=Path, help="the .csv or .parquet table to replay")
     parser.add_argument("--spec", type=Path, required=True, help="the pipeline spec that maps it to events")
-    parser.add_argument("--entity-value", help="the entity of every row, as for `driftloop replay` (default: the "
-                                               "spec's replay.entity_value)")
-    parser.add_argument("--rows-per-file", type=int, default=110,
-                        help="rows per offline file, as the worker writes them once a second (default 110)")
+    parser.add_argument(
+        "--entity-value",
+        help="the entity of every row, as for `driftloop replay` (default: the spec's replay.entity_value)",
+    )
+    parser.add_argument(
+        "--rows-per-file",
+        type=int,
+        default=110,
+        help="rows per offline file, as the worker writes them once a second (default 110)",
+    )
     parser.add_argument("--window-events", type=int, help="override the spec's retrain.window_events")
     parser.add_argument("--limit-mb", type=float, default=6144, help="kill the measured child above this RSS")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report here")
@@ -175,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             broker.start()
             bootstrap = broker.bootstrap
         settings = _settings(workdir, bootstrap, spec_path, f"labeled-{uuid.uuid4().hex[:8]}")
-        report = {"table": str(options.table), "spec": str(options.spec),
-                  "window_events": spec.retrain.window_events,
-                  **prepare(settings, spec, options.table, options.entity_value, options.rows_per_file)}
+        report = {
+            "table": str(options.table),
+            "spec": str(options.spec),
+            "window_events": spec.retrain.window_events,
+            **prepare(settings, spec, options.table, options.entity_value, options.rows_per_file),
+        }
         report["training_set"] = measure(settings, spec, options.limit_mb)
     text = json.dumps(report)
     print(text, flush=True)

@@ -26,8 +26,10 @@ from driftloop.errors import DriftloopError
 STAGE_METRIC = "driftloop_stage_seconds"
 READY_LINE = re.compile(r"worker consuming; metrics at (http://\S+/metrics)")
 # streams/worker/loop.py logs this once a worker has restored what it was assigned
-RESTORED_LINE = re.compile(r"assigned (\d+) partitions; restored (\d+) entity states, (\d+) journal chunks and "
-                           r"(\d+) waiting join entries in ([\d.]+)s")
+RESTORED_LINE = re.compile(
+    r"assigned (\d+) partitions; restored (\d+) entity states, (\d+) journal chunks and "
+    r"(\d+) waiting join entries in ([\d.]+)s"
+)
 START_PATIENCE_S = 180.0
 SETTLE_S = 3.0  # three checkpoint intervals
 
@@ -37,10 +39,10 @@ class DataPlaneWorkers:
 
     def __init__(self, bootstrap: str, run: str, partitions: int, work_dir: Path, workers: int = 1):
         import yaml
-        from driftloop.streams.topology import Topology
 
         from driftloop import settings as settings_module
         from driftloop.spec import load_spec
+        from driftloop.streams.topology import Topology
 
         self.kind = "data_plane" if workers == 1 else f"data_plane_{workers}_workers"
         self.workers = workers
@@ -58,8 +60,10 @@ class DataPlaneWorkers:
             "DRIFTLOOP_SPEC": str(spec_path),
             "DRIFTLOOP_METRICS_PORT": "0",
             "DRIFTLOOP_PARTITIONS": str(partitions),
-            **{f"DRIFTLOOP_TOPIC_{name.upper()}": f"bench-{run}-{name}"
-               for name in ("events", "outcomes", "predictions", "labeled", "drift", "audit", "retrain_requests")},
+            **{
+                f"DRIFTLOOP_TOPIC_{name.upper()}": f"bench-{run}-{name}"
+                for name in ("events", "outcomes", "predictions", "labeled", "drift", "audit", "retrain_requests")
+            },
         }
         self.settings = settings_module.load(environ=self.environ)
         self.spec = load_spec(spec_path)
@@ -78,7 +82,6 @@ class DataPlaneWorkers:
         """Topics, Feast objects, a signing key and a champion trained on `warmup` (row, label) pairs."""
         from driftloop.features.feast.repo import apply as feast_apply
         from driftloop.models.bootstrap import ensure_champion
-
         from driftloop.signing import create_key, key_path, load_key
 
         feast_apply(self.settings, self.spec)
@@ -86,10 +89,16 @@ class DataPlaneWorkers:
         kafka.ensure_topics(self.bootstrap, self.settings.topics, self.settings.partitions)
         # The demo's steady state: its own model (gradient boosting, ONNX) as champion, trained on a
         # warm-up slice of the stream, not the River placeholder that serves only until the first training.
-        champion = ensure_champion(self.spec, self.settings.mlflow_tracking_uri, warmup=warmup,
-                                   key=load_key(key_path(self.settings)))
-        self.model = {"name": self.spec.model.name, "version": champion.version, "flavor": self.spec.model.flavor,
-                      "estimator": self.spec.model.estimator, "trained_on_events": len(warmup)}
+        champion = ensure_champion(
+            self.spec, self.settings.mlflow_tracking_uri, warmup=warmup, key=load_key(key_path(self.settings))
+        )
+        self.model = {
+            "name": self.spec.model.name,
+            "version": champion.version,
+            "flavor": self.spec.model.flavor,
+            "estimator": self.spec.model.estimator,
+            "trained_on_events": len(warmup),
+        }
 
     def start(self) -> None:
         """Start the workers and return once each has its share of the partitions, noting when
@@ -109,8 +118,10 @@ class DataPlaneWorkers:
                     self.balanced_at_ms = time.time() * 1000
                 return
             if time.monotonic() > deadline:
-                raise DriftloopError(f"bench: the workers did not share the partitions within {START_PATIENCE_S:.0f}s "
-                                     f"(they hold {shares} of {partitions})")
+                raise DriftloopError(
+                    f"bench: the workers did not share the partitions within {START_PATIENCE_S:.0f}s "
+                    f"(they hold {shares} of {partitions})"
+                )
             time.sleep(0.1)
 
     def _spawn(self, index: int) -> None:
@@ -118,9 +129,13 @@ class DataPlaneWorkers:
         # Without a developer's own DRIFTLOOP_* settings, which would override the pipeline's.
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
         with log.open("ab") as out:
-            process = subprocess.Popen([sys.executable, "-m", "driftloop.cli", "worker"],
-                                       env={**environ, **self.environ}, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # its own group: kill -9 takes its Feast writer too
+            process = subprocess.Popen(
+                [sys.executable, "-m", "driftloop.cli", "worker"],
+                env={**environ, **self.environ},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # its own group: kill -9 takes its Feast writer too
         if index < len(self._processes):
             self._processes[index], self._logs[index] = process, log
         else:
@@ -140,11 +155,13 @@ class DataPlaneWorkers:
                     self._metrics.append(url)
                 return url
             if self._processes[index].poll() is not None:
-                raise DriftloopError(f"bench: worker {index} exited with {self._processes[index].returncode}: "
-                                     f"{self._log_tail(index)}")
+                raise DriftloopError(
+                    f"bench: worker {index} exited with {self._processes[index].returncode}: {self._log_tail(index)}"
+                )
             time.sleep(0.05)
-        raise DriftloopError(f"bench: worker {index} did not start within {START_PATIENCE_S:.0f}s: "
-                             f"{self._log_tail(index)}")
+        raise DriftloopError(
+            f"bench: worker {index} did not start within {START_PATIENCE_S:.0f}s: {self._log_tail(index)}"
+        )
 
     def _log_tail(self, index: int) -> str:
         return self._logs[index].read_text(errors="replace")[-2000:]
@@ -196,11 +213,17 @@ class DataPlaneWorkers:
                 raise DriftloopError(f"bench: the restarted worker restored nothing: {self._log_tail(0)}")
             time.sleep(0.05)
         partitions, states, chunks, waiting, seconds = restored.groups()
-        return {"process_start_to_restored_s": round(time.time() - spawned, 2),
-                "process_start_to_consuming_s": round(consuming_s, 2),
-                "restored": {"partitions": int(partitions), "entity_states": int(states),
-                             "journal_chunks": int(chunks), "waiting_joins": int(waiting),
-                             "restore_s": float(seconds)}}
+        return {
+            "process_start_to_restored_s": round(time.time() - spawned, 2),
+            "process_start_to_consuming_s": round(consuming_s, 2),
+            "restored": {
+                "partitions": int(partitions),
+                "entity_states": int(states),
+                "journal_chunks": int(chunks),
+                "waiting_joins": int(waiting),
+                "restore_s": float(seconds),
+            },
+        }
 
     def stop(self) -> None:
         for process in self._processes:

@@ -43,18 +43,26 @@ from driftloop.streams.topology import Topology
 _LOG = logging.getLogger("driftloop.streams.control.app")
 
 
-def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_uri: str,
-              metrics: ControlMetrics | None = None) -> faust.App:
+def build_app(
+    settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_uri: str, metrics: ControlMetrics | None = None
+) -> faust.App:
     """The Faust app; `metrics` (served by the caller) follow every decision."""
     topology = Topology.of(settings, spec)
     app = faust.App(
-        f"{topology.group}-control", broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
-        topic_partitions=settings.partitions, topic_replication_factor=1, producer_acks=-1,
+        f"{topology.group}-control",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
         # Tansu completes a group's first join after half the session timeout: Faust's 60 s default
         # kept the control plane deaf for 30 s after start (driftloop.kafka uses 6 s for the same reason)
         broker_session_timeout=6.0,
         # a new control plane judges what happens from now on, not the whole history of the topics
-        consumer_auto_offset_reset="latest", datadir=str(settings.data_dir / "faust"))
+        consumer_auto_offset_reset="latest",
+        datadir=str(settings.data_dir / "faust"),
+    )
     key = load_key(key_path(settings))
     control = ControlPlane(spec, tracking_uri, key=key, audit_topic=settings.topic_audit)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftloop-control")
@@ -67,15 +75,21 @@ def build_app(settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_u
         produced = method(*args)
         if metrics is not None:  # here, on the decision thread: the state read is the one this call left
             trial = control.promotion.trial
-            metrics.observe(produced, in_flight=control.policy.in_flight, last_finished=control.policy.last_finished,
-                            trial=None if trial is None else trial.summary(), now=time.time())
+            metrics.observe(
+                produced,
+                in_flight=control.policy.in_flight,
+                last_finished=control.policy.last_finished,
+                trial=None if trial is None else trial.summary(),
+                now=time.time(),
+            )
         return produced
 
     async def run(method, *args: Any) -> None:
         produced: list[Output] = await asyncio.get_running_loop().run_in_executor(executor, decide, method, *args)
         for kind, value in produced:  # signed: the retrain worker and this agent act only on signed records
-            await outputs[kind].send(key=model_key, value=value,
-                                     headers=contracts.signature_headers(key, names[kind], value))
+            await outputs[kind].send(
+                key=model_key, value=value, headers=contracts.signature_headers(key, names[kind], value)
+            )
 
     @app.agent(app.topic(topology.observations, value_serializer="raw"), name="drift-observations")
     async def observations(stream):

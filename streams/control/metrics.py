@@ -35,23 +35,42 @@ ARMS = ("champion", "challenger")
 class ControlMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self._decisions = Counter("driftloop_decisions", "Audit records the control plane published, by actor "
-                                  "(trigger, promotion, operator, control) and action.", ["actor", "action"],
-                                  registry=r)
-        self._evaluations = Counter("driftloop_drift_evaluations", "Drift evaluations (reports on the drift topic).",
-                                    registry=r)
-        self._drifted_share = Gauge("driftloop_drifted_share", "Share of the input columns that drifted in the last "
-                                    "drift evaluation (NaN until a reference is ready).", registry=r)
-        self._retraining = Histogram("driftloop_retraining_seconds", "From the retrain request to the retrain "
-                                     "worker's final record, by outcome.", ["outcome"], buckets=RETRAINING_BUCKETS,
-                                     registry=r)
-        self._in_flight = Gauge("driftloop_retraining_in_flight", "1 while a retraining requested by this control "
-                                "plane has not finished.", registry=r)
+        self._decisions = Counter(
+            "driftloop_decisions",
+            "Audit records the control plane published, by actor (trigger, promotion, operator, control) and action.",
+            ["actor", "action"],
+            registry=r,
+        )
+        self._evaluations = Counter(
+            "driftloop_drift_evaluations", "Drift evaluations (reports on the drift topic).", registry=r
+        )
+        self._drifted_share = Gauge(
+            "driftloop_drifted_share",
+            "Share of the input columns that drifted in the last drift evaluation (NaN until a reference is ready).",
+            registry=r,
+        )
+        self._retraining = Histogram(
+            "driftloop_retraining_seconds",
+            "From the retrain request to the retrain worker's final record, by outcome.",
+            ["outcome"],
+            buckets=RETRAINING_BUCKETS,
+            registry=r,
+        )
+        self._in_flight = Gauge(
+            "driftloop_retraining_in_flight",
+            "1 while a retraining requested by this control plane has not finished.",
+            registry=r,
+        )
         self._trial = Gauge("driftloop_canary_trial_running", "1 while a canary (or shadow) trial runs.", registry=r)
-        self._trial_samples = Gauge("driftloop_canary_samples", "Labelled events of the running trial, by arm.",
-                                    ["arm"], registry=r)
-        self._trial_error_rate = Gauge("driftloop_canary_error_rate", "Error rate of the running trial, by arm "
-                                       "(NaN without samples).", ["arm"], registry=r)
+        self._trial_samples = Gauge(
+            "driftloop_canary_samples", "Labelled events of the running trial, by arm.", ["arm"], registry=r
+        )
+        self._trial_error_rate = Gauge(
+            "driftloop_canary_error_rate",
+            "Error rate of the running trial, by arm (NaN without samples).",
+            ["arm"],
+            registry=r,
+        )
         for outcome in ("challenger_set", "rejected", "retrain_failed", "promoted"):
             self._retraining.labels(outcome)  # every outcome is a series from the start, so a panel shows 0
         self._drifted_share.set(math.nan)
@@ -59,8 +78,15 @@ class ControlMetrics:
         self._waiting: dict[str, float] | None = None  # {request_id: since} of the retraining in flight
         self.endpoint = MetricsEndpoint(r, "DRIFTLOOP_CONTROL_METRICS_PORT")
 
-    def observe(self, produced: list[tuple[str, bytes]], *, in_flight: dict[str, Any] | None,
-                last_finished: dict[str, Any] | None, trial: dict[str, Any] | None, now: float) -> None:
+    def observe(
+        self,
+        produced: list[tuple[str, bytes]],
+        *,
+        in_flight: dict[str, Any] | None,
+        last_finished: dict[str, Any] | None,
+        trial: dict[str, Any] | None,
+        now: float,
+    ) -> None:
         """After one ControlPlane call: its outputs, and the trigger policy's and the trial's state."""
         for kind, value in produced:
             record = _json(value)
@@ -84,8 +110,9 @@ class ControlMetrics:
     def value(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)
 
-    def _retraining_state(self, in_flight: dict[str, Any] | None, last_finished: dict[str, Any] | None,
-                          now: float) -> None:
+    def _retraining_state(
+        self, in_flight: dict[str, Any] | None, last_finished: dict[str, Any] | None, now: float
+    ) -> None:
         waiting = self._waiting
         if waiting is not None and (in_flight is None or in_flight["request_id"] not in waiting):
             finished = last_finished if last_finished and last_finished.get("request_id") in waiting else None

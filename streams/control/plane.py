@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 
@@ -45,15 +46,14 @@ from driftloop.models.provenance import ModelRefused
 from driftloop.models.registry import VerifiedReference
 from driftloop.models.registry import aliases as registry_aliases
 from driftloop.models.trusted import TrustedVersions, refusal_record
-from driftloop.streams.control.promotion.controller import PromotionController
 from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
 from driftloop.streams import contracts
 from driftloop.streams.control.drift.concept import ConceptDriftMonitor
 from driftloop.streams.control.drift.data import DataDriftMonitor
-from driftloop.streams.control.drift.report import build_report
 from driftloop.streams.control.drift.quality import QualityMonitor
-from driftloop.streams.control.drift.report import epoch
+from driftloop.streams.control.drift.report import build_report, epoch
+from driftloop.streams.control.promotion.controller import PromotionController
 from driftloop.streams.control.trigger import TriggerPolicy, Warmup
 from driftloop.streams.worker.validation import RecentIds
 
@@ -91,8 +91,15 @@ RETRAIN_FINISHED = ("challenger_set", "rejected", "retrain_failed", "promoted") 
 
 
 class ControlPlane:
-    def __init__(self, spec: PipelineSpec, tracking_uri: str, *, key: SigningKey | None = None,
-                 audit_topic: str = "audit", clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        tracking_uri: str,
+        *,
+        key: SigningKey | None = None,
+        audit_topic: str = "audit",
+        clock: Callable[[], float] = time.time,
+    ):
         self.spec = spec
         self.tracking_uri = tracking_uri
         self.key = key or configured_key()
@@ -175,8 +182,11 @@ class ControlPlane:
                 record = json.loads(value)
             except ValueError:
                 continue  # not a decision of anyone's: nothing here acts on it
-            if not isinstance(record, dict) or record.get("actor") != "retrain" \
-                    or record.get("action") not in RETRAIN_FINISHED:
+            if (
+                not isinstance(record, dict)
+                or record.get("actor") != "retrain"
+                or record.get("action") not in RETRAIN_FINISHED
+            ):
                 continue
             if not contracts.signed_by(self.key, self.audit_topic, value, headers):
                 out.append(("audit", self._request_refused(record)))
@@ -187,8 +197,13 @@ class ControlPlane:
         return out
 
     def state(self) -> dict[str, Any]:
-        return {"champion": self.champion, "evaluations": self.evaluations, "trigger": self.policy.state(),
-                "promotion": self.promotion.state(), "registry_error": self.registry_error}
+        return {
+            "champion": self.champion,
+            "evaluations": self.evaluations,
+            "trigger": self.policy.state(),
+            "promotion": self.promotion.state(),
+            "registry_error": self.registry_error,
+        }
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -211,8 +226,12 @@ class ControlPlane:
         try:
             verified = self._trusted_reference(version, aliases, out)
         except Exception as exc:  # an unreachable registry: keep the previous monitor, try on the next tick
-            _LOG.warning("champion v%d: cannot read its reference sample (%s); data drift stays on v%s",
-                         version, exc, self.champion)
+            _LOG.warning(
+                "champion v%d: cannot read its reference sample (%s); data drift stays on v%s",
+                version,
+                exc,
+                self.champion,
+            )
             return out
         if verified is None:
             return out
@@ -239,8 +258,9 @@ class ControlPlane:
         for other in others:
             out += self._refused(other)
         if verified is not None:
-            _LOG.warning("champion v%d is refused: watching v%d instead, which the workers serve", version,
-                         verified.version)
+            _LOG.warning(
+                "champion v%d is refused: watching v%d instead, which the workers serve", version, verified.version
+            )
         return verified
 
     def _refused(self, refusal: ModelRefused) -> list[Output]:
@@ -254,17 +274,29 @@ class ControlPlane:
         version = record.get("version") if isinstance(record.get("version"), int) else None
         what = f"{record['action']!r} record for request {str(details.get('request_id'))[:100]!r}"
         _LOG.warning("ignored an audit %s: it has no valid signature", what)
-        return contracts.audit(actor="control", action="request_refused", model_name=self.spec.model.name,
-                               reason=f"ignored a forged or unsigned audit {what}: it has no valid signature",
-                               version=version, details={"topic": self.audit_topic, "actor": record["actor"],
-                                                         "action": record["action"]}, at=self.clock())
+        return contracts.audit(
+            actor="control",
+            action="request_refused",
+            model_name=self.spec.model.name,
+            reason=f"ignored a forged or unsigned audit {what}: it has no valid signature",
+            version=version,
+            details={"topic": self.audit_topic, "actor": record["actor"], "action": record["action"]},
+            at=self.clock(),
+        )
 
     def _evaluate(self) -> list[Output]:
         self.evaluations += 1
         data = self.data.evaluate() if self.data is not None and self.data.ready() else None
-        report = build_report(self.spec, champion_version=self.champion, evaluation=self.evaluations,
-                              data=data, window=self.data.window_info() if self.data is not None else None,
-                              detections=self.detections, quality=self.quality.evaluate(), at=self.clock())
+        report = build_report(
+            self.spec,
+            champion_version=self.champion,
+            evaluation=self.evaluations,
+            data=data,
+            window=self.data.window_info() if self.data is not None else None,
+            detections=self.detections,
+            quality=self.quality.evaluate(),
+            at=self.clock(),
+        )
         self.detections = []
         warmup = None if self.warmup_rows is None else Warmup(self.warmup_rows, self.data.warm_from)
         decision = self.policy.decide(report, self.data.current_rows() if self.data is not None else None, warmup)

@@ -65,6 +65,7 @@ class Decision:
 @dataclass(frozen=True)
 class Warmup:
     """Where the placeholder champion's warm-up stands: labelled events since the feature windows filled."""
+
     rows: int
     train_from: float | None  # event time from which the windows are full; None until the first observation
 
@@ -98,8 +99,12 @@ class TriggerPolicy:
         (a warm-up) "promoted"."""
         now = self.clock()
         first_model = outcome == "promoted" and self.in_flight is not None and self.in_flight["reason"] == "warmup"
-        self.last_finished = {"at": iso_time(now), "outcome": outcome, "version": version,
-                              "request_id": self.in_flight["request_id"] if self.in_flight else None}
+        self.last_finished = {
+            "at": iso_time(now),
+            "outcome": outcome,
+            "version": version,
+            "request_id": self.in_flight["request_id"] if self.in_flight else None,
+        }
         self.in_flight = None
         if first_model:  # its drift must be watched from the start, not after a cooldown (a failure waits one)
             return
@@ -109,8 +114,9 @@ class TriggerPolicy:
 
     # -- deciding ------------------------------------------------------------------------------------
 
-    def decide(self, report: dict[str, Any], current_rows: dict[str, list[Any]] | None = None,
-               warmup: Warmup | None = None) -> Decision:
+    def decide(
+        self, report: dict[str, Any], current_rows: dict[str, list[Any]] | None = None, warmup: Warmup | None = None
+    ) -> Decision:
         """Judge one drift report (streams/control/drift/report.py); current_rows go into a retrain request; `warmup`
         while the champion is the warm-up placeholder."""
         now = self.clock()
@@ -149,24 +155,43 @@ class TriggerPolicy:
             "in_flight_request": self.in_flight["request_id"] if self.in_flight else None,
             "cooldown_until": iso_time(self.cooldown_until) if self.cooldown_until is not None else None,
         }
-        audit = contracts.audit(actor="trigger", action="retrain_triggered" if trigger else "retrain_declined",
-                                model_name=self.spec.model.name, reason=sentence, version=self.champion,
-                                details=details, at=now)
+        audit = contracts.audit(
+            actor="trigger",
+            action="retrain_triggered" if trigger else "retrain_declined",
+            model_name=self.spec.model.name,
+            reason=sentence,
+            version=self.champion,
+            details=details,
+            at=now,
+        )
         request = None
         if trigger:
-            request = contracts.retrain_request(request_id=request_id, model_name=self.spec.model.name,
-                                                champion_version=self.champion, reason=reason,
-                                                train_from=train_from, drift_report=report,
-                                                current_rows=current_rows, at=now)
+            request = contracts.retrain_request(
+                request_id=request_id,
+                model_name=self.spec.model.name,
+                champion_version=self.champion,
+                reason=reason,
+                train_from=train_from,
+                drift_report=report,
+                current_rows=current_rows,
+                at=now,
+            )
             self.in_flight = {"request_id": request_id, "reason": reason, "since": now}
             self.consecutive, self._run_from = 0, None
         situation = (declined, reason, self.consecutive if declined == "not_sustained" else None, tuple(flagged))
         noteworthy = trigger or situation != self._previous_situation
         self._previous_situation = situation
-        self.last_decision = {"at": iso_time(now), "trigger": trigger, "reason": reason, "declined": declined,
-                              "sentence": sentence, "request_id": request_id}
-        return Decision(trigger, reason, sentence, train_from if trigger else None, audit, request, noteworthy,
-                        request_id, declined)
+        self.last_decision = {
+            "at": iso_time(now),
+            "trigger": trigger,
+            "reason": reason,
+            "declined": declined,
+            "sentence": sentence,
+            "request_id": request_id,
+        }
+        return Decision(
+            trigger, reason, sentence, train_from if trigger else None, audit, request, noteworthy, request_id, declined
+        )
 
     def state(self) -> dict[str, Any]:
         """For `driftloop status`: what the policy is counting and waiting for."""
@@ -176,8 +201,7 @@ class TriggerPolicy:
             "champion_version": self.champion,
             "consecutive_drifted_windows": self.consecutive,
             "sustained_windows": self.spec.drift.sustained_windows,
-            "in_flight": ({**self.in_flight, "since": iso_time(self.in_flight["since"])}
-                          if self.in_flight else None),
+            "in_flight": ({**self.in_flight, "since": iso_time(self.in_flight["since"])} if self.in_flight else None),
             "cooldown_until": iso_time(self.cooldown_until) if cooling else None,
             "last_decision": self.last_decision,
             "last_finished": self.last_finished,
@@ -185,63 +209,110 @@ class TriggerPolicy:
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _evidence(self, report: dict[str, Any], detections: list[dict[str, Any]],
-                  now: float) -> tuple[str | None, float | None, str, str | None]:
+    def _evidence(
+        self, report: dict[str, Any], detections: list[dict[str, Any]], now: float
+    ) -> tuple[str | None, float | None, str, str | None]:
         """(reason to retrain or None, train_from, because..., why not) by the rules in the module docstring."""
         data, quality = report["data"], report["quality"]
         sustained = self.consecutive >= self.spec.drift.sustained_windows
         if detections:
             last = detections[-1]
-            return "concept_drift", epoch(last["change_point_event_time"]), (
-                f"concept drift: the {last['loss'].replace('_', ' ')} rose from {last['loss_before']:.4g} to "
-                f"{last['loss_after']:.4g} ({last['detector']}, after {last['at_event']} outcomes)"), None
+            return (
+                "concept_drift",
+                epoch(last["change_point_event_time"]),
+                (
+                    f"concept drift: the {last['loss'].replace('_', ' ')} rose from {last['loss_before']:.4g} to "
+                    f"{last['loss_after']:.4g} ({last['detector']}, after {last['at_event']} outcomes)"
+                ),
+                None,
+            )
         if sustained and quality.get("flagged"):
-            return None, None, (
-                f"data drift in {self.consecutive} consecutive windows, but the same windows fail quality checks "
-                f"({_flags(quality)}); retraining on them would learn the fault: fix the producer or the spec"
-            ), "quality"
+            return (
+                None,
+                None,
+                (
+                    f"data drift in {self.consecutive} consecutive windows, but the same windows fail quality checks "
+                    f"({_flags(quality)}); retraining on them would learn the fault: fix the producer or the spec"
+                ),
+                "quality",
+            )
         if sustained:
-            return "data_drift", self._run_from, \
-                f"data drift in {self.consecutive} consecutive windows ({_data(data)})", None
+            return (
+                "data_drift",
+                self._run_from,
+                f"data drift in {self.consecutive} consecutive windows ({_data(data)})",
+                None,
+            )
         scheduled = self._schedule_due(now)
         if scheduled is not None:
             return "schedule", None, scheduled, None
         if self.consecutive:
-            return None, None, (f"data drift in {self.consecutive}/{self.spec.drift.sustained_windows} "
-                                f"consecutive windows ({_data(data)})"), "not_sustained"
+            return (
+                None,
+                None,
+                (
+                    f"data drift in {self.consecutive}/{self.spec.drift.sustained_windows} "
+                    f"consecutive windows ({_data(data)})"
+                ),
+                "not_sustained",
+            )
         if quality.get("flagged"):
-            return None, None, (f"quality drift ({_flags(quality)}) is reported, not retrained: retraining cannot "
-                                f"fix a schema problem; fix the producer or the spec"), "quality"
+            return (
+                None,
+                None,
+                (
+                    f"quality drift ({_flags(quality)}) is reported, not retrained: retraining cannot "
+                    f"fix a schema problem; fix the producer or the spec"
+                ),
+                "quality",
+            )
         share = data.get("drifted_share")
-        seen = (f"drifted share {share:.3g} < {self.spec.drift.drifted_share:g}" if share is not None
-                else f"data {data.get('status')}")
+        seen = (
+            f"drifted share {share:.3g} < {self.spec.drift.drifted_share:g}"
+            if share is not None
+            else f"data {data.get('status')}"
+        )
         return None, None, f"no drift: {seen}, no concept detection, quality within limits", "no_drift"
 
     def _warmup_evidence(self, warmup: Warmup) -> tuple[str | None, float | None, str, str | None]:
         needed, flavor = self.spec.model.warmup_events, self.spec.model.flavor
         if warmup.train_from is not None and warmup.rows >= needed:
-            return "warmup", warmup.train_from, (
-                f"the champion is the cold-start placeholder and {warmup.rows} labelled events with full feature "
-                f"windows are in (model.warmup_events {needed}): training the first {flavor} model"), None
-        waiting = ("the feature windows are still filling" if warmup.train_from is None
-                   else f"{warmup.rows}/{needed} labelled events with full feature windows")
+            return (
+                "warmup",
+                warmup.train_from,
+                (
+                    f"the champion is the cold-start placeholder and {warmup.rows} labelled events with full feature "
+                    f"windows are in (model.warmup_events {needed}): training the first {flavor} model"
+                ),
+                None,
+            )
+        waiting = (
+            "the feature windows are still filling"
+            if warmup.train_from is None
+            else f"{warmup.rows}/{needed} labelled events with full feature windows"
+        )
         return None, None, f"the champion is the cold-start placeholder; warming up: {waiting}", "warming_up"
 
     def _blocked(self, now: float) -> tuple[str, str] | None:
         """("in_flight" | "cooldown", why) when the debounce holds a retraining back."""
         if self.in_flight is not None:
-            return "in_flight", (f"retraining request {self.in_flight['request_id']} is still in flight "
-                                 f"(since {iso_time(self.in_flight['since'])})")
+            return "in_flight", (
+                f"retraining request {self.in_flight['request_id']} is still in flight "
+                f"(since {iso_time(self.in_flight['since'])})"
+            )
         if self.cooldown_until is not None and now < self.cooldown_until:
-            return "cooldown", (f"cooling down after the last retraining until {iso_time(self.cooldown_until)} "
-                                f"({self.cooldown_until - now:.0f} s left)")
+            return "cooldown", (
+                f"cooling down after the last retraining until {iso_time(self.cooldown_until)} "
+                f"({self.cooldown_until - now:.0f} s left)"
+            )
         return None
 
     def _sentence(self, trigger: bool, declined: str | None, because: str, train_from: float | None) -> str:
         model = f"{self.spec.model.name} v{self.champion}" if self.champion is not None else self.spec.model.name
         if trigger:
             return f"Retraining {model}: {because}" + (
-                f"; training from {iso_time(train_from)}." if train_from is not None else ".")
+                f"; training from {iso_time(train_from)}." if train_from is not None else "."
+            )
         return f"Not retraining {model}{' yet' if declined == 'not_sustained' else ''}: {because}."
 
     def _count_data_drift(self, data: dict[str, Any], window: dict[str, Any]) -> None:
@@ -270,8 +341,11 @@ class TriggerPolicy:
 def _data(data: dict[str, Any]) -> str:
     columns = ", ".join(data.get("drifted_columns", [])) or "none"
     share = data.get("drifted_share")
-    return f"drifted share {share:.3g} >= {data.get('threshold_share', 0):g}: {columns}" if share is not None \
+    return (
+        f"drifted share {share:.3g} >= {data.get('threshold_share', 0):g}: {columns}"
+        if share is not None
         else f"data {data.get('status')}"
+    )
 
 
 def _flags(quality: dict[str, Any]) -> str:

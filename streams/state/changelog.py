@@ -127,10 +127,10 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource, NewTopic
-from driftloop.streams.state.store import PartitionStore, StateMemory
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
+from driftloop.streams.state.store import PartitionStore, StateMemory
 
 _LOG = logging.getLogger(__name__)
 _encode = msgspec.msgpack.Encoder().encode
@@ -141,6 +141,7 @@ _decode_json = msgspec.json.Decoder().decode
 def _decode(raw: bytes) -> Any:
     # A MessagePack map starts with 0x80-0x8f, 0xde or 0xdf; a JSON changelog's object value with "{".
     return _decode_json(raw) if raw[:1] == b"{" else _decode_msgpack(raw)
+
 
 # assign()-ed, so nothing is ever committed; fetch.wait.max.ms: a broker holds a fetch of an empty
 # partition for that long before answering, so the default 500 ms would delay every such restore.
@@ -173,9 +174,18 @@ class ChangelogTable:
     # the demo spec: 5.4 kB for 1.1 kB); values made mostly of bytes or strings take far less.
     PYTHON_BYTES_PER_ENCODED_BYTE = 5.0
 
-    def __init__(self, name: str, topic: str, partitions: int, *, directory: Path, memory: StateMemory,
-                 kind_of: Callable[[Any], str] | None = None, expiry_time: Callable[[Any], float] | None = None,
-                 python_bytes_per_encoded_byte: float = PYTHON_BYTES_PER_ENCODED_BYTE):
+    def __init__(
+        self,
+        name: str,
+        topic: str,
+        partitions: int,
+        *,
+        directory: Path,
+        memory: StateMemory,
+        kind_of: Callable[[Any], str] | None = None,
+        expiry_time: Callable[[Any], float] | None = None,
+        python_bytes_per_encoded_byte: float = PYTHON_BYTES_PER_ENCODED_BYTE,
+    ):
         if partitions < 1:
             raise ValueError(f"table {name!r}: partitions must be >= 1, got {partitions}")
         self.name = name
@@ -209,8 +219,9 @@ class ChangelogTable:
         client = kafka.admin(bootstrap)
         created = False
         if self.topic not in client.list_topics(timeout=timeout).topics:
-            new = NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1,
-                           config={"cleanup.policy": "compact"})
+            new = NewTopic(
+                self.topic, num_partitions=self.partitions, replication_factor=1, config={"cleanup.policy": "compact"}
+            )
             future = client.create_topics([new], operation_timeout=timeout, request_timeout=timeout)[self.topic]
             try:
                 future.result(timeout)
@@ -223,12 +234,14 @@ class ChangelogTable:
             raise DriftloopError(
                 f"changelog topic {self.topic!r} of table {self.name!r} has {found} partitions but the source "
                 f"has {self.partitions}: state partition p must match source partition p, so delete the "
-                f"changelog topic (its state is rebuilt from the source) or give it {self.partitions} partitions")
+                f"changelog topic (its state is rebuilt from the source) or give it {self.partitions} partitions"
+            )
         policy = self._cleanup_policy(client, timeout)
         if "compact" not in policy.split(","):
             raise DriftloopError(
                 f"changelog topic {self.topic!r} of table {self.name!r} has cleanup.policy={policy}: deletion by "
-                f"age or size would lose the state of quiet keys; set cleanup.policy=compact on it")
+                f"age or size would lose the state of quiet keys; set cleanup.policy=compact on it"
+            )
         return created
 
     def _wait_for_partition_count(self, client: Any, timeout: float) -> int:
@@ -239,8 +252,7 @@ class ChangelogTable:
             if metadata is not None and metadata.error is None and metadata.partitions:
                 return len(metadata.partitions)
             if time.monotonic() > deadline:
-                raise DriftloopError(f"changelog topic {self.topic!r} did not appear in metadata within "
-                                     f"{timeout:.0f}s")
+                raise DriftloopError(f"changelog topic {self.topic!r} did not appear in metadata within {timeout:.0f}s")
             time.sleep(0.1)
 
     def _cleanup_policy(self, client: Any, timeout: float) -> str:
@@ -303,8 +315,10 @@ class ChangelogTable:
             # A missing topic produces no consumer error, only a timeout: say so at once instead.
             topic = consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
             if topic is None or topic.error is not None:
-                raise DriftloopError(f"restoring table {self.name!r}: changelog topic {self.topic!r} does not exist "
-                                     f"(ensure_changelog creates it)")
+                raise DriftloopError(
+                    f"restoring table {self.name!r}: changelog topic {self.topic!r} does not exist "
+                    f"(ensure_changelog creates it)"
+                )
             # Offset 0, not OFFSET_BEGINNING: on Tansu the latter costs an extra 0.5 s per restore, and if
             # a broker's log no longer starts at 0, auto.offset.reset=earliest (CONSUMER_DEFAULTS) applies.
             consumer.assign([TopicPartition(self.topic, p, 0 if p in probing else skip_below[p]) for p in wanted])
@@ -312,7 +326,8 @@ class ChangelogTable:
                 if time.monotonic() > deadline:
                     raise DriftloopError(
                         f"restoring table {self.name!r}: changelog {self.topic!r} partitions {sorted(reading)} "
-                        f"not read to their end within {timeout:.0f}s ({records} records read{last_error})")
+                        f"not read to their end within {timeout:.0f}s ({records} records read{last_error})"
+                    )
                 batch: dict[int, list[tuple[int, bytes, bytes | None]]] = {}
                 for message in consumer.consume(_RESTORE_BATCH, timeout=_RESTORE_POLL_S):
                     partition, error = message.partition(), message.error()
@@ -327,12 +342,22 @@ class ChangelogTable:
                         continue
                     if partition in probing:
                         probing.discard(partition)
-                        end = message.offset() if error is not None else consumer.get_watermark_offsets(
-                            TopicPartition(self.topic, partition), cached=True)[1]
+                        end = (
+                            message.offset()
+                            if error is not None
+                            else consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)[1]
+                        )
                         if end < skip_below[partition]:
-                            _LOG.warning("table %r: the local store of partition %d has applied %d records but the "
-                                         "changelog %r ends at %d: it followed another changelog, restoring from "
-                                         "the beginning", self.name, partition, skip_below[partition], self.topic, end)
+                            _LOG.warning(
+                                "table %r: the local store of partition %d has applied %d records but the "
+                                "changelog %r ends at %d: it followed another changelog, restoring from "
+                                "the beginning",
+                                self.name,
+                                partition,
+                                skip_below[partition],
+                                self.topic,
+                                end,
+                            )
                             self._stores[partition].wipe()
                             skip_below[partition] = 0
                         elif error is None:
@@ -360,8 +385,14 @@ class ChangelogTable:
             store = self._stores.pop(partition, None)
             if store is not None:
                 store.close()
-            for per_partition in (self._overlay, self._read, self._dirty, self._draining, self._sealed,
-                                  self._acknowledged):
+            for per_partition in (
+                self._overlay,
+                self._read,
+                self._dirty,
+                self._draining,
+                self._sealed,
+                self._acknowledged,
+            ):
                 per_partition.pop(partition, None)
 
     def close(self) -> None:
@@ -478,8 +509,9 @@ class ChangelogTable:
         except KeyError:
             raise self._not_assigned(partition) from None
         time_of, store = self._expiry_time, self._stores[partition]
-        expired = [(key, value) for key, value in overlay.items()
-                   if value is not _DELETED and time_of(value) < older_than]
+        expired = [
+            (key, value) for key, value in overlay.items() if value is not _DELETED and time_of(value) < older_than
+        ]
         stale = []
         for index_key, expires, raw_key in list(store.due(older_than)):
             key = raw_key.decode()
@@ -509,8 +541,10 @@ class ChangelogTable:
             raise ValueError(f"table {self.name!r} has partitions 0..{self.partitions - 1}, not {partition}")
 
     def _not_assigned(self, partition: int) -> ValueError:
-        return ValueError(f"table {self.name!r}: partition {partition} is not assigned to this store "
-                          f"(assigned: {sorted(self._stores)}); restore it first")
+        return ValueError(
+            f"table {self.name!r}: partition {partition} is not assigned to this store "
+            f"(assigned: {sorted(self._stores)}); restore it first"
+        )
 
     # -- flushing ----------------------------------------------------------------------------------
 
@@ -556,8 +590,14 @@ class ChangelogTable:
         self._persist_if_quiet()  # a seal with nothing to drain
         return produced
 
-    def append(self, producer: Producer, partition: int, key: str, value: bytes | None,
-               on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
+    def append(
+        self,
+        producer: Producer,
+        partition: int,
+        key: str,
+        value: bytes | None,
+        on_delivery: Callable[[KafkaError | None, Any], None],
+    ) -> None:
         """Produce one already-encoded record now (write-ahead; None: a tombstone), without keeping it in
         memory: it reaches the store with the other acknowledged records."""
         self._check_range(partition)
@@ -569,12 +609,19 @@ class ChangelogTable:
 
         self._produce(producer, partition, key.encode(), value, delivered)
 
-    def _produce(self, producer: Producer, partition: int, key: bytes, value: bytes | None,
-                 on_delivery: Callable[[KafkaError | None, Any], None] | None = None) -> None:
+    def _produce(
+        self,
+        producer: Producer,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+        on_delivery: Callable[[KafkaError | None, Any], None] | None = None,
+    ) -> None:
         while True:
             try:
-                producer.produce(self.topic, value=value, key=key, partition=partition,
-                                 on_delivery=on_delivery or self._delivered)
+                producer.produce(
+                    self.topic, value=value, key=key, partition=partition, on_delivery=on_delivery or self._delivered
+                )
                 if on_delivery is None:
                     self.in_flight += 1
                 self._unacknowledged += 1
@@ -645,8 +692,10 @@ class ChangelogTable:
         """
         if self._failed_deliveries:
             failed, self._failed_deliveries = self._failed_deliveries, []
-            raise ChangelogDeliveryError(f"table {self.name!r}: {len(failed)} changelog records to {self.topic!r} "
-                                         f"were not delivered; first: {failed[0].str()}")
+            raise ChangelogDeliveryError(
+                f"table {self.name!r}: {len(failed)} changelog records to {self.topic!r} "
+                f"were not delivered; first: {failed[0].str()}"
+            )
 
 
 def _offset(record: tuple[int, bytes, bytes | None]) -> int:

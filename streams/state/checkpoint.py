@@ -59,8 +59,18 @@ class _Sealed:
 class Checkpoints:
     """Steps 2-5 above for a loop that has done step 1 (`quiesced`) before calling `seal`."""
 
-    def __init__(self, producer: Producer, consumer: Consumer, tables: list, feast, metrics, *,
-                 on_committed, slice_keys: int = 500, max_delivery_wait: float = 5.0):
+    def __init__(
+        self,
+        producer: Producer,
+        consumer: Consumer,
+        tables: list,
+        feast,
+        metrics,
+        *,
+        on_committed,
+        slice_keys: int = 500,
+        max_delivery_wait: float = 5.0,
+    ):
         # The changelogs' own producer: each of their records reports its delivery (step 4), which the
         # outputs' producer does not do (a report per output record would cost the hot path).
         self.producer = producer
@@ -138,8 +148,10 @@ class Checkpoints:
 
     def flush(self, timeout: float, producer: Producer | None = None) -> None:
         if (producer or self.producer).flush(timeout) > 0:
-            raise DriftloopError(f"the broker did not acknowledge every record within {timeout:.0f}s; "
-                                 f"offsets were not committed (the records will be processed again)")
+            raise DriftloopError(
+                f"the broker did not acknowledge every record within {timeout:.0f}s; "
+                f"offsets were not committed (the records will be processed again)"
+            )
 
     def committed(self, error, partitions: list[TopicPartition]) -> None:
         """The consumer's commit callback."""
@@ -154,14 +166,19 @@ class Checkpoints:
         for table in self.tables:
             table.check_delivered()  # changelog records report through their own callback
         if self.delivery_errors:
-            raise DriftloopError(f"{len(self.delivery_errors)} records were not delivered "
-                                 f"(first: {self.delivery_errors[0]}); offsets were not committed")
+            raise DriftloopError(
+                f"{len(self.delivery_errors)} records were not delivered "
+                f"(first: {self.delivery_errors[0]}); offsets were not committed"
+            )
 
     def _commit(self, *, asynchronous: bool) -> None:
         """Step 5: commit the delivered checkpoints, oldest first, whose Feast rows are written."""
         ready: dict[tuple[str, int], int] = {}
-        while self._uncommitted and self._uncommitted[0].delivered \
-                and self.feast.written_through(self._uncommitted[0].feast_mark):
+        while (
+            self._uncommitted
+            and self._uncommitted[0].delivered
+            and self.feast.written_through(self._uncommitted[0].feast_mark)
+        ):
             ready.update(self._uncommitted.popleft().offsets)
         if not ready:
             return

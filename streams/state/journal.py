@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaError, Producer
+
 from driftloop.streams.state.changelog import ChangelogTable, Restored
 from driftloop.streams.state.store import StateMemory
 
@@ -57,8 +58,9 @@ class OutputJournal:
         for partition in wanted:
             chunks = sorted(self.table.items(partition))  # kept until `prune`: a second crash needs them too
             self._chunks[partition] = [(last, key) for key, (_first, last, _entries) in chunks]
-            self._entries[partition] = {entry[0]: entry for _key, (_first, _last, entries) in chunks
-                                        for entry in entries}
+            self._entries[partition] = {
+                entry[0]: entry for _key, (_first, _last, entries) in chunks for entry in entries
+            }
         return restored
 
     def entry(self, partition: int, offset: int) -> list[Any] | None:
@@ -81,8 +83,13 @@ class OutputJournal:
         if chunk:
             yield chunk
 
-    def write(self, producer: Producer, partition: int, entries: list[list[Any]],
-              on_delivery: Callable[[KafkaError | None, Any], None]) -> int:
+    def write(
+        self,
+        producer: Producer,
+        partition: int,
+        entries: list[list[Any]],
+        on_delivery: Callable[[KafkaError | None, Any], None],
+    ) -> int:
         """Produce the entries of one partition's records (offset order); returns the chunks produced."""
         written = 0
         for chunk in self.chunks(entries):

@@ -131,8 +131,9 @@ class PartitionStore:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return self._db.items()
 
-    def write(self, records: list[tuple[bytes, bytes | None, float | None]], offset: int,
-              counts: dict[str, int]) -> None:
+    def write(
+        self, records: list[tuple[bytes, bytes | None, float | None]], offset: int, counts: dict[str, int]
+    ) -> None:
         """Apply (key, value or None for a deletion, expiry time or None) in order, with the new offset and
         counts: one atomic batch."""
         batch = rocksdict.WriteBatch(raw_mode=True)

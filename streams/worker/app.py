@@ -18,7 +18,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
+from driftloop import kafka
+from driftloop.errors import DriftloopError
 from driftloop.features.feast.repo import feature_view_name, feature_view_version
+from driftloop.settings import Settings
+from driftloop.signing import SigningKey, key_path, load_key
+from driftloop.spec import load_spec
+from driftloop.stack import resolve_endpoints
 from driftloop.streams import contracts
 from driftloop.streams.state.changelog import ChangelogTable
 from driftloop.streams.state.journal import OutputJournal
@@ -29,13 +35,6 @@ from driftloop.streams.worker.learner import LabeledLearner
 from driftloop.streams.worker.loop import Pipeline
 from driftloop.streams.worker.metrics import WorkerMetrics
 from driftloop.streams.worker.scoring import EventScorer
-
-from driftloop import kafka
-from driftloop.errors import DriftloopError
-from driftloop.settings import Settings
-from driftloop.signing import SigningKey, key_path, load_key
-from driftloop.spec import load_spec
-from driftloop.stack import resolve_endpoints
 
 if TYPE_CHECKING:
     from driftloop.models.provenance import ModelRefused
@@ -52,8 +51,13 @@ def _partition_count(bootstrap: str, topic: str) -> int:
     return len(metadata.topics[topic].partitions)
 
 
-def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | None = None,
-               on_ready: Callable[[int], None] | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    worker_id: str | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
     """Run one worker until `stop` is set; `on_ready(metrics_port)` is called once it consumes."""
     from driftloop.features.feast.repo import apply as apply_feast  # feast is slow to import
     from driftloop.features.feast.writer import FeastWriter
@@ -77,8 +81,9 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
     event_partitions = _partition_count(bootstrap, topology.events)
     # Each partition's state on local disk, shared by every worker of this host (a partition has one owner)
     state_dir, memory = settings.data_dir / "state", StateMemory(settings.state_cache_mb)
-    entity_states = ChangelogTable("entity-state", topology.entity_changelog, event_partitions,
-                                   directory=state_dir, memory=memory)
+    entity_states = ChangelogTable(
+        "entity-state", topology.entity_changelog, event_partitions, directory=state_dir, memory=memory
+    )
     joins = join_table(topology.join_changelog, join_partitions, directory=state_dir, memory=memory)
     journal = OutputJournal(topology.journal_changelog, event_partitions, directory=state_dir, memory=memory)
     entity_states.ensure_changelog(bootstrap)
@@ -87,32 +92,65 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
 
     apply_feast(settings, spec)  # idempotent; a worker started without `driftloop up` (compose) needs it
     # A worker restarted beside a restarting MLflow (`driftloop up` restarts both) waits for it.
-    champion = when_reachable(lambda: ensure_champion(spec, tracking_uri, key=key), tracking_uri=tracking_uri,
-                              what="finding the champion", stop=stop)
+    champion = when_reachable(
+        lambda: ensure_champion(spec, tracking_uri, key=key),
+        tracking_uri=tracking_uri,
+        what="finding the champion",
+        stop=stop,
+    )
     _LOG.info("champion of %s is v%d", spec.model.name, champion.version)
     with ExitStack() as cleanup:
         for table in (entity_states, joins, journal.table):  # after the last checkpoint, which runs inside
             cleanup.callback(table.close)
         metrics = WorkerMetrics()
         metrics.info(worker_id=worker_id, spec=spec.name)
-        router = ModelRouter(spec, tracking_uri, key=key,
-                             on_refused=_refusal_reporter(settings, bootstrap, key, metrics, worker_id))
+        router = ModelRouter(
+            spec, tracking_uri, key=key, on_refused=_refusal_reporter(settings, bootstrap, key, metrics, worker_id)
+        )
         when_reachable(router.start, tracking_uri=tracking_uri, what="loading the served models", stop=stop)
         cleanup.callback(router.stop)
         port = metrics.serve(settings.metrics_port, settings.bind_host)
         cleanup.callback(metrics.stop_serving)
-        feast = FeastWriter(settings, spec, separate_process=True, write_interval=FEAST_WRITE_INTERVAL,
-                            on_write=lambda rows, seconds: (metrics.feast_rows(rows),
-                                                            metrics.stage("feast_write", seconds)))
+        feast = FeastWriter(
+            settings,
+            spec,
+            separate_process=True,
+            write_interval=FEAST_WRITE_INTERVAL,
+            on_write=lambda rows, seconds: (metrics.feast_rows(rows), metrics.stage("feast_write", seconds)),
+        )
         cleanup.callback(feast.close)
-        learner = LabeledLearner(bootstrap, topology.labeled, router, LiveMetrics(threshold=spec.model.threshold),
-                                 group=topology.group, metrics=metrics)
+        learner = LabeledLearner(
+            bootstrap,
+            topology.labeled,
+            router,
+            LiveMetrics(threshold=spec.model.threshold),
+            group=topology.group,
+            metrics=metrics,
+        )
         cleanup.callback(learner.close)
-        scorer = EventScorer(spec, entity_states, router, feature_view=feature_view_name(spec),
-                             feature_view_version=feature_view_version(spec), journal=journal)
-        pipeline = Pipeline(spec, topology, bootstrap, scorer=scorer, joiner=OutcomeJoiner(spec, joins),
-                            entity_states=entity_states, join_table=joins, journal=journal, feast_sink=feast,
-                            metrics=metrics, learner=learner, join_partitions=join_partitions, worker_id=worker_id)
+        scorer = EventScorer(
+            spec,
+            entity_states,
+            router,
+            feature_view=feature_view_name(spec),
+            feature_view_version=feature_view_version(spec),
+            journal=journal,
+        )
+        pipeline = Pipeline(
+            spec,
+            topology,
+            bootstrap,
+            scorer=scorer,
+            joiner=OutcomeJoiner(spec, joins),
+            entity_states=entity_states,
+            join_table=joins,
+            journal=journal,
+            feast_sink=feast,
+            metrics=metrics,
+            learner=learner,
+            join_partitions=join_partitions,
+            worker_id=worker_id,
+        )
         # Start-up leaves about half a million long-lived objects (MLflow, Feast, pandas): frozen, the
         # cyclic collector never rescans them, which paused the loop (docs/benchmarks.md).
         gc.collect()
@@ -126,8 +164,9 @@ def run_worker(settings: Settings, stop: threading.Event, *, worker_id: str | No
         pipeline.run(stop)
 
 
-def _refusal_reporter(settings: Settings, bootstrap: str, key: SigningKey, metrics: WorkerMetrics,
-                      worker_id: str) -> Callable[[ModelRefused, int | None], None]:
+def _refusal_reporter(
+    settings: Settings, bootstrap: str, key: SigningKey, metrics: WorkerMetrics, worker_id: str
+) -> Callable[[ModelRefused, int | None], None]:
     """What the router calls on a refused model: count it and audit `model_refused` (signed)."""
     from driftloop.models.trusted import refusal_record
 
@@ -136,8 +175,12 @@ def _refusal_reporter(settings: Settings, bootstrap: str, key: SigningKey, metri
     def report(refusal: ModelRefused, serving: int | None) -> None:
         metrics.model_refused()
         record = refusal_record("worker", refusal, serving, worker=worker_id)
-        producer.produce(settings.topic_audit, value=record, key=refusal.name.encode(),
-                         headers=contracts.signature_headers(key, settings.topic_audit, record))
+        producer.produce(
+            settings.topic_audit,
+            value=record,
+            key=refusal.name.encode(),
+            headers=contracts.signature_headers(key, settings.topic_audit, record),
+        )
         if producer.flush(10):
             _LOG.error("the audit record model_refused of v%d did not reach %s", refusal.version, settings.topic_audit)
 

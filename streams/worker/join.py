@@ -27,16 +27,16 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+
+from driftloop.spec import PipelineSpec
 from driftloop.streams.contracts import CONTRACT_VERSION, iso_time
 from driftloop.streams.state.changelog import ChangelogTable
 from driftloop.streams.state.store import StateMemory
 from driftloop.streams.worker.validation import Rejection
-
-from driftloop.spec import PipelineSpec
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -92,7 +92,7 @@ def parse_outcome(raw: bytes | None, spec: PipelineSpec, now: float) -> Outcome 
             parsed = datetime.fromisoformat(when)
         except ValueError:
             return Rejection("bad_timestamp", names.time_field, f"{when[:64]!r} is not ISO-8601", raw)
-        outcome_time = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+        outcome_time = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     else:
         return Rejection("bad_timestamp", names.time_field, "the outcome time must be ISO-8601 or epoch seconds", raw)
     return Outcome(event_id, int(label), outcome_time)
@@ -101,8 +101,16 @@ def parse_outcome(raw: bytes | None, spec: PipelineSpec, now: float) -> Outcome 
 def join_table(topic: str, partitions: int, *, directory: Path, memory: StateMemory) -> ChangelogTable:
     """The join's changelog table: entries counted by side, indexed by arrival for expiry."""
     # an entry is mostly its prediction's JSON bytes: its Python objects take little more than its encoding
-    return ChangelogTable("join", topic, partitions, directory=directory, memory=memory, kind_of=_side,
-                          expiry_time=_arrived, python_bytes_per_encoded_byte=1.5)
+    return ChangelogTable(
+        "join",
+        topic,
+        partitions,
+        directory=directory,
+        memory=memory,
+        kind_of=_side,
+        expiry_time=_arrived,
+        python_bytes_per_encoded_byte=1.5,
+    )
 
 
 def _side(entry: dict) -> str:

@@ -46,8 +46,18 @@ _decode = msgspec.json.Decoder(_Learnable).decode
 
 
 class LabeledLearner:
-    def __init__(self, bootstrap: str, topic: str, router: ModelRouter, live: LiveMetrics, *,
-                 group: str, metrics=None, batch_size: int = 2000, recent_ids: int = 200_000):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        router: ModelRouter,
+        live: LiveMetrics,
+        *,
+        group: str,
+        metrics=None,
+        batch_size: int = 2000,
+        recent_ids: int = 200_000,
+    ):
         self.router = router
         self.live = live
         self.metrics = metrics
@@ -58,8 +68,9 @@ class LabeledLearner:
         # embedded broker every fetch, and every re-check within its wait, lists the batches stored in
         # the partition (README, "What `driftloop up` starts") and `labeled` only grows: 2 fetches a
         # second instead of 40.
-        self._consumer = kafka.consumer(bootstrap, f"{group}-learner",
-                                        **{"enable.auto.commit": False, "fetch.wait.max.ms": LEARNER_FETCH_WAIT_MS})
+        self._consumer = kafka.consumer(
+            bootstrap, f"{group}-learner", **{"enable.auto.commit": False, "fetch.wait.max.ms": LEARNER_FETCH_WAIT_MS}
+        )
         partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self.learned = 0
@@ -92,8 +103,9 @@ class LabeledLearner:
         return read
 
     def _unreadable(self, message, exc: Exception) -> None:
-        _LOG.warning("skipping %s[%d]@%d: not a labeled record (%s)", message.topic(), message.partition(),
-                     message.offset(), exc)
+        _LOG.warning(
+            "skipping %s[%d]@%d: not a labeled record (%s)", message.topic(), message.partition(), message.offset(), exc
+        )
         if self.metrics is not None:
             self.metrics.bad_records(message.topic())
 

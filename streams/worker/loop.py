@@ -46,9 +46,9 @@ from driftloop.streams import contracts
 from driftloop.streams.state.changelog import ChangelogTable
 from driftloop.streams.state.checkpoint import Checkpoints
 from driftloop.streams.state.journal import OutputJournal
+from driftloop.streams.topology import Topology
 from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
 from driftloop.streams.worker.scoring import EventScorer, Record, ScoredBatch, decode_pending
-from driftloop.streams.topology import Topology
 
 _LOG = logging.getLogger("driftloop.streams.worker.loop")
 CONSUMER_CONFIG = {
@@ -61,8 +61,12 @@ CONSUMER_CONFIG = {
     "fetch.wait.max.ms": 25,
 }
 # Large batches amortise Tansu's per-request cost; 5 ms linger keeps p99 latency low.
-PRODUCER_CONFIG = {"linger.ms": 5, "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
-                   "delivery.report.only.error": True}
+PRODUCER_CONFIG = {
+    "linger.ms": 5,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 1_000_000,
+    "delivery.report.only.error": True,
+}
 # The journal goes out at once: a batch's outputs wait for its acknowledgement.
 JOURNAL_PRODUCER_CONFIG = {"linger.ms": 0, "batch.size": 1_000_000, "queue.buffering.max.messages": 100_000}
 # Changelog records report every delivery: a checkpoint commits once they are all in.
@@ -88,11 +92,27 @@ class _Staged:
 
 
 class Pipeline:
-    def __init__(self, spec: PipelineSpec, topology: Topology, bootstrap: str, *, scorer: EventScorer,
-                 joiner: OutcomeJoiner, entity_states: ChangelogTable, join_table: ChangelogTable,
-                 journal: OutputJournal, feast_sink, metrics, learner=None, join_partitions: int,
-                 worker_id: str = "worker", batch_size: int = 2000, checkpoint_seconds: float = 1.0,
-                 expire_seconds: float = 30.0, max_delivery_wait: float = 5.0):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        topology: Topology,
+        bootstrap: str,
+        *,
+        scorer: EventScorer,
+        joiner: OutcomeJoiner,
+        entity_states: ChangelogTable,
+        join_table: ChangelogTable,
+        journal: OutputJournal,
+        feast_sink,
+        metrics,
+        learner=None,
+        join_partitions: int,
+        worker_id: str = "worker",
+        batch_size: int = 2000,
+        checkpoint_seconds: float = 1.0,
+        expire_seconds: float = 30.0,
+        max_delivery_wait: float = 5.0,
+    ):
         self.spec = spec
         self.topology = topology
         self.bootstrap = bootstrap
@@ -112,10 +132,16 @@ class Pipeline:
         self._producer = kafka.producer(bootstrap, on_delivery=self._on_delivery, **PRODUCER_CONFIG)
         self._journal_producer = kafka.producer(bootstrap, **JOURNAL_PRODUCER_CONFIG)
         self._consumer = kafka.consumer(bootstrap, topology.group, on_commit=self._on_commit, **CONSUMER_CONFIG)
-        self.checkpoints = Checkpoints(kafka.producer(bootstrap, **CHANGELOG_PRODUCER_CONFIG), self._consumer,
-                                       [entity_states, join_table, journal.table], feast_sink, metrics,
-                                       on_committed=self._committed, slice_keys=CHANGELOG_SLICE,
-                                       max_delivery_wait=max_delivery_wait)
+        self.checkpoints = Checkpoints(
+            kafka.producer(bootstrap, **CHANGELOG_PRODUCER_CONFIG),
+            self._consumer,
+            [entity_states, join_table, journal.table],
+            feast_sink,
+            metrics,
+            on_committed=self._committed,
+            slice_keys=CHANGELOG_SLICE,
+            max_delivery_wait=max_delivery_wait,
+        )
         self._next_offsets: dict[tuple[str, int], int] = {}  # of released records, since the last seal
         self._staged: deque[_Staged] = deque()  # oldest first
         self._assigned: set[tuple[str, int]] = set()
@@ -124,8 +150,12 @@ class Pipeline:
 
     def run(self, stop: threading.Event) -> None:
         t = self.topology
-        self._consumer.subscribe([t.events, t.outcomes, t.pending, t.outcomes_by_id], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._consumer.subscribe(
+            [t.events, t.outcomes, t.pending, t.outcomes_by_id],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         next_checkpoint = time.monotonic() + self.checkpoint_seconds
         next_expiry = time.monotonic() + self.expire_seconds
         try:
@@ -178,8 +208,7 @@ class Pipeline:
             self._join(by_topic.get(t.pending, ()), by_topic.get(t.outcomes_by_id, ()))
 
     def _score(self, messages: list) -> None:
-        records = [Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())
-                   for m in messages]
+        records = [Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value()) for m in messages]
         scored = self.scorer.process(records)
         offsets = {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
         staged = _Staged(scored, offsets, len(records))
@@ -192,8 +221,10 @@ class Pipeline:
         while self._staged and self._staged[0].waiting <= 0:
             staged = self._staged.popleft()
             if staged.errors:
-                raise DriftloopError(f"the output journal was not written ({staged.errors[0]}); the batch's "
-                                     f"outputs were not released and its records will be processed again")
+                raise DriftloopError(
+                    f"the output journal was not written ({staged.errors[0]}); the batch's "
+                    f"outputs were not released and its records will be processed again"
+                )
             self._release(staged)
 
     def _release(self, staged: _Staged) -> None:
@@ -237,11 +268,16 @@ class Pipeline:
         for start in range(0, max(len(rows), 1), _OBSERVATION_ROWS):
             first = start == 0  # the counters go with the first record only
             yield contracts.observation(
-                worker=self.worker_id, valid=len(rows[start:start + _OBSERVATION_ROWS]),
-                rows=rows[start:start + _OBSERVATION_ROWS], columns=self.spec.model_inputs,
-                event_time_max=scored.event_time_max, dlq=dict(scored.dlq_reasons) if first else {},
-                unseen=dict(scored.unseen) if first else {}, missing=dict(scored.missing) if first else {},
-                champion_version=champion.version if champion else None)
+                worker=self.worker_id,
+                valid=len(rows[start : start + _OBSERVATION_ROWS]),
+                rows=rows[start : start + _OBSERVATION_ROWS],
+                columns=self.spec.model_inputs,
+                event_time_max=scored.event_time_max,
+                dlq=dict(scored.dlq_reasons) if first else {},
+                unseen=dict(scored.unseen) if first else {},
+                missing=dict(scored.missing) if first else {},
+                champion_version=champion.version if champion else None,
+            )
 
     def _route_outcomes(self, messages: list) -> None:
         t = self.topology
@@ -259,8 +295,11 @@ class Pipeline:
                 continue
             invalid += 1
             source = contracts.Source(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key())
-            self._produce(t.outcomes_dlq, contracts.dead_letter(m.value(), source, outcome.reason, outcome.detail,
-                                                                outcome.field), contracts.dead_letter_key(m.key()))
+            self._produce(
+                t.outcomes_dlq,
+                contracts.dead_letter(m.value(), source, outcome.reason, outcome.detail, outcome.field),
+                contracts.dead_letter_key(m.key()),
+            )
         if invalid:
             self.metrics.outcomes("invalid", invalid)
         self._publish(joined)
@@ -359,8 +398,12 @@ class Pipeline:
             if high >= 0 and position >= 0:
                 lags[(topic, partition)] = max(high - position, 0)
         self.metrics.consumer_lag(lags)
-        self.metrics.model_versions({(self.spec.model.name, variant): serving.version
-                                     for variant, serving in self.scorer.router.variants.items()})
+        self.metrics.model_versions(
+            {
+                (self.spec.model.name, variant): serving.version
+                for variant, serving in self.scorer.router.variants.items()
+            }
+        )
         if self.learner is not None:
             self.metrics.live_metrics(self.learner.live.snapshot())
 
@@ -375,9 +418,14 @@ class Pipeline:
         journaled = self.journal.restore(self.bootstrap, events)
         waiting = self.join_table.restore(self.bootstrap, [p for topic, p in assigned if topic == t.pending])
         self._assigned.update(assigned)
-        _LOG.info("assigned %d partitions; restored %d entity states, %d journal chunks and %d waiting join "
-                  "entries in %.1fs", len(assigned), states.keys, journaled.keys, waiting.keys,
-                  time.monotonic() - started)
+        _LOG.info(
+            "assigned %d partitions; restored %d entity states, %d journal chunks and %d waiting join entries in %.1fs",
+            len(assigned),
+            states.keys,
+            journaled.keys,
+            waiting.keys,
+            time.monotonic() - started,
+        )
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         self.checkpoint()

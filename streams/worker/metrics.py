@@ -37,8 +37,31 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 # Fine between 1 and 100 ms, where a healthy pipeline's append-to-prediction latency lives, so
 # p50/p99 estimates interpolate inside narrow buckets; coarse beyond, where only "how bad" matters.
-EVENT_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
-                         0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+EVENT_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class BatchHistogram:
@@ -84,45 +107,83 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self._events = Counter("driftloop_events", "Consumed event records by result; in = predicted + dead_lettered.",
-                               ["result"], registry=r)
-        self._dlq = Counter("driftloop_dlq", "Event records sent to the dead-letter topic, by reason.", ["reason"],
-                            registry=r)
-        self._unseen = Counter("driftloop_unseen_categories", "Category values outside the spec's values, by field.",
-                               ["field"], registry=r)
-        self._missing = Counter("driftloop_missing_values", "Optional fields absent or null, by field.", ["field"],
-                                registry=r)
-        self._predictions = Counter("driftloop_predictions", "Predictions produced, by model version and variant.",
-                                    ["model_version", "variant"], registry=r)
-        self._stage_seconds = Histogram("driftloop_stage_seconds", "Duration of one batch's pass through a stage.",
-                                        ["stage"], buckets=STAGE_BUCKETS, registry=r)
-        self._batch_size = Histogram("driftloop_batch_size", "Event records per consumed batch.",
-                                     buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self._events = Counter(
+            "driftloop_events",
+            "Consumed event records by result; in = predicted + dead_lettered.",
+            ["result"],
+            registry=r,
+        )
+        self._dlq = Counter(
+            "driftloop_dlq", "Event records sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        self._unseen = Counter(
+            "driftloop_unseen_categories", "Category values outside the spec's values, by field.", ["field"], registry=r
+        )
+        self._missing = Counter(
+            "driftloop_missing_values", "Optional fields absent or null, by field.", ["field"], registry=r
+        )
+        self._predictions = Counter(
+            "driftloop_predictions",
+            "Predictions produced, by model version and variant.",
+            ["model_version", "variant"],
+            registry=r,
+        )
+        self._stage_seconds = Histogram(
+            "driftloop_stage_seconds",
+            "Duration of one batch's pass through a stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self._batch_size = Histogram(
+            "driftloop_batch_size", "Event records per consumed batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
         self._event_latency = BatchHistogram(
             "driftloop_event_latency_seconds",
             "Per event: broker append time (Kafka message timestamp) to its prediction being produced.",
-            EVENT_LATENCY_BUCKETS, r)
-        self._consumer_lag = Gauge("driftloop_consumer_lag", "Records behind the partition's end.",
-                                   ["topic", "partition"], registry=r)
-        self._model_version = Gauge("driftloop_model_version", "Registered model version in use, by variant.",
-                                    ["model", "variant"], registry=r)
-        self._outcomes = Counter("driftloop_outcomes", "Outcome records by what the join did with them.", ["result"],
-                                 registry=r)
-        self._join_pending = Gauge("driftloop_join_pending", "Records waiting in the join for their other side.",
-                                   ["side"], registry=r)
-        self._live_metric = Gauge("driftloop_live_metric", "Model quality over a rolling window of joined outcomes.",
-                                  ["model_version", "metric"], registry=r)
-        self._live_samples = Gauge("driftloop_live_samples", "Joined outcomes in the live-metric window.",
-                                   ["model_version"], registry=r)
+            EVENT_LATENCY_BUCKETS,
+            r,
+        )
+        self._consumer_lag = Gauge(
+            "driftloop_consumer_lag", "Records behind the partition's end.", ["topic", "partition"], registry=r
+        )
+        self._model_version = Gauge(
+            "driftloop_model_version", "Registered model version in use, by variant.", ["model", "variant"], registry=r
+        )
+        self._outcomes = Counter(
+            "driftloop_outcomes", "Outcome records by what the join did with them.", ["result"], registry=r
+        )
+        self._join_pending = Gauge(
+            "driftloop_join_pending", "Records waiting in the join for their other side.", ["side"], registry=r
+        )
+        self._live_metric = Gauge(
+            "driftloop_live_metric",
+            "Model quality over a rolling window of joined outcomes.",
+            ["model_version", "metric"],
+            registry=r,
+        )
+        self._live_samples = Gauge(
+            "driftloop_live_samples", "Joined outcomes in the live-metric window.", ["model_version"], registry=r
+        )
         self._feast_rows = Counter("driftloop_feast_rows", "Feature rows written to Feast.", registry=r)
-        self._recovered = Counter("driftloop_recovered_events", "Event records consumed again after a restart, by "
-                                  "how: answered from the output journal, or skipped (outputs already delivered).",
-                                  ["how"], registry=r)
-        self._bad_records = Counter("driftloop_bad_records", "Records of internal or learned-from topics that could "
-                                    "not be read and were skipped, by topic.", ["topic"], registry=r)
-        self._models_refused = Counter("driftloop_models_refused",
-                                       "Model versions this worker refused to load (unsigned or failing their "
-                                       "signature), each counted once.", registry=r)
+        self._recovered = Counter(
+            "driftloop_recovered_events",
+            "Event records consumed again after a restart, by "
+            "how: answered from the output journal, or skipped (outputs already delivered).",
+            ["how"],
+            registry=r,
+        )
+        self._bad_records = Counter(
+            "driftloop_bad_records",
+            "Records of internal or learned-from topics that could not be read and were skipped, by topic.",
+            ["topic"],
+            registry=r,
+        )
+        self._models_refused = Counter(
+            "driftloop_models_refused",
+            "Model versions this worker refused to load (unsigned or failing their signature), each counted once.",
+            registry=r,
+        )
         self._info = Info("driftloop_worker", "Which worker, spec and driftloop version this is.", registry=r)
 
         # Every fixed label value exists from the start, so a rate is 0 (not absent) until it moves.

@@ -43,10 +43,10 @@ import msgspec
 
 from driftloop.features.rows import RowBuilder
 from driftloop.features.windows import FeatureComputer
+from driftloop.spec import PipelineSpec
 from driftloop.streams import contracts
 from driftloop.streams.state.journal import DEAD_LETTERED, PREDICTED
 from driftloop.streams.worker.validation import Event, EventValidator, RecentIds, Rejection, reject_duplicate
-from driftloop.spec import PipelineSpec
 
 _LOG = logging.getLogger("driftloop.streams.worker.scoring")
 _encode = msgspec.json.Encoder().encode
@@ -90,8 +90,18 @@ class ScoredBatch:
 class EventScorer:
     """Turns batches of event records into predictions, DLQ records, pending joins and Feast rows."""
 
-    def __init__(self, spec: PipelineSpec, states, router, *, feature_view: str, feature_view_version: str,
-                 journal=None, validator: EventValidator | None = None, recent_ids_capacity: int = 200_000):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        states,
+        router,
+        *,
+        feature_view: str,
+        feature_view_version: str,
+        journal=None,
+        validator: EventValidator | None = None,
+        recent_ids_capacity: int = 200_000,
+    ):
         self.spec = spec
         self.states = states  # ChangelogTable: partition -> entity -> {"w": window state, "o": last offset}
         self.router = router
@@ -183,8 +193,16 @@ class EventScorer:
         out.feast_rows.append(self._feast_row(pending.entity, pending.event_time, dict(pending.row)))
         out.served[(pending.model_version, pending.variant)] += 1
 
-    def _dead_letter(self, record: Record, reason: str, detail: str, field_name: str | None, out: ScoredBatch, *,
-                     journaled: bool = False) -> None:
+    def _dead_letter(
+        self,
+        record: Record,
+        reason: str,
+        detail: str,
+        field_name: str | None,
+        out: ScoredBatch,
+        *,
+        journaled: bool = False,
+    ) -> None:
         source = contracts.Source(record.topic, record.partition, record.offset, record.timestamp_ms, record.key)
         envelope = contracts.dead_letter(record.value, source, reason, detail, field_name)
         out.dead_letters.append((contracts.dead_letter_key(record.key), envelope))
@@ -192,8 +210,9 @@ class EventScorer:
         if not journaled:
             out.journal_entry(record, [record.offset, DEAD_LETTERED, reason, field_name, detail])
 
-    def _features(self, events: list[tuple[Record, Event]],
-                  out: ScoredBatch) -> tuple[list[tuple[Record, Event]], list[dict[str, Any]]]:
+    def _features(
+        self, events: list[tuple[Record, Event]], out: ScoredBatch
+    ) -> tuple[list[tuple[Record, Event]], list[dict[str, Any]]]:
         update, row = self.computer.update, self.rows.row
         get, put = self.states.get_for_update, self.states.set
         kept, rows = [], []
@@ -204,8 +223,9 @@ class EventScorer:
             try:
                 entry["w"], feats = update(entry["w"], event.event_time, event.values)
             except Exception as exc:  # a defect, not bad input: the entity's state cannot be trusted now
-                _LOG.exception("features of event %r (entity %r) failed; its window state is reset",
-                               event.event_id, event.entity)
+                _LOG.exception(
+                    "features of event %r (entity %r) failed; its window state is reset", event.event_id, event.entity
+                )
                 self.states.delete(record.partition, event.entity)
                 self._dead_letter(record, "processing_failed", _error(exc), None, out)
                 continue
@@ -233,8 +253,7 @@ class EventScorer:
             for i, p in zip(indices, probabilities):
                 if type(p) is str:
                     record, _event = events[i]
-                    self._dead_letter(record, "scoring_failed", f"model v{serving.version} ({variant}): {p}", None,
-                                      out)
+                    self._dead_letter(record, "scoring_failed", f"model v{serving.version} ({variant}): {p}", None, out)
                 else:
                     scored[i] = (p, serving, model_ms)
                     served += 1
@@ -253,11 +272,19 @@ class EventScorer:
         probabilities = _predict(shadow.model, rows)
         model_ms = (time.perf_counter() - started) * 1000 / len(rows)
         # a challenger that cannot score a row does not stop the champion from serving it
-        return [{"model_version": shadow.version, "score": None if type(p) is str else p, "model_ms": model_ms}
-                for p in probabilities]
+        return [
+            {"model_version": shadow.version, "score": None if type(p) is str else p, "model_ms": model_ms}
+            for p in probabilities
+        ]
 
-    def _emit(self, events: list[tuple[Record, Event]], rows: list[dict[str, Any]],
-              scores: list[tuple[float, Any, float]], shadow: list[dict[str, Any]] | None, out: ScoredBatch) -> None:
+    def _emit(
+        self,
+        events: list[tuple[Record, Event]],
+        rows: list[dict[str, Any]],
+        scores: list[tuple[float, Any, float]],
+        shadow: list[dict[str, Any]] | None,
+        out: ScoredBatch,
+    ) -> None:
         spec = self.spec
         threshold, model_name = spec.model.threshold, spec.model.name
         view, view_version, entity_field = self.feature_view, self.feature_view_version, self._entity_field
@@ -273,14 +300,40 @@ class EventScorer:
             latency = max(now - appended_ms / 1000, 0.0) if appended_ms and appended_ms > 0 else 0.0
             latency_ms = latency * 1000
             version, variant = serving.version, serving.variant
-            predictions.append((event.entity.encode(), prediction(
-                event_id=event.event_id, entity=event.entity, event_time=event.event_time, score=score,
-                threshold=threshold, model_name=model_name, model_version=version, variant=variant,
-                feature_view=view, feature_view_version=view_version, latency_ms=latency_ms)))
+            predictions.append(
+                (
+                    event.entity.encode(),
+                    prediction(
+                        event_id=event.event_id,
+                        entity=event.entity,
+                        event_time=event.event_time,
+                        score=score,
+                        threshold=threshold,
+                        model_name=model_name,
+                        model_version=version,
+                        variant=variant,
+                        feature_view=view,
+                        feature_view_version=view_version,
+                        latency_ms=latency_ms,
+                    ),
+                )
+            )
             sources.append(record)
-            pending_json = encode(_Pending(
-                event.event_id, event.entity, event.event_time, score, version, variant, now, latency_ms, model_ms,
-                row, None if shadow is None else shadow[i]))
+            pending_json = encode(
+                _Pending(
+                    event.event_id,
+                    event.entity,
+                    event.event_time,
+                    score,
+                    version,
+                    variant,
+                    now,
+                    latency_ms,
+                    model_ms,
+                    row,
+                    None if shadow is None else shadow[i],
+                )
+            )
             pending.append((event.event_id, pending_json))
             out.journal_entry(record, [record.offset, PREDICTED, pending_json])
             feast_row = {entity_field: event.entity, "event_timestamp": event.event_time}
@@ -290,10 +343,18 @@ class EventScorer:
 
     def _prediction(self, pending: _Pending) -> bytes:
         return contracts.prediction(
-            event_id=pending.event_id, entity=pending.entity, event_time=pending.event_time, score=pending.score,
-            threshold=self.spec.model.threshold, model_name=self.spec.model.name,
-            model_version=pending.model_version, variant=pending.variant, feature_view=self.feature_view,
-            feature_view_version=self.feature_view_version, latency_ms=pending.latency_ms)
+            event_id=pending.event_id,
+            entity=pending.entity,
+            event_time=pending.event_time,
+            score=pending.score,
+            threshold=self.spec.model.threshold,
+            model_name=self.spec.model.name,
+            model_version=pending.model_version,
+            variant=pending.variant,
+            feature_view=self.feature_view,
+            feature_view_version=self.feature_view_version,
+            latency_ms=pending.latency_ms,
+        )
 
     def _feast_row(self, entity: str, event_time: float, row: dict[str, Any]) -> dict[str, Any]:
         feast_row = {self._entity_field: entity, "event_timestamp": event_time}

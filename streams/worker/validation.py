@@ -27,14 +27,14 @@ import json
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from driftloop.spec import UNSEEN, FieldSpec, PipelineSpec
-
 
 REASONS: dict[str, str] = {
     "invalid_json": "the record is not UTF-8 JSON (or is a tombstone with no value)",
@@ -53,7 +53,7 @@ REASONS: dict[str, str] = {
 _MAX_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z: datetime's ceiling
 # Whatever the spec says, an int field is stored as int64 (Feast, parquet): a larger one would fail the
 # Feast write and with it every later checkpoint, so it is out of range here, at the door.
-_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _JSON_TYPE = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 _decode = msgspec.json.Decoder().decode
 
@@ -207,7 +207,7 @@ def _timestamp_checker(spec: FieldSpec) -> Callable[[Any], float]:
             try:
                 parsed = datetime.fromisoformat(v)
                 if parsed.tzinfo is None:
-                    parsed = parsed.replace(tzinfo=timezone.utc)
+                    parsed = parsed.replace(tzinfo=UTC)
                 v = parsed.timestamp()
             except (ValueError, OverflowError):
                 raise _Invalid("bad_timestamp", "not an ISO-8601 timestamp") from None
@@ -225,8 +225,14 @@ def _timestamp_checker(spec: FieldSpec) -> Callable[[Any], float]:
     return check
 
 
-_CHECKERS = {"float": _float_checker, "int": _int_checker, "bool": _bool_checker, "string": _string_checker,
-             "category": _category_checker, "timestamp": _timestamp_checker}
+_CHECKERS = {
+    "float": _float_checker,
+    "int": _int_checker,
+    "bool": _bool_checker,
+    "string": _string_checker,
+    "category": _category_checker,
+    "timestamp": _timestamp_checker,
+}
 
 
 class EventValidator:
@@ -235,8 +241,14 @@ class EventValidator:
     Stateless apart from the clock, so one instance can serve every partition.
     """
 
-    def __init__(self, spec: PipelineSpec, *, max_bytes: int = 65536, max_future_skew: float = 3600.0,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        max_bytes: int = 65536,
+        max_future_skew: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ):
         ev = spec.events
         self._id, self._entity, self._time = ev.id_field, ev.entity, ev.time_field
         self._max_bytes = max_bytes
@@ -291,10 +303,15 @@ class EventValidator:
             return Rejection(bad.reason, name, bad.detail, raw)
         event_time = values.pop(self._time)
         if event_time > now + self._max_future_skew:
-            return Rejection("event_time_in_future", self._time,
-                             f"{event_time - now:.0f}s ahead of the clock (max {self._max_future_skew:g}s)", raw)
-        return Event(values.pop(self._id), values.pop(self._entity), event_time, values,
-                     tuple(unseen), tuple(missing), raw)
+            return Rejection(
+                "event_time_in_future",
+                self._time,
+                f"{event_time - now:.0f}s ahead of the clock (max {self._max_future_skew:g}s)",
+                raw,
+            )
+        return Event(
+            values.pop(self._id), values.pop(self._entity), event_time, values, tuple(unseen), tuple(missing), raw
+        )
 
     def _undecodable(self, raw: bytes, exc: Exception, now: float) -> Rejection:
         """Cold path: say `not_finite` for a NaN/Infinity/1e999 in a spec field, else `invalid_json`.

@@ -41,14 +41,32 @@ def _model_version_tags(tracking_uri: str, version: int) -> dict[str, str]:
 @pytest.mark.timeout(900)
 def test_the_first_model_replaces_the_placeholder_then_a_concept_drift_is_retrained_and_promoted(tmp_path):
     env = stack_env(tmp_path)
-    stack = subprocess.Popen(driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stack = subprocess.Popen(
+        driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     demo = None
     try:
         wait_for_line(stack, "stack is up", timeout=300)
         info = json.loads((tmp_path / "data" / "stack.json").read_text())
-        demo = subprocess.Popen([sys.executable, "-m", "driftloop.load.demo", "--rate", "500", "--onset", str(ONSET),
-                                 "--timeout", "300", "--after-promotion", "5"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        demo = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "driftloop.load.demo",
+                "--rate",
+                "500",
+                "--onset",
+                str(ONSET),
+                "--timeout",
+                "300",
+                "--after-promotion",
+                "5",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_for_line(demo, f"drift onset: event {ONSET:,}", timeout=300)
         audit = _audit_until_verdict(info["bootstrap"], timeout=300)
         uri = info["mlflow_tracking_uri"]
@@ -63,10 +81,16 @@ def test_the_first_model_replaces_the_placeholder_then_a_concept_drift_is_retrai
         assert _model_version_tags(uri, first_model)["driftloop.flavor"] == "onnx"
 
         # the drift, after the first model
-        later = audit[audit.index(first) + 1:]
+        later = audit[audit.index(first) + 1 :]
         actions = [(r["actor"], r["action"]) for r in later]
-        order = [("trigger", "retrain_triggered"), ("retrain", "started"), ("retrain", "registered"),
-                 ("retrain", "challenger_set"), ("promotion", "trial_started"), ("promotion", "promoted")]
+        order = [
+            ("trigger", "retrain_triggered"),
+            ("retrain", "started"),
+            ("retrain", "registered"),
+            ("retrain", "challenger_set"),
+            ("promotion", "trial_started"),
+            ("promotion", "promoted"),
+        ]
         positions = [actions.index(step) for step in order]  # ValueError names a missing step
         assert positions == sorted(positions), actions
         triggered = next(r for r in later if r["action"] == "retrain_triggered")

@@ -24,18 +24,32 @@ SMALL = ["--events", "5000", "--rate-events-per-s", "2000", "--latency-seconds",
 
 def _environment(**extra: str) -> dict[str, str]:
     """This environment without driftloop's settings (a developer's would leak in), plus `extra`."""
-    keep = {k: v for k, v in os.environ.items()
-            if not k.startswith("DRIFTLOOP_") and k not in ("KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI")}
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DRIFTLOOP_") and k not in ("KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI")
+    }
     return {**keep, **extra}
 
 
 def _bench(args: list[str], env: dict[str, str], **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "driftloop.cli", "bench", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "driftloop.cli", "bench", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
-SYSTEMS = ("bytes_passthrough", "json_passthrough", "json_passthrough_journaled", "json_passthrough_transactional",
-           "data_plane")
+SYSTEMS = (
+    "bytes_passthrough",
+    "json_passthrough",
+    "json_passthrough_journaled",
+    "json_passthrough_transactional",
+    "data_plane",
+)
 
 
 def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap, tmp_path):
@@ -47,8 +61,9 @@ def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap
 
     report = json.loads(stdout)  # stdout holds the report and nothing else
     assert json.loads(out.read_text()) == report
-    assert report["command"] == ("driftloop bench --events 5000 --rate-events-per-s 2000 --latency-seconds 2 "
-                                 "--partitions 2")
+    assert report["command"] == (
+        "driftloop bench --events 5000 --rate-events-per-s 2000 --latency-seconds 2 --partitions 2"
+    )
     assert report["machine"]["cores"] == os.cpu_count() and report["machine"]["broker"].startswith("external")
     assert len(report["machine"]["load_average"]["start"]) == 3
     assert report["accounted"] is True
@@ -75,11 +90,14 @@ def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap
     assert memory["state_dir_mb"] > 0  # its state went to disk
     rate = {system: report[system]["throughput"]["events_per_s"] for system in SYSTEMS}
     assert report["ratios"]["data_plane_vs_json_passthrough"] == pytest.approx(
-        rate["data_plane"] / rate["json_passthrough"], abs=0.001)
+        rate["data_plane"] / rate["json_passthrough"], abs=0.001
+    )
     assert report["ratios"]["data_plane_vs_bytes_passthrough"] == pytest.approx(
-        rate["data_plane"] / rate["bytes_passthrough"], abs=0.001)
+        rate["data_plane"] / rate["bytes_passthrough"], abs=0.001
+    )
     assert report["ratios"]["journaled_vs_json_passthrough"] == pytest.approx(
-        rate["json_passthrough_journaled"] / rate["json_passthrough"], abs=0.001)
+        rate["json_passthrough_journaled"] / rate["json_passthrough"], abs=0.001
+    )
     assert report["ratios"]["scale_out_2_workers"] is None  # not asked for
     targets = report["targets"]
     assert targets["throughput_vs_json_passthrough"]["min"] == 0.5 and targets["p99_latency_ms"]["max"] == 50
@@ -90,8 +108,20 @@ def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap
 
 
 def test_a_loaded_worker_is_restarted_and_two_workers_scale_out(kafka_bootstrap):
-    args = ["--events", "4000", "--rate-events-per-s", "1000", "--latency-seconds", "2", "--workers", "2",
-            "--entities", "300", "--pending", "6000"]
+    args = [
+        "--events",
+        "4000",
+        "--rate-events-per-s",
+        "1000",
+        "--latency-seconds",
+        "2",
+        "--workers",
+        "2",
+        "--entities",
+        "300",
+        "--pending",
+        "6000",
+    ]
     run = _bench(args, _environment(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap))
     stdout, stderr = run.communicate(timeout=900)
     assert run.returncode == 0, stderr[-3000:]
@@ -105,7 +135,8 @@ def test_a_loaded_worker_is_restarted_and_two_workers_scale_out(kafka_bootstrap)
     assert two["missing"] == two["unexpected"] == 0 and 0 <= two["timed_events"] <= two["events"] == 4000
     if two["timed_events"]:
         assert report["ratios"]["scale_out_2_workers"] == pytest.approx(
-            two["events_per_s"] / report["data_plane"]["throughput"]["events_per_s"], abs=0.001)
+            two["events_per_s"] / report["data_plane"]["throughput"]["events_per_s"], abs=0.001
+        )
     loaded = report["data_plane_loaded"]
     assert loaded["throughput"]["events"] == 6000 and loaded["throughput"]["missing"] == 0
     assert loaded["state"]["pending_joins"] == 6000 + 2000  # the latency phase's events wait for labels too

@@ -42,8 +42,11 @@ def tables(tmp_path):
     made: list[ChangelogTable] = []
 
     def table(topic: str, directory=None, name: str = "test-state", **options) -> ChangelogTable:
-        made.append(ChangelogTable(name, topic, PARTITIONS, directory=directory or tmp_path / f"host-{len(made)}",
-                                   memory=MEMORY, **options))
+        made.append(
+            ChangelogTable(
+                name, topic, PARTITIONS, directory=directory or tmp_path / f"host-{len(made)}", memory=MEMORY, **options
+            )
+        )
         return made[-1]
 
     yield table
@@ -73,8 +76,11 @@ def _flush(table: ChangelogTable, producer) -> int:
 
 def _raw_records(bootstrap: str, topic: str, partition: int) -> list[tuple[bytes, bytes | None]]:
     """The changelog partition's records as any Kafka client sees them."""
-    consumer = kafka.consumer(bootstrap, "test-raw-reader", **{"enable.partition.eof": True, "fetch.wait.max.ms": 10,
-                                                               "enable.auto.commit": False})
+    consumer = kafka.consumer(
+        bootstrap,
+        "test-raw-reader",
+        **{"enable.partition.eof": True, "fetch.wait.max.ms": 10, "enable.auto.commit": False},
+    )
     consumer.assign([TopicPartition(topic, partition, 0)])
     records, deadline = [], time.monotonic() + 15
     try:
@@ -90,7 +96,8 @@ def _raw_records(bootstrap: str, topic: str, partition: int) -> list[tuple[bytes
 
 
 def test_a_restarted_worker_gets_back_every_flushed_write_and_loses_unflushed_ones(
-        kafka_bootstrap, topic, producer, new_worker_table, tables):
+    kafka_bootstrap, topic, producer, new_worker_table, tables
+):
     table = new_worker_table(topic)
     assert len(table) == 0
     state = {"latest": 1700000000.5, "sliding": [[1700000000.5, 1, 31.5]], "tag": "café", "seen": True, "n": 3}
@@ -111,14 +118,15 @@ def test_a_restarted_worker_gets_back_every_flushed_write_and_loses_unflushed_on
 
 
 def test_changelog_records_are_utf8_keys_and_msgpack_values_in_the_state_partition(
-        kafka_bootstrap, topic, producer, new_worker_table):
+    kafka_bootstrap, topic, producer, new_worker_table
+):
     table = new_worker_table(topic)
     table.set(2, "ü-1", {"amount": 31.5, "ids": ["e-1"], "raw": b"{}"})
     table.set(2, "u-2", {"n": 1})
     table.delete(2, "u-2")  # set then deleted before the flush: only the tombstone goes out
     _flush(table, producer)
     records = sorted(_raw_records(kafka_bootstrap, topic, 2))
-    assert records[0] == ("u-2".encode(), None)
+    assert records[0] == (b"u-2", None)
     assert records[1][0] == "ü-1".encode()
     assert msgspec.msgpack.decode(records[1][1]) == {"amount": 31.5, "ids": ["e-1"], "raw": b"{}"}
     assert [_raw_records(kafka_bootstrap, topic, p) for p in (0, 1, 3)] == [[], [], []]
@@ -136,7 +144,8 @@ def test_a_changelog_written_as_json_is_still_restored(kafka_bootstrap, topic, p
 
 
 def test_ten_writes_to_a_key_between_flushes_are_one_record_with_the_last_value(
-        kafka_bootstrap, topic, producer, new_worker_table):
+    kafka_bootstrap, topic, producer, new_worker_table
+):
     table = new_worker_table(topic)
     for count in range(1, 11):
         table.set(1, "u-1", {"count": count})
@@ -160,7 +169,8 @@ def test_a_deleted_key_stays_deleted_after_a_restart(kafka_bootstrap, topic, pro
 
 
 def test_partitions_are_isolated_and_drop_forgets_state_and_unflushed_writes(
-        kafka_bootstrap, topic, producer, new_worker_table):
+    kafka_bootstrap, topic, producer, new_worker_table
+):
     table = new_worker_table(topic)
     table.set(0, "same-key", {"p": 0})
     table.set(1, "same-key", {"p": 1})
@@ -192,7 +202,8 @@ def test_restore_loads_only_the_assigned_partitions(kafka_bootstrap, topic, prod
     assert (restored.records, restored.keys) == (10, 10)
     assert other_worker.assigned == frozenset({1, 3})
     assert sorted(key for p in (1, 3) for key, _ in other_worker.items(p)) == sorted(
-        f"u-{p}-{i}" for p in (1, 3) for i in range(5))
+        f"u-{p}-{i}" for p in (1, 3) for i in range(5)
+    )
     with pytest.raises(ValueError, match="not assigned"):
         other_worker.items(0)
 
@@ -231,15 +242,18 @@ def test_restore_of_50k_keys_is_complete_and_fast(kafka_bootstrap, topic, produc
 
 
 def test_expire_removes_old_join_entries_with_tombstones_and_returns_them(
-        kafka_bootstrap, topic, producer, new_worker_table):
+    kafka_bootstrap, topic, producer, new_worker_table
+):
     pending = new_worker_table(topic, expiry_time=_predicted_at)
     for event_id, predicted_at in [("e-1", 100.0), ("e-2", 250.0), ("e-3", 400.0)]:
         pending.set(1, event_id, {"score": 0.9, "predicted_at": predicted_at})
     _flush(pending, producer)
 
     expired = pending.expire(1, older_than=300.0)
-    assert sorted(expired) == [("e-1", {"score": 0.9, "predicted_at": 100.0}),
-                               ("e-2", {"score": 0.9, "predicted_at": 250.0})]
+    assert sorted(expired) == [
+        ("e-1", {"score": 0.9, "predicted_at": 100.0}),
+        ("e-2", {"score": 0.9, "predicted_at": 250.0}),
+    ]
     assert [key for key, _ in pending.items(1)] == ["e-3"]
     assert _flush(pending, producer) == 2
 
@@ -263,8 +277,10 @@ def test_ensure_changelog_creates_a_compacted_topic_once(kafka_bootstrap, topic,
 
 def test_a_changelog_with_another_partition_count_is_refused(kafka_bootstrap, topic, tables):
     kafka.ensure_topics(kafka_bootstrap, [topic], partitions=2)
-    with pytest.raises(DriftloopError, match=f"changelog topic '{topic}' of table 'test-state' has 2 partitions "
-                                             f"but the source has {PARTITIONS}"):
+    with pytest.raises(
+        DriftloopError,
+        match=f"changelog topic '{topic}' of table 'test-state' has 2 partitions but the source has {PARTITIONS}",
+    ):
         tables(topic).ensure_changelog(kafka_bootstrap)
 
 
@@ -301,7 +317,8 @@ def test_values_and_partitions_are_checked(kafka_bootstrap, topic, new_worker_ta
 
 
 def test_a_worker_restarted_on_its_data_dir_reads_only_what_changed_since(
-        kafka_bootstrap, topic, producer, new_worker_table, tables, tmp_path):
+    kafka_bootstrap, topic, producer, new_worker_table, tables, tmp_path
+):
     here = tmp_path / "this-host"
     first = new_worker_table(topic, directory=here)
     for i in range(1000):
@@ -318,18 +335,28 @@ def test_a_worker_restarted_on_its_data_dir_reads_only_what_changed_since(
     back = tables(topic, here)
     assert back.restore(kafka_bootstrap, range(PARTITIONS)).records == 3  # not 1,003
     assert (back.get(1, "u-1"), back.get(2, "u-new"), back.get(3, "u-3"), back.get(0, "u-996")) == (
-        {"n": -1}, {"n": 5}, None, {"n": 996})
+        {"n": -1},
+        {"n": 5},
+        None,
+        {"n": 996},
+    )
     assert len(back) == 1000
     restored = back.restore(kafka_bootstrap, range(PARTITIONS))  # again: its store has it all now
     assert restored.records == 0 and restored.keys == 1000
 
 
 def test_a_killed_worker_reopens_its_store_and_the_changelog_fills_in_the_rest(
-        kafka_bootstrap, topic, new_worker_table, tables, tmp_path):
+    kafka_bootstrap, topic, new_worker_table, tables, tmp_path
+):
     here = tmp_path / "this-host"
     new_worker_table(topic, directory=here).close()  # the topic exists before the child writes
-    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, kafka_bootstrap, topic, str(here)], check=False,
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, kafka_bootstrap, topic, str(here)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     # records the store never applied: acknowledged by the broker after the child's last quiet moment
     assert child.stdout.split() == ["stored", "2000"]
@@ -366,7 +393,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_a_store_that_followed_a_deleted_changelog_is_wiped_and_restored_from_the_new_one(
-        kafka_bootstrap, topic, producer, new_worker_table, tmp_path):
+    kafka_bootstrap, topic, producer, new_worker_table, tmp_path
+):
     here = tmp_path / "this-host"
     old = new_worker_table(topic, directory=here)
     for i in range(50):
@@ -387,8 +415,7 @@ def test_a_store_that_followed_a_deleted_changelog_is_wiped_and_restored_from_th
     assert back.items(0) == [("new-1", {"n": 1})]
 
 
-def test_memory_holds_only_what_changed_since_the_last_checkpoint(
-        kafka_bootstrap, topic, producer, new_worker_table):
+def test_memory_holds_only_what_changed_since_the_last_checkpoint(kafka_bootstrap, topic, producer, new_worker_table):
     table = new_worker_table(topic)
     value = {"p": "x" * 600, "at": 1700000000.0}  # the size of a waiting prediction
     rss_before = _rss_mb()
@@ -405,7 +432,8 @@ def test_memory_holds_only_what_changed_since_the_last_checkpoint(
 
 
 def test_expiry_reads_what_is_due_whether_stored_changed_or_rewritten(
-        kafka_bootstrap, topic, producer, new_worker_table, tmp_path):
+    kafka_bootstrap, topic, producer, new_worker_table, tmp_path
+):
     table = new_worker_table(topic, directory=tmp_path / "here", expiry_time=_predicted_at, kind_of=_kind)
     table.set(0, "stored-old", {"predicted_at": 100.0, "k": "a"})
     table.set(0, "rewritten", {"predicted_at": 100.0, "k": "a"})

@@ -19,8 +19,11 @@ def _listening(process: psutil.Process) -> list[tuple[str, str, int]]:
     for member in [process, *process.children(recursive=True)]:
         try:
             command = " ".join(member.cmdline()[:4])
-            found += [(command, c.laddr.ip, c.laddr.port) for c in member.net_connections(kind="inet")
-                      if c.status == psutil.CONN_LISTEN]
+            found += [
+                (command, c.laddr.ip, c.laddr.port)
+                for c in member.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
         except psutil.NoSuchProcess:  # a short-lived helper process that exited meanwhile
             continue
     return found
@@ -32,7 +35,9 @@ def _port(url: str) -> int:
 
 def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
     env = stack_env(tmp_path, DRIFTLOOP_PARTITIONS="")  # unset: the embedded broker's default, one partition
-    process = subprocess.Popen(driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for_line(process, "stack is up", timeout=240)
         info = json.loads((tmp_path / "data" / "stack.json").read_text())
@@ -40,14 +45,23 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
         assert len(descendants) >= 2  # broker and MLflow (and MLflow's worker)
         # Every server the stack started listens on loopback only (DRIFTLOOP_BIND_HOST's default).
         listening = _listening(psutil.Process(process.pid))
-        assert {_port(info["bootstrap"]), _port(info["mlflow_tracking_uri"]),
-                _port(info["metrics_urls"][0])} <= {port for _, _, port in listening}, listening
+        assert {_port(info["bootstrap"]), _port(info["mlflow_tracking_uri"]), _port(info["metrics_urls"][0])} <= {
+            port for _, _, port in listening
+        }, listening
         assert {address for _, address, _ in listening} == {"127.0.0.1"}, listening
 
         assert kafka.broker_answers(info["bootstrap"])
         topics = kafka.admin(info["bootstrap"]).list_topics(timeout=10).topics
-        assert {"events", "events.dlq", "outcomes", "predictions", "labeled", "drift", "audit",
-                "retrain-requests"} <= set(topics)
+        assert {
+            "events",
+            "events.dlq",
+            "outcomes",
+            "predictions",
+            "labeled",
+            "drift",
+            "audit",
+            "retrain-requests",
+        } <= set(topics)
         assert len(topics["events"].partitions) == 1
         with urllib.request.urlopen(info["mlflow_tracking_uri"], timeout=10) as ui:
             assert ui.status == 200 and b"<html" in ui.read().lower()
@@ -70,15 +84,20 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
         assert seen["predictions"]["event_id"] == "e-1" and seen["predictions"]["variant"] == "champion"
         assert seen["events.dlq"]["reason"] == "missing_field"
         # The worker's own topics (join, changelogs, observations) follow the stack's count, not Kafka's default.
-        partitions = {name: len(topic.partitions)
-                      for name, topic in kafka.admin(info["bootstrap"]).list_topics(timeout=10).topics.items()}
+        partitions = {
+            name: len(topic.partitions)
+            for name, topic in kafka.admin(info["bootstrap"]).list_topics(timeout=10).topics.items()
+        }
         assert "driftloop-card_fraud-pending" in partitions and set(partitions.values()) == {1}, partitions
-        status = subprocess.run(driftloop_command("status", "--json"), env=env, capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            driftloop_command("status", "--json"), env=env, capture_output=True, text=True, timeout=30
+        )
         assert status.returncode == 0, status.stderr
         assert info["metrics_urls"] and json.loads(status.stdout)
         # What `driftloop up` supervises, all up and never restarted.
         assert json.loads(status.stdout)["supervisor"]["children"] == {
-            child: {"up": True, "restarts": 0} for child in ("broker", "mlflow", "worker", "control", "retrain-worker")}
+            child: {"up": True, "restarts": 0} for child in ("broker", "mlflow", "worker", "control", "retrain-worker")
+        }
     finally:
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=60)
@@ -89,17 +108,25 @@ def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
     assert not (tmp_path / "data" / "stack.json").exists()
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "no Kafka broker answered a metadata request at 127.0.0.1:1"),
-    ({"DRIFTLOOP_PARTITIONS": "many"}, "invalid setting DRIFTLOOP_PARTITIONS='many'"),
-    ({"DRIFTLOOP_TOPICS": "x"}, "unknown setting DRIFTLOOP_TOPICS"),
-    ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, "MLflow at MLFLOW_TRACKING_URI=http://127.0.0.1:1 does not answer"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "no Kafka broker answered a metadata request at 127.0.0.1:1"),
+        ({"DRIFTLOOP_PARTITIONS": "many"}, "invalid setting DRIFTLOOP_PARTITIONS='many'"),
+        ({"DRIFTLOOP_TOPICS": "x"}, "unknown setting DRIFTLOOP_TOPICS"),
+        (
+            {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
+            "MLflow at MLFLOW_TRACKING_URI=http://127.0.0.1:1 does not answer",
+        ),
+    ],
+)
 def test_bad_configuration_is_one_line_and_non_zero(tmp_path, kafka_bootstrap, env, message):
     if "MLFLOW_TRACKING_URI" in env:
         env = {**env, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     started = time.monotonic()
-    done = subprocess.run(driftloop_command("up"), env=stack_env(tmp_path, **env), capture_output=True, text=True, timeout=90)
+    done = subprocess.run(
+        driftloop_command("up"), env=stack_env(tmp_path, **env), capture_output=True, text=True, timeout=90
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [next(l for l in done.stderr.splitlines() if message in l)]
     assert "Traceback" not in done.stderr
@@ -113,18 +140,29 @@ def test_taken_broker_port_is_one_line(tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = subprocess.run(driftloop_command("up"), env=stack_env(tmp_path, DRIFTLOOP_BROKER_PORT=str(port)),
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            driftloop_command("up"),
+            env=stack_env(tmp_path, DRIFTLOOP_BROKER_PORT=str(port)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"driftloop: error: port {port} on 127.0.0.1 is taken; "
-                                   f"set DRIFTLOOP_BROKER_PORT to another port (0 picks a free one)")
+    assert done.stderr.strip() == (
+        f"driftloop: error: port {port} on 127.0.0.1 is taken; "
+        f"set DRIFTLOOP_BROKER_PORT to another port (0 picks a free one)"
+    )
 
 
 def test_bind_host_opens_the_servers_to_other_hosts(tmp_path):
     """As in a container: DRIFTLOOP_BIND_HOST=0.0.0.0 puts the broker and MLflow on every interface."""
     env = stack_env(tmp_path, DRIFTLOOP_BIND_HOST="0.0.0.0")
-    broker = subprocess.Popen(driftloop_command("broker"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    mlflow = subprocess.Popen(driftloop_command("mlflow"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    broker = subprocess.Popen(
+        driftloop_command("broker"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    mlflow = subprocess.Popen(
+        driftloop_command("mlflow"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         bootstrap = wait_for_line(broker, "bootstrap address", timeout=60)[-1].rsplit(" ", 1)[-1].strip()
         url = wait_for_line(mlflow, "MLflow UI at", timeout=180)[-1].rsplit(" ", 1)[-1].strip()
@@ -142,8 +180,9 @@ def test_bind_host_opens_the_servers_to_other_hosts(tmp_path):
 
 
 def test_broker_command_prints_bootstrap_and_stops(tmp_path):
-    process = subprocess.Popen(driftloop_command("broker"), env=stack_env(tmp_path), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        driftloop_command("broker"), env=stack_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         lines = wait_for_line(process, "bootstrap address", timeout=60)
         bootstrap = lines[-1].rsplit(" ", 1)[-1].strip()

@@ -18,8 +18,9 @@ from driftloop import kafka
 def _run(bootstrap: str, *args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DRIFTLOOP_")}
     env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
-    return subprocess.run([sys.executable, "-m", "driftloop.cli", *args], input=stdin, env=env,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", *args], input=stdin, env=env, capture_output=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -34,18 +35,33 @@ def test_produced_lines_come_back_from_tail_exactly(kafka_bootstrap, topic):
     sent = _run(kafka_bootstrap, "produce", topic, "--key-separator", ":", stdin="\n".join(lines).encode() + b"\n")
     assert sent.returncode == 1, sent.stderr  # some lines could not be sent, and it says which
     assert sent.stderr.decode().splitlines() == [
-        "driftloop: line 4: no key separator ':'; not sent", "driftloop: line 5: empty; not sent",
-        f"driftloop: sent 3 records to {topic}; 2 lines not sent (above)"]
+        "driftloop: line 4: no key separator ':'; not sent",
+        "driftloop: line 5: empty; not sent",
+        f"driftloop: sent 3 records to {topic}; 2 lines not sent (above)",
+    ]
 
     text = _run(kafka_bootstrap, "tail", topic, "--from-beginning", "-e", "--key-separator", ":")
     assert text.returncode == 0, text.stderr
     assert text.stdout.decode().splitlines() == lines[:3]  # the first ':' splits; the value keeps the rest
     records = _run(kafka_bootstrap, "tail", topic, "--from-beginning", "-n", "2", "--json")
     assert [json.loads(line) for line in records.stdout.decode().splitlines()] == [
-        {"topic": topic, "partition": 0, "offset": 0, "timestamp_ms": pytest.approx(time.time() * 1000, abs=60_000),
-         "key": "u-42", "value": '{"event_id":"e-1","amount":31.5}'},
-        {"topic": topic, "partition": 0, "offset": 1, "timestamp_ms": pytest.approx(time.time() * 1000, abs=60_000),
-         "key": "u-7", "value": '{"note":"héllo: a colon"}'}]
+        {
+            "topic": topic,
+            "partition": 0,
+            "offset": 0,
+            "timestamp_ms": pytest.approx(time.time() * 1000, abs=60_000),
+            "key": "u-42",
+            "value": '{"event_id":"e-1","amount":31.5}',
+        },
+        {
+            "topic": topic,
+            "partition": 0,
+            "offset": 1,
+            "timestamp_ms": pytest.approx(time.time() * 1000, abs=60_000),
+            "key": "u-7",
+            "value": '{"note":"héllo: a colon"}',
+        },
+    ]
 
 
 def test_bytes_that_are_not_utf8_are_shown_not_dropped(kafka_bootstrap, topic):
@@ -60,10 +76,16 @@ def test_bytes_that_are_not_utf8_are_shown_not_dropped(kafka_bootstrap, topic):
 
 def test_tail_from_the_end_shows_only_what_arrives_after_it_started(kafka_bootstrap, topic):
     _run(kafka_bootstrap, "produce", topic, stdin=b"old-1\nold-2\n")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")},
-           "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    tail = subprocess.Popen([sys.executable, "-m", "driftloop.cli", "tail", topic, "-n", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")},
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+    }
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "driftloop.cli", "tail", topic, "-n", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert b"from its end" in tail.stderr.readline()  # positioned: what comes next is new
         _run(kafka_bootstrap, "produce", topic, stdin=b"new-1\nnew-2\nnew-3\n")
@@ -78,7 +100,8 @@ def test_missing_topic_or_broker_is_one_line(kafka_bootstrap, unique):
     for command in (("produce", f"missing-{unique}"), ("tail", f"missing-{unique}")):
         done = _run(kafka_bootstrap, *command)
         assert done.returncode == 2
-        assert done.stderr.decode().strip() == (f"driftloop: error: no topic 'missing-{unique}' on the broker "
-                                                f"at {kafka_bootstrap}")
+        assert done.stderr.decode().strip() == (
+            f"driftloop: error: no topic 'missing-{unique}' on the broker at {kafka_bootstrap}"
+        )
     done = _run("127.0.0.1:1", "tail", "events")
     assert done.returncode == 2 and b"no Kafka broker answered a metadata request at 127.0.0.1:1" in done.stderr

@@ -53,14 +53,23 @@ def _spec(path) -> None:
 class Prometheus:
     def __init__(self, tmp, targets: dict[str, str]):
         self.port = _free_port()
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
-                                     for job, target in targets.items()]}
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()
+            ],
+        }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))
+            [
+                PROMETHEUS,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "prometheus.log", "w"),
+        )
         deadline = time.monotonic() + 60
         while not self._ready():
             assert self.process.poll() is None and time.monotonic() < deadline, (tmp / "prometheus.log").read_text()
@@ -90,11 +99,23 @@ def _trouble(bootstrap: str) -> None:
     `labeled` record nobody can read."""
     producer = kafka.producer(bootstrap)
     producer.produce("events", b"not json", b"u-1")
-    producer.produce("events", json.dumps({
-        "event_id": f"odd-{time.time_ns()}", "user_id": "u-1", "event_time": time.time() - 5, "amount": 12.5,
-        "merchant_category": "space_travel", "country": "NL", "channel": "web", "card_present": False}).encode(),
-        b"u-1")
-    producer.produce("labeled", b"{\"not\": \"a labeled record\"}", b"u-1")
+    producer.produce(
+        "events",
+        json.dumps(
+            {
+                "event_id": f"odd-{time.time_ns()}",
+                "user_id": "u-1",
+                "event_time": time.time() - 5,
+                "amount": 12.5,
+                "merchant_category": "space_travel",
+                "country": "NL",
+                "channel": "web",
+                "card_present": False,
+            }
+        ).encode(),
+        b"u-1",
+    )
+    producer.produce("labeled", b'{"not": "a labeled record"}', b"u-1")
     assert producer.flush(10) == 0
 
 
@@ -104,15 +125,22 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(tmp_path):
     spec = tmp_path / "spec.yaml"
     _spec(spec)
     env = stack_env(tmp_path, DRIFTLOOP_SPEC=str(spec))
-    stack = subprocess.Popen(driftloop_command("up", "--demo", "--demo-rate", "800"), env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    stack = subprocess.Popen(
+        driftloop_command("up", "--demo", "--demo-rate", "800"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     prometheus = None
     try:
         wait_for_line(stack, "stack is up", timeout=300)
         info = json.loads((tmp_path / "data" / "stack.json").read_text())
-        targets = {"driftloop-worker": _hostport(info["metrics_urls"][0]),
-                   "driftloop-control": _hostport(info["control_metrics_url"]),
-                   "driftloop-up": _hostport(info["supervisor_metrics_url"])}
+        targets = {
+            "driftloop-worker": _hostport(info["metrics_urls"][0]),
+            "driftloop-control": _hostport(info["control_metrics_url"]),
+            "driftloop-up": _hostport(info["supervisor_metrics_url"]),
+        }
         prometheus = Prometheus(tmp_path, targets)
 
         deadline = time.monotonic() + 420

@@ -25,12 +25,6 @@ from tests.support.pipeline import RunningWorker, consume_all, make_settings, pi
 DEMO = SPECS / "fraud.yaml"
 
 
-
-
-
-
-
-
 @pytest.fixture
 def plane(tmp_path, kafka_bootstrap, unique):
     settings = make_settings(tmp_path, kafka_bootstrap, unique)
@@ -41,15 +35,14 @@ def plane(tmp_path, kafka_bootstrap, unique):
     worker.close()
 
 
-
-
 def test_every_input_ends_in_a_prediction_or_the_dlq_and_feast_serves_the_scoring_vector(plane):
     settings, spec, worker = plane
     bootstrap = settings.kafka_bootstrap_servers
     stream = FraudStream(seed=11, users=300, events_per_second=50)
     valid = 3000
-    stats = produce(stream, bootstrap, settings.topic_events, settings.topic_outcomes, count=valid,
-                    label_delay_events=200)
+    stats = produce(
+        stream, bootstrap, settings.topic_events, settings.topic_outcomes, count=valid, label_delay_events=200
+    )
     assert stats["events"] == valid
     rng = random.Random(5)
     # Megabyte records are refused by the broker itself (message.max.bytes), so they never reach a worker.
@@ -62,9 +55,14 @@ def test_every_input_ends_in_a_prediction_or_the_dlq_and_feast_serves_the_scorin
     produced = valid + len(hostile) + 1
 
     topology = Topology.of(settings, spec)
-    out = consume_all(bootstrap, [topology.predictions, topology.events_dlq, topology.labeled],
-                      lambda r: (len(r[topology.predictions]) + len(r[topology.events_dlq]) >= produced
-                                 and len(r[topology.labeled]) >= valid), timeout=120)
+    out = consume_all(
+        bootstrap,
+        [topology.predictions, topology.events_dlq, topology.labeled],
+        lambda r: (
+            len(r[topology.predictions]) + len(r[topology.events_dlq]) >= produced and len(r[topology.labeled]) >= valid
+        ),
+        timeout=120,
+    )
     predictions = [json.loads(m.value()) for m in out[topology.predictions]]
     dead = [json.loads(m.value()) for m in out[topology.events_dlq]]
     assert len(predictions) + len(dead) == produced  # in = out + DLQ, nothing lost, nothing doubled
@@ -121,12 +119,22 @@ def test_two_workers_split_the_partitions_and_join_across_them(tmp_path, kafka_b
         count = 3000
         # Over 10 s: the second worker's join (a rebalance takes seconds on the embedded broker) comes
         # while the stream still flows, so both score part of it.
-        produce(stream, kafka_bootstrap, settings.topic_events, settings.topic_outcomes, count=count,
-                rate=300, label_delay_events=100)
+        produce(
+            stream,
+            kafka_bootstrap,
+            settings.topic_events,
+            settings.topic_outcomes,
+            count=count,
+            rate=300,
+            label_delay_events=100,
+        )
         ids = {e["event_id"] for e, _ in stream.take(count)}
-        out = consume_all(kafka_bootstrap, [topology.labeled, topology.pending],
-                          lambda r: {json.loads(m.value())["event_id"] for m in r[topology.labeled]} >= ids,
-                          timeout=180)
+        out = consume_all(
+            kafka_bootstrap,
+            [topology.labeled, topology.pending],
+            lambda r: {json.loads(m.value())["event_id"] for m in r[topology.labeled]} >= ids,
+            timeout=180,
+        )
         labeled = [json.loads(m.value()) for m in out[topology.labeled]]
         assert {r["event_id"] for r in labeled} == ids
         labels = {e["event_id"]: o["is_fraud"] for e, o in stream.take(count)}
@@ -142,8 +150,6 @@ def test_two_workers_split_the_partitions_and_join_across_them(tmp_path, kafka_b
             worker.close()
 
 
-
-
 def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, unique):
     environ = pipeline_environ(tmp_path, kafka_bootstrap, unique)
     settings = settings_module.load(environ=environ)
@@ -153,13 +159,15 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
     kafka.ensure_topics(kafka_bootstrap, settings.topics, settings.partitions)  # as `driftloop up` does
     stream = FraudStream(seed=23, users=200, events_per_second=20)
     count = 8000
-    produce(stream, kafka_bootstrap, settings.topic_events, settings.topic_outcomes, count=count,
-            label_delay_events=300)
+    produce(
+        stream, kafka_bootstrap, settings.topic_events, settings.topic_outcomes, count=count, label_delay_events=300
+    )
     log = tmp_path / "worker.log"
     first = start_worker_process(environ, log)
     try:
-        out = consume_all(kafka_bootstrap, [topology.predictions], lambda r: len(r[topology.predictions]) >= 2500,
-                          timeout=120)
+        out = consume_all(
+            kafka_bootstrap, [topology.predictions], lambda r: len(r[topology.predictions]) >= 2500, timeout=120
+        )
         assert len(out[topology.predictions]) >= 2500, log.read_text()[-3000:]
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # no checkpoint, no goodbye to the group
@@ -167,10 +175,15 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
     second = start_worker_process(environ, log)
     try:
         ids = {e["event_id"] for e, _ in stream.take(count)}
-        out = consume_all(kafka_bootstrap, [topology.predictions, topology.labeled],
-                          lambda r: ({json.loads(m.value())["event_id"] for m in r[topology.labeled]} >= ids
-                                     and len({json.loads(m.value())["event_id"] for m in r[topology.predictions]})
-                                     >= count), timeout=180)
+        out = consume_all(
+            kafka_bootstrap,
+            [topology.predictions, topology.labeled],
+            lambda r: (
+                {json.loads(m.value())["event_id"] for m in r[topology.labeled]} >= ids
+                and len({json.loads(m.value())["event_id"] for m in r[topology.predictions]}) >= count
+            ),
+            timeout=180,
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0, log.read_text()[-3000:]

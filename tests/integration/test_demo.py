@@ -22,23 +22,37 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _environment(tmp_path, unique):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")
-           and k not in ("KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI")}
-    env.update(DRIFTLOOP_DATA_DIR=str(tmp_path / "data"), DRIFTLOOP_PARTITIONS="1",
-               **{f"DRIFTLOOP_TOPIC_{name.upper()}": f"demo-{name}-{unique}"
-                  for name in ("events", "outcomes", "labeled", "audit", "drift")})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DRIFTLOOP_") and k not in ("KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI")
+    }
+    env.update(
+        DRIFTLOOP_DATA_DIR=str(tmp_path / "data"),
+        DRIFTLOOP_PARTITIONS="1",
+        **{
+            f"DRIFTLOOP_TOPIC_{name.upper()}": f"demo-{name}-{unique}"
+            for name in ("events", "outcomes", "labeled", "audit", "drift")
+        },
+    )
     return env
 
 
 def _demo(*args, env):
-    return subprocess.Popen([sys.executable, "-m", "driftloop.load.demo", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "driftloop.load.demo", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_help_lists_the_options_without_loading_the_pipeline():
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "driftloop.load.demo", "--help"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "driftloop.load.demo", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0
     for option in ("--rate", "--onset", "--timeout", "--mlflow-url", "--data-dir", "--fraud-rate", "--label-delay"):
         assert option in result.stdout
@@ -54,11 +68,14 @@ def test_the_defaults_are_the_calibrated_demo_stream():
     assert (args.rate, args.onset, args.timeout) == (1000.0, drift_calibration.ONSET, 600.0)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--rate", "0"], "argument --rate: '0' must be more than 0"),
-    (["--fraud-rate", "0.7"], "argument --fraud-rate: '0.7' must be at most 0.5"),
-    (["--timeout", "soon"], "argument --timeout: 'soon' is not a float"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rate", "0"], "argument --rate: '0' must be more than 0"),
+        (["--fraud-rate", "0.7"], "argument --fraud-rate: '0.7' must be at most 0.5"),
+        (["--timeout", "soon"], "argument --timeout: 'soon' is not a float"),
+    ],
+)
 def test_a_bad_option_value_is_refused_by_name(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo.main(args)
@@ -81,13 +98,26 @@ def test_without_a_broker_it_says_how_to_get_one(tmp_path, monkeypatch, capsys):
 @pytest.mark.integration
 def test_without_a_promotion_it_writes_the_timeline_and_exits_1(kafka_bootstrap, unique, tmp_path):
     env = _environment(tmp_path, unique)
-    process = _demo("--bootstrap", kafka_bootstrap, "--rate", "2000", "--onset", "500", "--timeout", "2",
-                    "--mlflow-url", "sqlite:///nowhere.db", env=env)
+    process = _demo(
+        "--bootstrap",
+        kafka_bootstrap,
+        "--rate",
+        "2000",
+        "--onset",
+        "500",
+        "--timeout",
+        "2",
+        "--mlflow-url",
+        "sqlite:///nowhere.db",
+        env=env,
+    )
     out, err = process.communicate(timeout=60)
     assert process.returncode == 1, out + err
     png = tmp_path / "data" / "demo-timeline.png"
-    assert f"no retrained model was promoted within 2 s of the drift onset; the timeline shows how far the loop " \
-           f"got: {png}" in err
+    assert (
+        f"no retrained model was promoted within 2 s of the drift onset; the timeline shows how far the loop "
+        f"got: {png}" in err
+    )
     assert png.read_bytes().startswith(PNG_SIGNATURE) and png.stat().st_size > 10_000
     assert f"timeline: {png}" in out and "detected not yet" in out
     assert "experiment 'card_fraud'" in out and "registered model 'card_fraud'" in out
@@ -99,14 +129,32 @@ def test_without_a_promotion_it_writes_the_timeline_and_exits_1(kafka_bootstrap,
 @pytest.mark.integration
 def test_after_a_promotion_it_writes_the_timeline_and_streams_on_until_sigterm(kafka_bootstrap, unique, tmp_path):
     env = _environment(tmp_path, unique)
-    process = _demo("--bootstrap", kafka_bootstrap, "--rate", "1000", "--onset", "300", "--after-promotion", "1",
-                    "--mlflow-url", "http://127.0.0.1:1", env=env)
+    process = _demo(
+        "--bootstrap",
+        kafka_bootstrap,
+        "--rate",
+        "1000",
+        "--onset",
+        "300",
+        "--after-promotion",
+        "1",
+        "--mlflow-url",
+        "http://127.0.0.1:1",
+        env=env,
+    )
     try:
         wait_for_line(process, "drift onset: event 300", timeout=30)
         producer = kafka.producer(kafka_bootstrap)
-        producer.produce(env["DRIFTLOOP_TOPIC_AUDIT"], contracts.audit(
-            actor="promotion", action="promoted", model_name="card_fraud", reason="challenger v2 made fewer errors",
-            version=2))
+        producer.produce(
+            env["DRIFTLOOP_TOPIC_AUDIT"],
+            contracts.audit(
+                actor="promotion",
+                action="promoted",
+                model_name="card_fraud",
+                reason="challenger v2 made fewer errors",
+                version=2,
+            ),
+        )
         assert producer.flush(10) == 0
         lines = wait_for_line(process, "the drifted stream goes on", timeout=60)
         text = "".join(lines)

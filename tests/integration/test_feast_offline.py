@@ -27,8 +27,10 @@ def test_the_join_answers_what_feast_answers(tmp_path):
     rows = []
     for entity in (f"u-{n}" for n in range(6)):
         # a burst, a gap longer than the TTL, another burst: some asks fall outside the TTL
-        times = sorted({round(START + rng.uniform(0, 2 * DAY), 3) for _ in range(40)}
-                       | {round(START + rng.uniform(5 * DAY, 8 * DAY), 3) for _ in range(40)})
+        times = sorted(
+            {round(START + rng.uniform(0, 2 * DAY), 3) for _ in range(40)}
+            | {round(START + rng.uniform(5 * DAY, 8 * DAY), 3) for _ in range(40)}
+        )
         stored[entity] = times
         rows += [random_row(spec, rng, entity, at) for at in times]
     rng.shuffle(rows)  # files are not in event-time order
@@ -57,7 +59,7 @@ def test_a_tie_is_answered_by_the_row_written_last(tmp_path):
     rng = random.Random(3)
     first, second = (random_row(spec, rng, "u-1", START) for _ in range(2))
     write_files(settings, spec, [first, second], per_file=1)
-    answer, = OfflineHistory(settings, spec).features([("u-1", round(START * 1e6))])
+    (answer,) = OfflineHistory(settings, spec).features([("u-1", round(START * 1e6))])
     assert answer == {name: second[name] for name in spec.model_inputs}
 
 
@@ -85,10 +87,15 @@ def test_one_entity_store_builds_its_training_set_in_bounded_memory(tmp_path, ka
     rng = random.Random(11)
     table = tmp_path / "table.csv"
     columns = ["period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
-    pd.DataFrame({**{name: [rng.random() for _ in range(30_000)] for name in columns},
-                  "class": [rng.randint(0, 1) for _ in range(30_000)]}).to_csv(table, index=False)
-    settings = feast_settings(tmp_path, spec_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
-                         DRIFTLOOP_TOPIC_LABELED=f"labeled-{unique}")
+    pd.DataFrame(
+        {
+            **{name: [rng.random() for _ in range(30_000)] for name in columns},
+            "class": [rng.randint(0, 1) for _ in range(30_000)],
+        }
+    ).to_csv(table, index=False)
+    settings = feast_settings(
+        tmp_path, spec_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DRIFTLOOP_TOPIC_LABELED=f"labeled-{unique}"
+    )
     written = prepare(settings, spec, table, "nsw", rows_per_file=110)
     assert written == {"table_rows": 30_000, "scored_rows": 30_000, "offline_files": 273}
     result = measure(settings, spec, limit_mb=1500)

@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -111,14 +111,15 @@ def test_every_event_and_outcome_conforms_to_the_demo_spec():
 
 
 def test_event_time_advances_in_simulated_time():
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     for rate in (100.0, 5.0):
         rows = FraudStream(seed=1, start=start, events_per_second=rate).take(5000)
         first, last = _time(rows[0][0]["event_time"]), _time(rows[-1][0]["event_time"])
         assert first >= start
         assert (last - first).total_seconds() == pytest.approx(5000 / rate, rel=0.1)
-    assert FraudStream(seed=1).take(1)[0][0]["event_time"].startswith(
-        generator.DEFAULT_START.strftime("%Y-%m-%dT%H:%M"))
+    assert (
+        FraudStream(seed=1).take(1)[0][0]["event_time"].startswith(generator.DEFAULT_START.strftime("%Y-%m-%dT%H:%M"))
+    )
 
 
 @pytest.mark.parametrize("rate", [0.03, 0.1])
@@ -174,7 +175,8 @@ def test_concept_drift_changes_fraud_given_category_but_not_the_inputs():
     for field in ("merchant_category", "country", "channel"):
         assert _total_variation(_share(pre, field), _share(post, field)) < 0.02
     assert statistics.median(e["amount"] for e, _ in post) == pytest.approx(
-        statistics.median(e["amount"] for e, _ in pre), rel=0.1)
+        statistics.median(e["amount"] for e, _ in pre), rel=0.1
+    )
     assert sum(o["is_fraud"] for _, o in post) / len(post) == pytest.approx(0.03, rel=0.25)
 
 
@@ -209,7 +211,13 @@ def test_gradual_drift_mixes_old_and_new_fraud():
     assert fraud_in(rows[:9_500], PATTERN_B_CATEGORIES) < 0.05 * fraud_in(rows[:9_500], PATTERN_A_CATEGORIES)
     assert fraud_in(rows[36_000:], PATTERN_A_CATEGORIES) < 0.05 * fraud_in(rows[36_000:], PATTERN_B_CATEGORIES)
     assert [plan.phase(i) for i in (0, 9_999, 10_000, 33_999, 34_000, 49_999)] == [
-        "pre", "pre", "mixing", "mixing", "post", "post"]
+        "pre",
+        "pre",
+        "mixing",
+        "mixing",
+        "post",
+        "post",
+    ]
 
 
 def test_phases_of_every_drift_kind():
@@ -276,15 +284,18 @@ def test_produce_keys_delays_outcomes_and_limits_the_rate(monkeypatch):
 def test_produce_to_a_real_broker(kafka_bootstrap, unique):
     events_topic, outcomes_topic = f"events-{unique}", f"outcomes-{unique}"
     kafka.ensure_topics(kafka_bootstrap, [events_topic, outcomes_topic], partitions=2)
-    stats = produce(FraudStream(seed=8, users=50), kafka_bootstrap, events_topic, outcomes_topic, 300,
-                    label_delay_events=10)
+    stats = produce(
+        FraudStream(seed=8, users=50), kafka_bootstrap, events_topic, outcomes_topic, 300, label_delay_events=10
+    )
     assert stats["events"] == stats["outcomes"] == 300 and stats["events_per_s"] > 0
     expected = FraudStream(seed=8, users=50).take(300)
     got_events, got_outcomes = _read(kafka_bootstrap, events_topic, 300), _read(kafka_bootstrap, outcomes_topic, 300)
     assert sorted((k, generator.encode(v)) for k, v in got_events) == sorted(
-        (e["user_id"].encode(), generator.encode(e)) for e, _ in expected)
+        (e["user_id"].encode(), generator.encode(e)) for e, _ in expected
+    )
     assert sorted((k, v["event_id"]) for k, v in got_outcomes) == sorted(
-        (o["event_id"].encode(), o["event_id"]) for _, o in expected)
+        (o["event_id"].encode(), o["event_id"]) for _, o in expected
+    )
 
 
 def _read(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, dict]]:

@@ -61,15 +61,17 @@ def test_a_table_with_its_own_times_gets_their_step_entity_and_categories(tmp_pa
     rng = np.random.default_rng(3)
     rows = 2000
     table = tmp_path / "payments.parquet"
-    pd.DataFrame({
-        "payment_id": [f"p-{i}" for i in range(rows)],
-        "customer_id": rng.choice([f"c{i}" for i in range(40)], rows),
-        "paid_at": pd.date_range("2025-01-01", periods=rows, freq="h"),
-        "amount": rng.gamma(2.0, 30.0, rows).round(2),
-        "channel": rng.choice(["web", "app", "pos"], rows),
-        "note": [f"free text number {i}" for i in range(rows)],
-        "late": rng.integers(0, 2, rows),
-    }).to_parquet(table)
+    pd.DataFrame(
+        {
+            "payment_id": [f"p-{i}" for i in range(rows)],
+            "customer_id": rng.choice([f"c{i}" for i in range(40)], rows),
+            "paid_at": pd.date_range("2025-01-01", periods=rows, freq="h"),
+            "amount": rng.gamma(2.0, 30.0, rows).round(2),
+            "channel": rng.choice(["web", "app", "pos"], rows),
+            "note": [f"free text number {i}" for i in range(rows)],
+            "late": rng.integers(0, 2, rows),
+        }
+    ).to_parquet(table)
     written = _run("init-spec", str(table), "-o", str(tmp_path / "pay.yaml"), "--label", "late", "--flavor", "onnx")
     assert written.returncode == 0, written.stderr
     spec = load_spec(tmp_path / "pay.yaml")
@@ -84,13 +86,22 @@ def test_a_table_with_its_own_times_gets_their_step_entity_and_categories(tmp_pa
     assert "needs nothing made up" in (tmp_path / "pay.yaml").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "the table has no time column, so its rows' spacing cannot be read from it: say how far apart they are "
-         "with --time-step (e.g. 30m, 1h, 1d for a daily table)"),
-    (["--time-step", "1d", "--label", "is_popular"], "--label 'is_popular': a label is 0/1 (or true/false) in every "
-                                                     "row; this column holds '0.0', '0.5', '1.0': map it to 0/1 first"),
-    (["--time-step", "1d", "--time", "nope"], "--time 'nope' is not a column of the table"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            [],
+            "the table has no time column, so its rows' spacing cannot be read from it: say how far apart they are "
+            "with --time-step (e.g. 30m, 1h, 1d for a daily table)",
+        ),
+        (
+            ["--time-step", "1d", "--label", "is_popular"],
+            "--label 'is_popular': a label is 0/1 (or true/false) in every "
+            "row; this column holds '0.0', '0.5', '1.0': map it to 0/1 first",
+        ),
+        (["--time-step", "1d", "--time", "nope"], "--time 'nope' is not a column of the table"),
+    ],
+)
 def test_what_the_table_cannot_tell_is_asked_for_by_name(tmp_path, args, message):
     table = tmp_path / "phishing.csv"
     _phishing(table)
@@ -100,25 +111,37 @@ def test_what_the_table_cannot_tell_is_asked_for_by_name(tmp_path, args, message
 
 
 def test_it_offers_exactly_the_flavors_the_spec_validator_accepts():
-    flavor = next(a for a in build_parser()._subparsers._group_actions[0].choices["init-spec"]._actions
-                  if a.dest == "flavor")
+    flavor = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices["init-spec"]._actions if a.dest == "flavor"
+    )
     from driftloop.models.flavors import FLAVORS
 
     assert tuple(flavor.choices) == accepted_flavors() == tuple(FLAVORS)
 
 
-@pytest.mark.parametrize("change, fix", [
-    (lambda d: d["events"].pop("id_field"),
-     "events.id_field: required key is missing; fix: name the field that identifies each event (id_field: event_id) "
-     "and declare it under events.fields (event_id: {type: string, max_length: 64}); `driftloop replay` generates it"),
-    (lambda d: d.update(feature_ttl="1h"),
-     "window is longer than feature_ttl; Feast would expire it first; fix: raise feature_ttl above the longest window"),
-    (lambda d: d["model"].update(estimator="gradient_boostin"),
-     "model.estimator: onnx estimators are logistic_regression, gradient_boosting, random_forest; fix: set "
-     "model.estimator to one of them"),
-    (lambda d: d["drift"].update(cooldown="5 minutes"),
-     "fix: write a whole number and a unit: 500ms, 30s, 10m, 1h or 7d"),
-])
+@pytest.mark.parametrize(
+    "change, fix",
+    [
+        (
+            lambda d: d["events"].pop("id_field"),
+            "events.id_field: required key is missing; fix: name the field that identifies each event (id_field: event_id) "
+            "and declare it under events.fields (event_id: {type: string, max_length: 64}); `driftloop replay` generates it",
+        ),
+        (
+            lambda d: d.update(feature_ttl="1h"),
+            "window is longer than feature_ttl; Feast would expire it first; fix: raise feature_ttl above the longest window",
+        ),
+        (
+            lambda d: d["model"].update(estimator="gradient_boostin"),
+            "model.estimator: onnx estimators are logistic_regression, gradient_boosting, random_forest; fix: set "
+            "model.estimator to one of them",
+        ),
+        (
+            lambda d: d["drift"].update(cooldown="5 minutes"),
+            "fix: write a whole number and a unit: 500ms, 30s, 10m, 1h or 7d",
+        ),
+    ],
+)
 def test_check_spec_says_how_to_fix_what_is_wrong(tmp_path, change, fix):
     from driftloop.settings import DEMO_SPEC
 
@@ -138,11 +161,20 @@ def test_replay_of_the_table_on_a_stack_runs_with_the_written_spec_unchanged(tmp
     assert _run("init-spec", str(table), "--time-step", "1d", cwd=tmp_path).returncode == 0
     spec_path = tmp_path / "phishing.yaml"
     env = stack_env(tmp_path, DRIFTLOOP_SPEC=str(spec_path))
-    stack = subprocess.Popen(driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stack = subprocess.Popen(
+        driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for_line(stack, "stack is up", timeout=300)
-        replayed = subprocess.run(driftloop_command("replay", str(table), "--spec", str(spec_path), "--json",
-                                             "--rate", "100", "--timeout", "60"), env=env, capture_output=True, text=True, timeout=300)
+        replayed = subprocess.run(
+            driftloop_command(
+                "replay", str(table), "--spec", str(spec_path), "--json", "--rate", "100", "--timeout", "60"
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert replayed.returncode == 0, replayed.stderr
         report = json.loads(replayed.stdout)
         assert report["rows"] == 1250 and report["dead_lettered"] == 0, report["dead_letter_reasons"]

@@ -27,9 +27,18 @@ def joiner(kafka_bootstrap, unique, tmp_path):
 
 
 def pending(event_id: str, score: float = 0.9) -> bytes:
-    return msgspec.json.encode({"event_id": event_id, "entity": "u-1", "event_time": 1_700_000_000.0,
-                                "score": score, "model_version": 3, "variant": "champion",
-                                "predicted_at": 1_700_000_000.5, "row": {"amount": 12.5}})
+    return msgspec.json.encode(
+        {
+            "event_id": event_id,
+            "entity": "u-1",
+            "event_time": 1_700_000_000.0,
+            "score": score,
+            "model_version": 3,
+            "variant": "champion",
+            "predicted_at": 1_700_000_000.5,
+            "row": {"amount": 12.5},
+        }
+    )
 
 
 def test_prediction_then_outcome_joins_once(joiner):
@@ -37,7 +46,7 @@ def test_prediction_then_outcome_joins_once(joiner):
     joiner.add_pending(0, "e-1", pending("e-1"), result)
     assert result.labeled == []
     joiner.add_outcome(0, Outcome("e-1", 1, 1_700_000_100.0), result)
-    (key, value), = result.labeled
+    ((key, value),) = result.labeled
     record = json.loads(value)
     assert key == b"u-1"
     assert record["label"] == 1 and record["decision"] == 1 and record["features"] == {"amount": 12.5}
@@ -74,18 +83,21 @@ def test_join_partition_is_stable_and_spread():
     assert {join_partition(f"e-{i}", 4) for i in range(100)} == {0, 1, 2, 3}
 
 
-@pytest.mark.parametrize("raw, reason, field", [
-    (b"not json", "invalid_json", None),
-    (b"[1]", "not_an_object", None),
-    (b'{"is_fraud": 1}', "missing_field", "event_id"),
-    (b'{"event_id": "", "is_fraud": 1}', "missing_field", "event_id"),
-    (b'{"event_id": "e", "is_fraud": null}', "missing_field", "is_fraud"),
-    (b'{"event_id": "e", "is_fraud": 2}', "wrong_type", "is_fraud"),
-    (b'{"event_id": "e", "is_fraud": "1"}', "wrong_type", "is_fraud"),
-    (b'{"event_id": "e", "is_fraud": 1, "outcome_time": "yesterday"}', "bad_timestamp", "outcome_time"),
-    (b'{"event_id": "e", "is_fraud": 1, "outcome_time": [1]}', "bad_timestamp", "outcome_time"),
-    (None, "invalid_json", None),
-])
+@pytest.mark.parametrize(
+    "raw, reason, field",
+    [
+        (b"not json", "invalid_json", None),
+        (b"[1]", "not_an_object", None),
+        (b'{"is_fraud": 1}', "missing_field", "event_id"),
+        (b'{"event_id": "", "is_fraud": 1}', "missing_field", "event_id"),
+        (b'{"event_id": "e", "is_fraud": null}', "missing_field", "is_fraud"),
+        (b'{"event_id": "e", "is_fraud": 2}', "wrong_type", "is_fraud"),
+        (b'{"event_id": "e", "is_fraud": "1"}', "wrong_type", "is_fraud"),
+        (b'{"event_id": "e", "is_fraud": 1, "outcome_time": "yesterday"}', "bad_timestamp", "outcome_time"),
+        (b'{"event_id": "e", "is_fraud": 1, "outcome_time": [1]}', "bad_timestamp", "outcome_time"),
+        (None, "invalid_json", None),
+    ],
+)
 def test_bad_outcomes_are_rejected_with_a_reason(raw, reason, field):
     result = parse_outcome(raw, SPEC, now=5.0)
     assert isinstance(result, Rejection) and (result.reason, result.field) == (reason, field)
@@ -93,5 +105,9 @@ def test_bad_outcomes_are_rejected_with_a_reason(raw, reason, field):
 
 def test_outcome_forms():
     assert parse_outcome(b'{"event_id": 7, "is_fraud": true}', SPEC, now=5.0) == Outcome("7", 1, 5.0)
-    assert parse_outcome(b'{"event_id": "e", "is_fraud": 0, "outcome_time": "2026-11-23T12:00:00Z"}', SPEC,
-                         now=5.0).outcome_time == 1795435200.0
+    assert (
+        parse_outcome(
+            b'{"event_id": "e", "is_fraud": 0, "outcome_time": "2026-11-23T12:00:00Z"}', SPEC, now=5.0
+        ).outcome_time
+        == 1795435200.0
+    )

@@ -15,9 +15,12 @@ import pytest
 from driftloop import kafka
 from driftloop.broker import EmbeddedBroker
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("kcat") is None,
-                                 reason="kcat is not installed (apt-get install kcat; .ci/run installs it)")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("kcat") is None, reason="kcat is not installed (apt-get install kcat; .ci/run installs it)"
+    ),
+]
 
 # librdkafka's protocol of Kafka 0.9: no ApiVersions request, whose answer from Tansu 0.6 librdkafka 2.0.2
 # cannot parse (it fails on the answer's tagged fields: "Read underflow").
@@ -39,10 +42,18 @@ def embedded(tmp_path_factory) -> str:
     broker.start()
     try:
         kafka.ensure_topics(broker.bootstrap, ["events"], 1)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")},
-               "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}
-        sent = subprocess.run([sys.executable, "-m", "driftloop.cli", "produce", "events", "--key-separator", ":"],
-                              input="\n".join(RECORDS) + "\n", env=env, capture_output=True, text=True, timeout=60)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")},
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        }
+        sent = subprocess.run(
+            [sys.executable, "-m", "driftloop.cli", "produce", "events", "--key-separator", ":"],
+            input="\n".join(RECORDS) + "\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert sent.returncode == 0, sent.stderr
         yield broker.bootstrap
     finally:

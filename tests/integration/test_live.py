@@ -40,31 +40,71 @@ def test_the_view_prints_decisions_story_and_pulse_as_plain_lines(kafka_bootstra
     audit, drift = f"audit-{unique}", f"drift-{unique}"
     producer = kafka.producer(kafka_bootstrap)
     kafka.ensure_topics(kafka_bootstrap, [audit, drift], 1)
-    producer.produce(audit, contracts.audit(actor="trigger", action="retrain_triggered", model_name="m",
-                                            reason="before the view started", at=time.time() - 3600))
+    producer.produce(
+        audit,
+        contracts.audit(
+            actor="trigger",
+            action="retrain_triggered",
+            model_name="m",
+            reason="before the view started",
+            at=time.time() - 3600,
+        ),
+    )
     assert producer.flush(10) == 0
     worker = WorkerMetrics()
     port = worker.serve(0, "127.0.0.1")
     log = tmp_path / "demo.log"
     lines: list[str] = []
-    view = LiveView(PlainDisplay(lines.append), bootstrap=kafka_bootstrap, tracking_uri="http://127.0.0.1:1",
-                    model_name="m", audit_topic=audit, drift_topic=drift, partitions=1,
-                    metrics_urls=lambda: [f"http://127.0.0.1:{port}/metrics"], pulse_every=0.5,
-                    decisions_since=time.time() - 60, story=LogFollower(log))
+    view = LiveView(
+        PlainDisplay(lines.append),
+        bootstrap=kafka_bootstrap,
+        tracking_uri="http://127.0.0.1:1",
+        model_name="m",
+        audit_topic=audit,
+        drift_topic=drift,
+        partitions=1,
+        metrics_urls=lambda: [f"http://127.0.0.1:{port}/metrics"],
+        pulse_every=0.5,
+        decisions_since=time.time() - 60,
+        story=LogFollower(log),
+    )
     try:
         view.open()
         worker.events_predicted(100)
         worker.predictions(3, "champion", 90)
         worker.predictions(4, "canary", 10)
-        producer.produce(audit, contracts.audit(actor="promotion", action="promoted", model_name="m", version=4,
-                                                reason="challenger v4 made fewer errors"))
-        producer.produce(audit, contracts.audit(actor="promotion", action="canary_waiting", model_name="m",
-                                                version=4, reason="progress, not a decision"))
-        producer.produce(drift, json.dumps({"at": "2026-12-06T12:00:00Z", "data": {"drifted_share": 0.25, "features": {
-            "amount": {"drifted": True}}}, "concept": {"detections": []}, "quality": {"flagged": []}}).encode())
+        producer.produce(
+            audit,
+            contracts.audit(
+                actor="promotion",
+                action="promoted",
+                model_name="m",
+                version=4,
+                reason="challenger v4 made fewer errors",
+            ),
+        )
+        producer.produce(
+            audit,
+            contracts.audit(
+                actor="promotion", action="canary_waiting", model_name="m", version=4, reason="progress, not a decision"
+            ),
+        )
+        producer.produce(
+            drift,
+            json.dumps(
+                {
+                    "at": "2026-12-06T12:00:00Z",
+                    "data": {"drifted_share": 0.25, "features": {"amount": {"drifted": True}}},
+                    "concept": {"detections": []},
+                    "quality": {"flagged": []},
+                }
+            ).encode(),
+        )
         assert producer.flush(10) == 0
-        log.write_text("driftloop: demo: drift onset: event 300\ndriftloop: demo: decision: promotion: promoted v4: "
-                       "the demo's own copy\nsome traceback line\n")
+        log.write_text(
+            "driftloop: demo: drift onset: event 300\ndriftloop: demo: decision: promotion: promoted v4: "
+            "the demo's own copy\nsome traceback line\n"
+        )
         deadline = time.monotonic() + 20
         while not any(line.startswith("pulse: ") and "events/s" in line for line in lines):
             assert time.monotonic() < deadline, lines
@@ -91,9 +131,17 @@ def test_the_view_prints_decisions_story_and_pulse_as_plain_lines(kafka_bootstra
 
     # `status --watch`: the last decisions made before it started come first, then only new ones
     later: list[str] = []
-    watch = LiveView(PlainDisplay(later.append), bootstrap=kafka_bootstrap, tracking_uri="http://127.0.0.1:1",
-                     model_name="m", audit_topic=audit, drift_topic=drift, partitions=1, metrics_urls=lambda: [],
-                     backlog=5)
+    watch = LiveView(
+        PlainDisplay(later.append),
+        bootstrap=kafka_bootstrap,
+        tracking_uri="http://127.0.0.1:1",
+        model_name="m",
+        audit_topic=audit,
+        drift_topic=drift,
+        partitions=1,
+        metrics_urls=lambda: [],
+        backlog=5,
+    )
     watch.open()
     for _ in range(10):
         watch.tick()
@@ -101,35 +149,55 @@ def test_the_view_prints_decisions_story_and_pulse_as_plain_lines(kafka_bootstra
     watch.close()
     assert [line for line in later if line.startswith("decision: ")] == [
         "decision: trigger: retrain_triggered: before the view started",
-        "decision: promotion: promoted v4: challenger v4 made fewer errors"]
+        "decision: promotion: promoted v4: challenger v4 made fewer errors",
+    ]
 
 
 def test_the_terminal_panel_shows_the_look():
     console = Console(record=True, force_terminal=True, width=140)
     display = TerminalDisplay("driftloop up --demo", console)
-    look = Look(started=time.time() - 75, pulse=Pulse(10.0, 512.4, 0.0412, 3, {
-        "canary": Serving((4,), 0.1), "champion": Serving((3,), 0.9)}), workers=(1, 1),
-        aliases={"champion": 3, "challenger": 4}, drift={"reports": 12, "at": "2026-12-06T12:00:00Z",
-                                                          "drifted_share": 0.05, "drifted_features": [],
-                                                          "concept_detections": 1, "quality_flagged": []},
-        children={"worker": {"up": True, "restarts": 2}, "control": {"up": False, "restarts": 0}})
+    look = Look(
+        started=time.time() - 75,
+        pulse=Pulse(10.0, 512.4, 0.0412, 3, {"canary": Serving((4,), 0.1), "champion": Serving((3,), 0.9)}),
+        workers=(1, 1),
+        aliases={"champion": 3, "challenger": 4},
+        drift={
+            "reports": 12,
+            "at": "2026-12-06T12:00:00Z",
+            "drifted_share": 0.05,
+            "drifted_features": [],
+            "concept_detections": 1,
+            "quality_flagged": [],
+        },
+        children={"worker": {"up": True, "restarts": 2}, "control": {"up": False, "restarts": 0}},
+    )
     display.open()
     display.decision({"actor": "promotion", "action": "promoted", "version": 4, "reason": "fewer [errors]"})
     display.show(look, new_drift=True)
     display.close()
     screen = console.export_text()
     assert "promotion: promoted v4: fewer [errors]" in screen  # text, never rich markup
-    for shown in ("driftloop up --demo · watching for 1m15s", "512 events/s, lag 3, p99 41.2 ms",
-                  "canary v4 10%, champion v3 90%", "challenger v4, champion v3",
-                  "drifted share 0.05, concept detections 1, quality ok", "worker up (2 restarts), control DOWN"):
+    for shown in (
+        "driftloop up --demo · watching for 1m15s",
+        "512 events/s, lag 3, p99 41.2 ms",
+        "canary v4 10%, champion v3 90%",
+        "challenger v4, champion v3",
+        "drifted share 0.05, concept detections 1, quality ok",
+        "worker up (2 restarts), control DOWN",
+    ):
         assert shown in screen, screen
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_up_with_the_demo_tells_its_story_on_stdout(tmp_path):
-    process = subprocess.Popen(driftloop_command("up", "--demo", "--demo-rate", "400"), env=stack_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        driftloop_command("up", "--demo", "--demo-rate", "400"),
+        env=stack_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_line(process, "stack is up", timeout=300)
         wait_for_line(process, "driftloop: demo: producing the fraud stream at 400 events/s", timeout=60)
@@ -141,8 +209,13 @@ def test_up_with_the_demo_tells_its_story_on_stdout(tmp_path):
         assert "serving champion v1 100%" in pulse and "registry champion v1" in pulse
 
         # the same view from another terminal: the decisions made before it started first, then the pulse
-        watch = subprocess.Popen(driftloop_command("status", "--watch", "--interval", "1"), env=stack_env(tmp_path),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = subprocess.Popen(
+            driftloop_command("status", "--watch", "--interval", "1"),
+            env=stack_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_for_line(watch, "driftloop: decision: trigger: retrain_declined v1", timeout=60)
             wait_for_line(watch, "driftloop: pulse: ", timeout=60)

@@ -1,6 +1,5 @@
 """The MLflow server driftloop starts: SQLite by default, Postgres when configured."""
 
-
 import mlflow
 
 from driftloop.mlflow_server import MlflowServer, backend_store_uri

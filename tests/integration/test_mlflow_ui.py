@@ -24,8 +24,15 @@ from tests.support.trust import NAME, Stack, champion_served, eventually, metric
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No network, no updates, no GPU: a browser that only renders the page it is given.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SERVED_WITHIN = 5.0
 
 
@@ -48,11 +55,18 @@ def stack(tmp_path_factory):
         river = placeholder_spec(stack_spec())
         model = new_model(river)
         model.learn(TRAIN[:500], TRAIN_Y[:500])
-        assert registry.register(model, river, tracking_uri=stack.url, reference_rows=TRAIN[:200],
-                                 key=load_key(stack.key_file)).version == 2
+        assert (
+            registry.register(
+                model, river, tracking_uri=stack.url, reference_rows=TRAIN[:200], key=load_key(stack.key_file)
+            ).version
+            == 2
+        )
         registry.set_alias(NAME, "challenger", 2, tracking_uri=stack.url)  # what a retraining does
-        eventually(lambda: metric_value(stack.metrics, "driftloop_model_version",
-                                    f'{{model="{NAME}",variant="canary"}}') == 2, 60, "the worker serving canary v2")
+        eventually(
+            lambda: metric_value(stack.metrics, "driftloop_model_version", f'{{model="{NAME}",variant="canary"}}') == 2,
+            60,
+            "the worker serving canary v2",
+        )
         yield stack
     finally:
         stack.stop()
@@ -105,21 +119,29 @@ def set_champion_in_the_ui(browser, url: str, version: int, directory: Path, *, 
 
 def served_everywhere(stack: Stack, version: int, saved: float) -> None:
     urls = json.loads((stack.tmp / "data" / "stack.json").read_text())["metrics_urls"]
-    eventually(lambda: all(champion_served(url) == version for url in urls),
-                max(0.05, SERVED_WITHIN - (time.monotonic() - saved)),
-                f"every worker ({', '.join(urls)}) serving v{version} as champion within {SERVED_WITHIN:g} s of "
-                "the save")
+    eventually(
+        lambda: all(champion_served(url) == version for url in urls),
+        max(0.05, SERVED_WITHIN - (time.monotonic() - saved)),
+        f"every worker ({', '.join(urls)}) serving v{version} as champion within {SERVED_WITHIN:g} s of the save",
+    )
 
 
 def audited(stack: Stack, version: int) -> dict:
     """The alias_moved record of the move that made `version` the champion."""
+
     def champion_moved(record: dict) -> bool:
         moved = record.get("details") or {}
-        return (record["action"] == "alias_moved" and record["version"] == version
-                and moved["to"].get("champion") == version != moved["from"].get("champion"))
+        return (
+            record["action"] == "alias_moved"
+            and record["version"] == version
+            and moved["to"].get("champion") == version != moved["from"].get("champion")
+        )
 
-    return eventually(lambda: next(filter(champion_moved, stack.audit()), None), 30,
-                       f"an alias_moved record naming v{version} as the new champion")
+    return eventually(
+        lambda: next(filter(champion_moved, stack.audit()), None),
+        30,
+        f"an alias_moved record naming v{version} as the new champion",
+    )
 
 
 def test_promotion_and_rollback_in_the_mlflow_ui_reach_the_workers_and_the_audit_trail(stack, browser, tmp_path):

@@ -23,19 +23,42 @@ from tests.support import key_environ
 def _row(index: int) -> dict:
     """A demo-spec input row whose label is simply `amount > 500`: easy to learn, impossible to guess cold."""
     amount = 900.0 + index % 7 if index % 3 == 0 else 20.0 + index % 11
-    return {"txn_count_10m": 1.0, "amount_sum_1h": amount, "amount_max_24h": amount, "amount_mean_24h": amount,
-            "amount_ratio_to_mean_24h": 1.0, "secs_since_last_txn": 60.0, "amount": amount,
-            "merchant_category": "grocery", "country": "NL", "channel": "pos", "card_present": True,
-            "account_age_days": 400}
+    return {
+        "txn_count_10m": 1.0,
+        "amount_sum_1h": amount,
+        "amount_max_24h": amount,
+        "amount_mean_24h": amount,
+        "amount_ratio_to_mean_24h": 1.0,
+        "secs_since_last_txn": 60.0,
+        "amount": amount,
+        "merchant_category": "grocery",
+        "country": "NL",
+        "channel": "pos",
+        "card_present": True,
+        "account_age_days": 400,
+    }
 
 
 def _labeled(event_id: str, index: int, decision: int) -> bytes:
     row = _row(index)
-    return json.dumps({"contract": 1, "event_id": event_id, "entity": "u-1", "event_time": iso_time(1.7e9 + index),
-                       "score": float(decision), "decision": decision, "label": int(row["amount"] > 500),
-                       "model_name": "card_fraud", "model_version": 1, "variant": "champion", "features": row,
-                       "outcome_time": iso_time(1.7e9 + index), "predicted_at": iso_time(time.time()),
-                       "joined_at": iso_time(time.time())}).encode()
+    return json.dumps(
+        {
+            "contract": 1,
+            "event_id": event_id,
+            "entity": "u-1",
+            "event_time": iso_time(1.7e9 + index),
+            "score": float(decision),
+            "decision": decision,
+            "label": int(row["amount"] > 500),
+            "model_name": "card_fraud",
+            "model_version": 1,
+            "variant": "champion",
+            "features": row,
+            "outcome_time": iso_time(1.7e9 + index),
+            "predicted_at": iso_time(time.time()),
+            "joined_at": iso_time(time.time()),
+        }
+    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +74,18 @@ def champion_registry(tmp_path_factory):
 
 
 def test_the_starting_champion_catches_up_then_learns_this_runs_rows_in_row_order(
-        kafka_bootstrap, unique, tmp_path, champion_registry):
+    kafka_bootstrap, unique, tmp_path, champion_registry
+):
     spec, uri = champion_registry
     topic = f"nr-labeled-{unique}"
-    settings = settings_module.load(environ={"MLFLOW_TRACKING_URI": uri, "DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
-                                             "DRIFTLOOP_TOPIC_LABELED": topic, **key_environ()})
+    settings = settings_module.load(
+        environ={
+            "MLFLOW_TRACKING_URI": uri,
+            "DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
+            "DRIFTLOOP_TOPIC_LABELED": topic,
+            **key_environ(),
+        }
+    )
     kafka.ensure_topics(kafka_bootstrap, [topic], partitions=2)
     producer = kafka.producer(kafka_bootstrap)
     time.sleep(0.5)  # room between the registration and the replay's start for the history below
@@ -65,8 +95,7 @@ def test_the_starting_champion_catches_up_then_learns_this_runs_rows_in_row_orde
     # online by the workers, so the baseline catches up on them).
     producer.produce(topic, _labeled("old-0", 1, 0), key=b"u-1", timestamp=created - 5_000)
     for index in range(400):
-        producer.produce(topic, _labeled(f"hist-{index}", index, 0), key=b"u-1",
-                         timestamp=created + 1 + index)
+        producer.produce(topic, _labeled(f"hist-{index}", index, 0), key=b"u-1", timestamp=created + 1 + index)
     # The run: 60 rows, arriving in reverse order, each answered wrongly by the live pipeline; row 5 twice
     # (a re-emitted prediction: the first one counts), and another run's record after the start.
     run_ids = [f"run-{row}" for row in range(60)]
@@ -77,8 +106,14 @@ def test_the_starting_champion_catches_up_then_learns_this_runs_rows_in_row_orde
     producer.produce(topic, _labeled("other-run-1", 7, 0), key=b"u-1")
     assert producer.flush(10) == 0
 
-    figures = baseline.score(kafka_bootstrap, topic, {event_id: row for row, event_id in enumerate(run_ids)},
-                             expected=60, delay_rows=3, timeout=5)
+    figures = baseline.score(
+        kafka_bootstrap,
+        topic,
+        {event_id: row for row, event_id in enumerate(run_ids)},
+        expected=60,
+        delay_rows=3,
+        timeout=5,
+    )
 
     assert figures["model_version"] == 1 and figures["flavor"] == "river"
     assert figures["caught_up_rows"] == 400 and figures["rows"] == 60
@@ -100,8 +135,9 @@ def test_the_starting_champion_catches_up_then_learns_this_runs_rows_in_row_orde
 def test_without_a_champion_the_baseline_says_why(tmp_path, champion_registry):
     spec, uri = champion_registry
     unregistered = spec.model_copy(update={"model": spec.model.model_copy(update={"name": "nobody"})})
-    settings = settings_module.load(environ={"MLFLOW_TRACKING_URI": uri, "DRIFTLOOP_DATA_DIR": str(tmp_path),
-                                             **key_environ()})
+    settings = settings_module.load(
+        environ={"MLFLOW_TRACKING_URI": uri, "DRIFTLOOP_DATA_DIR": str(tmp_path), **key_environ()}
+    )
     figures = NeverRetrained.at_start(settings, unregistered).score("127.0.0.1:1", "labeled", {}, 0, 0, 1)
     assert figures == {"model_version": None, "problem": f"model 'nobody' has no champion in {uri}"}
     nowhere = settings_module.load(environ={"DRIFTLOOP_DATA_DIR": str(tmp_path)})
@@ -109,16 +145,45 @@ def test_without_a_champion_the_baseline_says_why(tmp_path, champion_registry):
 
 
 def test_the_replay_report_shows_the_baseline_beside_the_live_accuracy():
-    report = ReplayReport(run_id="r", table="t.csv", spec="card_fraud", rows=2, produced_events=2,
-                          produced_outcomes=2, produce_seconds=1.0, rows_per_s=2.0, predictions_per_s=2.0,
-                          predicted=2, dead_lettered=0, missing=0, duplicate_predictions=0, dead_letter_reasons={},
-                          metrics={"accuracy": 0.5, "precision": 0, "recall": 0, "f1": 0, "log_loss": 1, "roc_auc": None,
-                                   "baselines": {"majority_class": 0.5, "previous_label": 0.5}, "deciles": [],
-                                   "model_versions": []},
-                          never_retrained={"model_version": 3, "flavor": "river", "learning": "online, each row learned "
-                                           "0 rows after it was predicted", "caught_up_rows": 0, "rows": 2,
-                                           "accuracy": 1.0, "live_accuracy": 0.5, "live_model_versions": [3, 4]})
-    assert ("never retrained: champion v3 as the replay started (river, learning online, each row learned 0 rows "
-            "after it was predicted): accuracy 1.0000 on 2 labeled rows, where the live pipeline had 0.5000"
-            ) in report.render()
+    report = ReplayReport(
+        run_id="r",
+        table="t.csv",
+        spec="card_fraud",
+        rows=2,
+        produced_events=2,
+        produced_outcomes=2,
+        produce_seconds=1.0,
+        rows_per_s=2.0,
+        predictions_per_s=2.0,
+        predicted=2,
+        dead_lettered=0,
+        missing=0,
+        duplicate_predictions=0,
+        dead_letter_reasons={},
+        metrics={
+            "accuracy": 0.5,
+            "precision": 0,
+            "recall": 0,
+            "f1": 0,
+            "log_loss": 1,
+            "roc_auc": None,
+            "baselines": {"majority_class": 0.5, "previous_label": 0.5},
+            "deciles": [],
+            "model_versions": [],
+        },
+        never_retrained={
+            "model_version": 3,
+            "flavor": "river",
+            "learning": "online, each row learned 0 rows after it was predicted",
+            "caught_up_rows": 0,
+            "rows": 2,
+            "accuracy": 1.0,
+            "live_accuracy": 0.5,
+            "live_model_versions": [3, 4],
+        },
+    )
+    assert (
+        "never retrained: champion v3 as the replay started (river, learning online, each row learned 0 rows "
+        "after it was predicted): accuracy 1.0000 on 2 labeled rows, where the live pipeline had 0.5000"
+    ) in report.render()
     assert report.as_dict()["never_retrained"]["accuracy"] == 1.0

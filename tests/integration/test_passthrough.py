@@ -80,8 +80,22 @@ def test_too_few_messages_fail_with_a_clear_error(kafka_bootstrap, unique):
 
 
 def test_module_prints_json(kafka_bootstrap):
-    run = subprocess.run([sys.executable, "-m", "driftloop.load.benchmarks.passthrough", "--bootstrap", kafka_bootstrap,
-                          "--events", "2000", "--partitions", "2"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "driftloop.load.benchmarks.passthrough",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--events",
+            "2000",
+            "--partitions",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     stats = json.loads(run.stdout)
     assert stats["events"] == 2000 and stats["events_per_s"] > 0 and stats["verified"] is True

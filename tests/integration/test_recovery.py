@@ -26,9 +26,17 @@ BIG_PRODUCER = {"message.max.bytes": 12_000_000}  # a user's client may send rec
 
 
 def _event(event_id: str, user: str = "u-1", **changes) -> dict:
-    doc = {"event_id": event_id, "user_id": user, "event_time": NOW - 60, "amount": 12.5,
-           "merchant_category": "grocery", "country": "NL", "channel": "pos", "card_present": True,
-           "account_age_days": 400}
+    doc = {
+        "event_id": event_id,
+        "user_id": user,
+        "event_time": NOW - 60,
+        "amount": 12.5,
+        "merchant_category": "grocery",
+        "country": "NL",
+        "channel": "pos",
+        "card_present": True,
+        "account_age_days": 400,
+    }
     doc.update(changes)
     return doc
 
@@ -50,7 +58,7 @@ def hostile_records() -> list[tuple[bytes | None, bytes | None, str]]:
         (b"u-1", encode(_event("h-type", amount="12.5")), "a wrong type"),
         (b"u-1", encode(_event("h-nan", amount=1.0)).replace(b"1.0", b"NaN"), "NaN"),
         (b"u-1", encode(_event("h-inf", amount=1.0)).replace(b"1.0", b"Infinity"), "Infinity"),
-        (b"u-1", encode(_event("h-2e70", account_age_days=2 ** 70)), "a 2^70 integer"),
+        (b"u-1", encode(_event("h-2e70", account_age_days=2**70)), "a 2^70 integer"),
         (b"u-1", encode(_event("h-future", event_time=NOW + 10 * 365 * 86400)), "a far-future timestamp"),
         (b"u-1", encode(_event("h-1970", event_time=0)), "a 1970 timestamp, otherwise valid"),
         (b"u-new", encode(_event("h-unknown", user="u-never-seen-before")), "an unknown entity, valid"),
@@ -65,9 +73,11 @@ def _produce_tracked(bootstrap: str, topic: str, records, partition_of=None) -> 
     where: dict[int, tuple[int, int]] = {}
     producer = kafka.producer(bootstrap, **BIG_PRODUCER)
     for i, (key, value, *_what) in enumerate(records):
+
         def delivered(err, msg, i=i):
             assert err is None, err
             where[i] = (msg.partition(), msg.offset())
+
         partition = partition_of(i) if partition_of else None
         if partition is None:
             producer.produce(topic, value, key, on_delivery=delivered)
@@ -104,13 +114,18 @@ def test_each_hostile_record_ends_as_one_prediction_or_one_dead_letter(tmp_path,
     try:
         records = hostile_records()
         # the duplicate pair goes to two partitions (there are two): the filter is per partition
-        where = _produce_tracked(kafka_bootstrap, settings.topic_events, records,
-                                 partition_of=lambda i: i % 2 if i >= len(records) - 2 else None)
+        where = _produce_tracked(
+            kafka_bootstrap,
+            settings.topic_events,
+            records,
+            partition_of=lambda i: i % 2 if i >= len(records) - 2 else None,
+        )
         # read on for 3 s once every record has an output: anything more would be a second one
         predictions, dead = _outputs_by_source(settings, spec, len(records), timeout=90, settle=3.0)
 
-        by_source = {(d["source"]["partition"], d["source"]["offset"]): d
-                     for d in (json.loads(m.value()) for m in dead)}
+        by_source = {
+            (d["source"]["partition"], d["source"]["offset"]): d for d in (json.loads(m.value()) for m in dead)
+        }
         predicted_ids = [json.loads(m.value())["event_id"] for m in predictions]
         for (key, value, what), position in zip(records, where):
             envelope = by_source.get(position)
@@ -126,27 +141,45 @@ def test_each_hostile_record_ends_as_one_prediction_or_one_dead_letter(tmp_path,
         # Junk on the other topics a worker reads: outcomes (dead-lettered), and the labeled and internal
         # topics anyone with access can write to (skipped and counted)
         topology = Topology.of(settings, spec)
-        bad_outcomes = [(b"e", b"A" * 5_000_000, "5 MB"), (None, b"{", "truncated"), (b"e", None, "tombstone"),
-                        (b"e", b'{"event_id":"h-dup","is_fraud":7}', "a label that is not 0/1")]
+        bad_outcomes = [
+            (b"e", b"A" * 5_000_000, "5 MB"),
+            (None, b"{", "truncated"),
+            (b"e", None, "tombstone"),
+            (b"e", b'{"event_id":"h-dup","is_fraud":7}', "a label that is not 0/1"),
+        ]
         _produce_tracked(kafka_bootstrap, settings.topic_outcomes, bad_outcomes)
         junk = [(None, b"\x00junk", ""), (b"x", b'{"event_id":1}', ""), (b"x", None, "")]
         for topic in (settings.topic_labeled, topology.pending):
             _produce_tracked(kafka_bootstrap, topic, junk)
         # ... and the worker is still there, scoring and joining
         _produce_tracked(kafka_bootstrap, settings.topic_events, [(b"u-1", encode(_event("after")), "valid")])
-        _produce_tracked(kafka_bootstrap, settings.topic_outcomes,
-                         [(b"after", b'{"event_id":"after","is_fraud":1}', "valid")])
-        out = consume_all(kafka_bootstrap, [settings.topic_labeled, topology.outcomes_dlq],
-                          lambda r: len(r[topology.outcomes_dlq]) >= len(bad_outcomes) and "after" in
-                          {json.loads(m.value()).get("event_id") for m in r[settings.topic_labeled]
-                           if m.value() and m.value().startswith(b"{")}, timeout=60)
+        _produce_tracked(
+            kafka_bootstrap, settings.topic_outcomes, [(b"after", b'{"event_id":"after","is_fraud":1}', "valid")]
+        )
+        out = consume_all(
+            kafka_bootstrap,
+            [settings.topic_labeled, topology.outcomes_dlq],
+            lambda r: (
+                len(r[topology.outcomes_dlq]) >= len(bad_outcomes)
+                and "after"
+                in {
+                    json.loads(m.value()).get("event_id")
+                    for m in r[settings.topic_labeled]
+                    if m.value() and m.value().startswith(b"{")
+                }
+            ),
+            timeout=60,
+        )
         assert len(out[topology.outcomes_dlq]) == len(bad_outcomes)
         assert all(len(m.value()) < 1_000_000 for m in out[topology.outcomes_dlq])
         assert any(m.value() and b'"after"' in m.value() for m in out[settings.topic_labeled])
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            bad = {labels: value for (name, labels), value in worker.metrics().items()
-                   if name == "driftloop_bad_records_total"}
+            bad = {
+                labels: value
+                for (name, labels), value in worker.metrics().items()
+                if name == "driftloop_bad_records_total"
+            }
             if sum(bad.values()) >= 2 * len(junk):
                 break
             time.sleep(0.5)
@@ -194,6 +227,7 @@ class _LoadWithHostility(threading.Thread):
                 def delivered(err, msg, value=value):
                     assert err is None, err
                     self.hostile[(msg.partition(), msg.offset())] = value
+
                 producer.produce(self.settings.topic_events, value, key, on_delivery=delivered)
             producer.poll(0)
         for late in waiting:
@@ -210,12 +244,16 @@ def _wait_for_log(log, text: str, occurrences: int, timeout: float = 120) -> Non
 
 def _metrics(port: int) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
-def _read_until_accounted(bootstrap: str, topology: Topology, ids: set[str], hostile: set[tuple[int, int]],
-                          timeout: float) -> dict[str, list]:
+def _read_until_accounted(
+    bootstrap: str, topology: Topology, ids: set[str], hostile: set[tuple[int, int]], timeout: float
+) -> dict[str, list]:
     """Predictions, labeled and dead letters, until every id is predicted and labeled and every hostile
     record dead-lettered (then 3 s more, for duplicates still on their way)."""
     topics = [topology.predictions, topology.labeled, topology.events_dlq]
@@ -274,8 +312,11 @@ def test_kill_9_under_load_loses_nothing_and_counts_nothing_twice(tmp_path, kafk
         ids = {e["event_id"] for e, _ in stream.take(count)}
         out = _read_until_accounted(kafka_bootstrap, topology, ids, set(load.hostile), timeout=240)
         port = log.read_text().rsplit("metrics at http://127.0.0.1:", 1)[1].split("/", 1)[0]
-        recovered = sum(value for (name, _labels), value in _metrics(int(port)).items()
-                        if name == "driftloop_recovered_events_total")
+        recovered = sum(
+            value
+            for (name, _labels), value in _metrics(int(port)).items()
+            if name == "driftloop_recovered_events_total"
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0, log.read_text()[-3000:]
@@ -308,6 +349,8 @@ def test_kill_9_under_load_loses_nothing_and_counts_nothing_twice(tmp_path, kafk
     for event_doc, _ in stream.take(count):
         event, row = featuriser.featurise(encode(event_doc))
         assert labeled[event.event_id][0]["features"] == row, event.event_id
-    print(f"{kills} kills; the last worker recovered {recovered:.0f} records; "
-          f"{sum(map(len, predictions.values())) - len(ids)} events predicted twice, "
-          f"{sum(map(len, labeled.values())) - len(ids)} labeled twice")
+    print(
+        f"{kills} kills; the last worker recovered {recovered:.0f} records; "
+        f"{sum(map(len, predictions.values())) - len(ids)} events predicted twice, "
+        f"{sum(map(len, labeled.values())) - len(ids)} labeled twice"
+    )

@@ -25,22 +25,32 @@ from tests.support import REPO, key_environ
 
 ELEC2 = REPO.parent / "shared" / "data" / "elec2.csv"
 ELEC2_SPEC = REPO / "driftloop" / "specs" / "elec2.yaml"
-needs_elec2 = pytest.mark.skipif(not ELEC2.is_file(), reason=f"{ELEC2} (the shared elec2 dataset, ../shared) is not here")
+needs_elec2 = pytest.mark.skipif(
+    not ELEC2.is_file(), reason=f"{ELEC2} (the shared elec2 dataset, ../shared) is not here"
+)
 ELEC2_FIELDS = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
 
 
 def _environment(bootstrap: str, unique: str, tmp_path: Path, **topics: str) -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
-            "DRIFTLOOP_SPEC": str(ELEC2_SPEC), "DRIFTLOOP_PARTITIONS": "2",
-            "DRIFTLOOP_TOPIC_EVENTS": topics.get("events", f"replay-events-{unique}"),
-            "DRIFTLOOP_TOPIC_OUTCOMES": topics.get("outcomes", f"replay-outcomes-{unique}"),
-            "DRIFTLOOP_TOPIC_PREDICTIONS": f"replay-predictions-{unique}", **key_environ()}
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
+        "DRIFTLOOP_SPEC": str(ELEC2_SPEC),
+        "DRIFTLOOP_PARTITIONS": "2",
+        "DRIFTLOOP_TOPIC_EVENTS": topics.get("events", f"replay-events-{unique}"),
+        "DRIFTLOOP_TOPIC_OUTCOMES": topics.get("outcomes", f"replay-outcomes-{unique}"),
+        "DRIFTLOOP_TOPIC_PREDICTIONS": f"replay-predictions-{unique}",
+        **key_environ(),
+    }
 
 
 def _read_all(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes, int]]:
     """Every record on `topic` as (partition, key, value, timestamp ms), in offset order per partition."""
-    consumer = kafka.consumer(bootstrap, f"replay-test-{time.monotonic_ns()}",
-                              **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 100})
+    consumer = kafka.consumer(
+        bootstrap,
+        f"replay-test-{time.monotonic_ns()}",
+        **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 100},
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -66,8 +76,7 @@ def _elec2_rows(count: int) -> list[dict[str, str]]:
 
 @needs_elec2
 @pytest.mark.integration
-def test_cli_replays_elec2_rows_as_events_the_validator_accepts(kafka_bootstrap, unique, tmp_path, monkeypatch,
-                                                                capsys):
+def test_cli_replays_elec2_rows_as_events_the_validator_accepts(kafka_bootstrap, unique, tmp_path, monkeypatch, capsys):
     environment = _environment(kafka_bootstrap, unique, tmp_path)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
@@ -118,8 +127,10 @@ def _replay_onto_one_partition(kafka_bootstrap, unique, tmp_path, **options):
     environment = _environment(kafka_bootstrap, unique, tmp_path, events=stream, outcomes=stream)
     settings = settings_module.load(environ={**environment, "DRIFTLOOP_PARTITIONS": "1"})
     report = replay(settings, ELEC2, timeout=0.3, **options)
-    records = [json.loads(value) | {"_key": key.decode(), "_ms": ms}
-               for _p, key, value, ms in _read_all(kafka_bootstrap, stream)]
+    records = [
+        json.loads(value) | {"_key": key.decode(), "_ms": ms}
+        for _p, key, value, ms in _read_all(kafka_bootstrap, stream)
+    ]
     return report, records
 
 
@@ -155,8 +166,9 @@ def test_outcomes_follow_their_event_by_the_label_delay_in_events(kafka_bootstra
 @needs_elec2
 @pytest.mark.integration
 def test_outcomes_follow_their_event_by_the_label_delay_in_seconds(kafka_bootstrap, unique, tmp_path):
-    report, records = _replay_onto_one_partition(kafka_bootstrap, unique, tmp_path, limit=10, rate=50.0,
-                                                 label_delay_seconds=0.5)
+    report, records = _replay_onto_one_partition(
+        kafka_bootstrap, unique, tmp_path, limit=10, rate=50.0, label_delay_seconds=0.5
+    )
     events = {r["event_id"]: r for r in records if "market" in r}
     outcomes = {r["event_id"]: r for r in records if "market" not in r}
     assert len(events) == len(outcomes) == report.produced_outcomes == 10
@@ -167,9 +179,19 @@ def test_outcomes_follow_their_event_by_the_label_delay_in_seconds(kafka_bootstr
 
 
 def _prediction(event_id: str, version: int) -> bytes:
-    return contracts.prediction(event_id=event_id, entity="nsw", event_time=1.7e9, score=0.7, threshold=0.5,
-                                model_name="elec2", model_version=version, variant="champion",
-                                feature_view="elec2_features", feature_view_version="1", latency_ms=2.0)
+    return contracts.prediction(
+        event_id=event_id,
+        entity="nsw",
+        event_time=1.7e9,
+        score=0.7,
+        threshold=0.5,
+        model_name="elec2",
+        model_version=version,
+        variant="champion",
+        feature_view="elec2_features",
+        feature_view_version="1",
+        latency_ms=2.0,
+    )
 
 
 def _dead_letter(event_id: str, reason: str) -> bytes:
@@ -187,12 +209,14 @@ def test_collector_keeps_only_this_runs_answers_from_after_it_started(kafka_boot
 
     row_of = {f"run1-{index}": index for index in range(5)}
     with RunCollector(kafka_bootstrap, predictions, dlq, "event_id", row_of) as collector:
-        for topic, value in [(predictions, _prediction("run1-0", version=2)),
-                             (predictions, _prediction("run1-1", version=2)),
-                             (predictions, _prediction("run1-1", version=3)),  # emitted again after a crash
-                             (predictions, _prediction("other-2", version=2)),  # another run's
-                             (dlq, _dead_letter("run1-2", "out_of_range")),
-                             (dlq, _dead_letter("run1-0", "duplicate_event_id"))]:  # row 0 was scored
+        for topic, value in [
+            (predictions, _prediction("run1-0", version=2)),
+            (predictions, _prediction("run1-1", version=2)),
+            (predictions, _prediction("run1-1", version=3)),  # emitted again after a crash
+            (predictions, _prediction("other-2", version=2)),  # another run's
+            (dlq, _dead_letter("run1-2", "out_of_range")),
+            (dlq, _dead_letter("run1-0", "duplicate_event_id")),
+        ]:  # row 0 was scored
             producer.produce(topic, key=b"nsw", value=value)
         assert producer.flush(10) == 0
         deadline = time.monotonic() + 15
@@ -213,10 +237,24 @@ def test_metrics_agree_with_scikit_learn_on_the_predicted_rows():
     # One decimal: many tied scores (ROC AUC averages their ranks); 0 and 1 exactly (log-loss clips them).
     scores = np.round(labels * 0.35 + rng.random(count) * 0.65, 1)
     scores[:2] = 0.0, 1.0
-    predictions = [json.loads(contracts.prediction(
-        event_id=f"r-{i}", entity="nsw", event_time=1.7e9 + i, score=score, threshold=threshold, model_name="elec2",
-        model_version=1 if i < 30 else 2, variant="champion", feature_view="fv", feature_view_version="1",
-        latency_ms=1.0)) for i, score in enumerate(scores)]
+    predictions = [
+        json.loads(
+            contracts.prediction(
+                event_id=f"r-{i}",
+                entity="nsw",
+                event_time=1.7e9 + i,
+                score=score,
+                threshold=threshold,
+                model_name="elec2",
+                model_version=1 if i < 30 else 2,
+                variant="champion",
+                feature_view="fv",
+                feature_view_version="1",
+                latency_ms=1.0,
+            )
+        )
+        for i, score in enumerate(scores)
+    ]
     for unanswered in (4, 20, 21, 50):
         predictions[unanswered] = None
 
@@ -241,8 +279,9 @@ def test_metrics_agree_with_scikit_learn_on_the_predicted_rows():
     for start, end in zip(bounds[:-1], bounds[1:]):
         part = [i for i in kept if start <= i < end]
         hits = [int(predictions[i]["decision"] == labels[i]) for i in part]
-        expected.append({"rows": [int(start), int(end)], "predicted": len(part),
-                         "accuracy": pytest.approx(np.mean(hits))})
+        expected.append(
+            {"rows": [int(start), int(end)], "predicted": len(part), "accuracy": pytest.approx(np.mean(hits))}
+        )
     assert got["deciles"] == expected
 
     majority_hits = previous_hits = 0
@@ -250,11 +289,14 @@ def test_metrics_agree_with_scikit_learn_on_the_predicted_rows():
         ones, zeros = int(labels[:i].sum()), i - int(labels[:i].sum())
         majority_hits += int((1 if ones > zeros else 0) == labels[i])
         previous_hits += int((labels[i - 1] if i else 0) == labels[i])
-    assert got["baselines"] == {"majority_class": pytest.approx(majority_hits / len(kept)),
-                                "previous_label": pytest.approx(previous_hits / len(kept))}
+    assert got["baselines"] == {
+        "majority_class": pytest.approx(majority_hits / len(kept)),
+        "previous_label": pytest.approx(previous_hits / len(kept)),
+    }
     assert got["model_versions"] == [
         {"model_name": "elec2", "model_version": 1, "variant": "champion", "predictions": 27},
-        {"model_name": "elec2", "model_version": 2, "variant": "champion", "predictions": 26}]
+        {"model_name": "elec2", "model_version": 2, "variant": "champion", "predictions": 26},
+    ]
 
 
 def test_metrics_without_both_classes_leave_roc_auc_out():
@@ -275,13 +317,15 @@ def _write_elec2_slice(path: Path, drop: tuple[str, ...] = (), label: dict[int, 
     return path
 
 
-@pytest.mark.parametrize("drop, label, message", [
-    (("class",), {}, "no label column 'class' (the spec's outcomes.label); columns: period, nswprice"),
-    (("nswprice", "vicdemand"), {},
-     "missing columns for required fields of spec 'elec2': nswprice, vicdemand"),
-    ((), {3: "2"}, "row 3, column 'class': '2' is not a 0/1 label"),
-    ((), {1: ""}, "row 1, column 'class': the label is empty"),
-])
+@pytest.mark.parametrize(
+    "drop, label, message",
+    [
+        (("class",), {}, "no label column 'class' (the spec's outcomes.label); columns: period, nswprice"),
+        (("nswprice", "vicdemand"), {}, "missing columns for required fields of spec 'elec2': nswprice, vicdemand"),
+        ((), {3: "2"}, "row 3, column 'class': '2' is not a 0/1 label"),
+        ((), {1: ""}, "row 1, column 'class': the label is empty"),
+    ],
+)
 @needs_elec2
 def test_a_table_that_cannot_be_replayed_is_one_error_line(tmp_path, capsys, drop, label, message):
     table = _write_elec2_slice(tmp_path / "slice.csv", drop=drop, label=label)
@@ -308,28 +352,38 @@ def test_without_a_broker_replay_says_to_start_the_stack(tmp_path, capsys, monke
 def test_parquet_columns_are_typed_by_the_spec(tmp_path):
     """Typed Parquet columns (ints, datetimes, nullable ints, bools) become the demo spec's event fields."""
     table = tmp_path / "fraud.parquet"
-    pd.DataFrame({
-        "event_id": [101, 102],
-        "user_id": ["u-1", "u-2"],
-        "event_time": pd.to_datetime(["2026-11-01T10:00:00", "2026-11-01T10:00:30"]),  # naive: UTC
-        "amount": [12, 30.5],
-        "merchant_category": ["grocery", "casino"],
-        "country": ["NL", "DE"],
-        "channel": ["pos", "web"],
-        "card_present": [True, False],
-        "account_age_days": pd.array([400, None], dtype="Int64"),
-        "is_fraud": [False, True],
-        "note": ["ignored", "too"],
-    }).to_parquet(table)
+    pd.DataFrame(
+        {
+            "event_id": [101, 102],
+            "user_id": ["u-1", "u-2"],
+            "event_time": pd.to_datetime(["2026-11-01T10:00:00", "2026-11-01T10:00:30"]),  # naive: UTC
+            "amount": [12, 30.5],
+            "merchant_category": ["grocery", "casino"],
+            "country": ["NL", "DE"],
+            "channel": ["pos", "web"],
+            "card_present": [True, False],
+            "account_age_days": pd.array([400, None], dtype="Int64"),
+            "is_fraud": [False, True],
+            "note": ["ignored", "too"],
+        }
+    ).to_parquet(table)
     spec = load_spec(DEMO_SPEC)
     rows = table_rows(spec, read_table(table), origin=str(table), run_id="0badcafe")
 
     validator = EventValidator(spec, clock=lambda: 1.9e9)
     events = [validator.validate(json.dumps(row.event).encode()) for row in rows]
     assert all(isinstance(event, Event) for event in events), events
-    assert [(e.event_id, e.entity, e.event_time) for e in events] == [("101", "u-1", 1793527200.0),
-                                                                      ("102", "u-2", 1793527230.0)]
-    assert events[0].values == {"amount": 12.0, "merchant_category": "grocery", "country": "NL", "channel": "pos",
-                                "card_present": True, "account_age_days": 400}
+    assert [(e.event_id, e.entity, e.event_time) for e in events] == [
+        ("101", "u-1", 1793527200.0),
+        ("102", "u-2", 1793527230.0),
+    ]
+    assert events[0].values == {
+        "amount": 12.0,
+        "merchant_category": "grocery",
+        "country": "NL",
+        "channel": "pos",
+        "card_present": True,
+        "account_age_days": 400,
+    }
     assert events[1].unseen == ("merchant_category",) and events[1].missing == ("account_age_days",)
     assert [row.label for row in rows] == [0, 1] and [row.key for row in rows] == ["u-1", "u-2"]

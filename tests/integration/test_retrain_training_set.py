@@ -27,20 +27,8 @@ from tests.support.training import (
 # --- helpers shared with test_retrain_worker.py -------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --- the tests --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def pipeline(tmp_path, kafka_bootstrap, unique):
@@ -59,7 +47,9 @@ def test_training_set_is_the_window_with_feast_features_equal_to_the_scored_rows
     stream = scored_stream(spec, 900, seed=11)
     # Two events of one entity in the same millisecond: Feast answers such a pair with one vector.
     twin_event, twin_row, _ = stream[850]
-    twin = Event(f"{twin_event.event_id}-twin", twin_event.entity, twin_event.event_time, twin_event.values, (), (), b"")
+    twin = Event(
+        f"{twin_event.event_id}-twin", twin_event.entity, twin_event.event_time, twin_event.values, (), (), b""
+    )
     twin_row_b = {**twin_row, "amount": twin_row["amount"] + 1.0}
     stream.insert(851, (twin, twin_row_b, 1))
     # An entity Feast never got a row for (its rows were lost, say): dask must not choke on it.
@@ -68,8 +58,11 @@ def test_training_set_is_the_window_with_feast_features_equal_to_the_scored_rows
     stream.insert(871, (ghost, ghost_row, 0))
     tampered = stream[880][0].event_id  # its Feast row differs from what was scored
 
-    feast_rows = [feast_row(spec, e, {**r, "amount": r["amount"] * 2} if e.event_id == tampered else r)
-                  for e, r, _ in stream if e.entity != "u-ghost"]
+    feast_rows = [
+        feast_row(spec, e, {**r, "amount": r["amount"] * 2} if e.event_id == tampered else r)
+        for e, r, _ in stream
+        if e.entity != "u-ghost"
+    ]
     write_feast(writer, feast_rows, batch=60)  # 15 files: several, as the live writer leaves them
     records = [(e.entity, labeled_record(spec, e, r, label, latency_ms=3.5, shadow=None)) for e, r, label in stream]
     # at-least-once: the first record of an event id counts; a repeat (even a different one) does not
@@ -100,8 +93,10 @@ def test_training_set_is_the_window_with_feast_features_equal_to_the_scored_rows
     tampered_at = data.event_ids.index(tampered)
     assert data.rows[tampered_at]["amount"] == expected_rows[tampered_at]["amount"] * 2
     assert data.feast_mismatches == 1
-    for got, want in zip(data.rows[:tampered_at] + data.rows[tampered_at + 1:],
-                         expected_rows[:tampered_at] + expected_rows[tampered_at + 1:]):
+    for got, want in zip(
+        data.rows[:tampered_at] + data.rows[tampered_at + 1 :],
+        expected_rows[:tampered_at] + expected_rows[tampered_at + 1 :],
+    ):
         assert got == want
         assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
     # the twins and the ghost keep their labeled features; everything else came from Feast

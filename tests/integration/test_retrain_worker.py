@@ -68,8 +68,11 @@ def drifted(tmp_path_factory, kafka_bootstrap):
     writer.close()
     # Served by a version no test registers as champion, so the champions here are judged by their
     # snapshots; test_the_champion_is_judged_by_the_scores_it_served covers live scores.
-    publish(kafka_bootstrap, settings.topic_labeled,
-            [(e.entity, labeled_record(spec, e, r, label, model_version=SERVED_BY)) for e, r, label in stream])
+    publish(
+        kafka_bootstrap,
+        settings.topic_labeled,
+        [(e.entity, labeled_record(spec, e, r, label, model_version=SERVED_BY)) for e, r, label in stream],
+    )
     # One MLflow database (its schema migrations take seconds); each test registers its own model in it.
     uri = f"sqlite:///{directory / 'mlflow.db'}"
     registry.ensure_experiment(spec.name, tracking_uri=uri, artifact_location=str(directory / "artifacts"))
@@ -84,26 +87,34 @@ def _setup(drifted, tmp_path, kafka_bootstrap, **retrain):
     own = uuid.uuid4().hex[:8]
     spec_path = write_spec(tmp_path / "spec.yaml", name, model_name=f"{name}_{own}", **{**RETRAIN, **retrain})
     settings = training_settings(directory, kafka_bootstrap, suffix, spec_path).replace(
-        topic_retrain_requests=f"retrain-requests-{own}", topic_audit=f"audit-{own}")
+        topic_retrain_requests=f"retrain-requests-{own}", topic_audit=f"audit-{own}"
+    )
     return settings, load_spec(spec_path), uri, stream, onset
 
 
-def _request(bootstrap, settings, spec, request_id, train_from, champion_version, current_rows=None,
-             reason="concept_drift"):
+def _request(
+    bootstrap, settings, spec, request_id, train_from, champion_version, current_rows=None, reason="concept_drift"
+):
     # the audit topic too: a reader subscribing to a topic that does not exist yet may not see it for minutes
     kafka.ensure_topics(bootstrap, [settings.topic_retrain_requests, settings.topic_audit], settings.partitions)
     value = contracts.retrain_request(
-        request_id=request_id, model_name=spec.model.name, champion_version=champion_version,
-        reason=reason, train_from=train_from, current_rows=current_rows,
-        drift_report={"kind": "concept", "detector": "adwin", "drift_at": contracts.iso_time(train_from)})
+        request_id=request_id,
+        model_name=spec.model.name,
+        champion_version=champion_version,
+        reason=reason,
+        train_from=train_from,
+        current_rows=current_rows,
+        drift_report={"kind": "concept", "detector": "adwin", "drift_at": contracts.iso_time(train_from)},
+    )
     publish_signed(bootstrap, settings.topic_retrain_requests, spec.model.name, value)
 
 
 def publish_signed(bootstrap, topic, key, value):
     """A record signed as the control plane signs its retrain requests."""
     producer = kafka.producer(bootstrap)
-    producer.produce(topic, key=key.encode(), value=value,
-                     headers=contracts.signature_headers(configured_key(), topic, value))
+    producer.produce(
+        topic, key=key.encode(), value=value, headers=contracts.signature_headers(configured_key(), topic, value)
+    )
     assert producer.flush(30) == 0
 
 
@@ -161,7 +172,9 @@ def _champion(spec, uri, rows, labels):
     river = with_model(spec, "river", "logistic_regression")
     model = new_model(river)
     model.learn(rows, labels)
-    info = registry.register(model, river, tracking_uri=uri, reference_rows=rows[-500:], tags={"driftloop.origin": "test"})
+    info = registry.register(
+        model, river, tracking_uri=uri, reference_rows=rows[-500:], tags={"driftloop.origin": "test"}
+    )
     registry.set_alias(spec.model.name, CHAMPION, info.version, tracking_uri=uri)
     return info.version
 
@@ -169,9 +182,14 @@ def _champion(spec, uri, rows, labels):
 def _committed(bootstrap, settings, spec):
     consumer = kafka.consumer(bootstrap, f"driftloop-{spec.name}-retrain")
     try:
-        partitions = consumer.list_topics(settings.topic_retrain_requests, timeout=10).topics[
-            settings.topic_retrain_requests].partitions
-        offsets = consumer.committed([TopicPartition(settings.topic_retrain_requests, p) for p in partitions], timeout=10)
+        partitions = (
+            consumer.list_topics(settings.topic_retrain_requests, timeout=10)
+            .topics[settings.topic_retrain_requests]
+            .partitions
+        )
+        offsets = consumer.committed(
+            [TopicPartition(settings.topic_retrain_requests, p) for p in partitions], timeout=10
+        )
     finally:
         consumer.close()
     return sum(max(tp.offset, 0) for tp in offsets)
@@ -219,7 +237,9 @@ def test_a_drifted_stream_yields_a_challenger_that_beats_the_pre_drift_champion(
     assert 0 <= metrics["data_drift_share"] <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"drift_report.json", "data_drift.html"} <= artifacts
-    report = json.loads(Path(client.download_artifacts(run.info.run_id, "drift_report.json", str(tmp_path))).read_text())
+    report = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "drift_report.json", str(tmp_path))).read_text()
+    )
     assert report["kind"] == "concept"
     html = Path(client.download_artifacts(run.info.run_id, "data_drift.html", str(tmp_path))).read_text()
     assert "Dataset Drift" in html and "amount_sum_1h" in html
@@ -256,9 +276,11 @@ def test_a_warm_up_request_replaces_the_placeholder_with_the_specs_own_model(dri
 
 
 def test_a_candidate_that_cannot_beat_the_champion_is_registered_rejected_without_alias(
-        drifted, tmp_path, kafka_bootstrap):
-    settings, spec, uri, stream, onset = _setup(drifted, tmp_path, kafka_bootstrap, window_events=800,
-                                                min_improvement=0.3)
+    drifted, tmp_path, kafka_bootstrap
+):
+    settings, spec, uri, stream, onset = _setup(
+        drifted, tmp_path, kafka_bootstrap, window_events=800, min_improvement=0.3
+    )
     post = stream[PRE:]  # the champion already knows the new regime, holdout included
     champion = _champion(spec, uri, [r for _, r, _ in post], [label for _, _, label in post])
     _request(kafka_bootstrap, settings, spec, "req-same", onset, champion)
@@ -321,18 +343,25 @@ def test_a_request_without_enough_data_waits_then_fails_without_touching_aliases
 
     worker = Worker(settings, kafka_bootstrap, uri, data_retry_seconds=0.5, max_data_wait_seconds=2)
     try:
-        audits = _audits(kafka_bootstrap, settings.topic_audit,
-                         lambda records: sum(r["action"] == "retrain_failed" for r in records) == 2)
+        audits = _audits(
+            kafka_bootstrap,
+            settings.topic_audit,
+            lambda records: sum(r["action"] == "retrain_failed" for r in records) == 2,
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and _committed(kafka_bootstrap, settings, spec) < 2:
             time.sleep(0.2)
     finally:
         worker.close()
     assert [(r["details"]["request_id"], r["action"]) for r in audits] == [
-        (request_id, action) for request_id in ("req-early", "req-queued")
-        for action in ("started", "waiting_for_data", "retrain_failed")]
+        (request_id, action)
+        for request_id in ("req-early", "req-queued")
+        for action in ("started", "waiting_for_data", "retrain_failed")
+    ]
     assert audits[1]["details"] == {"request_id": "req-early", "rows": 100, "min_rows": 400}
-    assert audits[2]["reason"].startswith("DriftloopError: not enough labelled data after waiting 2s: 100 labelled rows")
+    assert audits[2]["reason"].startswith(
+        "DriftloopError: not enough labelled data after waiting 2s: 100 labelled rows"
+    )
     assert registry.aliases(spec.model.name, tracking_uri=uri) == {CHAMPION: champion}
     assert registry.versions_tagged(spec.model.name, REQUEST_TAG, "req-early", tracking_uri=uri) == []
     assert _committed(kafka_bootstrap, settings, spec) == 2  # failed for good: done, not replayed
@@ -345,9 +374,14 @@ def test_the_champion_is_judged_by_the_scores_it_served(drifted, tmp_path, kafka
     settings = settings.replace(topic_labeled=f"labeled-{uuid.uuid4().hex[:8]}")
     kafka.ensure_topics(kafka_bootstrap, [settings.topic_labeled], settings.partitions)
     # ...but live, after its online learning, it ranked every event right
-    publish(kafka_bootstrap, settings.topic_labeled,
-            [(e.entity, labeled_record(spec, e, r, label, model_version=snapshot, score=0.9 if label else 0.1))
-             for e, r, label in stream])
+    publish(
+        kafka_bootstrap,
+        settings.topic_labeled,
+        [
+            (e.entity, labeled_record(spec, e, r, label, model_version=snapshot, score=0.9 if label else 0.1))
+            for e, r, label in stream
+        ],
+    )
     _request(kafka_bootstrap, settings, spec, "req-served", onset, snapshot)
 
     audits = _audits_until_decided(settings, kafka_bootstrap, uri)
@@ -357,7 +391,8 @@ def test_the_champion_is_judged_by_the_scores_it_served(drifted, tmp_path, kafka
 
 
 def test_a_forged_champion_is_never_loaded_and_a_warm_up_request_cannot_use_it_to_skip_the_comparison(
-        drifted, tmp_path, kafka_bootstrap):
+    drifted, tmp_path, kafka_bootstrap
+):
     settings, spec, uri, stream, onset = _setup(drifted, tmp_path, kafka_bootstrap)
     pre = stream[:PRE]
     served = _champion(spec, uri, [r for _, r, _ in pre], [label for _, _, label in pre])
@@ -385,7 +420,13 @@ def _forged_placeholder(spec, uri, directory, marker) -> int:
     model_dir = directory / "artifacts" / "model"
     model_dir.mkdir(parents=True)
     (model_dir / "model.pkl").write_bytes(pickle.dumps(RunsACommand(marker)))
-    tags = {"driftloop.checksum": directory_checksum(model_dir), "driftloop.flavor": "river",
-            "driftloop.placeholder": "warmup"}
-    return int(MlflowClient(uri, registry_uri=uri).create_model_version(spec.model.name, source=str(directory),
-                                                                        tags=tags).version)
+    tags = {
+        "driftloop.checksum": directory_checksum(model_dir),
+        "driftloop.flavor": "river",
+        "driftloop.placeholder": "warmup",
+    }
+    return int(
+        MlflowClient(uri, registry_uri=uri)
+        .create_model_version(spec.model.name, source=str(directory), tags=tags)
+        .version
+    )

@@ -27,15 +27,23 @@ from tests.support.feast import START, feast_answers, feast_settings, random_row
 
 def _longest(document: dict) -> dict:
     """The longest pipeline name, starting with a digit; a model name MLflow takes but few would type."""
-    return {**document, "name": "1" + "n" * (MAX_NAME_LENGTH - 1),
-            "model": {**document["model"], "name": "Fraud model (v2) é #1 & co"}}
+    return {
+        **document,
+        "name": "1" + "n" * (MAX_NAME_LENGTH - 1),
+        "model": {**document["model"], "name": "Fraud model (v2) é #1 & co"},
+    }
 
 
 def _reserved_looking(document: dict) -> dict:
     """Names that sound reserved and are not: the entity `created`, inputs `select`, `_x` and
     `output_label`, the event time in `event_timestamp` (not a Feast column), an empty category."""
-    renames = {"user_id": "created", "amount": "select", "account_age_days": "_x", "channel": "output_label",
-               "event_time": "event_timestamp"}
+    renames = {
+        "user_id": "created",
+        "amount": "select",
+        "account_age_days": "_x",
+        "channel": "output_label",
+        "event_time": "event_timestamp",
+    }
     events = document["events"]
     events["fields"] = {renames.get(name, name): field for name, field in events["fields"].items()}
     for key in ("entity", "time_field"):
@@ -100,10 +108,12 @@ def test_mlflow_and_the_model_exporters_take_the_names(tmp_path, empty_mlflow_db
     labels = [i % 2 for i in range(60)]
     candidates = train_candidates(spec, rows, labels)  # an ONNX and a River model
     assert [len(c.model.predict_proba(rows)) for c in candidates] == [60, 60]
-    river_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"flavor": "river",
-                                                                                 "estimator": "logistic_regression"})})
-    info = registry.register(new_model(river_spec), river_spec, tracking_uri=uri, reference_rows=rows,
-                             tags={"driftloop.request_id": "r-1"})
+    river_spec = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"flavor": "river", "estimator": "logistic_regression"})}
+    )
+    info = registry.register(
+        new_model(river_spec), river_spec, tracking_uri=uri, reference_rows=rows, tags={"driftloop.request_id": "r-1"}
+    )
     registry.set_alias(spec.model.name, "champion", info.version, tracking_uri=uri)
     assert registry.aliases(spec.model.name, tracking_uri=uri) == {"champion": info.version}
     assert registry.versions_tagged(spec.model.name, "driftloop.request_id", "r-1", tracking_uri=uri) == [info.version]

@@ -32,8 +32,9 @@ class Up:
     def __init__(self, tmp_path: Path, **env: str):
         self.data = tmp_path / "data"
         self.env = stack_env(tmp_path, **env)
-        self.process = subprocess.Popen(driftloop_command("up"), env=self.env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            driftloop_command("up"), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -53,8 +54,10 @@ class Up:
                     return at
             if self.process.poll() is not None:
                 self._reader.join(5)
-                raise AssertionError(f"driftloop up exited ({self.process.returncode}) before {text!r}: "
-                                     f"{self.output()}{self.process.stderr.read()}")
+                raise AssertionError(
+                    f"driftloop up exited ({self.process.returncode}) before {text!r}: "
+                    f"{self.output()}{self.process.stderr.read()}"
+                )
             time.sleep(0.1)
         raise AssertionError(f"no {text!r} within {timeout}s; output: {self.output()}")
 
@@ -70,8 +73,11 @@ class Up:
     def find(self, label: str) -> psutil.Process | None:
         for child in psutil.Process(self.process.pid).children():
             command = command_line(child)
-            if command[-1:] == [label] or (label == "mlflow" and command[2:4] == ["mlflow", "server"]) \
-                    or (label == "broker" and "tansu" in command[0]):
+            if (
+                command[-1:] == [label]
+                or (label == "mlflow" and command[2:4] == ["mlflow", "server"])
+                or (label == "broker" and "tansu" in command[0])
+            ):
                 return child
         return None
 
@@ -84,13 +90,18 @@ class Up:
         return killed_at
 
     def status(self) -> dict:
-        done = subprocess.run(driftloop_command("status", "--json"), env=self.env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            driftloop_command("status", "--json"), env=self.env, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
     def audit(self, action: str) -> list[dict]:
-        return [record for record in map(json.loads, kafka.read_topic(self.info["bootstrap"], "audit"))
-                if record["action"] == action]
+        return [
+            record
+            for record in map(json.loads, kafka.read_topic(self.info["bootstrap"], "audit"))
+            if record["action"] == action
+        ]
 
     def log(self, label: str) -> Path:
         return self.data / "logs" / f"{label}.log"
@@ -161,8 +172,11 @@ def test_killed_workers_come_back_audited_and_counted(stack):
     killed_at = stack.kill(*killed)
     back = {}
     for label in killed:
-        stack.wait_for(f"{NAMES[label]} exited (signal 9); restarting in 1s (restart 1; log: {stack.log(label)})",
-                       timeout=30, since=killed_at)
+        stack.wait_for(
+            f"{NAMES[label]} exited (signal 9); restarting in 1s (restart 1; log: {stack.log(label)})",
+            timeout=30,
+            since=killed_at,
+        )
         back[label] = stack.wait_for(f"{NAMES[label]} is back: ready", timeout=240, since=killed_at) - killed_at
     assert all(stack.child(label).pid != pid for label, pid in killed.items())
     # The worker kept its metrics port, so the URL in stack.json is still the one that answers, and it scores.
@@ -175,28 +189,47 @@ def test_killed_workers_come_back_audited_and_counted(stack):
     assert set(restarts) == set(killed)
     for label, record in restarts.items():
         assert record["actor"] == "supervisor"
-        assert record["details"] == {"child": label, "exit_code": None, "signal": 9, "exit": "signal 9",
-                                     "restarts": 1, "log": str(stack.log(label))}
+        assert record["details"] == {
+            "child": label,
+            "exit_code": None,
+            "signal": 9,
+            "exit": "signal 9",
+            "restarts": 1,
+            "log": str(stack.log(label)),
+        }
     children = stack.status()["supervisor"]["children"]
-    assert children == {"broker": {"up": True, "restarts": 0}, "mlflow": {"up": True, "restarts": 0},
-                        "worker": {"up": True, "restarts": 1}, "control": {"up": True, "restarts": 1},
-                        "retrain-worker": {"up": True, "restarts": 1}}
-    print(f"\nkilled together, back (ready) after: " + ", ".join(f"{label} {s:.1f}s" for label, s in back.items())
-          + f"; the worker's first prediction after the kill {scored:.1f}s")
+    assert children == {
+        "broker": {"up": True, "restarts": 0},
+        "mlflow": {"up": True, "restarts": 0},
+        "worker": {"up": True, "restarts": 1},
+        "control": {"up": True, "restarts": 1},
+        "retrain-worker": {"up": True, "restarts": 1},
+    }
+    print(
+        "\nkilled together, back (ready) after: "
+        + ", ".join(f"{label} {s:.1f}s" for label, s in back.items())
+        + f"; the worker's first prediction after the kill {scored:.1f}s"
+    )
 
 
 def test_a_killed_mlflow_comes_back_on_its_port_and_the_others_ride_it_out(stack):
     others = {label: stack.child(label).pid for label in ("worker", "control", "retrain-worker")}
     control_log = stack.log("control").read_text()
     killed_at = stack.kill("mlflow")
-    stack.wait_for(f"MLflow server exited (signal 9); restarting in 1s (restart 1; log: {stack.log('mlflow')})",
-                   timeout=30, since=killed_at)
+    stack.wait_for(
+        f"MLflow server exited (signal 9); restarting in 1s (restart 1; log: {stack.log('mlflow')})",
+        timeout=30,
+        since=killed_at,
+    )
     back = stack.wait_for("MLflow server is back: ready", timeout=240, since=killed_at) - killed_at
     assert http_ok(f"{stack.info['mlflow_tracking_uri']}/health")
     # The control plane noticed the outage on its 1 s tick and carried on: it was not restarted.
-    wait_until(lambda: "model registry reachable again" in stack.log("control").read_text()[len(control_log):],
-               timeout=60, what="the control plane reaching the registry again")
-    assert "model registry unreachable" in stack.log("control").read_text()[len(control_log):]
+    wait_until(
+        lambda: "model registry reachable again" in stack.log("control").read_text()[len(control_log) :],
+        timeout=60,
+        what="the control plane reaching the registry again",
+    )
+    assert "model registry unreachable" in stack.log("control").read_text()[len(control_log) :]
     assert {label: stack.child(label).pid for label in others} == others
     assert stack.status()["supervisor"]["children"]["mlflow"] == {"up": True, "restarts": 1}
     assert [r["details"]["child"] for r in stack.audit("child_restarted")].count("mlflow") == 1
@@ -211,8 +244,11 @@ def test_a_worker_restarted_while_mlflow_does_not_answer_waits_for_it(stack):
         worker_log = stack.log("worker").stat().st_size
         killed_at = stack.kill("worker")
         stack.wait_for("worker exited (signal 9); restarting in", timeout=30, since=killed_at)
-        wait_until(lambda: "finding the champion: MLflow at" in stack.log("worker").read_text()[worker_log:],
-                   timeout=180, what="the restarted worker waiting for MLflow")
+        wait_until(
+            lambda: "finding the champion: MLflow at" in stack.log("worker").read_text()[worker_log:],
+            timeout=180,
+            what="the restarted worker waiting for MLflow",
+        )
     finally:
         os.killpg(mlflow_group, signal.SIGCONT)
     back = stack.wait_for("worker is back: ready", timeout=240, since=killed_at) - killed_at
@@ -237,9 +273,11 @@ def test_a_crash_looping_child_stops_the_stack_with_one_line(stack):
         time.sleep(0.05)
     stack.process.wait(timeout=120)
     assert stack.process.returncode == 2
-    assert last_words(stack) == (f"driftloop: error: worker is crash-looping: it exited (signal 9) after "
-                                 f"{MAX_RESTARTS} restarts in the last 5 minutes (DRIFTLOOP_MAX_RESTARTS={MAX_RESTARTS}); "
-                                 f"stopping the stack (log: {stack.log('worker')})")
+    assert last_words(stack) == (
+        f"driftloop: error: worker is crash-looping: it exited (signal 9) after "
+        f"{MAX_RESTARTS} restarts in the last 5 minutes (DRIFTLOOP_MAX_RESTARTS={MAX_RESTARTS}); "
+        f"stopping the stack (log: {stack.log('worker')})"
+    )
     assert gone(list(descendants))
     assert not (stack.data / "stack.json").exists()
 
@@ -255,8 +293,10 @@ def test_a_killed_broker_ends_the_stack_with_why_and_leaves_no_process(tmp_path)
     finally:
         up.stop()
     assert up.process.returncode == 2
-    assert error == ("driftloop: error: embedded broker (tansu) exited (signal 9); it held every record in memory, "
-                     f"so they are gone and no restart brings them back: stopping the stack (log: {up.log('broker')})")
+    assert error == (
+        "driftloop: error: embedded broker (tansu) exited (signal 9); it held every record in memory, "
+        f"so they are gone and no restart brings them back: stopping the stack (log: {up.log('broker')})"
+    )
     assert "restarting" not in up.output()
     assert gone(descendants)
     assert not (up.data / "stack.json").exists()

@@ -19,30 +19,61 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _settings(unique):
-    return settings_module.load(environ={"DRIFTLOOP_TOPIC_LABELED": f"tl-labeled-{unique}",
-                                         "DRIFTLOOP_TOPIC_AUDIT": f"tl-audit-{unique}",
-                                         "DRIFTLOOP_TOPIC_DRIFT": f"tl-drift-{unique}"})
+    return settings_module.load(
+        environ={
+            "DRIFTLOOP_TOPIC_LABELED": f"tl-labeled-{unique}",
+            "DRIFTLOOP_TOPIC_AUDIT": f"tl-audit-{unique}",
+            "DRIFTLOOP_TOPIC_DRIFT": f"tl-drift-{unique}",
+        }
+    )
 
 
 def _labeled(index, predicted_at, version, variant, correct):
     label = index % 2
-    return json.dumps({
-        "contract": 1, "event_id": f"e-{index}", "entity": f"u-{index % 7}", "event_time": iso_time(predicted_at - 3600),
-        "score": 0.9 if label else 0.1, "decision": label if correct else 1 - label, "label": label,
-        "model_name": "card_fraud", "model_version": version, "variant": variant, "features": {"amount": 1.0},
-        "outcome_time": iso_time(predicted_at), "predicted_at": iso_time(predicted_at),
-        "joined_at": iso_time(predicted_at + 0.5), "latency_ms": 2.0}).encode()
+    return json.dumps(
+        {
+            "contract": 1,
+            "event_id": f"e-{index}",
+            "entity": f"u-{index % 7}",
+            "event_time": iso_time(predicted_at - 3600),
+            "score": 0.9 if label else 0.1,
+            "decision": label if correct else 1 - label,
+            "label": label,
+            "model_name": "card_fraud",
+            "model_version": version,
+            "variant": variant,
+            "features": {"amount": 1.0},
+            "outcome_time": iso_time(predicted_at),
+            "predicted_at": iso_time(predicted_at),
+            "joined_at": iso_time(predicted_at + 0.5),
+            "latency_ms": 2.0,
+        }
+    ).encode()
 
 
 def _audit(actor, action, at, version, **details):
-    return contracts.audit(actor=actor, action=action, model_name="card_fraud", reason=f"{action} for the test",
-                           version=version, details=details, at=at)
+    return contracts.audit(
+        actor=actor,
+        action=action,
+        model_name="card_fraud",
+        reason=f"{action} for the test",
+        version=version,
+        details=details,
+        at=at,
+    )
 
 
 def _drift_report(at, share, detections=()):
-    return json.dumps({"contract": 1, "at": iso_time(at), "model_name": "card_fraud", "champion_version": 1,
-                       "data": {"status": "evaluated", "drifted_share": share},
-                       "concept": {"detections": list(detections)}}).encode()
+    return json.dumps(
+        {
+            "contract": 1,
+            "at": iso_time(at),
+            "model_name": "card_fraud",
+            "champion_version": 1,
+            "data": {"status": "evaluated", "drifted_share": share},
+            "concept": {"detections": list(detections)},
+        }
+    ).encode()
 
 
 def test_timeline_facts_and_png_come_from_the_runs_records(kafka_bootstrap, unique, tmp_path):
@@ -64,8 +95,11 @@ def test_timeline_facts_and_png_come_from_the_runs_records(kafka_bootstrap, uniq
     for tenth in range(0, 1000):
         at = t0 + tenth / 10
         if at < t0 + 70:
-            send(settings.topic_labeled, _labeled(index, at, 1, "champion",
-                                                  correct=tenth % (20 if at < onset else 4) != 0), at + 0.5)
+            send(
+                settings.topic_labeled,
+                _labeled(index, at, 1, "champion", correct=tenth % (20 if at < onset else 4) != 0),
+                at + 0.5,
+            )
             index += 1
         else:
             send(settings.topic_labeled, _labeled(index, at, 2, "champion", correct=tenth % 10 != 0), at + 0.5)
@@ -94,8 +128,9 @@ def test_timeline_facts_and_png_come_from_the_runs_records(kafka_bootstrap, uniq
     assert producer.flush(15) == 0
 
     png = tmp_path / "out" / "timeline.png"
-    facts = write_timeline(kafka_bootstrap, settings, since, until, onset, png, title="test run",
-                           drifted_share_threshold=0.15, window=200)
+    facts = write_timeline(
+        kafka_bootstrap, settings, since, until, onset, png, title="test run", drifted_share_threshold=0.15, window=200
+    )
 
     assert facts["onset"] == iso_time(onset)
     assert facts["detection"] == iso_time(t0 + 50) and facts["detection_reason"] == "concept_drift"
@@ -104,20 +139,25 @@ def test_timeline_facts_and_png_come_from_the_runs_records(kafka_bootstrap, uniq
     assert facts["new_champion_serving"] == iso_time(t0 + 70)
     assert [r["version"] for r in facts["rollbacks"]] == [3]
     assert facts["drift_first_scored"] is None  # without is_drifted, nothing tells drifted events apart
-    assert facts["seconds_from_onset"] == {"drift_first_scored": None, "detection": 10.0, "challenger": 19.0, "promotion": 30.0,
-                                           "new_champion_serving": 30.0}
+    assert facts["seconds_from_onset"] == {
+        "drift_first_scored": None,
+        "detection": 10.0,
+        "challenger": 19.0,
+        "promotion": 30.0,
+        "new_champion_serving": 30.0,
+    }
     # before: the last 200 champion outcomes before the onset; after the drift: v1 from the onset to the
     # promotion; after the promotion: v2 as champion, until the end of the run
-    assert facts["outcomes"] == {"before_drift": 200, "after_drift": 300, "after_promotion": 300,
-                                 "all": 1000 + 50}
+    assert facts["outcomes"] == {"before_drift": 200, "after_drift": 300, "after_promotion": 300, "all": 1000 + 50}
     assert facts["accuracy_before_drift"] == 0.95
     assert facts["accuracy_after_drift"] == 0.75
     assert facts["accuracy_after_promotion"] == 0.9
 
     # A pipeline lagging behind its input: the drifted events (told by id) were scored from 45 s on only.
     late = {f"e-{index}" for index in range(450, 2000)}
-    lagging = timeline_facts(read_run(kafka_bootstrap, settings, since, until, is_drifted=late.__contains__), onset,
-                             window=200)
+    lagging = timeline_facts(
+        read_run(kafka_bootstrap, settings, since, until, is_drifted=late.__contains__), onset, window=200
+    )
     assert lagging["drift_first_scored"] == iso_time(t0 + 45) and lagging["onset"] == iso_time(onset)
     assert lagging["seconds_from_onset"]["drift_first_scored"] == 5.0
     assert lagging["outcomes"]["after_drift"] == 250  # v1's drifted events, 45 s to the promotion
@@ -137,5 +177,5 @@ def test_timeline_facts_and_png_come_from_the_runs_records(kafka_bootstrap, uniq
 def test_rolling_accuracy_is_the_mean_of_the_last_window_outcomes():
     correct = np.random.default_rng(1).random(57) < 0.7
     got = rolling_accuracy(correct, 10)
-    expected = [correct[max(0, i - 9):i + 1].mean() for i in range(len(correct))]
+    expected = [correct[max(0, i - 9) : i + 1].mean() for i in range(len(correct))]
     assert got == pytest.approx(expected)

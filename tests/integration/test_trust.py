@@ -38,8 +38,9 @@ def stack(tmp_path_factory):
         river = placeholder_spec(SPEC)
         model = new_model(river)
         model.learn(TRAIN[:500], TRAIN_Y[:500])
-        signed = registry.register(model, river, tracking_uri=stack.url, reference_rows=TRAIN[:200],
-                                   key=load_key(stack.key_file))
+        signed = registry.register(
+            model, river, tracking_uri=stack.url, reference_rows=TRAIN[:200], key=load_key(stack.key_file)
+        )
         assert signed.version == 2
         promoted = stack.cli("promote", "2")
         assert promoted.returncode == 0, promoted.stderr
@@ -61,8 +62,11 @@ def test_a_malicious_champion_set_by_one_rest_call_never_runs_and_is_refused_onc
     evil = stack.forge_version({"driftloop.flavor": "river"})
     stack.move_champion(evil)
     # The worker polls every 2 s and the control plane every 1 s: both had ~6 tries to run it.
-    eventually(lambda: _refusals(stack.audit(), evil, "worker") and _refusals(stack.audit(), evil, "control"),
-                30, "model_refused from the worker and the control plane")
+    eventually(
+        lambda: _refusals(stack.audit(), evil, "worker") and _refusals(stack.audit(), evil, "control"),
+        30,
+        "model_refused from the worker and the control plane",
+    )
     time.sleep(12)
     audit = stack.audit()
     assert not stack.marker.exists()
@@ -93,15 +97,19 @@ def test_a_worker_started_while_the_champion_is_tampered_serves_previous_and_say
     assert stack.aliases()["previous"] == 1
     log = stack.tmp / "second-worker.log"
     with log.open("w") as stderr:
-        worker = subprocess.Popen(driftloop_command("worker"), env=stack.env, stdout=subprocess.PIPE, stderr=stderr,
-                                  text=True)
+        worker = subprocess.Popen(
+            driftloop_command("worker"), env=stack.env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
     try:
         ready = "".join(wait_for_line(worker, "metrics at", timeout=240))
         metrics = re.search(r"metrics at (\S+)", ready).group(1)
         eventually(lambda: champion_served(metrics) == 1, 30, "the new worker serving v1")
         assert f"champion v{evil} is refused" in log.read_text() and "serving v1 (previous) instead" in log.read_text()
-        told = eventually(lambda: [r for r in _refusals(stack.audit(), evil, "worker")
-                                    if r["details"]["serving"] == 1], 30, "the new worker's model_refused")
+        told = eventually(
+            lambda: [r for r in _refusals(stack.audit(), evil, "worker") if r["details"]["serving"] == 1],
+            30,
+            "the new worker's model_refused",
+        )
         assert len(told) == 1
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -113,20 +121,43 @@ def test_forged_control_records_are_refused_audited_and_train_nothing(stack, tmp
     versions = registry.versions(NAME, tracking_uri=stack.url)
     other_key = tmp_path / "other.key"
     create_key(other_key)
-    warmup = contracts.retrain_request(request_id="forged-warmup", model_name=NAME, champion_version=1,
-                                       reason="warmup", train_from=None, drift_report=None, current_rows=None)
-    finished = contracts.audit(actor="retrain", action="challenger_set", model_name=NAME, reason="forged",
-                               version=versions[0], details={"request_id": "forged-warmup"})
+    warmup = contracts.retrain_request(
+        request_id="forged-warmup",
+        model_name=NAME,
+        champion_version=1,
+        reason="warmup",
+        train_from=None,
+        drift_report=None,
+        current_rows=None,
+    )
+    finished = contracts.audit(
+        actor="retrain",
+        action="challenger_set",
+        model_name=NAME,
+        reason="forged",
+        version=versions[0],
+        details={"request_id": "forged-warmup"},
+    )
     producer = kafka.producer(stack.bootstrap)
     producer.produce("retrain-requests", warmup, NAME.encode())  # no signature at all
-    producer.produce("retrain-requests", warmup, NAME.encode(),  # signed, but not with the stack's key
-                     headers=contracts.signature_headers(load_key(other_key), "retrain-requests", warmup))
+    producer.produce(
+        "retrain-requests",
+        warmup,
+        NAME.encode(),  # signed, but not with the stack's key
+        headers=contracts.signature_headers(load_key(other_key), "retrain-requests", warmup),
+    )
     producer.produce("audit", finished, NAME.encode())
     assert producer.flush(10) == 0
 
-    refused = eventually(lambda: [r for r in stack.audit() if r["action"] == "request_refused"]
-                          if len([r for r in stack.audit() if r["action"] == "request_refused"]) >= 3 else None,
-                          60, "three request_refused records")
+    refused = eventually(
+        lambda: (
+            [r for r in stack.audit() if r["action"] == "request_refused"]
+            if len([r for r in stack.audit() if r["action"] == "request_refused"]) >= 3
+            else None
+        ),
+        60,
+        "three request_refused records",
+    )
     assert sorted(r["actor"] for r in refused) == ["control", "retrain", "retrain"]
     time.sleep(5)
     audit = stack.audit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -15,16 +15,22 @@ from driftloop.schema import model_inputs
 from driftloop.spec import PipelineSpec
 from tests.support import key_environ
 
-START = datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp()
+START = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
 
 
 DAY = 86400.0
 
 
 def feast_settings(tmp_path, spec_path, **env) -> settings_module.Settings:
-    return settings_module.load(environ={"DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
-                                         "DRIFTLOOP_FEAST_REPO": str(tmp_path / "repo"),
-                                         "DRIFTLOOP_SPEC": str(spec_path), **key_environ(), **env})
+    return settings_module.load(
+        environ={
+            "DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
+            "DRIFTLOOP_FEAST_REPO": str(tmp_path / "repo"),
+            "DRIFTLOOP_SPEC": str(spec_path),
+            **key_environ(),
+            **env,
+        }
+    )
 
 
 def random_row(spec: PipelineSpec, rng: random.Random, entity: str, at: float) -> dict:
@@ -48,7 +54,7 @@ def write_files(settings, spec, rows: list[dict], per_file: int) -> None:
     writer = FeastWriter(settings, spec)
     try:
         for start in range(0, len(rows), per_file):
-            writer.write(rows[start:start + per_file])
+            writer.write(rows[start : start + per_file])
     finally:
         writer.close()
 
@@ -69,14 +75,19 @@ def feast_answers(settings, spec, keys: list[tuple[str, int]]) -> list[dict | No
     config = RepoConfig(**repo_config(settings, spec))
     config.repo_path = settings.feast_repo.resolve()
     store = FeatureStore(repo_path=str(config.repo_path), config=config)
-    entity_df = pd.DataFrame({spec.events.entity: [entity for entity, _ in keys],
-                              TIMESTAMP_COLUMN: pd.to_datetime([us for _, us in keys], unit="us", utc=True)})
+    entity_df = pd.DataFrame(
+        {
+            spec.events.entity: [entity for entity, _ in keys],
+            TIMESTAMP_COLUMN: pd.to_datetime([us for _, us in keys], unit="us", utc=True),
+        }
+    )
     refs = [f"{feature_view_name(spec)}:{name}" for name in spec.model_inputs]
     frame = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
     micros = (frame[TIMESTAMP_COLUMN] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
     types = {model_input.name: model_input.type for model_input in model_inputs(spec)}
     answers = {}
-    for entity, us, values in zip(frame[spec.events.entity].tolist(), micros.tolist(),
-                                  frame[list(spec.model_inputs)].to_dict("records")):
+    for entity, us, values in zip(
+        frame[spec.events.entity].tolist(), micros.tolist(), frame[list(spec.model_inputs)].to_dict("records")
+    ):
         answers[(entity, us)] = {name: _feast_value(value, types[name]) for name, value in values.items()}
     return [answers.get(key) for key in keys]

@@ -9,8 +9,9 @@ from driftloop.settings import DEMO_SPEC
 from driftloop.spec import PipelineSpec, parse_spec
 
 
-def model_spec(flavor: str = "river", estimator: str = "logistic_regression", params: dict | None = None,
-              name: str = "card_fraud") -> PipelineSpec:
+def model_spec(
+    flavor: str = "river", estimator: str = "logistic_regression", params: dict | None = None, name: str = "card_fraud"
+) -> PipelineSpec:
     document = yaml.safe_load(DEMO_SPEC.read_text())
     document["name"] = name
     document["model"].update(name=name, flavor=flavor, estimator=estimator, params=params or {})

@@ -24,8 +24,9 @@ def make_settings(tmp_path: Path, bootstrap: str, unique: str, **extra: str) -> 
     return settings_module.load(environ=pipeline_environ(tmp_path, bootstrap, unique, **extra))
 
 
-def pipeline_environ(tmp_path: Path, bootstrap: str, unique: str, spec_file: Path = SPECS / "fraud.yaml",
-                     **extra: str) -> dict[str, str]:
+def pipeline_environ(
+    tmp_path: Path, bootstrap: str, unique: str, spec_file: Path = SPECS / "fraud.yaml", **extra: str
+) -> dict[str, str]:
     """Settings for an isolated pipeline on the shared broker: own spec name (so own internal topics),
     own public topics, own data dir, local SQLite MLflow registry."""
     spec = yaml.safe_load(spec_file.read_text())
@@ -42,8 +43,10 @@ def pipeline_environ(tmp_path: Path, bootstrap: str, unique: str, spec_file: Pat
         "DRIFTLOOP_METRICS_PORT": "0",
         **key_environ(),
         "DRIFTLOOP_PARTITIONS": "2",
-        **{f"DRIFTLOOP_TOPIC_{name.upper()}": f"{name}-{unique}"
-           for name in ("events", "outcomes", "predictions", "labeled", "drift", "audit")},
+        **{
+            f"DRIFTLOOP_TOPIC_{name.upper()}": f"{name}-{unique}"
+            for name in ("events", "outcomes", "predictions", "labeled", "drift", "audit")
+        },
         **extra,
     }
     return environ
@@ -76,8 +79,11 @@ class RunningWorker:
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def close(self) -> None:
         self.stop.set()
@@ -104,5 +110,10 @@ def consume_all(bootstrap: str, topics: list[str], until, timeout: float) -> dic
 
 
 def start_worker_process(environ: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "driftloop.cli", "worker"], env={**os.environ, **environ},
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "driftloop.cli", "worker"],
+        env={**os.environ, **environ},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )

@@ -42,8 +42,9 @@ NAME = SPEC.model.name
 class Stack:
     def __init__(self, tmp: Path):
         self.tmp, self.env = tmp, stack_env(tmp)
-        self.process = subprocess.Popen(driftloop_command("up"), env=self.env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            driftloop_command("up"), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.output = "".join(wait_for_line(self.process, "stack is up", timeout=300))
         info = json.loads((tmp / "data" / "stack.json").read_text())
         self.bootstrap, self.url, self.metrics = info["bootstrap"], info["mlflow_tracking_uri"], info["metrics_urls"][0]
@@ -71,21 +72,32 @@ class Stack:
             (Path(tmp) / "model.pkl").write_bytes(pickle.dumps(RunsACommand(self.marker)))
             tags = {**tags, "driftloop.checksum": directory_checksum(tmp)}
         experiment = self.rest("GET", "mlflow/experiments/get-by-name", params={"experiment_name": SPEC.name})
-        run = self.rest("POST", "mlflow/runs/create",
-                        json={"experiment_id": experiment["experiment"]["experiment_id"]})["run"]["info"]
+        run = self.rest(
+            "POST", "mlflow/runs/create", json={"experiment_id": experiment["experiment"]["experiment_id"]}
+        )["run"]["info"]
         root = run["artifact_uri"].removeprefix("mlflow-artifacts:/")
-        files = {"evil/artifacts/model/model.pkl": pickle.dumps(RunsACommand(self.marker)),
-                 "evil/artifacts/reference.parquet": b"PAR1 not a parquet file"}
+        files = {
+            "evil/artifacts/model/model.pkl": pickle.dumps(RunsACommand(self.marker)),
+            "evil/artifacts/reference.parquet": b"PAR1 not a parquet file",
+        }
         for path, data in files.items():
             self.rest("PUT", f"mlflow-artifacts/artifacts/{root}/{path}", data=data)
-        version = self.rest("POST", "mlflow/model-versions/create", json={
-            "name": NAME, "source": f"{run['artifact_uri']}/evil", "run_id": run["run_id"],
-            "tags": [{"key": k, "value": v} for k, v in tags.items()]})["model_version"]["version"]
+        version = self.rest(
+            "POST",
+            "mlflow/model-versions/create",
+            json={
+                "name": NAME,
+                "source": f"{run['artifact_uri']}/evil",
+                "run_id": run["run_id"],
+                "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            },
+        )["model_version"]["version"]
         return int(version)
 
     def move_champion(self, version: int) -> None:
-        self.rest("POST", "mlflow/registered-models/alias", json={"name": NAME, "alias": "champion",
-                                                                  "version": str(version)})
+        self.rest(
+            "POST", "mlflow/registered-models/alias", json={"name": NAME, "alias": "champion", "version": str(version)}
+        )
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -111,5 +123,3 @@ def eventually(condition, timeout: float, what: str):
             return value
         time.sleep(0.5)
     raise AssertionError(f"not within {timeout}s: {what}")
-
-

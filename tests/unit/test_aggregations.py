@@ -13,8 +13,12 @@ from tests.support.windows import feature, window_spec
 
 
 def test_finish_parameters_must_name_what_it_can_read():
-    with pytest.raises(TypeError, match=r"Bad: finish\(mean\): its parameters are named from value, count, since, "
-                                        r"n_values"):
+    with pytest.raises(
+        TypeError,
+        match=r"Bad: finish\(mean\): its parameters are named from value, count, since, "
+        r"n_values",
+    ):
+
         class Bad(Aggregation):
             name = "bad"
             statistics = (N_VALUES,)
@@ -30,6 +34,7 @@ def test_finish_parameters_must_name_what_it_can_read():
 
 def test_a_statistic_that_finish_does_not_read_is_refused():
     with pytest.raises(TypeError, match=r"finish does not read the statistics \['total'\]"):
+
         class Wasteful(Aggregation):
             name = "wasteful"
             statistics = (N_VALUES, TOTAL)
@@ -45,6 +50,7 @@ def test_a_statistic_that_finish_does_not_read_is_refused():
 
 def test_finish_and_define_must_be_static_methods():
     with pytest.raises(TypeError, match="`finish` must be a @staticmethod"):
+
         class Method(Aggregation):
             name = "method"
 

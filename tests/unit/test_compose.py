@@ -28,17 +28,33 @@ SERVICES = {"kafka", "redis", "postgres", "mlflow", "keygen", "worker", "control
 DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running driftloop commands
 # The settings the compose stack may set: the documented names from driftloop's settings table.
 DOCUMENTED_SETTINGS = {
-    "KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "DRIFTLOOP_ONLINE_STORE", "DRIFTLOOP_REDIS_URL",
-    "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT", "DRIFTLOOP_BIND_HOST",
-    "DRIFTLOOP_HEARTBEAT_FILE", "DRIFTLOOP_CONTROL_METRICS_PORT",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "MLFLOW_TRACKING_URI",
+    "DRIFTLOOP_ONLINE_STORE",
+    "DRIFTLOOP_REDIS_URL",
+    "DRIFTLOOP_DATA_DIR",
+    "DRIFTLOOP_SPEC",
+    "DRIFTLOOP_PARTITIONS",
+    "DRIFTLOOP_METRICS_PORT",
+    "DRIFTLOOP_BIND_HOST",
+    "DRIFTLOOP_HEARTBEAT_FILE",
+    "DRIFTLOOP_CONTROL_METRICS_PORT",
 }
 # What `driftloop up` supervises, and what they need; compose must restart and health-check them too.
 SUPERVISED = ("kafka", "redis", "postgres", "mlflow", *DRIFTLOOP_SERVICES)
 HEARTBEAT_SERVICES = ("control", "retrain")  # no HTTP to ask: their healthcheck reads the file their loop touches
 # What the image needs; these are project files, so the COPY list must be exactly this.
 DOCKERFILE_COPIES = {
-    "pyproject.toml", "constraints.txt", "README.md",
-    "driftloop", "streams", "features", "models", "retrain", "load", "feature_repo",
+    "pyproject.toml",
+    "constraints.txt",
+    "README.md",
+    "driftloop",
+    "streams",
+    "features",
+    "models",
+    "retrain",
+    "load",
+    "feature_repo",
 }
 
 
@@ -169,15 +185,24 @@ def test_depends_on_waits_for_health(services):
 
 
 def test_every_awaited_service_has_a_healthcheck(services):
-    awaited = {target for service in services.values() for target, options in depends_on(service).items()
-               if options.get("condition") != "service_completed_successfully"}  # one-shot jobs finish instead
+    awaited = {
+        target
+        for service in services.values()
+        for target, options in depends_on(service).items()
+        if options.get("condition") != "service_completed_successfully"
+    }  # one-shot jobs finish instead
     assert {"kafka", "redis", "postgres", "mlflow"} <= awaited
     for target in awaited:
         assert has_healthcheck(services[target]), f"{target} is waited on but has no healthcheck"
 
-
-    "DRIFTLOOP_DATA_DIR", "DRIFTLOOP_SPEC", "DRIFTLOOP_PARTITIONS", "DRIFTLOOP_METRICS_PORT", "DRIFTLOOP_BIND_HOST",
-    "DRIFTLOOP_HEARTBEAT_FILE",
+    (
+        "DRIFTLOOP_DATA_DIR",
+        "DRIFTLOOP_SPEC",
+        "DRIFTLOOP_PARTITIONS",
+        "DRIFTLOOP_METRICS_PORT",
+        "DRIFTLOOP_BIND_HOST",
+    )
+    ("DRIFTLOOP_HEARTBEAT_FILE",)
 
 
 def test_no_undocumented_settings(services):
@@ -322,8 +347,6 @@ def test_grafana_dashboards_load(services):
                     assert source["uid"].startswith("$") or source["uid"] in datasource_uids, (file, source)
 
 
-
-
 def exposed_series() -> dict[str, set[str]]:
     """{series name: its label names} as a worker, the control plane and `driftloop up` expose them, every
     metric having been fed once."""
@@ -356,8 +379,13 @@ def exposed_series() -> dict[str, set[str]]:
     supervisor = SupervisorMetrics()
     supervisor.track("worker")
     control = ControlMetrics()
-    control.observe([("audit", b'{"actor": "trigger", "action": "retrain_triggered"}')], in_flight=None,
-                    last_finished=None, trial={"champion": {"samples": 1}, "challenger": {"samples": 1}}, now=0.0)
+    control.observe(
+        [("audit", b'{"actor": "trigger", "action": "retrain_triggered"}')],
+        in_flight=None,
+        last_finished=None,
+        trial={"champion": {"samples": 1}, "challenger": {"samples": 1}},
+        now=0.0,
+    )
     series: dict[str, set[str]] = {}
     for registry in (metrics.registry, supervisor.registry, control.registry):
         for family in text_string_to_metric_families(generate_latest(registry).decode()):
@@ -376,10 +404,17 @@ def test_grafana_dashboards_query_only_what_driftloop_exposes():
         assert names, f"{title}: {expr} queries no driftloop metric"
         assert names <= set(series), f"{title}: driftloop exposes no {sorted(names - set(series))}"
         labels = set().union(*(series[name] for name in names))
-        grouped = {label.strip() for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
-                   for label in group.split(",") if label.strip()}
-        selected = {label for selector in re.findall(r"\{([^}]*)\}", expr)
-                    for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)}
+        grouped = {
+            label.strip()
+            for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+            for label in group.split(",")
+            if label.strip()
+        }
+        selected = {
+            label
+            for selector in re.findall(r"\{([^}]*)\}", expr)
+            for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)
+        }
         assert grouped | selected <= labels, f"{title}: {expr} uses labels {sorted((grouped | selected) - labels)}"
 
 

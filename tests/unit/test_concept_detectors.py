@@ -57,6 +57,7 @@ def _spec_error(demo: dict, **drift) -> str:
 
 # -- the contract --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", DETECTORS)
 def test_a_tripled_loss_is_found_within_2000_events_with_its_onset(name, seed):
@@ -97,8 +98,13 @@ def test_each_model_version_gets_its_own_detector_and_the_spec_is_never_fed(name
     found = None
     for event, loss in enumerate(losses):
         # an outcome whose loss is `loss`: the monitor computes it from the served score or decision
-        record = {"model_version": 2, "label": 1, "event_time": str(event), "decision": int(loss == 0.0),
-                  "score": math.exp(-loss)}
+        record = {
+            "model_version": 2,
+            "label": 1,
+            "event_time": str(event),
+            "decision": int(loss == 0.0),
+            "score": math.exp(-loss),
+        }
         found = found or monitor.update(record)
     assert found is not None and found["version"] == 2 and found["detector"] == name
     assert found["loss"] == spec.drift.concept.loss
@@ -108,6 +114,7 @@ def test_each_model_version_gets_its_own_detector_and_the_spec_is_never_fed(name
 
 
 # -- knobs are spec keys -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", DETECTORS)
 def test_knobs_are_spec_keys_that_round_trip(name, demo):
@@ -124,8 +131,11 @@ def test_every_numeric_knob_is_bounded_and_the_spec_names_it_when_out_of_bounds(
     numeric = [knob for knob in cls.knobs() if cls.model_fields[knob].annotation in (int, float)]
     assert numeric, f"{name} has no numeric knob"
     for knob in numeric:
-        lower = [bound for m in cls.model_fields[knob].metadata
-                 if (bound := getattr(m, "gt", getattr(m, "ge", None))) is not None]
+        lower = [
+            bound
+            for m in cls.model_fields[knob].metadata
+            if (bound := getattr(m, "gt", getattr(m, "ge", None))) is not None
+        ]
         assert lower, f"{name}.{knob} takes any number: declare its bounds with Field(gt=/ge=...)"
         error = _spec_error(demo, concept={"detector": name, knob: lower[0] - 1})
         assert error.startswith(f"my_spec.yaml: drift.concept.{knob}: Input should be greater than"), error
@@ -144,20 +154,36 @@ def test_the_old_spelling_still_reads(demo):
     assert old.drift.concept == _spec_with(demo, concept={"detector": "page_hinkley"}).drift.concept
     assert _spec_error(demo, concept_detector="adwin", concept={"detector": "adwin"}) == (
         "my_spec.yaml: drift: concept_detector is the old spelling of concept.detector; give the detector once, "
-        "in concept")
+        "in concept"
+    )
 
 
-@pytest.mark.parametrize("concept, expected", [
-    ({"detector": "no_such"}, ("drift.concept.detector: 'no_such' is not a concept-drift detector; the detectors "
-                               f"are {', '.join(sorted(DETECTORS))}")),
-    ({"detector": "adwin", "threshold": 100}, ("drift.concept.threshold: not a knob of adwin; its knobs are loss, "
-                                               "loss_cap, delta, clock, min_window_length, grace_period")),
-    ({"detector": "adwin", "loss": "hinge"}, "drift.concept.loss: Input should be 'log_loss' or 'error'"),
-    ({"detector": "adwin", "delta": 1.5}, "drift.concept.delta: Input should be less than 1"),
-    ({"detector": "page_hinkley", "loss_cap": 3}, ("drift.concept: loss_cap caps the log loss; the 0/1 error "
-                                                   "(loss: error) takes none")),
-    ("adwin", "drift.concept: must be a mapping: the detector and its knobs, e.g. detector: adwin"),
-])
+@pytest.mark.parametrize(
+    "concept, expected",
+    [
+        (
+            {"detector": "no_such"},
+            (
+                "drift.concept.detector: 'no_such' is not a concept-drift detector; the detectors "
+                f"are {', '.join(sorted(DETECTORS))}"
+            ),
+        ),
+        (
+            {"detector": "adwin", "threshold": 100},
+            (
+                "drift.concept.threshold: not a knob of adwin; its knobs are loss, "
+                "loss_cap, delta, clock, min_window_length, grace_period"
+            ),
+        ),
+        ({"detector": "adwin", "loss": "hinge"}, "drift.concept.loss: Input should be 'log_loss' or 'error'"),
+        ({"detector": "adwin", "delta": 1.5}, "drift.concept.delta: Input should be less than 1"),
+        (
+            {"detector": "page_hinkley", "loss_cap": 3},
+            ("drift.concept: loss_cap caps the log loss; the 0/1 error (loss: error) takes none"),
+        ),
+        ("adwin", "drift.concept: must be a mapping: the detector and its knobs, e.g. detector: adwin"),
+    ],
+)
 def test_bad_concept_knobs_name_their_path_and_reason(demo, concept, expected):
     assert _spec_error(demo, concept=concept) == f"my_spec.yaml: {expected}"
 

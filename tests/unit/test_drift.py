@@ -62,12 +62,18 @@ def _frame(columnar: dict[str, list]):
 
 # -- data drift (Evidently) -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def covariate_stream():
     """A sparse-card stream (one event per 20 s, a card every ~11 h) so the spec's 24 h windows fill
     within 4,320 events; covariate drift (amounts x2.5, more and other countries abroad) from event 11,000."""
-    stream = FraudStream(seed=3, users=2000, fraud_rate=0.05, events_per_second=0.05,
-                         drift=DriftPlan("abrupt", 11_000, covariate=True, concept=False))
+    stream = FraudStream(
+        seed=3,
+        users=2000,
+        fraud_rate=0.05,
+        events_per_second=0.05,
+        drift=DriftPlan("abrupt", 11_000, covariate=True, concept=False),
+    )
     return list(scored_batches(SPEC, stream, 13_000))
 
 
@@ -93,14 +99,24 @@ def test_evidently_flags_a_covariate_shifted_window_but_not_a_same_distribution_
     json.dumps(shifted)  # goes into a JSON drift report as is
 
     # The stat tests are exactly those of Evidently's DataDriftPreset: same methods, same scores.
-    definition = DataDefinition(numerical_columns=[c.name for c in COLUMNS if c.kind == "numeric"],
-                                categorical_columns=[c.name for c in COLUMNS if c.kind != "numeric"])
+    definition = DataDefinition(
+        numerical_columns=[c.name for c in COLUMNS if c.kind == "numeric"],
+        categorical_columns=[c.name for c in COLUMNS if c.kind != "numeric"],
+    )
     current = _frame(_columnar(covariate_stream, 12_000, 13_000))
-    snapshot = Report([DataDriftPreset()]).run(
-        Dataset.from_pandas(_objects(current), data_definition=definition),
-        Dataset.from_pandas(_objects(reference), data_definition=definition)).dict()
-    preset = {m["config"]["column"]: (m["config"]["method"], m["value"])
-              for m in snapshot["metrics"] if m["config"]["type"].endswith("ValueDrift")}
+    snapshot = (
+        Report([DataDriftPreset()])
+        .run(
+            Dataset.from_pandas(_objects(current), data_definition=definition),
+            Dataset.from_pandas(_objects(reference), data_definition=definition),
+        )
+        .dict()
+    )
+    preset = {
+        m["config"]["column"]: (m["config"]["method"], m["value"])
+        for m in snapshot["metrics"]
+        if m["config"]["type"].endswith("ValueDrift")
+    }
     for name, feature in shifted["features"].items():
         assert preset[name][0] == feature["method_name"]
         assert preset[name][1] == pytest.approx(feature["score"], abs=1e-6)
@@ -129,14 +145,17 @@ def test_each_stat_tests_threshold_is_a_spec_key(covariate_stream):
     assert calm["features"]["amount"]["threshold"] == 0.2 and flagged["features"]["amount"]["threshold"] == 0.01
     assert flagged["features"]["country"]["threshold"] == 0.01
     # unset, each threshold is Evidently's own default, except the calibrated Wasserstein one
-    evidently = {test.name: test.default_threshold for test in (wasserstein_stat_test, jensenshannon_stat_test,
-                                                                  ks_stat_test, chi_stat_test, z_stat_test)}
+    evidently = {
+        test.name: test.default_threshold
+        for test in (wasserstein_stat_test, jensenshannon_stat_test, ks_stat_test, chi_stat_test, z_stat_test)
+    }
     assert SPEC.drift.data_thresholds.model_dump() == {**evidently, "wasserstein": 0.2}
 
 
 def test_html_report_for_a_retraining_run(covariate_stream):
-    page = html(SPEC, _frame(_columnar(covariate_stream, 4_500, 9_500)),
-                _frame(_columnar(covariate_stream, 12_000, 13_000)))
+    page = html(
+        SPEC, _frame(_columnar(covariate_stream, 4_500, 9_500)), _frame(_columnar(covariate_stream, 12_000, 13_000))
+    )
     assert "<html" in page[:1000].lower()
     assert "amount_sum_1h" in page and "country" in page
 
@@ -183,12 +202,16 @@ def test_evaluations_are_due_every_n_events_or_seconds_with_new_rows_and_a_full_
     assert monitor.due()
     assert monitor.window_info()["first_event_time"] == iso_time(START)  # 390 rows of the first batch remain
     monitor.add(chunk(1510, 2010), START + 50)
-    assert monitor.window_info() == {"events": 1000, "first_event_time": iso_time(START + 20),
-                                     "last_event_time": iso_time(START + 50)}  # the oldest batches slid out
+    assert monitor.window_info() == {
+        "events": 1000,
+        "first_event_time": iso_time(START + 20),
+        "last_event_time": iso_time(START + 50),
+    }  # the oldest batches slid out
     assert monitor.current_rows() == chunk(1010, 2010)
 
 
 # -- concept drift (River) ---------------------------------------------------------------------------
+
 
 def _detections(batches, monitor):
     found = []
@@ -233,8 +256,14 @@ def test_page_hinkley_and_log_loss_and_forgetting_a_version():
     def record(version, label, score):
         nonlocal t
         t += 1
-        return {"model_version": version, "variant": "canary", "label": label, "score": score,
-                "decision": int(score >= 0.5), "event_time": iso_time(START + t)}
+        return {
+            "model_version": version,
+            "variant": "canary",
+            "label": label,
+            "score": score,
+            "decision": int(score >= 0.5),
+            "event_time": iso_time(START + t),
+        }
 
     for _ in range(3000):  # a good model...
         assert monitor.update(record(2, 0, 0.05)) is None
@@ -251,6 +280,7 @@ def test_page_hinkley_and_log_loss_and_forgetting_a_version():
 
 # -- quality drift -----------------------------------------------------------------------------------
 
+
 def test_quality_rates_over_a_sliding_window_of_batches():
     quality = QualityMonitor(SPEC)
     ok = {"valid": 500, "dlq": {}, "unseen": {}, "missing": {"account_age_days": 25}}
@@ -258,8 +288,14 @@ def test_quality_rates_over_a_sliding_window_of_batches():
     quality.add(ok)
     clean = quality.evaluate()
     assert clean["missing_rate"] == 0.05 and clean["dlq_rate"] == 0.0 and clean["flagged"] == []
-    quality.add({"valid": 400, "dlq": {"out_of_range": 80, "invalid_json": 20},
-                 "unseen": {"country": 60, "channel": 4}, "missing": {}})
+    quality.add(
+        {
+            "valid": 400,
+            "dlq": {"out_of_range": 80, "invalid_json": 20},
+            "unseen": {"country": 60, "channel": 4},
+            "missing": {},
+        }
+    )
     bad = quality.evaluate()
     # window_events is 1,000: the first batch slid out; 500 + 500 input events remain
     assert bad["events"] == 1000 and bad["valid"] == 900 and bad["events_total"] == 1500
@@ -273,11 +309,20 @@ def test_quality_rates_over_a_sliding_window_of_batches():
 
 # -- the trigger policy ------------------------------------------------------------------------------
 
+
 def _data(drifted: bool, share: float | None = None) -> dict:
     share = share if share is not None else (0.25 if drifted else 0.0)
-    return {"status": "evaluated", "reference": "model", "reference_rows": 5000, "window_events": 1000,
-            "threshold_share": 0.15, "drifted_share": share, "drifted": drifted,
-            "drifted_columns": ["amount", "country", "amount_sum_1h"] if drifted else [], "features": {}}
+    return {
+        "status": "evaluated",
+        "reference": "model",
+        "reference_rows": 5000,
+        "window_events": 1000,
+        "threshold_share": 0.15,
+        "drifted_share": share,
+        "drifted": drifted,
+        "drifted_columns": ["amount", "country", "amount_sum_1h"] if drifted else [],
+        "features": {},
+    }
 
 
 def _quality(events_total: int = 0, flagged=()) -> dict:
@@ -289,22 +334,49 @@ def _quality(events_total: int = 0, flagged=()) -> dict:
 
 
 def _report(n: int, *, drifted=False, detections=(), champion=3, quality=None, first=START):
-    return build_report(SPEC, champion_version=champion, evaluation=n, data=_data(drifted),
-                        window={"events": 1000, "first_event_time": iso_time(first + n),
-                                "last_event_time": iso_time(first + n + 500)},
-                        detections=list(detections), quality=quality or _quality(), at=START + n)
+    return build_report(
+        SPEC,
+        champion_version=champion,
+        evaluation=n,
+        data=_data(drifted),
+        window={"events": 1000, "first_event_time": iso_time(first + n), "last_event_time": iso_time(first + n + 500)},
+        detections=list(detections),
+        quality=quality or _quality(),
+        at=START + n,
+    )
 
 
 def _detection(version: int = 3) -> dict:
-    return {"version": version, "variant": "champion", "detector": "adwin", "loss": "log_loss", "at_event": 18234,
-            "change_point_event_time": iso_time(START - 900), "window_start_event_time": iso_time(START - 5000),
-            "loss_before": 0.045, "loss_after": 0.121}
+    return {
+        "version": version,
+        "variant": "champion",
+        "detector": "adwin",
+        "loss": "log_loss",
+        "at_event": 18234,
+        "change_point_event_time": iso_time(START - 900),
+        "window_start_event_time": iso_time(START - 5000),
+        "loss_before": 0.045,
+        "loss_after": 0.121,
+    }
 
 
 AUDIT_KEYS = {"contract", "at", "actor", "action", "model_name", "version", "reason", "details"}
-DETAIL_KEYS = {"decision", "reason_code", "declined", "evaluation", "consecutive_drifted_windows",
-               "sustained_windows", "drifted_share", "drifted_columns", "concept_detections", "quality_flagged",
-               "request_id", "train_from", "in_flight_request", "cooldown_until"}
+DETAIL_KEYS = {
+    "decision",
+    "reason_code",
+    "declined",
+    "evaluation",
+    "consecutive_drifted_windows",
+    "sustained_windows",
+    "drifted_share",
+    "drifted_columns",
+    "concept_detections",
+    "quality_flagged",
+    "request_id",
+    "train_from",
+    "in_flight_request",
+    "cooldown_until",
+}
 
 
 def _audit(decision) -> dict:
@@ -332,7 +404,9 @@ def test_data_drift_triggers_only_when_sustained():
     assert decision.train_from == START + 4  # the first window of the sustained run
     audit = _audit(decision)
     assert audit["action"] == "retrain_triggered" and audit["version"] == 3
-    assert audit["details"]["request_id"] == decision.request_id and audit["details"]["train_from"] == iso_time(START + 4)
+    assert audit["details"]["request_id"] == decision.request_id and audit["details"]["train_from"] == iso_time(
+        START + 4
+    )
     request = json.loads(decision.request)
     assert request["reason"] == "data_drift" and request["request_id"] == decision.request_id
     assert request["champion_version"] == 3 and request["train_from"] == iso_time(START + 4)
@@ -440,13 +514,23 @@ def test_a_new_champion_starts_its_drift_history_over():
 def test_the_drift_report_is_json_with_the_documented_sections():
     report = _report(7, drifted=True, detections=[_detection()])
     parsed = json.loads(json.dumps(report))
-    assert set(parsed) == {"contract", "at", "model_name", "champion_version", "evaluation", "window", "data",
-                           "concept", "quality"}
+    assert set(parsed) == {
+        "contract",
+        "at",
+        "model_name",
+        "champion_version",
+        "evaluation",
+        "window",
+        "data",
+        "concept",
+        "quality",
+    }
     assert parsed["contract"] == 1 and parsed["at"] == iso_time(START + 7) and parsed["evaluation"] == 7
     assert set(parsed["window"]) == {"events", "first_event_time", "last_event_time"}
     assert parsed["concept"] == {"detector": "adwin", "loss": "log_loss", "detections": [_detection()]}
-    no_monitor = build_report(SPEC, champion_version=None, evaluation=1, data=None, window=None, detections=[],
-                              quality=_quality(), at=START)
+    no_monitor = build_report(
+        SPEC, champion_version=None, evaluation=1, data=None, window=None, detections=[], quality=_quality(), at=START
+    )
     assert no_monitor["data"]["status"] == "not_evaluated" and no_monitor["window"]["events"] == 0
 
 
@@ -456,8 +540,17 @@ def test_the_control_plane_skips_records_that_are_not_what_their_topic_carries()
     from driftloop.streams.control.plane import ControlPlane
 
     control = ControlPlane(SPEC, "http://127.0.0.1:9")  # the registry is never asked here
-    record = {"event_id": "e-1", "event_time": iso_time(START), "predicted_at": iso_time(START + 1), "label": 1,
-              "decision": 0, "score": 0.2, "model_version": 3, "variant": "champion", "features": {}}
+    record = {
+        "event_id": "e-1",
+        "event_time": iso_time(START),
+        "predicted_at": iso_time(START + 1),
+        "label": 1,
+        "decision": 0,
+        "score": 0.2,
+        "model_version": 3,
+        "variant": "champion",
+        "features": {},
+    }
     junk = [b"", b"\x00", b"[]", b'{"event_id": 1}', json.dumps({**record, "event_time": "soon"}).encode(), None]
     assert control.on_labeled(junk + [json.dumps(record).encode()] * 2) == []
     assert control.on_observations([b"{", b'{"valid": "many"}', None]) == []

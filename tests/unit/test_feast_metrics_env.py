@@ -31,6 +31,9 @@ def test_workers_keep_their_own_counters_after_feast_is_imported_and_children_do
     assert "feast_metrics_" in feast_dir  # Feast did set it, in the parent
     # a driftloop child started with that environment (as `driftloop up` starts its children)
     inherited = {**clean, "PROMETHEUS_MULTIPROC_DIR": feast_dir, "PROMETHEUS_MULTIPROCESS_DIR": feast_dir}
-    child = _run("import os, driftloop\nprint(os.environ.get('PROMETHEUS_MULTIPROC_DIR', ''))\n"
-                 "import prometheus_client.values as v\nprint(v.ValueClass.__name__)", inherited)
+    child = _run(
+        "import os, driftloop\nprint(os.environ.get('PROMETHEUS_MULTIPROC_DIR', ''))\n"
+        "import prometheus_client.values as v\nprint(v.ValueClass.__name__)",
+        inherited,
+    )
     assert child[:2] == ["", "MutexValue"]

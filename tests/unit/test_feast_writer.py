@@ -42,16 +42,23 @@ def _spec(unique: str, entity_type: str = "string"):
 
 
 def _settings(tmp_path: Path, **env):
-    return settings_module.load(environ={"DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
-                                         "DRIFTLOOP_FEAST_REPO": str(tmp_path / "repo"), **env})
+    return settings_module.load(
+        environ={"DRIFTLOOP_DATA_DIR": str(tmp_path / "data"), "DRIFTLOOP_FEAST_REPO": str(tmp_path / "repo"), **env}
+    )
 
 
 def _row(spec, user: str, event_time: float, seed: float, **fields) -> dict:
     """A row as the scorer makes it; feature values that a float32 or a decimal round trip would change."""
     row = {spec.events.entity: user, "event_timestamp": event_time}
     row.update({f.name: seed + i / 3 for i, f in enumerate(spec.features)})
-    row.update(amount=seed * 0.1 + 0.2, merchant_category="travel", country="NL", channel="web",
-               card_present=True, account_age_days=2**40 + 1)
+    row.update(
+        amount=seed * 0.1 + 0.2,
+        merchant_category="travel",
+        country="NL",
+        channel="web",
+        card_present=True,
+        account_age_days=2**40 + 1,
+    )
     row.update(fields)
     return row
 
@@ -86,11 +93,16 @@ def sqlite_repo(tmp_path, unique):
 
 def test_online_store_serves_exactly_the_written_vectors(sqlite_repo):
     _, spec, _, writer = sqlite_repo
-    first = [_row(spec, "u-1", NOW - 60, 1.0), _row(spec, "u-2", NOW - 60, 2.0),
-             _row(spec, "u-3", NOW - 50, 3.0, amount=None, merchant_category=None, card_present=None,
-                  account_age_days=None)]
-    second = [_row(spec, "u-1", NOW - 10, 4.0, card_present=False, merchant_category="__unseen__"),
-              _row(spec, "u-2", NOW - 10, 5.0), _row(spec, "u-2", NOW - 10, 6.0, account_age_days=0)]
+    first = [
+        _row(spec, "u-1", NOW - 60, 1.0),
+        _row(spec, "u-2", NOW - 60, 2.0),
+        _row(spec, "u-3", NOW - 50, 3.0, amount=None, merchant_category=None, card_present=None, account_age_days=None),
+    ]
+    second = [
+        _row(spec, "u-1", NOW - 10, 4.0, card_present=False, merchant_category="__unseen__"),
+        _row(spec, "u-2", NOW - 10, 5.0),
+        _row(spec, "u-2", NOW - 10, 6.0, account_age_days=0),
+    ]
     writer.write(first)
     writer.write(second)
     # u-1 and u-2: the latest write wins, across batches and within one (same event time included).
@@ -107,14 +119,22 @@ def test_history_joins_point_in_time_across_batches(sqlite_repo):
     files = sorted(offline_dir(settings, spec).glob("*.parquet"))
     assert len(files) == 2 and all(pq.read_schema(f).remove_metadata() == arrow_schema(spec) for f in files)
     asked = [("u-1", NOW - 900), ("u-1", NOW - 300), ("u-1", NOW), ("u-2", NOW)]
-    entity_df = pd.DataFrame({"user_id": [u for u, _ in asked], "question": range(len(asked)),
-                              "event_timestamp": pd.to_datetime([round(t) for _, t in asked], unit="s", utc=True)})
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [u for u, _ in asked],
+            "question": range(len(asked)),
+            "event_timestamp": pd.to_datetime([round(t) for _, t in asked], unit="s", utc=True),
+        }
+    )
     view = store.get_feature_view(feature_view_name(spec))
     history = store.get_historical_features(
-        entity_df=entity_df, features=[f"{view.name}:{name}" for name in spec.model_inputs]).to_df()
+        entity_df=entity_df, features=[f"{view.name}:{name}" for name in spec.model_inputs]
+    ).to_df()
     history = history.sort_values("question")
-    answers = [{name: None if pd.isna(value) else value for name, value in answer.items()}
-               for answer in history[list(spec.model_inputs)].to_dict("records")]
+    answers = [
+        {name: None if pd.isna(value) else value for name, value in answer.items()}
+        for answer in history[list(spec.model_inputs)].to_dict("records")
+    ]
 
     # Asked before anything was written: Feast's file offline store leaves the question out (it never
     # answers with a later vector). Between the writes: the earlier vector; after them: the latest.
@@ -197,38 +217,63 @@ def test_redis_online_store_serves_exactly_the_written_vectors(tmp_path, unique,
 
 # -- the online write is Feast's own, value for value -------------------------------------------------
 
+
 def _parity_batches(spec, entity) -> list[list[dict]]:
     """Batches covering every kind of value: missing values in each column type, a float NaN, an int in a
     float column, an empty and an unseen category, an entity twice in a batch, an entity overwritten by a
     later batch, a row whose inputs are all missing, and a batch whose inputs are all missing."""
     nothing = {name: None for name in spec.model_inputs}
     return [
-        [_row(spec, entity(1), NOW - 90, 1.0), _row(spec, entity(2), NOW - 90, 2.0, account_age_days=7),
-         _row(spec, entity(3), NOW - 80.123456, 3.0, amount=None, merchant_category=None, card_present=None,
-              account_age_days=None),
-         _row(spec, entity(4), NOW - 80, 4.0, amount=float("nan"), merchant_category="__unseen__",
-              card_present=False, account_age_days=0),
-         _row(spec, entity(5), NOW - 70, 5.0, amount=12, merchant_category="", country="other")],
-        [_row(spec, entity(1), NOW - 30, 6.0, card_present=False, channel="app"),
-         _row(spec, entity(2), NOW - 30, 7.0, account_age_days=2**40 + 1),
-         _row(spec, entity(2), NOW - 30, 8.0, account_age_days=None, merchant_category="__unseen__"),
-         _row(spec, entity(6), NOW - 20, 9.0, **nothing)],
+        [
+            _row(spec, entity(1), NOW - 90, 1.0),
+            _row(spec, entity(2), NOW - 90, 2.0, account_age_days=7),
+            _row(
+                spec,
+                entity(3),
+                NOW - 80.123456,
+                3.0,
+                amount=None,
+                merchant_category=None,
+                card_present=None,
+                account_age_days=None,
+            ),
+            _row(
+                spec,
+                entity(4),
+                NOW - 80,
+                4.0,
+                amount=float("nan"),
+                merchant_category="__unseen__",
+                card_present=False,
+                account_age_days=0,
+            ),
+            _row(spec, entity(5), NOW - 70, 5.0, amount=12, merchant_category="", country="other"),
+        ],
+        [
+            _row(spec, entity(1), NOW - 30, 6.0, card_present=False, channel="app"),
+            _row(spec, entity(2), NOW - 30, 7.0, account_age_days=2**40 + 1),
+            _row(spec, entity(2), NOW - 30, 8.0, account_age_days=None, merchant_category="__unseen__"),
+            _row(spec, entity(6), NOW - 20, 9.0, **nothing),
+        ],
         [_row(spec, entity(1), NOW - 10, 0.0, **nothing), _row(spec, entity(7), NOW - 10, 0.0, **nothing)],
     ]
 
 
 def _served(store, spec, entity_ids) -> list:
     """Everything get_online_features answers per input: values, statuses, event times."""
-    response = store.get_online_features(features=[f"{feature_view_name(spec)}:{name}" for name in spec.model_inputs],
-                                         entity_rows=[{spec.events.entity: e} for e in entity_ids])
+    response = store.get_online_features(
+        features=[f"{feature_view_name(spec)}:{name}" for name in spec.model_inputs],
+        entity_rows=[{spec.events.entity: e} for e in entity_ids],
+    )
     names = list(response.proto.metadata.feature_names.val)
-    return [(names[i], list(result.values), list(result.statuses), [t.ToNanoseconds() for t in result.event_timestamps])
-            for i, result in enumerate(response.proto.results)]
+    return [
+        (names[i], list(result.values), list(result.statuses), [t.ToNanoseconds() for t in result.event_timestamps])
+        for i, result in enumerate(response.proto.results)
+    ]
 
 
 @pytest.mark.parametrize("online_store,entity_type", [("sqlite", "string"), ("sqlite", "int"), ("redis", "string")])
-def test_the_online_store_serves_what_feasts_own_write_would_have(tmp_path, unique, request, online_store,
-                                                                  entity_type):
+def test_the_online_store_serves_what_feasts_own_write_would_have(tmp_path, unique, request, online_store, entity_type):
     """FeastWriter builds the online records itself (and on SQLite upserts them in one executemany): a second
     repo written through FeatureStore.write_to_online_store, as the writer used to, serves the same."""
     env = {}
@@ -247,7 +292,8 @@ def test_the_online_store_serves_what_feasts_own_write_would_have(tmp_path, uniq
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Feast warns about the all-missing batch it skips
                 feast_store.write_to_online_store(
-                    feature_view_name(feast_spec), rows_to_table(latest, arrow_schema(feast_spec)).to_pandas())
+                    feature_view_name(feast_spec), rows_to_table(latest, arrow_schema(feast_spec)).to_pandas()
+                )
             assert _served(fast_store, fast_spec, entities) == _served(feast_store, feast_spec, entities)
             assert fast.online_vectors(entities) == reference.online_vectors(entities)
 
@@ -269,8 +315,9 @@ def test_the_online_store_serves_what_feasts_own_write_would_have(tmp_path, uniq
 
 def _sqlite_rows(settings, spec) -> list[tuple]:
     with sqlite3.connect(settings.data_dir / "feast" / "online.db") as connection:
-        return connection.execute(f'SELECT * FROM "{spec.name}_{feature_view_name(spec)}" '
-                                  f"ORDER BY entity_key, feature_name").fetchall()
+        return connection.execute(
+            f'SELECT * FROM "{spec.name}_{feature_view_name(spec)}" ORDER BY entity_key, feature_name'
+        ).fetchall()
 
 
 def test_an_int_beyond_2_53_is_served_exactly_even_next_to_a_missing_one(sqlite_repo):
@@ -289,8 +336,11 @@ def test_the_batched_sqlite_store_stores_what_feasts_own_sqlite_store_stores(tmp
 
     settings, spec = _settings(tmp_path), _spec(unique)
     apply(settings, spec)
-    rows = [_row(spec, "u-1", NOW - 60, 1.0), _row(spec, "u-2", NOW - 30, 2.0, amount=None, card_present=None),
-            _row(spec, "u-1", NOW - 10, 3.0, merchant_category="__unseen__")]
+    rows = [
+        _row(spec, "u-1", NOW - 60, 1.0),
+        _row(spec, "u-2", NOW - 30, 2.0, amount=None, card_present=None),
+        _row(spec, "u-1", NOW - 10, 3.0, merchant_category="__unseen__"),
+    ]
     records = _OnlineRecords(spec).build(rows)
     stored = {}
     for store_type in ("sqlite", None):  # None: what driftloop configures
@@ -302,8 +352,14 @@ def test_the_batched_sqlite_store_stores_what_feasts_own_sqlite_store_stores(tmp
             config["online_store"][option] = True
         store = FeatureStore(repo_path=str(settings.feast_repo.resolve()), config=RepoConfig(**config))
         view = store.get_feature_view(feature_view_name(spec))
-        store.provider.update_infra(project=spec.name, tables_to_delete=[], tables_to_keep=[view],
-                                    entities_to_delete=[], entities_to_keep=[], partial=False)
+        store.provider.update_infra(
+            project=spec.name,
+            tables_to_delete=[],
+            tables_to_keep=[view],
+            entities_to_delete=[],
+            entities_to_keep=[],
+            partial=False,
+        )
         store.provider.online_write_batch(store.config, view, records, progress=None)
         with sqlite3.connect(config["online_store"]["path"]) as connection:
             table = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()[0][0]

@@ -19,8 +19,11 @@ from driftloop.streams.worker.validation import REASONS
 def samples(metrics: WorkerMetrics) -> dict[tuple[str, frozenset], float]:
     """{(sample name, labels): value} of one exposition, as a scraper reads it."""
     text = generate_latest(metrics.registry).decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(metrics: WorkerMetrics, name: str, **labels: str) -> float | None:
@@ -74,13 +77,17 @@ def test_batched_event_latencies_expose_what_a_prometheus_histogram_would():
     metrics = WorkerMetrics()
     metrics.event_latencies(observed[:5])
     metrics.event_latencies(observed[5:])
-    reference = Histogram("driftloop_event_latency_seconds", "", buckets=EVENT_LATENCY_BUCKETS,
-                          registry=CollectorRegistry())
+    reference = Histogram(
+        "driftloop_event_latency_seconds", "", buckets=EVENT_LATENCY_BUCKETS, registry=CollectorRegistry()
+    )
     for latency in observed:
         reference.observe(latency)
-    expected = {(sample.name, frozenset(sample.labels.items())): sample.value
-                for family in reference.collect() for sample in family.samples
-                if not sample.name.endswith("_created")}
+    expected = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in reference.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
     ours = {key: v for key, v in samples(metrics).items() if key[0].startswith("driftloop_event_latency_seconds")}
     assert set(ours) == set(expected)
     for key, expected_value in expected.items():

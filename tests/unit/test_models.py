@@ -28,8 +28,12 @@ TEST, TEST_Y = ROWS[2000:], np.array(LABELS[2000:])
 MAJORITY_ACCURACY = max(TEST_Y.mean(), 1 - TEST_Y.mean())
 STREAM = labelled_rows(DEMO, 12000, seed=1)  # a longer labelled stream for the online learners
 # every estimator of every flavor exported to ONNX from scikit-learn (the onnx flavor and its subclasses)
-SKLEARN_TO_ONNX = [(flavor.flavor, estimator) for flavor in FLAVORS.values() if issubclass(flavor, OnnxModel)
-                   for estimator in flavor.estimators]
+SKLEARN_TO_ONNX = [
+    (flavor.flavor, estimator)
+    for flavor in FLAVORS.values()
+    if issubclass(flavor, OnnxModel)
+    for estimator in flavor.estimators
+]
 
 
 def accuracy(model: Model, rows=TEST, labels=TEST_Y) -> float:
@@ -52,11 +56,8 @@ def odd_rows() -> list[dict]:
     return rows
 
 
-
-
-
-
 # --- flavors ---------------------------------------------------------------------------------------------
+
 
 def test_synthetic_data_is_learnable_but_not_trivial():
     assert 0.15 < np.mean(LABELS) < 0.4
@@ -72,9 +73,14 @@ def test_model_inputs_follow_the_spec():
     assert frame_to_rows(model_inputs(DEMO), frame) == odd_rows()
 
 
-@pytest.mark.parametrize("estimator, params, events", [("logistic_regression", {}, 12000),
-                                                       ("hoeffding_adaptive_tree", {"seed": 1}, 12000),
-                                                       ("adaptive_random_forest", {"seed": 1, "n_models": 5}, 4000)])
+@pytest.mark.parametrize(
+    "estimator, params, events",
+    [
+        ("logistic_regression", {}, 12000),
+        ("hoeffding_adaptive_tree", {"seed": 1}, 12000),
+        ("adaptive_random_forest", {"seed": 1, "n_models": 5}, 4000),
+    ],
+)
 def test_river_scores_cold_then_learns(estimator, params, events):
     model = new_model(model_spec("river", estimator, params))
     assert isinstance(model, RiverModel)
@@ -123,8 +129,9 @@ def test_a_river_model_saved_before_the_schema_module_still_loads(tmp_path, monk
 
     InputColumn.__module__, InputColumn.__qualname__ = "driftloop.models.inputs", "InputColumn"
     model = train(DEMO, TRAIN, TRAIN_Y)
-    old = RiverModel([InputColumn(c.name, c.kind, c.categories) for c in model.columns], model.pipeline,
-                     model.estimator)
+    old = RiverModel(
+        [InputColumn(c.name, c.kind, c.categories) for c in model.columns], model.pipeline, model.estimator
+    )
     with monkeypatch.context() as patch:
         patch.setattr(inputs, "InputColumn", InputColumn)
         old.save(tmp_path)
@@ -136,13 +143,21 @@ def test_a_river_model_saved_before_the_schema_module_still_loads(tmp_path, monk
 
 # --- registry --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_register_then_load_alias_round_trip(flavor, tracking):
     spec = model_spec(flavor, FLAVORS[flavor].estimators[0])
     model = train(spec, TRAIN, TRAIN_Y)
-    info = registry.register(model, spec, tracking_uri=tracking, reference_rows=TRAIN[:500],
-                             metrics={"accuracy": accuracy(model)}, params={"rows": 2000},
-                             tags={"purpose": "test"}, run_name="round-trip")
+    info = registry.register(
+        model,
+        spec,
+        tracking_uri=tracking,
+        reference_rows=TRAIN[:500],
+        metrics={"accuracy": accuracy(model)},
+        params={"rows": 2000},
+        tags={"purpose": "test"},
+        run_name="round-trip",
+    )
     assert (info.name, info.version) == (spec.model.name, 1) and info.run_id and len(info.checksum) == 64
 
     assert registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking) is None
@@ -229,6 +244,7 @@ def test_register_leaves_the_global_tracking_uri_alone(tracking, monkeypatch):
 
 # --- bootstrap -------------------------------------------------------------------------------------------
 
+
 def test_ensure_champion_is_idempotent(tracking):
     first = ensure_champion(DEMO, tracking, zip(TRAIN, TRAIN_Y))
     second = ensure_champion(DEMO, tracking, zip(TRAIN, TRAIN_Y))
@@ -282,10 +298,14 @@ def test_a_call_is_tried_again_while_mlflow_does_not_answer_then_given_up_on(cap
         urllib.request.urlopen("http://127.0.0.1:9/api/2.0/mlflow/registered-models/get?name=m", timeout=1)
 
     started = time.monotonic()
-    with pytest.raises(DriftloopError, match=r"finding the champion: MLflow at http://127.0.0.1:9 did not answer "
-                                             r"for 2s: <urlopen error \[Errno 111\] Connection refused>"):
-        registry.when_reachable(ask, tracking_uri="http://127.0.0.1:9", what="finding the champion",
-                                stop=threading.Event(), timeout=2)
+    with pytest.raises(
+        DriftloopError,
+        match=r"finding the champion: MLflow at http://127.0.0.1:9 did not answer "
+        r"for 2s: <urlopen error \[Errno 111\] Connection refused>",
+    ):
+        registry.when_reachable(
+            ask, tracking_uri="http://127.0.0.1:9", what="finding the champion", stop=threading.Event(), timeout=2
+        )
     assert 2 <= time.monotonic() - started < 10
     assert len(tries) >= 3  # 0.5 s, then 1 s between tries
     assert "finding the champion: MLflow at http://127.0.0.1:9 does not answer" in caplog.text

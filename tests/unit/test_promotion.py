@@ -61,29 +61,59 @@ def tracking(tmp_path: Path, registry_template: Path) -> str:
     return uri
 
 
-def labeled(predicted_at: float, *, variant: str = "champion", version: int = 1, wrong: bool = False,
-            model_ms: float = 4.0, shadow: dict | None = None) -> dict:
+def labeled(
+    predicted_at: float,
+    *,
+    variant: str = "champion",
+    version: int = 1,
+    wrong: bool = False,
+    model_ms: float = 4.0,
+    shadow: dict | None = None,
+) -> dict:
     """A labeled record as streams/worker/join.py writes it (label 0: a wrong decision is a false alarm)."""
-    record = {"contract": 1, "event_id": f"e-{predicted_at}", "entity": "u-1", "event_time": iso_time(predicted_at),
-              "score": 0.9 if wrong else 0.1, "decision": int(wrong), "label": 0, "model_name": NAME,
-              "model_version": version, "variant": variant, "features": {}, "predicted_at": iso_time(predicted_at),
-              "joined_at": iso_time(predicted_at + 5), "model_ms": model_ms}
+    record = {
+        "contract": 1,
+        "event_id": f"e-{predicted_at}",
+        "entity": "u-1",
+        "event_time": iso_time(predicted_at),
+        "score": 0.9 if wrong else 0.1,
+        "decision": int(wrong),
+        "label": 0,
+        "model_name": NAME,
+        "model_version": version,
+        "variant": variant,
+        "features": {},
+        "predicted_at": iso_time(predicted_at),
+        "joined_at": iso_time(predicted_at + 5),
+        "model_ms": model_ms,
+    }
     if shadow is not None:
         record["shadow"] = shadow
     return record
 
 
-def canary_stream(*, champion_error: float, challenger_error: float, n: int, start: float = START + 1,
-                  champion: int = 1, challenger: int = 2, challenger_latency_ms: float = 4.0,
-                  seed: int = 0) -> Iterator[dict]:
+def canary_stream(
+    *,
+    champion_error: float,
+    challenger_error: float,
+    n: int,
+    start: float = START + 1,
+    champion: int = 1,
+    challenger: int = 2,
+    challenger_latency_ms: float = 4.0,
+    seed: int = 0,
+) -> Iterator[dict]:
     """Labelled events of the canary mode: 10% of them (spec canary.share) served by the challenger."""
     rnd = random.Random(seed)
     for i in range(n):
         canary = rnd.random() < SPEC.canary.share
-        yield labeled(start + i * 0.005, variant="canary" if canary else "champion",
-                      version=challenger if canary else champion,
-                      wrong=rnd.random() < (challenger_error if canary else champion_error),
-                      model_ms=challenger_latency_ms if canary else 4.0)
+        yield labeled(
+            start + i * 0.005,
+            variant="canary" if canary else "champion",
+            version=challenger if canary else champion,
+            wrong=rnd.random() < (challenger_error if canary else champion_error),
+            model_ms=challenger_latency_ms if canary else 4.0,
+        )
 
 
 def shadow_stream(*, champion_error: float, challenger_error: float, n: int, seed: int = 0) -> Iterator[dict]:
@@ -91,8 +121,11 @@ def shadow_stream(*, champion_error: float, challenger_error: float, n: int, see
     rnd = random.Random(seed)
     for i in range(n):
         challenger_wrong = rnd.random() < challenger_error
-        yield labeled(START + 1 + i * 0.005, wrong=rnd.random() < champion_error,
-                      shadow={"model_version": 2, "score": 0.9 if challenger_wrong else 0.1})
+        yield labeled(
+            START + 1 + i * 0.005,
+            wrong=rnd.random() < champion_error,
+            shadow={"model_version": 2, "score": 0.9 if challenger_wrong else 0.1},
+        )
 
 
 def feed(controller: PromotionController, records: Iterable[dict]) -> list[dict]:
@@ -102,8 +135,11 @@ def feed(controller: PromotionController, records: Iterable[dict]) -> list[dict]
 def started(tracking: str, spec: PipelineSpec = SPEC, clock: Clock | None = None) -> PromotionController:
     controller = PromotionController(spec, tracking, clock=clock or Clock(START))
     [trial_started] = [json.loads(r) for r in controller.observe_aliases(registry.aliases(NAME, tracking_uri=tracking))]
-    assert (trial_started["actor"], trial_started["action"], trial_started["version"]) == \
-        ("promotion", "trial_started", 2)
+    assert (trial_started["actor"], trial_started["action"], trial_started["version"]) == (
+        "promotion",
+        "trial_started",
+        2,
+    )
     return controller
 
 
@@ -113,11 +149,17 @@ def actions(records: list[dict]) -> list[str]:
 
 # --- the statistics ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("errors_a,n_a,errors_b,n_b", [(4, 300, 190, 2700), (0, 50, 3, 60), (30, 400, 28, 3600),
-                                                        (250, 5000, 2300, 45000), (0, 0, 5, 10)])
+
+@pytest.mark.parametrize(
+    "errors_a,n_a,errors_b,n_b",
+    [(4, 300, 190, 2700), (0, 50, 3, 60), (30, 400, 28, 3600), (250, 5000, 2300, 45000), (0, 0, 5, 10)],
+)
 def test_fisher_p_value_equals_scipy(errors_a, n_a, errors_b, n_b):
-    expected = 1.0 if n_a == 0 else stats.fisher_exact([[errors_a, n_a - errors_a], [errors_b, n_b - errors_b]],
-                                                       alternative="less").pvalue
+    expected = (
+        1.0
+        if n_a == 0
+        else stats.fisher_exact([[errors_a, n_a - errors_a], [errors_b, n_b - errors_b]], alternative="less").pvalue
+    )
     assert fisher_fewer_errors(errors_a, n_a, errors_b, n_b) == pytest.approx(expected, rel=1e-9)
 
 
@@ -134,6 +176,7 @@ def test_looks_double_from_min_samples_up_to_max_samples():
 
 # --- the controller ----------------------------------------------------------------------------------------
 
+
 def test_better_canary_is_promoted_at_min_samples(tracking):
     controller = started(tracking)
     records = feed(controller, canary_stream(champion_error=0.07, challenger_error=0.015, n=6000))
@@ -146,9 +189,13 @@ def test_better_canary_is_promoted_at_min_samples(tracking):
     assert challenger["samples"] == SPEC.canary.min_samples  # decided at the first look
     assert champion["samples"] > 5 * challenger["samples"]
     # the controller's p-value is scipy's Fisher exact test on the same counts
-    expected = stats.fisher_exact([[challenger["errors"], challenger["samples"] - challenger["errors"]],
-                                   [champion["errors"], champion["samples"] - champion["errors"]]],
-                                  alternative="less").pvalue
+    expected = stats.fisher_exact(
+        [
+            [challenger["errors"], challenger["samples"] - challenger["errors"]],
+            [champion["errors"], champion["samples"] - champion["errors"]],
+        ],
+        alternative="less",
+    ).pvalue
     assert details["p_better"] == pytest.approx(expected, rel=1e-9)
     assert details["p_better"] < details["look_alpha"] == pytest.approx(0.05 / 6)
 
@@ -184,10 +231,13 @@ def test_inconclusive_trial_rolls_back_at_max_samples(tracking):
     assert "canary.max_samples" in registry.version_tags(NAME, 2, tracking_uri=tracking)[REJECTED_TAG]
 
 
-@pytest.mark.parametrize("stream,reason", [
-    (dict(challenger_error=0.7), "canary.max_error_rate"),
-    (dict(challenger_error=0.01, challenger_latency_ms=400.0), "canary.max_latency_ms"),
-])
+@pytest.mark.parametrize(
+    "stream,reason",
+    [
+        (dict(challenger_error=0.7), "canary.max_error_rate"),
+        (dict(challenger_error=0.01, challenger_latency_ms=400.0), "canary.max_latency_ms"),
+    ],
+)
 def test_guardrail_rolls_back_after_50_canary_events(tracking, stream, reason):
     controller = started(tracking)
     records = feed(controller, canary_stream(champion_error=0.05, n=3000, **stream))
@@ -217,7 +267,8 @@ def test_shadow_mode_promotes_on_mcnemar(tracking):
     wins = details["discordant"]["challenger_right_champion_wrong"]
     losses = details["discordant"]["challenger_wrong_champion_right"]
     assert details["p_better"] == pytest.approx(
-        stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue, rel=1e-9)
+        stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue, rel=1e-9
+    )
     assert registry.aliases(NAME, tracking_uri=tracking) == {"champion": 2, "previous": 1}
 
 
@@ -240,8 +291,9 @@ def test_alias_moved_behind_the_controllers_back_is_audited_and_starts_a_new_tri
 
     registry.set_alias(NAME, "challenger", 3, tracking_uri=tracking)  # what the MLflow UI does
     clock.now += 1
-    moved, trial_started = [json.loads(r) for r in controller.observe_aliases(
-        registry.aliases(NAME, tracking_uri=tracking))]
+    moved, trial_started = [
+        json.loads(r) for r in controller.observe_aliases(registry.aliases(NAME, tracking_uri=tracking))
+    ]
     assert (moved["actor"], moved["action"]) == ("operator", "alias_moved")
     assert moved["details"] == {"from": {"champion": 1, "challenger": 2}, "to": {"champion": 1, "challenger": 3}}
     assert "challenger v2 -> v3" in moved["reason"]
@@ -314,6 +366,7 @@ def test_decision_waits_for_an_unreachable_registry_and_is_published_once(tracki
 
 
 # --- operator commands -------------------------------------------------------------------------------------
+
 
 def test_operator_promote_moves_the_aliases_and_the_controller_does_not_audit_it_twice(tracking):
     clock = Clock(START)

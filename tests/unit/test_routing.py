@@ -65,8 +65,11 @@ def test_a_tampered_challenger_is_refused_once_and_the_champion_keeps_serving(tr
     router = ModelRouter(DEMO, tracking, on_refused=lambda refusal, serving: refusals.append((str(refusal), serving)))
     router.refresh()
     challenger = _register_challenger(DEMO, tracking)
-    stored = [p for p in (tmp_path / "artifacts").rglob("artifacts/model/*")
-              if p.is_file() and _belongs_to(p, challenger, tracking)]
+    stored = [
+        p
+        for p in (tmp_path / "artifacts").rglob("artifacts/model/*")
+        if p.is_file() and _belongs_to(p, challenger, tracking)
+    ]
     assert stored, "the challenger's model file was not found in the artifact store"
     for path in stored:
         data = bytearray(path.read_bytes())
@@ -82,6 +85,8 @@ def _belongs_to(path, version: int, tracking_uri: str) -> bool:
     """Whether an artifact file is the given version's (MLflow 3 keeps logged models under models/<id>)."""
     from mlflow.tracking import MlflowClient
 
-    source = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version(DEMO.model.name, str(version)).source
+    source = (
+        MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version(DEMO.model.name, str(version)).source
+    )
     model_id = source.rstrip("/").split("/")[-1]
     return model_id in str(path)

@@ -19,8 +19,9 @@ def test_the_usual_layout_extends_the_features_into_the_row():
     row = RowBuilder(SPEC).row(features, event.values)
     assert row is features  # no copy per event on the hot path
     assert tuple(row) == SPEC.model_inputs
-    assert {name: row[name] for name in SPEC.model_inputs[len(SPEC.features):]} == \
-        {name: event.values.get(name) for name in SPEC.model_inputs[len(SPEC.features):]}
+    assert {name: row[name] for name in SPEC.model_inputs[len(SPEC.features) :]} == {
+        name: event.values.get(name) for name in SPEC.model_inputs[len(SPEC.features) :]
+    }
     assert not {SPEC.events.id_field, SPEC.events.entity, SPEC.events.time_field} & set(row)
 
 
@@ -29,6 +30,10 @@ def test_inputs_in_another_order_get_a_row_in_that_order():
     spec = SPEC.model_copy(update={"model": SPEC.model.model_copy(update={"inputs": inputs})})
     features = {f.name: float(i) for i, f in enumerate(SPEC.features)}
     row = RowBuilder(spec).row(dict(features), {"amount": 7.5, "country": "GB", "user_id": "u1"})
-    assert list(row.items()) == [("amount", 7.5), ("amount_mean_24h", 3.0), ("country", "GB"),
-                                 ("txn_count_10m", 0.0), ("account_age_days", None)]
-
+    assert list(row.items()) == [
+        ("amount", 7.5),
+        ("amount_mean_24h", 3.0),
+        ("country", "GB"),
+        ("txn_count_10m", 0.0),
+        ("account_age_days", None),
+    ]

@@ -42,18 +42,21 @@ def test_config_file_from_environment(tmp_path):
     assert settings.load(environ={"DRIFTLOOP_CONFIG": str(file)}).kafka_bootstrap_servers == "broker:9092"
 
 
-@pytest.mark.parametrize("env, value, fragment", [
-    ("DRIFTLOOP_PARTITIONS", "zero", "must be a whole number"),
-    ("DRIFTLOOP_PARTITIONS", "0", "at least 1"),
-    ("DRIFTLOOP_BROKER_PORT", "70000", "TCP port"),
-    ("DRIFTLOOP_ONLINE_STORE", "dynamo", "sqlite, redis"),
-    ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "host:port"),
-    ("MLFLOW_TRACKING_URI", "mlflow:5000", "http://"),
-    ("DRIFTLOOP_TOPIC_EVENTS", "bad topic", "topic name"),
-    ("DRIFTLOOP_SPEC", "/nonexistent/spec.yaml", "no such file"),
-    ("DRIFTLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
-    ("DRIFTLOOP_BIND_HOST", "localhost", "must be an IP address"),
-])
+@pytest.mark.parametrize(
+    "env, value, fragment",
+    [
+        ("DRIFTLOOP_PARTITIONS", "zero", "must be a whole number"),
+        ("DRIFTLOOP_PARTITIONS", "0", "at least 1"),
+        ("DRIFTLOOP_BROKER_PORT", "70000", "TCP port"),
+        ("DRIFTLOOP_ONLINE_STORE", "dynamo", "sqlite, redis"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "host:port"),
+        ("MLFLOW_TRACKING_URI", "mlflow:5000", "http://"),
+        ("DRIFTLOOP_TOPIC_EVENTS", "bad topic", "topic name"),
+        ("DRIFTLOOP_SPEC", "/nonexistent/spec.yaml", "no such file"),
+        ("DRIFTLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
+        ("DRIFTLOOP_BIND_HOST", "localhost", "must be an IP address"),
+    ],
+)
 def test_invalid_value_names_the_setting(env, value, fragment):
     with pytest.raises(DriftloopError) as error:
         settings.load(environ={env: value})

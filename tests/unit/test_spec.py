@@ -22,7 +22,7 @@ def test_demo_spec_is_valid_and_derives_model_inputs():
     assert spec.events.entity == "user_id"
     assert spec.outcomes.label == "is_fraud"
     # windowed features first, then the event fields a model can read; never ids, entity or time
-    assert spec.model_inputs[:len(spec.features)] == tuple(f.name for f in spec.features)
+    assert spec.model_inputs[: len(spec.features)] == tuple(f.name for f in spec.features)
     assert {"amount", "merchant_category", "country", "channel"} <= set(spec.model_inputs)
     assert not {"event_id", "user_id", "event_time"} & set(spec.model_inputs)
     assert spec.feature_ttl == 2 * 86400
@@ -57,36 +57,53 @@ def _break(document, path, value):
     return document
 
 
-@pytest.mark.parametrize("path, value, expected", [
-    (("events", "entity"), "account", "events.entity: 'account' is not one of events.fields"),
-    (("events", "time_field"), "amount", "events.time_field: field 'amount' must have type timestamp"),
-    (("events", "fields", "amount", "type"), "decimal", "events.fields.amount.type: Input should be"),
-    (("events", "fields", "channel", "values"), KeyError, "events.fields.channel.values: a category field needs"),
-    (("events", "fields", "country", "min"), 3, "events.fields.country: min/max apply only"),
-    (("events", "colour"), "red", "events.colour: unknown key"),
-    (("outcomes", "label"), KeyError, "outcomes.label: required key is missing"),
-    (("outcomes", "label"), "amount", "outcomes.label: the label must not be an event field"),
-    (("features", 1, "field"), "country", "features[1].field: 'country' is not a numeric field"),
-    (("features", 2, "window", "step"), "48h", "features[2].window.step: a hopping window needs a step smaller"),
-    (("features", 0, "window", "size"), "ten minutes", "features[0].window.size: 'ten minutes' is not a positive"),
-    (("features", 3, "agg"), "median", "features[3].agg: Input should be"),
-    (("features", 5, "window"), {"size": "1h"}, "features[5].window: time_since_last takes no window"),
-    (("features", 1, "name"), "amount", "features[1].name: 'amount' is already used"),
-    (("features", 1, "window", "size"), "3d", "features[1].window.size: window is longer than feature_ttl"),
-    (("model", "estimator"), "xgboost", "model.estimator: onnx estimators are"),
-    (("model", "flavor"), "sklearn_pipeline",
-     f"model.flavor: 'sklearn_pipeline' is not a model flavor; the flavors are {', '.join(FLAVORS)}"),
-    (("retrain", "candidates"), {"onnx": "random_forest", "river": "gradient_boosting"},
-     "retrain.candidates.river: river estimators are logistic_regression, hoeffding_adaptive_tree"),
-    (("retrain", "candidates"), {"xgboost": "gbtree"}, "retrain.candidates.xgboost: 'xgboost' is not a model flavor"),
-    (("retrain", "candidates"), {}, "retrain.candidates: name at least one"),
-    (("retrain", "onnx_estimator"), "random_forest", "retrain.onnx_estimator: unknown key"),
-    (("model", "threshold"), 1.5, "model.threshold: Input should be less than 1"),
-    (("model", "inputs"), ["amount", "user_ip"], "model.inputs[1]: 'user_ip' is neither a feature nor an event field"),
-    (("model", "inputs"), ["event_time"], "model.inputs[0]: 'event_time' is a timestamp field"),
-    (("canary", "share"), 0, "canary.share: Input should be greater than 0"),
-    (("drift", "cooldown"), "soon", "drift.cooldown: 'soon' is not a positive duration"),
-])
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        (("events", "entity"), "account", "events.entity: 'account' is not one of events.fields"),
+        (("events", "time_field"), "amount", "events.time_field: field 'amount' must have type timestamp"),
+        (("events", "fields", "amount", "type"), "decimal", "events.fields.amount.type: Input should be"),
+        (("events", "fields", "channel", "values"), KeyError, "events.fields.channel.values: a category field needs"),
+        (("events", "fields", "country", "min"), 3, "events.fields.country: min/max apply only"),
+        (("events", "colour"), "red", "events.colour: unknown key"),
+        (("outcomes", "label"), KeyError, "outcomes.label: required key is missing"),
+        (("outcomes", "label"), "amount", "outcomes.label: the label must not be an event field"),
+        (("features", 1, "field"), "country", "features[1].field: 'country' is not a numeric field"),
+        (("features", 2, "window", "step"), "48h", "features[2].window.step: a hopping window needs a step smaller"),
+        (("features", 0, "window", "size"), "ten minutes", "features[0].window.size: 'ten minutes' is not a positive"),
+        (("features", 3, "agg"), "median", "features[3].agg: Input should be"),
+        (("features", 5, "window"), {"size": "1h"}, "features[5].window: time_since_last takes no window"),
+        (("features", 1, "name"), "amount", "features[1].name: 'amount' is already used"),
+        (("features", 1, "window", "size"), "3d", "features[1].window.size: window is longer than feature_ttl"),
+        (("model", "estimator"), "xgboost", "model.estimator: onnx estimators are"),
+        (
+            ("model", "flavor"),
+            "sklearn_pipeline",
+            f"model.flavor: 'sklearn_pipeline' is not a model flavor; the flavors are {', '.join(FLAVORS)}",
+        ),
+        (
+            ("retrain", "candidates"),
+            {"onnx": "random_forest", "river": "gradient_boosting"},
+            "retrain.candidates.river: river estimators are logistic_regression, hoeffding_adaptive_tree",
+        ),
+        (
+            ("retrain", "candidates"),
+            {"xgboost": "gbtree"},
+            "retrain.candidates.xgboost: 'xgboost' is not a model flavor",
+        ),
+        (("retrain", "candidates"), {}, "retrain.candidates: name at least one"),
+        (("retrain", "onnx_estimator"), "random_forest", "retrain.onnx_estimator: unknown key"),
+        (("model", "threshold"), 1.5, "model.threshold: Input should be less than 1"),
+        (
+            ("model", "inputs"),
+            ["amount", "user_ip"],
+            "model.inputs[1]: 'user_ip' is neither a feature nor an event field",
+        ),
+        (("model", "inputs"), ["event_time"], "model.inputs[0]: 'event_time' is a timestamp field"),
+        (("canary", "share"), 0, "canary.share: Input should be greater than 0"),
+        (("drift", "cooldown"), "soon", "drift.cooldown: 'soon' is not a positive duration"),
+    ],
+)
 def test_errors_name_file_path_and_problem(demo, path, value, expected):
     with pytest.raises(DriftloopError) as error:
         parse_spec(_break(copy.deepcopy(demo), path, value), "my_spec.yaml")
@@ -117,8 +134,9 @@ def test_whether_a_feature_needs_a_field_and_a_window_comes_from_its_aggregation
     complete = {"field": "amount", **({"window": window} if aggregation.windowed else {})}
     assert problem(**complete) is None
     no_field = {key: value for key, value in complete.items() if key != "field"}
-    assert problem(**no_field) == (f"{where}.field: agg {agg!r} needs a numeric event field"
-                                   if aggregation.needs_field else None)
+    assert problem(**no_field) == (
+        f"{where}.field: agg {agg!r} needs a numeric event field" if aggregation.needs_field else None
+    )
     if aggregation.windowed:
         assert problem(field="amount") == f"{where}.window: agg {agg!r} needs a window"
     else:
@@ -144,41 +162,90 @@ def _with_input_field(document, name):
 
 
 # Names that check-spec used to accept and something later refused (Feast, MLflow, Kafka, skl2onnx, sklearn).
-@pytest.mark.parametrize("edit, expected", [
-    (lambda d: {**d, "name": "fraud-v2"}, "name: 'fraud-v2' must be letters, digits and '_', not starting with '_': "
-                                         "it names the Feast project (whose SQLite tables take no '-')"),
-    (lambda d: {**d, "name": "_fraud"}, "name: '_fraud' must be letters, digits and '_'"),
-    (lambda d: {**d, "name": "fraude é"}, "name: 'fraude é' must be letters, digits and '_'"),
-    (lambda d: {**d, "name": "f" * 212}, "name: String should have at most 211 characters"),
-    (lambda d: _break(d, ("model", "name"), "team/fraud"), "model.name: 'team/fraud': MLflow model names take no '/'"),
-    (lambda d: _break(d, ("model", "name"), "fraud:v2"), "model.name: 'fraud:v2': MLflow model names take no '/'"),
-    (lambda d: _break(d, ("model", "name"), "it's"), "model.name: \"it's\": MLflow model names take no '/' or ':', "
-                                                   "and driftloop's registry searches cannot hold a \"'\"; try 'it_s'"),
-    (lambda d: _break(d, ("model", "name"), "..fraud"), "model.name: '..fraud' would be the file path"),
-    (lambda d: _break(d, ("model", "name"), " "), "model.name: the MLflow registered model needs a name"),
-    (lambda d: _break(d, ("model", "name"), "m" * 257), "model.name: 257 characters; MLflow's registry holds at most 256"),
-    (lambda d: _rename_field(d, "user_id", "__dummy"), "events.entity: '__dummy': names starting with '__' are Feast's"),
-    (lambda d: _rename_field(d, "amount", "__dummy_id"), "events.fields.__dummy_id: '__dummy_id': names starting"),
-    (lambda d: _rename_field(d, "amount", "event_timestamp"),
-     "events.fields.event_timestamp: 'event_timestamp' is the time column of the Feast offline store"),
-    (lambda d: _rename_field(d, "user_id", "event_timestamp"), "events.entity: 'event_timestamp' is the time column"),
-    (lambda d: _break(d, ("features", 0, "name"), "event_timestamp"), "features[0].name: 'event_timestamp' is the time"),
-    (lambda d: _with_input_field(d, "label"), "events.fields.label: 'label' is an output of the exported ONNX model"),
-    (lambda d: _with_input_field(d, "probabilities"), "events.fields.probabilities: 'probabilities' is an output of"),
-    (lambda d: _break(d, ("model", "inputs"), ["amount", "probabilities"]),
-     "model.inputs[1]: 'probabilities' is an output of the exported ONNX model"),
-    (lambda d: _break(_break(d, ("events", "fields", "user_id", "type"), "int"), ("model", "inputs"),
-                      ["amount", "user_id"]), "model.inputs[1]: 'user_id' is the entity (the Feast join key)"),
-    (lambda d: _break(d, ("model", "inputs"), ["amount", "country", "amount"]), "model.inputs[2]: 'amount' is listed twice"),
-    (lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "web", "pos"]),
-     "events.fields.channel.values: 'pos' listed more than once"),
-    (lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "__missing__"]),
-     "events.fields.channel.values: '__missing__' is reserved for unseen and missing categories"),
-    (lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "__unseen__"]),
-     "events.fields.channel.values: '__unseen__' is reserved"),
-    (lambda d: _break(d, ("retrain", "window_events"), 200_001),
-     "retrain.window_events: Input should be less than or equal to 200000"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (
+            lambda d: {**d, "name": "fraud-v2"},
+            "name: 'fraud-v2' must be letters, digits and '_', not starting with '_': "
+            "it names the Feast project (whose SQLite tables take no '-')",
+        ),
+        (lambda d: {**d, "name": "_fraud"}, "name: '_fraud' must be letters, digits and '_'"),
+        (lambda d: {**d, "name": "fraude é"}, "name: 'fraude é' must be letters, digits and '_'"),
+        (lambda d: {**d, "name": "f" * 212}, "name: String should have at most 211 characters"),
+        (
+            lambda d: _break(d, ("model", "name"), "team/fraud"),
+            "model.name: 'team/fraud': MLflow model names take no '/'",
+        ),
+        (lambda d: _break(d, ("model", "name"), "fraud:v2"), "model.name: 'fraud:v2': MLflow model names take no '/'"),
+        (
+            lambda d: _break(d, ("model", "name"), "it's"),
+            "model.name: \"it's\": MLflow model names take no '/' or ':', "
+            "and driftloop's registry searches cannot hold a \"'\"; try 'it_s'",
+        ),
+        (lambda d: _break(d, ("model", "name"), "..fraud"), "model.name: '..fraud' would be the file path"),
+        (lambda d: _break(d, ("model", "name"), " "), "model.name: the MLflow registered model needs a name"),
+        (
+            lambda d: _break(d, ("model", "name"), "m" * 257),
+            "model.name: 257 characters; MLflow's registry holds at most 256",
+        ),
+        (
+            lambda d: _rename_field(d, "user_id", "__dummy"),
+            "events.entity: '__dummy': names starting with '__' are Feast's",
+        ),
+        (lambda d: _rename_field(d, "amount", "__dummy_id"), "events.fields.__dummy_id: '__dummy_id': names starting"),
+        (
+            lambda d: _rename_field(d, "amount", "event_timestamp"),
+            "events.fields.event_timestamp: 'event_timestamp' is the time column of the Feast offline store",
+        ),
+        (
+            lambda d: _rename_field(d, "user_id", "event_timestamp"),
+            "events.entity: 'event_timestamp' is the time column",
+        ),
+        (
+            lambda d: _break(d, ("features", 0, "name"), "event_timestamp"),
+            "features[0].name: 'event_timestamp' is the time",
+        ),
+        (
+            lambda d: _with_input_field(d, "label"),
+            "events.fields.label: 'label' is an output of the exported ONNX model",
+        ),
+        (
+            lambda d: _with_input_field(d, "probabilities"),
+            "events.fields.probabilities: 'probabilities' is an output of",
+        ),
+        (
+            lambda d: _break(d, ("model", "inputs"), ["amount", "probabilities"]),
+            "model.inputs[1]: 'probabilities' is an output of the exported ONNX model",
+        ),
+        (
+            lambda d: _break(
+                _break(d, ("events", "fields", "user_id", "type"), "int"), ("model", "inputs"), ["amount", "user_id"]
+            ),
+            "model.inputs[1]: 'user_id' is the entity (the Feast join key)",
+        ),
+        (
+            lambda d: _break(d, ("model", "inputs"), ["amount", "country", "amount"]),
+            "model.inputs[2]: 'amount' is listed twice",
+        ),
+        (
+            lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "web", "pos"]),
+            "events.fields.channel.values: 'pos' listed more than once",
+        ),
+        (
+            lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "__missing__"]),
+            "events.fields.channel.values: '__missing__' is reserved for unseen and missing categories",
+        ),
+        (
+            lambda d: _break(d, ("events", "fields", "channel", "values"), ["pos", "__unseen__"]),
+            "events.fields.channel.values: '__unseen__' is reserved",
+        ),
+        (
+            lambda d: _break(d, ("retrain", "window_events"), 200_001),
+            "retrain.window_events: Input should be less than or equal to 200000",
+        ),
+    ],
+)
 def test_names_later_refused_are_refused_by_the_spec(demo, edit, expected):
     with pytest.raises(DriftloopError) as error:
         parse_spec(edit(copy.deepcopy(demo)), "my_spec.yaml")
@@ -193,13 +260,19 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 
 def test_check_spec_command(tmp_path, demo):
-    ok = subprocess.run([sys.executable, "-m", "driftloop.cli", "check-spec", str(DEMO_SPEC)],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", "check-spec", str(DEMO_SPEC)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "is valid" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_break(copy.deepcopy(demo), ("model", "flavor"), "tensorflow")))
-    failed = subprocess.run([sys.executable, "-m", "driftloop.cli", "check-spec", str(bad)],
-                            capture_output=True, text=True, timeout=60)
+    failed = subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", "check-spec", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [
-        f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; the flavors are {', '.join(FLAVORS)}"]
+        f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; the flavors are {', '.join(FLAVORS)}"
+    ]

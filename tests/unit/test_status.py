@@ -61,20 +61,41 @@ def test_status_reports_what_the_worker_counted(serve, capsys):
     metrics.event_latencies(latencies.tolist())
     summary = status_json(capsys, "--url", serve(metrics))
 
-    assert summary["events"] == {"in": 105, "predicted": 90, "dead_lettered": 15,
-                                 "dead_lettered_by_reason": {"invalid_json": 10, "out_of_range": 5}}
+    assert summary["events"] == {
+        "in": 105,
+        "predicted": 90,
+        "dead_lettered": 15,
+        "dead_lettered_by_reason": {"invalid_json": 10, "out_of_range": 5},
+    }
     assert summary["unseen_categories"] == {"country": 1}
     assert summary["predictions"] == {"3": {"champion": 90}, "4": {"canary": 9}}
     assert summary["models"] == {"card_fraud": {"champion": [3]}}
     assert summary["consumer_lag"] == {"total": 10, "by_topic": {"events": 10}}
-    assert summary["outcomes"] == {"joined": 45, "expired_unmatched": 1, "invalid": 0, "duplicate": 0,
-                                   "prediction_expired": 0, "pending_predictions": 45, "pending_outcomes": 2}
+    assert summary["outcomes"] == {
+        "joined": 45,
+        "expired_unmatched": 1,
+        "invalid": 0,
+        "duplicate": 0,
+        "prediction_expired": 0,
+        "pending_predictions": 45,
+        "pending_outcomes": 2,
+    }
     assert summary["feast_rows"] == 90
     assert summary["batches"] == {"count": 1, "mean_size": 100.0}
     assert summary["workers"]["info"] == [{"worker_id": "w-1", "spec": "card_fraud", "version": "0.1.0"}]
-    assert summary["live_metrics"] == {"3": pytest.approx(
-        {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "log_loss": live.snapshot()[3]["log_loss"],
-         "roc_auc": 0.75, "samples": 4})}
+    assert summary["live_metrics"] == {
+        "3": pytest.approx(
+            {
+                "accuracy": 0.5,
+                "precision": 0.5,
+                "recall": 0.5,
+                "f1": 0.5,
+                "log_loss": live.snapshot()[3]["log_loss"],
+                "roc_auc": 0.75,
+                "samples": 4,
+            }
+        )
+    }
 
     # Stage durations sit inside one bucket each: p50/p99 interpolate inside it.
     score = summary["stage_seconds"]["score"]
@@ -151,8 +172,9 @@ def test_no_worker_answering_is_one_line_and_exit_2(capsys, unused_url):
     assert main(["status", "--url", unused_url]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == (f"driftloop: error: no driftloop worker answered at {unused_url} "
-                            "(is `driftloop up` running?)\n")
+    assert captured.err == (
+        f"driftloop: error: no driftloop worker answered at {unused_url} (is `driftloop up` running?)\n"
+    )
 
 
 def test_an_endpoint_without_driftloop_metrics_is_not_a_worker(capsys, unused_url):
@@ -171,12 +193,15 @@ def test_an_endpoint_without_driftloop_metrics_is_not_a_worker(capsys, unused_ur
     assert "no driftloop worker answered at" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("q, expected", [
-    (0.5, 0.015),  # rank 50 of 100, halfway into the (0.01, 0.02] bucket that holds ranks 41..60
-    (0.4, 0.01),  # exactly the 0.01 bound
-    (0.1, 0.0025),  # first bucket starts at 0: a quarter of (0, 0.01]
-    (0.99, 0.02),  # a rank in +Inf answers the largest finite bound
-])
+@pytest.mark.parametrize(
+    "q, expected",
+    [
+        (0.5, 0.015),  # rank 50 of 100, halfway into the (0.01, 0.02] bucket that holds ranks 41..60
+        (0.4, 0.01),  # exactly the 0.01 bound
+        (0.1, 0.0025),  # first bucket starts at 0: a quarter of (0, 0.01]
+        (0.99, 0.02),  # a rank in +Inf answers the largest finite bound
+    ],
+)
 def test_quantiles_are_estimated_as_prometheus_does(q, expected):
     buckets = {0.01: 40.0, 0.02: 60.0, float("inf"): 100.0}
     assert histogram_quantile(q, buckets) == pytest.approx(expected)
@@ -201,10 +226,14 @@ def test_status_shows_what_driftloop_up_reports_of_its_children(serve, capsys, t
     monkeypatch.setenv("DRIFTLOOP_DATA_DIR", str(tmp_path))
     stack = tmp_path / "stack.json"
     try:
-        stack.write_text(json.dumps({"metrics_urls": [worker], "supervisor_metrics_url": f"http://127.0.0.1:{port}/metrics"}))
+        stack.write_text(
+            json.dumps({"metrics_urls": [worker], "supervisor_metrics_url": f"http://127.0.0.1:{port}/metrics"})
+        )
         assert status_json(capsys, "--url", worker)["supervisor"]["children"] == {
-            "broker": {"up": True, "restarts": 0}, "worker": {"up": True, "restarts": 2},
-            "control": {"up": False, "restarts": 1}}
+            "broker": {"up": True, "restarts": 0},
+            "worker": {"up": True, "restarts": 2},
+            "control": {"up": False, "restarts": 1},
+        }
         assert main(["status", "--url", worker]) == 0
         assert "children    broker up, worker up (2 restarts), control down (1 restart)\n" in capsys.readouterr().out
     finally:

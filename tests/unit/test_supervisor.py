@@ -42,8 +42,9 @@ class Watched:
         self.supervisor = Supervisor(policy, self.said.append, self.restarts.append, self.metrics)
         self.processes: list[ManagedProcess] = []
 
-    def start(self, label: str, argv: list[str], ends_stack: str | None = None,
-              readiness: Readiness | None = None) -> ManagedProcess:
+    def start(
+        self, label: str, argv: list[str], ends_stack: str | None = None, readiness: Readiness | None = None
+    ) -> ManagedProcess:
         process = ManagedProcess(label, argv, self.tmp_path / f"{label}.log", readiness=readiness)
         self.processes.append(process)
         process.start()
@@ -90,15 +91,19 @@ def test_a_killed_child_is_restarted_with_the_same_command_counted_and_reported(
 
 def test_a_crash_loop_stops_with_one_error_naming_the_child_its_last_words_and_log(watched, tmp_path):
     ran = tmp_path / "ran"
-    watched.start("server", [sys.executable, "-c", FAILS_AFTER_FIRST_RUN, str(ran)],
-                  readiness=Readiness(lambda _: ran.exists(), "running", timeout=20))
+    watched.start(
+        "server",
+        [sys.executable, "-c", FAILS_AFTER_FIRST_RUN, str(ran)],
+        readiness=Readiness(lambda _: ran.exists(), "running", timeout=20),
+    )
     os.kill(watched.processes[0].popen.pid, signal.SIGKILL)
     started = time.monotonic()
     with pytest.raises(DriftloopError) as stopped:
         watched.check_until(lambda: False)
     assert str(stopped.value) == (
         "server is crash-looping: it exited (code 3) after 2 restarts in the last 1 minutes (DRIFTLOOP_MAX_RESTARTS=2); "
-        f"stopping the stack; its last log line: 'cannot go on: port taken' (log: {tmp_path}/server.log)")
+        f"stopping the stack; its last log line: 'cannot go on: port taken' (log: {tmp_path}/server.log)"
+    )
     # 0.1 s, then 0.2 s: the delay doubles
     assert [r.delay for r in watched.restarts] == [0.1, 0.2]
     assert [r.exit_status for r in watched.restarts] == ["signal 9", "code 3"]
@@ -114,14 +119,16 @@ def test_a_child_that_ends_the_stack_is_never_restarted_and_is_seen_first(watche
     time.sleep(0.2)
     with pytest.raises(DriftloopError) as stopped:
         watched.supervisor.check()
-    assert str(stopped.value) == (f"broker exited (signal 9); it held every record: stopping the stack "
-                                  f"(log: {tmp_path}/broker.log)")
+    assert str(stopped.value) == (
+        f"broker exited (signal 9); it held every record: stopping the stack (log: {tmp_path}/broker.log)"
+    )
     assert watched.said == [] and watched.restarts == []
 
 
 def test_the_delay_doubles_up_to_its_cap_and_is_reset_by_a_healthy_run(tmp_path):
-    watched = Watched(tmp_path, RestartPolicy(max_restarts=10, window=60.0, first_delay=0.1, max_delay=0.2,
-                                              healthy_after=1.0))
+    watched = Watched(
+        tmp_path, RestartPolicy(max_restarts=10, window=60.0, first_delay=0.1, max_delay=0.2, healthy_after=1.0)
+    )
     process = watched.start("sleeper", SLEEPER)
     try:
         for restart in range(1, 4):
@@ -145,4 +152,3 @@ def test_a_restarted_child_that_never_gets_ready_is_stopped_and_restarted(watche
     watched.check_until(lambda: len(watched.restarts) == 2, timeout=30)
     assert watched.said[1].startswith("hung exited (not answering within 1s); restarting in 0.2s (restart 2; ")
     assert watched.restarts[1].returncode is None
-

@@ -26,9 +26,11 @@ from tests.support.hostile import CATEGORIES, NOW, SPEC, encode, hostile_record
 VALUE_FIELDS = {"amount", "merchant_category", "country", "channel", "card_present", "account_age_days"}
 
 # The README's kcat example.
-README_EVENT = (b'{"event_id":"e-1","user_id":"u-42","event_time":"2026-11-23T12:00:00Z","amount":31.5,'
-                b'"merchant_category":"grocery","country":"NL","channel":"pos","card_present":true,'
-                b'"account_age_days":400}')
+README_EVENT = (
+    b'{"event_id":"e-1","user_id":"u-42","event_time":"2026-11-23T12:00:00Z","amount":31.5,'
+    b'"merchant_category":"grocery","country":"NL","channel":"pos","card_present":true,'
+    b'"account_age_days":400}'
+)
 
 
 @pytest.fixture
@@ -46,22 +48,39 @@ def event(**changes) -> dict:
     return doc
 
 
-
-
 def test_readme_event_becomes_a_typed_event(validator):
     result = validator.validate(README_EVENT)
     assert result == Event(
-        event_id="e-1", entity="u-42", event_time=NOW,
-        values={"amount": 31.5, "merchant_category": "grocery", "country": "NL", "channel": "pos",
-                "card_present": True, "account_age_days": 400},
-        unseen=(), missing=(), raw=README_EVENT)
+        event_id="e-1",
+        entity="u-42",
+        event_time=NOW,
+        values={
+            "amount": 31.5,
+            "merchant_category": "grocery",
+            "country": "NL",
+            "channel": "pos",
+            "card_present": True,
+            "account_age_days": 400,
+        },
+        unseen=(),
+        missing=(),
+        raw=README_EVENT,
+    )
     assert [type(result.values[k]) for k in ("amount", "card_present", "account_age_days")] == [float, bool, int]
     assert type(result.event_time) is float
 
 
 def test_lenient_where_the_spec_allows(validator):
-    raw = encode(event(event_id=7, user_id=42, event_time=NOW - 60, amount=31, account_age_days=400.0,
-                       future_field={"nested": [1, 2]}))
+    raw = encode(
+        event(
+            event_id=7,
+            user_id=42,
+            event_time=NOW - 60,
+            amount=31,
+            account_age_days=400.0,
+            future_field={"nested": [1, 2]},
+        )
+    )
     result = validator.validate(raw)
     assert isinstance(result, Event), result
     assert (result.event_id, result.entity, result.event_time) == ("7", "42", NOW - 60)
@@ -70,15 +89,18 @@ def test_lenient_where_the_spec_allows(validator):
     assert "future_field" not in result.values  # unknown fields are ignored (forward compatibility)
 
 
-@pytest.mark.parametrize("stamp, expected", [
-    ("2026-11-23T12:00:00Z", NOW),
-    ("2026-11-23T13:30:00+01:30", NOW),
-    ("2026-11-23T12:00:00", NOW),  # naive means UTC
-    ("2026-11-23T11:59:59.5Z", NOW - 0.5),
-    (NOW, NOW),
-    (int(NOW) - 1, NOW - 1),
-    (0, 0.0),
-])
+@pytest.mark.parametrize(
+    "stamp, expected",
+    [
+        ("2026-11-23T12:00:00Z", NOW),
+        ("2026-11-23T13:30:00+01:30", NOW),
+        ("2026-11-23T12:00:00", NOW),  # naive means UTC
+        ("2026-11-23T11:59:59.5Z", NOW - 0.5),
+        (NOW, NOW),
+        (int(NOW) - 1, NOW - 1),
+        (0, 0.0),
+    ],
+)
 def test_timestamps(validator, stamp, expected):
     result = validator.validate(encode(event(event_time=stamp)))
     assert isinstance(result, Event), result
@@ -94,14 +116,22 @@ def test_optional_field_absent_or_null(validator, absent):
 
 
 def test_unseen_categories_are_mapped_and_counted(validator):
-    raws = [encode(event(event_id=f"e-{i}", merchant_category=cat, country=country))
-            for i, (cat, country) in enumerate([("crypto", "NL"), ("grocery", "XX"), ("crypto", "ZZ"),
-                                                ("grocery", "NL"), (UNSEEN, "NL")])]
+    raws = [
+        encode(event(event_id=f"e-{i}", merchant_category=cat, country=country))
+        for i, (cat, country) in enumerate(
+            [("crypto", "NL"), ("grocery", "XX"), ("crypto", "ZZ"), ("grocery", "NL"), (UNSEEN, "NL")]
+        )
+    ]
     results = validator.validate_batch(raws)
     assert all(isinstance(r, Event) for r in results), results
     assert results[0].values["merchant_category"] == UNSEEN
-    assert [r.unseen for r in results] == [("merchant_category",), ("country",), ("merchant_category", "country"),
-                                           (), ("merchant_category",)]
+    assert [r.unseen for r in results] == [
+        ("merchant_category",),
+        ("country",),
+        ("merchant_category", "country"),
+        (),
+        ("merchant_category",),
+    ]
     counts = Counter(name for r in results for name in r.unseen)
     assert counts == {"merchant_category": 3, "country": 2}
 
@@ -145,10 +175,10 @@ BAD = [
     (_variant(README_EVENT, b":400", b":NaN"), "not_finite", "account_age_days"),
     (encode(event(amount=-0.01)), "out_of_range", "amount"),
     (encode(event(amount=1_000_000.5)), "out_of_range", "amount"),
-    (encode(event(amount=10 ** 400)), "out_of_range", "amount"),
+    (encode(event(amount=10**400)), "out_of_range", "amount"),
     (encode(event(account_age_days=36_501)), "out_of_range", "account_age_days"),
     (encode(event(event_id="e" * 65)), "too_long", "event_id"),
-    (encode(event(user_id=10 ** 70)), "too_long", "user_id"),
+    (encode(event(user_id=10**70)), "too_long", "user_id"),
     (encode(event(event_time="yesterday")), "bad_timestamp", "event_time"),
     (encode(event(event_time="2026-13-01T00:00:00Z")), "bad_timestamp", "event_time"),
     (encode(event(event_time="1969-12-31T23:59:59Z")), "bad_timestamp", "event_time"),
@@ -248,9 +278,9 @@ def test_an_int_field_without_bounds_still_fits_64_bits():
     doc = yaml.safe_load(DEMO_SPEC.read_text())
     del doc["events"]["fields"]["account_age_days"]["min"], doc["events"]["fields"]["account_age_days"]["max"]
     unbounded = EventValidator(parse_spec(doc))
-    for fits in (2 ** 63 - 1, -(2 ** 63), 0):
+    for fits in (2**63 - 1, -(2**63), 0):
         assert unbounded.validate(encode(event(account_age_days=fits))).values["account_age_days"] == fits
-    for too_big in (2 ** 63, -(2 ** 63) - 1, 10 ** 30):
+    for too_big in (2**63, -(2**63) - 1, 10**30):
         rejection = unbounded.validate(encode(event(account_age_days=too_big)))
         assert (rejection.reason, rejection.field) == ("out_of_range", "account_age_days")
 
@@ -259,10 +289,6 @@ def test_an_int_field_without_bounds_still_fits_64_bits():
 
 FUZZ_SEED = 20261123
 FUZZ_INPUTS = 6000
-
-
-
-
 
 
 def _assert_well_formed_event(result: Event, raw: bytes) -> None:

@@ -36,16 +36,17 @@ def rows(feats: list[dict[str, float]], names=AGGS) -> list[tuple]:
 
 # -- hand-computed sequences ----------------------------------------------------------------------------
 
+
 def test_sliding_window_includes_exactly_the_events_in_t_minus_size_to_t():
     fc = FeatureComputer(window_spec(all_aggs({"size": "10s"})))
     feats = run(fc, [(0, 1.0), (4, 3.0), (9, 2.0), (10, 5.0), (25, 4.0)])
     #            count sum  mean    max  min  ratio (value / mean of the earlier events in the window)
     assert rows(feats) == [
         (1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
-        (2.0, 4.0, 2.0, 3.0, 1.0, 3.0),        # 3 / mean(1)
-        (3.0, 6.0, 2.0, 3.0, 1.0, 1.0),        # 2 / mean(1, 3)
-        (3.0, 10.0, 10 / 3, 5.0, 2.0, 2.0),    # (0, 10]: t=0 has left; 5 / mean(3, 2)
-        (1.0, 4.0, 4.0, 4.0, 4.0, 1.0),        # (15, 25]: only itself
+        (2.0, 4.0, 2.0, 3.0, 1.0, 3.0),  # 3 / mean(1)
+        (3.0, 6.0, 2.0, 3.0, 1.0, 1.0),  # 2 / mean(1, 3)
+        (3.0, 10.0, 10 / 3, 5.0, 2.0, 2.0),  # (0, 10]: t=0 has left; 5 / mean(3, 2)
+        (1.0, 4.0, 4.0, 4.0, 4.0, 1.0),  # (15, 25]: only itself
     ]
     assert all(type(v) is float for f in feats for v in f.values())
     assert list(feats[0]) == list(AGGS)  # spec order
@@ -56,11 +57,11 @@ def test_tumbling_window_is_the_aligned_bucket_containing_the_event():
     feats = run(fc, [(0, 1.0), (9.5, 2.0), (10, 4.0), (19, 1.0), (20, 3.0), (47, 6.0)])
     assert rows(feats) == [
         (1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
-        (2.0, 3.0, 1.5, 2.0, 1.0, 2.0),       # [0, 10)
-        (1.0, 4.0, 4.0, 4.0, 4.0, 1.0),       # 10 opens [10, 20)
-        (2.0, 5.0, 2.5, 4.0, 1.0, 0.25),      # 1 / mean(4)
-        (1.0, 3.0, 3.0, 3.0, 3.0, 1.0),       # [20, 30)
-        (1.0, 6.0, 6.0, 6.0, 6.0, 1.0),       # [40, 50)
+        (2.0, 3.0, 1.5, 2.0, 1.0, 2.0),  # [0, 10)
+        (1.0, 4.0, 4.0, 4.0, 4.0, 1.0),  # 10 opens [10, 20)
+        (2.0, 5.0, 2.5, 4.0, 1.0, 0.25),  # 1 / mean(4)
+        (1.0, 3.0, 3.0, 3.0, 3.0, 1.0),  # [20, 30)
+        (1.0, 6.0, 6.0, 6.0, 6.0, 1.0),  # [40, 50)
     ]
 
 
@@ -69,20 +70,22 @@ def test_hopping_window_is_the_size_long_window_ending_with_the_events_step_buck
     fc = FeatureComputer(window_spec(all_aggs({"size": "30s", "kind": "hopping", "step": "10s"})))
     feats = run(fc, [(5, 1.0), (15, 2.0), (29.5, 3.0), (30, 4.0), (39, 10.0), (40, 1.0), (65, 2.0), (100, 7.0)])
     assert [pytest.approx(r) for r in rows(feats)] == [
-        (1.0, 1.0, 1.0, 1.0, 1.0, 1.0),            # [-20, 10)
-        (2.0, 3.0, 1.5, 2.0, 1.0, 2.0),            # [-10, 20)
-        (3.0, 6.0, 2.0, 3.0, 1.0, 2.0),            # [0, 30): 3 / mean(1, 2)
-        (3.0, 9.0, 3.0, 4.0, 2.0, 1.6),            # [10, 40): t=5 has left; 4 / mean(2, 3)
-        (4.0, 19.0, 4.75, 10.0, 2.0, 10 / 3),      # [10, 40)
-        (4.0, 18.0, 4.5, 10.0, 1.0, 3 / 17),       # [20, 50): 1 / mean(3, 4, 10)
-        (2.0, 3.0, 1.5, 2.0, 1.0, 2.0),            # [40, 70): 40 and 65
-        (1.0, 7.0, 7.0, 7.0, 7.0, 1.0),            # [80, 110)
+        (1.0, 1.0, 1.0, 1.0, 1.0, 1.0),  # [-20, 10)
+        (2.0, 3.0, 1.5, 2.0, 1.0, 2.0),  # [-10, 20)
+        (3.0, 6.0, 2.0, 3.0, 1.0, 2.0),  # [0, 30): 3 / mean(1, 2)
+        (3.0, 9.0, 3.0, 4.0, 2.0, 1.6),  # [10, 40): t=5 has left; 4 / mean(2, 3)
+        (4.0, 19.0, 4.75, 10.0, 2.0, 10 / 3),  # [10, 40)
+        (4.0, 18.0, 4.5, 10.0, 1.0, 3 / 17),  # [20, 50): 1 / mean(3, 4, 10)
+        (2.0, 3.0, 1.5, 2.0, 1.0, 2.0),  # [40, 70): 40 and 65
+        (1.0, 7.0, 7.0, 7.0, 7.0, 1.0),  # [80, 110)
     ]
 
 
 def test_hopping_window_whose_size_is_not_a_multiple_of_its_step_is_exact():
     # size 25, step 10: the event at 21 is in [5, 30); 4.9 is out, 5 is in
-    fc = FeatureComputer(window_spec([{"name": "c", "agg": "count", "window": {"size": "25s", "kind": "hopping", "step": "10s"}}]))
+    fc = FeatureComputer(
+        window_spec([{"name": "c", "agg": "count", "window": {"size": "25s", "kind": "hopping", "step": "10s"}}])
+    )
     feats = run(fc, [(4.9, 1.0), (5, 1.0), (21, 1.0), (29.9, 1.0), (30, 1.0)])
     assert [f["c"] for f in feats] == [1.0, 2.0, 2.0, 3.0, 3.0]  # 30 is in [15, 40): 21, 29.9, 30
 
@@ -92,8 +95,15 @@ def test_time_since_last_and_first_event_defaults():
     fc = FeatureComputer(spec)
     state, first = fc.update(None, 1000.0, {"x": None})
     # the first event: count 1, nothing to sum/average/compare, time_since_last = feature_ttl ("long ago")
-    assert first == {"count": 1.0, "sum": 0.0, "mean": 0.0, "max": 0.0, "min": 0.0, "ratio_to_mean": 1.0,
-                     "since": 3600.0}
+    assert first == {
+        "count": 1.0,
+        "sum": 0.0,
+        "mean": 0.0,
+        "max": 0.0,
+        "min": 0.0,
+        "ratio_to_mean": 1.0,
+        "since": 3600.0,
+    }
     state, f = fc.update(state, 1012.5, {"x": 4.0})
     assert f["since"] == 12.5 and f["ratio_to_mean"] == 1.0  # no earlier value in the window
     state, f = fc.update(state, 1012.5, {"x": 2.0})
@@ -102,8 +112,15 @@ def test_time_since_last_and_first_event_defaults():
     assert f["since"] == 3600.0  # capped at feature_ttl
 
     _, first = fc.update(None, 5.0, {"x": 3.0})
-    assert first == {"count": 1.0, "sum": 3.0, "mean": 3.0, "max": 3.0, "min": 3.0, "ratio_to_mean": 1.0,
-                     "since": 3600.0}
+    assert first == {
+        "count": 1.0,
+        "sum": 3.0,
+        "mean": 3.0,
+        "max": 3.0,
+        "min": 3.0,
+        "ratio_to_mean": 1.0,
+        "since": 3600.0,
+    }
 
 
 def test_none_values_are_skipped_but_counted():
@@ -156,7 +173,7 @@ def test_values_that_are_not_finite_numbers_count_as_none_and_overflow_is_clampe
     assert rows(feats) == [
         (1.0, 0.0, 0.0, 0.0, 0.0, 1.0),
         (2.0, 0.0, 0.0, 0.0, 0.0, 1.0),
-        (3.0, 1.0, 1.0, 1.0, 1.0, 1.0),   # a bool is a number (1.0)
+        (3.0, 1.0, 1.0, 1.0, 1.0, 1.0),  # a bool is a number (1.0)
         (4.0, 3.5, 1.75, 2.5, 1.0, 2.5),
     ]
     huge = run(fc, [(0, 1e308), (1, 1e308)])[-1]
@@ -167,10 +184,17 @@ def test_values_that_are_not_finite_numbers_count_as_none_and_overflow_is_clampe
 
 # -- out-of-order events --------------------------------------------------------------------------------
 
+
 def test_late_event_in_a_sliding_window_is_computed_as_of_its_own_time_and_counts_for_later_events():
-    fc = FeatureComputer(window_spec([{"name": "c", "agg": "count", "window": {"size": "10s"}},
-                                    {"name": "s", "agg": "sum", "field": "x", "window": {"size": "10s"}},
-                                    {"name": "since", "agg": "time_since_last"}]))
+    fc = FeatureComputer(
+        window_spec(
+            [
+                {"name": "c", "agg": "count", "window": {"size": "10s"}},
+                {"name": "s", "agg": "sum", "field": "x", "window": {"size": "10s"}},
+                {"name": "since", "agg": "time_since_last"},
+            ]
+        )
+    )
     state = None
     for t, x in [(12, 1.0), (20, 2.0)]:
         state, _ = fc.update(state, t, {"x": x})
@@ -182,28 +206,45 @@ def test_late_event_in_a_sliding_window_is_computed_as_of_its_own_time_and_count
 
 
 def test_late_event_in_tumbling_and_hopping_windows_joins_its_buckets():
-    tumbling = FeatureComputer(window_spec([{"name": "c", "agg": "count", "window": {"size": "10s", "kind": "tumbling"}}]))
+    tumbling = FeatureComputer(
+        window_spec([{"name": "c", "agg": "count", "window": {"size": "10s", "kind": "tumbling"}}])
+    )
     # a bucket holds everything seen in it, also events later than the late one
     assert [f["c"] for f in run(tumbling, [(1, 1.0), (9, 1.0), (5, 1.0), (9.5, 1.0), (10, 1.0)])] == [1, 2, 3, 4, 1]
 
-    hopping = FeatureComputer(window_spec([{"name": "c", "agg": "count",
-                                          "window": {"size": "30s", "kind": "hopping", "step": "10s"}}]))
+    hopping = FeatureComputer(
+        window_spec([{"name": "c", "agg": "count", "window": {"size": "30s", "kind": "hopping", "step": "10s"}}])
+    )
     # late 12 is in [-10, 20): 5 and itself; then 26 is in [0, 30): 5, 12, 25, 26
     assert [f["c"] for f in run(hopping, [(5, 1.0), (25, 1.0), (12, 1.0), (26, 1.0)])] == [1, 2, 2, 4]
 
 
 def test_events_older_than_every_retained_window_only_affect_their_own_features():
-    spec = window_spec([{"name": "c", "agg": "count", "window": {"size": "10s", "kind": "tumbling"}},
-                      {"name": "s", "agg": "sum", "field": "x", "window": {"size": "10s", "kind": "tumbling"}}])
+    spec = window_spec(
+        [
+            {"name": "c", "agg": "count", "window": {"size": "10s", "kind": "tumbling"}},
+            {"name": "s", "agg": "sum", "field": "x", "window": {"size": "10s", "kind": "tumbling"}},
+        ]
+    )
     strict = FeatureComputer(spec)  # allowed_lateness 0: bucket [0, 10) is dropped once 12 arrives
     assert rows(run(strict, [(3, 1.0), (12, 2.0), (8, 5.0), (9, 1.0), (13, 1.0)]), ("c", "s")) == [
-        (1.0, 1.0), (1.0, 2.0), (1.0, 5.0), (1.0, 1.0), (2.0, 3.0)]  # 8 and 9 are not stored
+        (1.0, 1.0),
+        (1.0, 2.0),
+        (1.0, 5.0),
+        (1.0, 1.0),
+        (2.0, 3.0),
+    ]  # 8 and 9 are not stored
     lenient = FeatureComputer(spec, allowed_lateness=10)  # keeps what events up to 10 s late need
     assert rows(run(lenient, [(3, 1.0), (12, 2.0), (8, 5.0), (13, 1.0)]), ("c", "s")) == [
-        (1.0, 1.0), (1.0, 2.0), (2.0, 6.0), (2.0, 3.0)]
+        (1.0, 1.0),
+        (1.0, 2.0),
+        (2.0, 6.0),
+        (2.0, 3.0),
+    ]
 
 
 # -- restart, state size --------------------------------------------------------------------------------
+
 
 def demo_stream(seed: int, n: int, entities: int, late_share: float = 0.05):
     rng = random.Random(seed)
@@ -305,9 +346,6 @@ def test_state_of_another_spec_layout_starts_afresh():
 # -- cross-check against the brute-force reference (driftloop.features.reference) --------------------------
 
 
-
-
-
 def cross_check_spec(with_sliding: bool = True):
     """Every registered aggregation over every window (the sliding ones only if with_sliding)."""
     labels = [label for label, window in WINDOWS.items() if with_sliding or window.get("kind") is not None]
@@ -325,8 +363,15 @@ def random_stream(seed: int, n: int, entities: int, disorder: float, dense: bool
     for _ in range(n):
         entity = f"e{rng.randrange(entities)}"
         r = rng.random()
-        gap = (rng.uniform(3600, 9000) if r < 0.01 else 0.0 if r < 0.08 else rng.uniform(0, 0.5) if r < 0.5
-               else rng.expovariate(1 / 4))
+        gap = (
+            rng.uniform(3600, 9000)
+            if r < 0.01
+            else 0.0
+            if r < 0.08
+            else rng.uniform(0, 0.5)
+            if r < 0.5
+            else rng.expovariate(1 / 4)
+        )
         if dense and r >= 0.01:  # windows of dozens to hundreds of entries
             gap = rng.uniform(0, 0.6)
         clock[entity] += round(gap, 3)
@@ -356,18 +401,28 @@ def assert_matches_reference(spec, lateness: float, stream) -> int:
     return late
 
 
-@pytest.mark.parametrize(("disorder", "lateness", "with_sliding", "dense"),
-                         [(0, 0, True, False), (25, 30, True, False), (25, 25, False, False), (25, 30, True, True)])
+@pytest.mark.parametrize(
+    ("disorder", "lateness", "with_sliding", "dense"),
+    [(0, 0, True, False), (25, 30, True, False), (25, 25, False, False), (25, 30, True, True)],
+)
 def test_all_aggregations_together_match_the_reference_on_a_random_stream(disorder, lateness, with_sliding, dense):
-    late = assert_matches_reference(cross_check_spec(with_sliding), lateness,
-                                    random_stream(seed=2024, n=4000, entities=4, disorder=disorder, dense=dense))
+    late = assert_matches_reference(
+        cross_check_spec(with_sliding),
+        lateness,
+        random_stream(seed=2024, n=4000, entities=4, disorder=disorder, dense=dense),
+    )
     assert (late > 100) == bool(disorder)
 
 
-@pytest.mark.parametrize(("agg", "label"), [(agg, label) for agg in AGGREGATIONS
-                                            for label in (WINDOWS if AGGREGATIONS[agg].windowed else [None])])
+@pytest.mark.parametrize(
+    ("agg", "label"),
+    [(agg, label) for agg in AGGREGATIONS for label in (WINDOWS if AGGREGATIONS[agg].windowed else [None])],
+)
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_every_registered_aggregation_matches_its_definition_in_every_window_kind_with_late_events(agg, label, dense):
-    late = assert_matches_reference(window_spec([feature(agg, label)], ttl="1h"), 30,
-                                    random_stream(seed=7, n=1500, entities=3, disorder=25, dense=dense))
+    late = assert_matches_reference(
+        window_spec([feature(agg, label)], ttl="1h"),
+        30,
+        random_stream(seed=7, n=1500, entities=3, disorder=25, dense=dense),
+    )
     assert late > 100

@@ -75,10 +75,17 @@ class ConceptDriftMonitor:
         change = watched.detector.update(outcome_loss(record, self.detector), record["event_time"])
         if change is None:
             return None
-        return {"version": version, "variant": record.get("variant", "champion"), "detector": self.detector.detector,
-                "loss": self.detector.loss, "at_event": watched.labeled, "change_point_event_time": change.change_point,
-                "window_start_event_time": change.window_start, "loss_before": round(change.loss_before, 5),
-                "loss_after": round(change.loss_after, 5)}
+        return {
+            "version": version,
+            "variant": record.get("variant", "champion"),
+            "detector": self.detector.detector,
+            "loss": self.detector.loss,
+            "at_event": watched.labeled,
+            "change_point_event_time": change.change_point,
+            "window_start_event_time": change.window_start,
+            "loss_before": round(change.loss_before, 5),
+            "loss_after": round(change.loss_after, 5),
+        }
 
     def forget(self, version: int) -> None:
         """Stop watching a version (archived, rolled back, replaced)."""

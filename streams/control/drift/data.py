@@ -66,8 +66,9 @@ def warmup_seconds(spec: PipelineSpec) -> float:
 
 
 class DataDriftMonitor:
-    def __init__(self, spec: PipelineSpec, reference: pd.DataFrame, version: int, *,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, spec: PipelineSpec, reference: pd.DataFrame, version: int, *, clock: Callable[[], float] = time.time
+    ):
         self.spec = spec
         self.version = version
         self.clock = clock
@@ -122,8 +123,10 @@ class DataDriftMonitor:
             self._collected = {}
 
     def _set_reference(self, reference: pd.DataFrame) -> None:
-        self._reference = {name: _values(reference[name]) if name in reference.columns else _values(pd.Series([]))
-                           for name in self.names}
+        self._reference = {
+            name: _values(reference[name]) if name in reference.columns else _values(pd.Series([]))
+            for name in self.names
+        }
         self._reference_rows = len(reference)
 
     # -- state ---------------------------------------------------------------------------------------
@@ -144,14 +147,19 @@ class DataDriftMonitor:
         """Time for an evaluation (see the module docstring), whether or not the reference is ready yet."""
         if self.window_events < self.spec.drift.window_events or not self._since_evaluation:
             return False
-        return (self._since_evaluation >= self.spec.drift.evaluate_every_events
-                or self.clock() - self._evaluated_at >= self.spec.drift.evaluate_every_seconds)
+        return (
+            self._since_evaluation >= self.spec.drift.evaluate_every_events
+            or self.clock() - self._evaluated_at >= self.spec.drift.evaluate_every_seconds
+        )
 
     def window_info(self) -> dict[str, Any]:
         """The window for a drift report; times are the scoring batches' latest event times (ISO)."""
         times = [t for _, t in self._batches]
-        return {"events": self.window_events, "first_event_time": iso_time(min(times)) if times else None,
-                "last_event_time": iso_time(max(times)) if times else None}
+        return {
+            "events": self.window_events,
+            "first_event_time": iso_time(min(times)) if times else None,
+            "last_event_time": iso_time(max(times)) if times else None,
+        }
 
     def current_rows(self) -> dict[str, list[Any]]:
         """The window's rows, columnar (JSON-able), for a retrain request."""
@@ -163,42 +171,70 @@ class DataDriftMonitor:
         """The data section of a drift report (documented in streams/control/drift/report.py)."""
         self._since_evaluation = 0
         self._evaluated_at = self.clock()
-        base = {"reference": self.reference_source, "reference_version": self.version,
-                "reference_rows": self._reference_rows,
-                "window_events": self.window_events, "threshold_share": self.spec.drift.drifted_share}
+        base = {
+            "reference": self.reference_source,
+            "reference_version": self.version,
+            "reference_rows": self._reference_rows,
+            "window_events": self.window_events,
+            "threshold_share": self.spec.drift.drifted_share,
+        }
         if not self.ready():
             status = "collecting_reference" if self._reference is None else "filling_window"
-            return {"status": status, **base, "drifted_share": None, "drifted": False, "drifted_columns": [],
-                    "features": {}}
+            return {
+                "status": status,
+                **base,
+                "drifted_share": None,
+                "drifted": False,
+                "drifted_columns": [],
+                "features": {},
+            }
         started = time.perf_counter()
         reference = self._reference
         assert reference is not None  # ready() says so
         current = _frame(self.columns, self._window)
-        features = {c.name: column_drift(c, reference[c.name], _values(current[c.name]),
-                                         self.spec.drift.data_thresholds) for c in self.columns}
+        features = {
+            c.name: column_drift(c, reference[c.name], _values(current[c.name]), self.spec.drift.data_thresholds)
+            for c in self.columns
+        }
         tested = [name for name, result in features.items() if result["method"] is not None]
         drifted = [name for name in tested if features[name]["drifted"]]
         share = len(drifted) / len(tested) if tested else 0.0
-        return {"status": "evaluated", **base, "drifted_share": round(share, 4),
-                "drifted": bool(tested) and share >= self.spec.drift.drifted_share, "drifted_columns": drifted,
-                "features": features, "seconds": round(time.perf_counter() - started, 4)}
+        return {
+            "status": "evaluated",
+            **base,
+            "drifted_share": round(share, 4),
+            "drifted": bool(tested) and share >= self.spec.drift.drifted_share,
+            "drifted_columns": drifted,
+            "features": features,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
 
 
-def column_drift(column: ModelInput, reference: pd.Series, current: pd.Series,
-                 thresholds: DataThresholds) -> dict[str, Any]:
+def column_drift(
+    column: ModelInput, reference: pd.Series, current: pd.Series, thresholds: DataThresholds
+) -> dict[str, Any]:
     """One column's verdict with the method Evidently's DataDriftPreset would pick, at the spec's threshold for it."""
     if reference.empty or current.empty:
         where = "reference" if reference.empty else "window"
-        return {"method": None, "score": None, "threshold": None, "drifted": False,
-                "skipped": f"no values in the {where}"}
+        return {
+            "method": None,
+            "score": None,
+            "threshold": None,
+            "drifted": False,
+            "skipped": f"no values in the {where}",
+        }
     kind = ColumnType.Numerical if column.kind == "numeric" else ColumnType.Categorical
     stattest = get_stattest(reference, current, kind, None)
     result = stattest(reference, current, kind, getattr(thresholds, stattest.name))
     score = float(result.drift_score)
-    return {"method": stattest.name, "method_name": stattest.display_name,
-            "score_kind": "p_value" if stattest.name in _P_VALUE_TESTS else "distance",
-            "score": round(score, 6) if math.isfinite(score) else None,
-            "threshold": result.actual_threshold, "drifted": bool(result.drifted)}
+    return {
+        "method": stattest.name,
+        "method_name": stattest.display_name,
+        "score_kind": "p_value" if stattest.name in _P_VALUE_TESTS else "distance",
+        "score": round(score, 6) if math.isfinite(score) else None,
+        "threshold": result.actual_threshold,
+        "drifted": bool(result.drifted),
+    }
 
 
 def html(spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFrame) -> str:
@@ -208,17 +244,28 @@ def html(spec: PipelineSpec, reference: pd.DataFrame, current: pd.DataFrame) -> 
     retrain request's current rows); uses the same thresholds as DataDriftMonitor.evaluate.
     """
     columns = model_inputs(spec)
-    definition = DataDefinition(numerical_columns=[c.name for c in columns if c.kind == "numeric"],
-                                categorical_columns=[c.name for c in columns if c.kind != "numeric"])
+    definition = DataDefinition(
+        numerical_columns=[c.name for c in columns if c.kind == "numeric"],
+        categorical_columns=[c.name for c in columns if c.kind != "numeric"],
+    )
     thresholds = {}
     for c in columns:
         verdict = column_drift(c, _values(reference[c.name]), _values(current[c.name]), spec.drift.data_thresholds)
         if verdict["method"] is not None:
             thresholds[c.name] = verdict["threshold"]
-    report = Report([DataDriftPreset(columns=[c.name for c in columns], drift_share=spec.drift.drifted_share,
-                                     per_column_threshold=thresholds or None)])
-    snapshot = report.run(Dataset.from_pandas(_evidently_frame(columns, current), data_definition=definition),
-                          Dataset.from_pandas(_evidently_frame(columns, reference), data_definition=definition))
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=[c.name for c in columns],
+                drift_share=spec.drift.drifted_share,
+                per_column_threshold=thresholds or None,
+            )
+        ]
+    )
+    snapshot = report.run(
+        Dataset.from_pandas(_evidently_frame(columns, current), data_definition=definition),
+        Dataset.from_pandas(_evidently_frame(columns, reference), data_definition=definition),
+    )
     return snapshot.get_html_str(as_iframe=False)
 
 

@@ -68,11 +68,22 @@ class QualityMonitor:
             "dlq_rate": _rate(sum(dlq.values()), self._events),
         }
         drift = self.spec.drift
-        limits = {"unseen_rate": drift.max_unseen_rate, "missing_rate": drift.max_missing_rate,
-                  "dlq_rate": drift.max_dlq_rate}
-        return {"events": self._events, "valid": valid, "events_total": self.events_total, **rates,
-                "unseen": unseen_by_field, "missing": missing_by_field, "dlq": dict(sorted(dlq.items())),
-                "limits": limits, "flagged": [name for name, limit in limits.items() if rates[name] > limit]}
+        limits = {
+            "unseen_rate": drift.max_unseen_rate,
+            "missing_rate": drift.max_missing_rate,
+            "dlq_rate": drift.max_dlq_rate,
+        }
+        return {
+            "events": self._events,
+            "valid": valid,
+            "events_total": self.events_total,
+            **rates,
+            "unseen": unseen_by_field,
+            "missing": missing_by_field,
+            "dlq": dict(sorted(dlq.items())),
+            "limits": limits,
+            "flagged": [name for name, limit in limits.items() if rates[name] > limit],
+        }
 
 
 def _events(batch: tuple[int, Counter, Counter, Counter]) -> int:

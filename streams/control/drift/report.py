@@ -49,9 +49,17 @@ from driftloop.streams.contracts import CONTRACT_VERSION, iso_time
 _NO_WINDOW = {"events": 0, "first_event_time": None, "last_event_time": None}
 
 
-def build_report(spec: PipelineSpec, *, champion_version: int | None, evaluation: int,
-                 data: dict[str, Any] | None, window: dict[str, Any] | None,
-                 detections: list[dict[str, Any]], quality: dict[str, Any], at: float) -> dict[str, Any]:
+def build_report(
+    spec: PipelineSpec,
+    *,
+    champion_version: int | None,
+    evaluation: int,
+    data: dict[str, Any] | None,
+    window: dict[str, Any] | None,
+    detections: list[dict[str, Any]],
+    quality: dict[str, Any],
+    at: float,
+) -> dict[str, Any]:
     """The drift report above; data None means no data-drift monitor could evaluate (no champion yet)."""
     return {
         "contract": CONTRACT_VERSION,
@@ -60,10 +68,20 @@ def build_report(spec: PipelineSpec, *, champion_version: int | None, evaluation
         "champion_version": champion_version,
         "evaluation": evaluation,
         "window": window or dict(_NO_WINDOW),
-        "data": data if data is not None else {"status": "not_evaluated", "drifted_share": None, "drifted": False,
-                                               "drifted_columns": [], "features": {}},
-        "concept": {"detector": spec.drift.concept.detector, "loss": spec.drift.concept.loss,
-                    "detections": list(detections)},
+        "data": data
+        if data is not None
+        else {
+            "status": "not_evaluated",
+            "drifted_share": None,
+            "drifted": False,
+            "drifted_columns": [],
+            "features": {},
+        },
+        "concept": {
+            "detector": spec.drift.concept.detector,
+            "loss": spec.drift.concept.loss,
+            "detections": list(detections),
+        },
         "quality": quality,
     }
 

@@ -82,8 +82,11 @@ def restoration(version: int, aliases: dict[str, int], reason: str) -> list[Step
 
 
 def operator_marker(version: int, action: str, after: dict[str, int], at: float) -> TagVersion:
-    return TagVersion(version, OPERATOR_CHANGE_TAG,
-                      json.dumps({"action": action, "at": iso_time(at), "aliases": after}, sort_keys=True))
+    return TagVersion(
+        version,
+        OPERATOR_CHANGE_TAG,
+        json.dumps({"action": action, "at": iso_time(at), "aliases": after}, sort_keys=True),
+    )
 
 
 def read_operator_marker(tags: dict[str, str]) -> dict | None:
@@ -118,8 +121,9 @@ def apply(step: Step, model_name: str, tracking_uri: str) -> None:
         registry.set_version_tag(model_name, step.version, step.key, step.value, tracking_uri=tracking_uri)
 
 
-def apply_marked(model_name: str, tracking_uri: str, version: int, action: str, current: dict[str, int],
-                 steps: list[Step], at: float) -> dict[str, int]:
+def apply_marked(
+    model_name: str, tracking_uri: str, version: int, action: str, current: dict[str, int], steps: list[Step], at: float
+) -> dict[str, int]:
     """Run `steps` after tagging `version` with the state they create, so the promotion controller knows the
     change is audited by whoever made it (an operator command, a warm-up promotion); returns that state."""
     state = after(current, steps)

@@ -39,11 +39,11 @@ from typing import Any
 
 from driftloop.models import registry
 from driftloop.models.bootstrap import ORIGIN_TAG
+from driftloop.spec import PipelineSpec
+from driftloop.streams.contracts import audit, iso_time
 from driftloop.streams.control.promotion import alias_moves
 from driftloop.streams.control.promotion.alias_moves import CHALLENGER, CHAMPION, REJECTED_TAG, Step, describe
 from driftloop.streams.control.promotion.trial import CanaryTrial
-from driftloop.spec import PipelineSpec
-from driftloop.streams.contracts import audit, iso_time
 
 STALE_SNAPSHOT_SECONDS = 10.0
 RETRY_SECONDS = 1.0  # between attempts on an unreachable registry: update() runs per labelled event
@@ -73,9 +73,14 @@ class _Pending:
         return aliases.get(CHALLENGER) == self.version and aliases.get(CHAMPION) in (self.champion, self.version)
 
     def summary(self) -> dict[str, Any]:
-        return {"action": self.action, "version": self.version, "reason": self.reason,
-                "decided_at": iso_time(self.decided_at), "failed_attempts": self.failed_attempts,
-                "last_error": self.last_error}
+        return {
+            "action": self.action,
+            "version": self.version,
+            "reason": self.reason,
+            "decided_at": iso_time(self.decided_at),
+            "failed_attempts": self.failed_attempts,
+            "last_error": self.last_error,
+        }
 
 
 @dataclass
@@ -117,8 +122,13 @@ class PromotionController:
             return out
         before, self._aliases = self._aliases, snapshot
         if self._pending is not None and not self._pending.survives(snapshot):
-            _LOG.warning("aliases moved by someone else (%s -> %s) before the registry took %s of v%d; "
-                         "dropping that decision", before, snapshot, self._pending.action, self._pending.version)
+            _LOG.warning(
+                "aliases moved by someone else (%s -> %s) before the registry took %s of v%d; dropping that decision",
+                before,
+                snapshot,
+                self._pending.action,
+                self._pending.version,
+            )
             self._pending = None
         if not self._audited_elsewhere(before, snapshot):
             out.append(self._alias_moved(before, snapshot))
@@ -140,8 +150,11 @@ class PromotionController:
             return out + [self._audit("canary_waiting", trial.challenger, outcome.reason, outcome.details)]
         action = _ACTIONS[outcome.kind]
         now = self.clock()
-        steps = (alias_moves.promotion(trial.challenger, self._aliases, now) if action == "promoted"
-                 else alias_moves.rejection(trial.challenger, outcome.reason))
+        steps = (
+            alias_moves.promotion(trial.challenger, self._aliases, now)
+            if action == "promoted"
+            else alias_moves.rejection(trial.challenger, outcome.reason)
+        )
         self._pending = _Pending(action, trial.challenger, trial.champion, outcome.reason, outcome.details, steps, now)
         _LOG.info("%s v%d: %s", action, trial.challenger, outcome.reason)
         return out + self._carry_out_pending()
@@ -173,8 +186,9 @@ class PromotionController:
             except Exception as exc:  # registry down or refusing: keep the decision, retry on the next call
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if message != pending.last_error:
-                    _LOG.warning("model registry: %s; %s of v%d stays pending", message, pending.action,
-                                 pending.version)
+                    _LOG.warning(
+                        "model registry: %s; %s of v%d stays pending", message, pending.action, pending.version
+                    )
                 pending.failed_attempts += 1
                 pending.last_error = message
                 pending.last_failure_at = self.clock()
@@ -186,10 +200,18 @@ class PromotionController:
             pending.steps.pop(0)
         self._pending = None
         now = self.clock()
-        self._last_decision = {"action": pending.action, "version": pending.version, "reason": pending.reason,
-                               "at": iso_time(now)}
-        details = {**pending.details, "decided_at": iso_time(pending.decided_at), "aliases": dict(self._aliases),
-                   "failed_registry_attempts": pending.failed_attempts}
+        self._last_decision = {
+            "action": pending.action,
+            "version": pending.version,
+            "reason": pending.reason,
+            "at": iso_time(now),
+        }
+        details = {
+            **pending.details,
+            "decided_at": iso_time(pending.decided_at),
+            "aliases": dict(self._aliases),
+            "failed_registry_attempts": pending.failed_attempts,
+        }
         return [self._audit(pending.action, pending.version, pending.reason, details)] + self._align_trial()
 
     # -- following the aliases ----------------------------------------------------------------------
@@ -206,16 +228,21 @@ class PromotionController:
             return []
         self.trial = CanaryTrial(self.spec.canary, self.spec.model.threshold, champion, challenger, self.clock())
         canary = self.spec.canary
-        how = ("in shadow: it scores every event without serving it" if canary.shadow
-               else f"serving {canary.share:.0%} of the entities as the canary")
+        how = (
+            "in shadow: it scores every event without serving it"
+            if canary.shadow
+            else f"serving {canary.share:.0%} of the entities as the canary"
+        )
         reason = f"trial of challenger v{challenger} against champion v{champion} started, {how}"
         return [self._audit("trial_started", challenger, reason, self.trial.summary())]
 
     def _audited_elsewhere(self, before: dict[str, int], after: dict[str, int]) -> bool:
         """Whether this alias change was made by someone who audits it: an operator command or retraining."""
         try:
-            tags = {version: registry.version_tags(self.model_name, version, tracking_uri=self.tracking_uri)
-                    for version in set(before.values()) | set(after.values())}
+            tags = {
+                version: registry.version_tags(self.model_name, version, tracking_uri=self.tracking_uri)
+                for version in set(before.values()) | set(after.values())
+            }
         except Exception:  # cannot tell: audit it rather than miss it
             return False
         for version, version_tags in tags.items():
@@ -227,20 +254,37 @@ class PromotionController:
         new_challenger = after.get(CHALLENGER)
         if new_challenger is None or new_challenger == before.get(CHALLENGER):
             return False
-        others_unchanged = ({k: v for k, v in before.items() if k != CHALLENGER}
-                            == {k: v for k, v in after.items() if k != CHALLENGER})
+        others_unchanged = {k: v for k, v in before.items() if k != CHALLENGER} == {
+            k: v for k, v in after.items() if k != CHALLENGER
+        }
         challenger_tags = tags.get(new_challenger, {})
-        return (others_unchanged and challenger_tags.get(ORIGIN_TAG) == "retrain"
-                and REJECTED_TAG not in challenger_tags)
+        return others_unchanged and challenger_tags.get(ORIGIN_TAG) == "retrain" and REJECTED_TAG not in challenger_tags
 
     def _alias_moved(self, before: dict[str, int], after: dict[str, int]) -> bytes:
-        changes = [f"{alias} {describe(before.get(alias))} -> {describe(after.get(alias))}"
-                   for alias in sorted(set(before) | set(after)) if before.get(alias) != after.get(alias)]
+        changes = [
+            f"{alias} {describe(before.get(alias))} -> {describe(after.get(alias))}"
+            for alias in sorted(set(before) | set(after))
+            if before.get(alias) != after.get(alias)
+        ]
         reason = f"aliases moved outside driftloop (e.g. in the MLflow UI): {', '.join(changes)}"
         _LOG.info(reason)
-        return audit(actor="operator", action="alias_moved", model_name=self.model_name, reason=reason,
-                     version=after.get(CHAMPION), details={"from": before, "to": after}, at=self.clock())
+        return audit(
+            actor="operator",
+            action="alias_moved",
+            model_name=self.model_name,
+            reason=reason,
+            version=after.get(CHAMPION),
+            details={"from": before, "to": after},
+            at=self.clock(),
+        )
 
     def _audit(self, action: str, version: int, reason: str, details: dict[str, Any]) -> bytes:
-        return audit(actor="promotion", action=action, model_name=self.model_name, reason=reason, version=version,
-                     details=details, at=self.clock())
+        return audit(
+            actor="promotion",
+            action=action,
+            model_name=self.model_name,
+            reason=reason,
+            version=version,
+            details=details,
+            at=self.clock(),
+        )

@@ -18,11 +18,11 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from driftloop.errors import DriftloopError
 from driftloop.models import registry
-from driftloop.streams.control.promotion import alias_moves
-from driftloop.streams.control.promotion.alias_moves import CHALLENGER, CHAMPION, PREVIOUS, Step, describe
 from driftloop.signing import SigningKey
 from driftloop.spec import PipelineSpec
 from driftloop.streams.contracts import audit
+from driftloop.streams.control.promotion import alias_moves
+from driftloop.streams.control.promotion.alias_moves import CHALLENGER, CHAMPION, PREVIOUS, Step, describe
 
 ROLLED_BACK_BY_OPERATOR = "rolled back by operator"
 
@@ -62,8 +62,9 @@ def rollback(spec: PipelineSpec, tracking_uri: str, to_version: int | None, key:
         return _carry_out(spec, tracking_uri, "rolled_back", challenger, reason, current, steps, now)
     target = current.get(PREVIOUS) if to_version is None else to_version
     if target is None:
-        raise DriftloopError(f"model {name} has no challenger and no previous champion to roll back to; "
-                             f"name the version to roll back to")
+        raise DriftloopError(
+            f"model {name} has no challenger and no previous champion to roll back to; name the version to roll back to"
+        )
     _require_version(name, target, tracking_uri)
     if target == champion:
         raise DriftloopError(f"model {name} v{target} is already the champion")
@@ -73,11 +74,26 @@ def rollback(spec: PipelineSpec, tracking_uri: str, to_version: int | None, key:
     return _carry_out(spec, tracking_uri, "rolled_back", target, reason, current, steps, now)
 
 
-def _carry_out(spec: PipelineSpec, tracking_uri: str, action: str, version: int, reason: str,
-               current: dict[str, int], steps: list[Step], at: float) -> bytes:
+def _carry_out(
+    spec: PipelineSpec,
+    tracking_uri: str,
+    action: str,
+    version: int,
+    reason: str,
+    current: dict[str, int],
+    steps: list[Step],
+    at: float,
+) -> bytes:
     after = alias_moves.apply_marked(spec.model.name, tracking_uri, version, action, current, steps, at)
-    return audit(actor="operator", action=action, model_name=spec.model.name, reason=reason, version=version,
-                 details={"from": current, "to": after}, at=at)
+    return audit(
+        actor="operator",
+        action=action,
+        model_name=spec.model.name,
+        reason=reason,
+        version=version,
+        details={"from": current, "to": after},
+        at=at,
+    )
 
 
 def _require_version(name: str, version: int, tracking_uri: str) -> None:

@@ -27,8 +27,9 @@ def fisher_fewer_errors(errors_a: int, n_a: int, errors_b: int, n_b: int) -> flo
     total, errors = n_a + n_b, errors_a + errors_b
     lowest = max(0, n_a - (total - errors))
     log_norm = _log_choose(total, n_a)
-    terms = [_log_choose(errors, k) + _log_choose(total - errors, n_a - k) - log_norm
-             for k in range(lowest, errors_a + 1)]
+    terms = [
+        _log_choose(errors, k) + _log_choose(total - errors, n_a - k) - log_norm for k in range(lowest, errors_a + 1)
+    ]
     return _sum_probabilities(terms)
 
 

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.streams.control.promotion.significance import fisher_fewer_errors, mcnemar_fewer_errors
 from driftloop.spec import CanarySpec
 from driftloop.streams.contracts import iso_time
+from driftloop.streams.control.promotion.significance import fisher_fewer_errors, mcnemar_fewer_errors
 
 GUARDRAIL_MIN_SAMPLES = 50  # enough events that one unlucky error cannot trip the error-rate guardrail
 
@@ -67,8 +67,12 @@ class _Arm:
         return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else None
 
     def summary(self) -> dict[str, Any]:
-        return {"samples": self.samples, "errors": self.errors, "error_rate": self.error_rate,
-                "latency_p95_ms": self.latency_p95_ms}
+        return {
+            "samples": self.samples,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "latency_p95_ms": self.latency_p95_ms,
+        }
 
 
 def look_schedule(min_samples: int, max_samples: int) -> list[int]:
@@ -125,11 +129,15 @@ class CanaryTrial:
     def p_values(self) -> tuple[float, float]:
         """(p that the challenger errs less than the champion, p that it errs more)."""
         if self.shadow:
-            return (mcnemar_fewer_errors(self.challenger_right_champion_wrong, self.challenger_wrong_champion_right),
-                    mcnemar_fewer_errors(self.challenger_wrong_champion_right, self.challenger_right_champion_wrong))
+            return (
+                mcnemar_fewer_errors(self.challenger_right_champion_wrong, self.challenger_wrong_champion_right),
+                mcnemar_fewer_errors(self.challenger_wrong_champion_right, self.challenger_right_champion_wrong),
+            )
         challenger, champion = self.challenger_arm, self.champion_arm
-        return (fisher_fewer_errors(challenger.errors, challenger.samples, champion.errors, champion.samples),
-                fisher_fewer_errors(champion.errors, champion.samples, challenger.errors, challenger.samples))
+        return (
+            fisher_fewer_errors(challenger.errors, challenger.samples, champion.errors, champion.samples),
+            fisher_fewer_errors(champion.errors, champion.samples, challenger.errors, challenger.samples),
+        )
 
     def decide(self) -> Outcome | None:
         """What to do now: promote, roll back, report an inconclusive look ("wait"), or nothing (None)."""
@@ -145,19 +153,27 @@ class CanaryTrial:
             return None
         p_better, p_worse = self.p_values()
         if p_better < self.look_alpha:
-            return self._finish("promote", f"{self._comparison()}: significantly better "
-                                           f"({self._significance(p_better)})")
+            return self._finish(
+                "promote", f"{self._comparison()}: significantly better ({self._significance(p_better)})"
+            )
         if p_worse < self.look_alpha:
-            return self._finish("roll_back", f"{self._comparison()}: significantly worse "
-                                             f"({self._significance(p_worse)})")
-        not_yet = (f"{self._comparison()}; p={p_better:.2g} (better), {p_worse:.2g} (worse), "
-                   f"needed < {self.look_alpha:.2g}")
+            return self._finish(
+                "roll_back", f"{self._comparison()}: significantly worse ({self._significance(p_worse)})"
+            )
+        not_yet = (
+            f"{self._comparison()}; p={p_better:.2g} (better), {p_worse:.2g} (worse), needed < {self.look_alpha:.2g}"
+        )
         if self._next_look == len(self.looks) - 1:
-            return self._finish("roll_back", f"no significant difference after {compared:,} labelled events per arm "
-                                             f"(canary.max_samples): {not_yet}")
+            return self._finish(
+                "roll_back",
+                f"no significant difference after {compared:,} labelled events per arm (canary.max_samples): {not_yet}",
+            )
         self._next_look += 1
-        return Outcome("wait", f"not significant yet: {not_yet}; next look at {self.looks[self._next_look]:,} "
-                               f"events per arm", self.summary())
+        return Outcome(
+            "wait",
+            f"not significant yet: {not_yet}; next look at {self.looks[self._next_look]:,} events per arm",
+            self.summary(),
+        )
 
     @property
     def test_name(self) -> str:
@@ -180,8 +196,10 @@ class CanaryTrial:
             "look_alpha": self.look_alpha,
         }
         if self.shadow:
-            summary["discordant"] = {"challenger_right_champion_wrong": self.challenger_right_champion_wrong,
-                                     "challenger_wrong_champion_right": self.challenger_wrong_champion_right}
+            summary["discordant"] = {
+                "challenger_right_champion_wrong": self.challenger_right_champion_wrong,
+                "challenger_wrong_champion_right": self.challenger_wrong_champion_right,
+            }
         return summary
 
     def _guardrail(self) -> str | None:
@@ -189,22 +207,30 @@ class CanaryTrial:
         if arm.samples < min(GUARDRAIL_MIN_SAMPLES, self.policy.min_samples):
             return None
         if arm.error_rate > self.policy.max_error_rate:
-            return (f"guardrail: challenger v{self.challenger} was wrong on {arm.error_rate:.1%} of {arm.samples:,} "
-                    f"labelled events (canary.max_error_rate {self.policy.max_error_rate:.1%})")
+            return (
+                f"guardrail: challenger v{self.challenger} was wrong on {arm.error_rate:.1%} of {arm.samples:,} "
+                f"labelled events (canary.max_error_rate {self.policy.max_error_rate:.1%})"
+            )
         p95 = arm.latency_p95_ms
         if p95 is not None and p95 > self.policy.max_latency_ms:
-            return (f"guardrail: challenger v{self.challenger}'s p95 latency is {p95:.0f} ms over {arm.samples:,} "
-                    f"labelled events (canary.max_latency_ms {self.policy.max_latency_ms:g})")
+            return (
+                f"guardrail: challenger v{self.challenger}'s p95 latency is {p95:.0f} ms over {arm.samples:,} "
+                f"labelled events (canary.max_latency_ms {self.policy.max_latency_ms:g})"
+            )
         return None
 
     def _significance(self, p: float) -> str:
-        return (f"one-sided {self.test_name} p={p:.2g} < {self.look_alpha:.2g}: alpha {self.policy.alpha:g} "
-                f"over {len(self.looks)} looks")
+        return (
+            f"one-sided {self.test_name} p={p:.2g} < {self.look_alpha:.2g}: alpha {self.policy.alpha:g} "
+            f"over {len(self.looks)} looks"
+        )
 
     def _comparison(self) -> str:
         challenger, champion = self.challenger_arm, self.champion_arm
-        return (f"challenger v{self.challenger} wrong on {challenger.error_rate:.2%} of {challenger.samples:,} "
-                f"labelled events, champion v{self.champion} on {champion.error_rate:.2%} of {champion.samples:,}")
+        return (
+            f"challenger v{self.challenger} wrong on {challenger.error_rate:.2%} of {challenger.samples:,} "
+            f"labelled events, champion v{self.champion} on {champion.error_rate:.2%} of {champion.samples:,}"
+        )
 
     def _finish(self, kind: str, reason: str) -> Outcome:
         self.finished = True

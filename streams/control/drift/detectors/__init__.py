@@ -40,8 +40,11 @@ def concept_detector(knobs: Any) -> ConceptDetector:
         raise _error((), "must be a mapping: the detector and its knobs, e.g. detector: adwin", knobs)
     name = knobs.get("detector", DEFAULT_DETECTOR)
     if name not in DETECTORS:
-        raise _error(("detector",), f"{name!r} is not a concept-drift detector; the detectors are "
-                                    f"{', '.join(sorted(DETECTORS))}", name)
+        raise _error(
+            ("detector",),
+            f"{name!r} is not a concept-drift detector; the detectors are {', '.join(sorted(DETECTORS))}",
+            name,
+        )
     cls = detector_class(name)
     for key in knobs:
         if key != "detector" and key not in cls.knobs():
@@ -51,4 +54,5 @@ def concept_detector(knobs: Any) -> ConceptDetector:
 
 def _error(loc: tuple[str, ...], reason: str, value: Any) -> ValidationError:
     return ValidationError.from_exception_data(
-        "drift.concept", [InitErrorDetails(type=PydanticCustomError("concept_detector", reason), loc=loc, input=value)])
+        "drift.concept", [InitErrorDetails(type=PydanticCustomError("concept_detector", reason), loc=loc, input=value)]
+    )

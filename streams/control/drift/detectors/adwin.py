@@ -30,8 +30,9 @@ class ADWIN(ConceptDetector):
     def start(self, history: int) -> None:
         from river.drift import ADWIN as RiverADWIN  # imported on start: reading a spec need not load River
 
-        self._river = RiverADWIN(delta=self.delta, clock=self.clock, min_window_length=self.min_window_length,
-                                 grace_period=self.grace_period)
+        self._river = RiverADWIN(
+            delta=self.delta, clock=self.clock, min_window_length=self.min_window_length, grace_period=self.grace_period
+        )
         self._recent = deque(maxlen=history)
 
     def update(self, loss: float, event_time: str) -> Change | None:

@@ -53,7 +53,7 @@ class DDM(ConceptDetector):
             self._warning.clear()
         if not self._river.drift_detected:
             return None
-        risen = list(self._warning)[rise_start([error for _, error in self._warning]):]
+        risen = list(self._warning)[rise_start([error for _, error in self._warning]) :]
         risen_total = sum(error for _, error in risen)
         before_count = self._count - len(risen)
         before = (self._total - risen_total) / before_count if before_count else 0.0

@@ -32,8 +32,9 @@ class PageHinkley(ConceptDetector):
     def start(self, history: int) -> None:
         from river.drift import PageHinkley as RiverPageHinkley  # imported on start: reading a spec need not load River
 
-        self._river = RiverPageHinkley(mode="up", delta=self.delta, threshold=self.threshold,
-                                       min_instances=self.min_instances, alpha=self.alpha)
+        self._river = RiverPageHinkley(
+            mode="up", delta=self.delta, threshold=self.threshold, min_instances=self.min_instances, alpha=self.alpha
+        )
 
     def update(self, loss: float, event_time: str) -> Change | None:
         if self._river.drift_detected:  # River restarts the detector on this update; so do our sums
