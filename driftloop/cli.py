@@ -328,6 +328,12 @@ def cmd_replay(config: settings_module.Settings, args: argparse.Namespace) -> in
     return 0
 
 
+def cmd_backtest(config: settings_module.Settings, args: argparse.Namespace) -> int:
+    from driftloop.load.backtest.command import run_backtest
+
+    return run_backtest(args)
+
+
 def cmd_tail(config: settings_module.Settings, args: argparse.Namespace) -> int:
     import os
 
@@ -601,6 +607,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object, without progress")
     replay.set_defaults(run=cmd_replay)
+    backtest = commands.add_parser(
+        "backtest",
+        help="run the whole loop on a table or a River generator, in event time, in one process",
+        description="Drive validation, windows, scoring, the outcome join, online learning, drift monitors, the "
+        "trigger, retraining and promotion through the live code with a virtual event-time clock: no broker, a "
+        "throwaway MLflow registry. Prints prequential figures, every decision and the baselines.",
+    )
+    backtest.add_argument("data", help="a .csv or .parquet table, or river:sea / river:agrawal")
+    backtest.add_argument("--spec", help="pipeline spec (default for river:NAME: driftloop/specs/river_NAME.yaml)")
+    backtest_delay = backtest.add_mutually_exclusive_group()
+    backtest_delay.add_argument(
+        "--label-delay",
+        type=int,
+        default=1,
+        metavar="N",
+        help="join each outcome after the next N events were scored (default 1; 0: right after its event)",
+    )
+    backtest_delay.add_argument(
+        "--label-delay-seconds",
+        type=_duration,
+        metavar="DURATION",
+        help="join each outcome this much event time after its event (e.g. 30m, 1d) instead",
+    )
+    backtest.add_argument(
+        "--retrain-cost",
+        type=_duration,
+        metavar="DURATION",
+        help="event time a retraining takes: its challenger appears this much later (default: none)",
+    )
+    backtest.add_argument("--limit", type=positive(int), metavar="N", help="only the first N rows of a table")
+    backtest.add_argument(
+        "--drift-points", metavar="I,J,...", help="event indices of known drift points, for the detection delay"
+    )
+    backtest.add_argument("--events", type=positive(int), default=20_000, metavar="N", help="river:*: events drawn")
+    backtest.add_argument("--drift-at", type=positive(int), metavar="N", help="river:*: the concept switches here")
+    backtest.add_argument(
+        "--drift-width", type=positive(int), default=1, metavar="W", help="river:*: 1 abrupt (default), else gradual"
+    )
+    backtest.add_argument("--seed", type=int, default=0, help="river:*: the generator's seed (default 0)")
+    backtest.add_argument(
+        "--tick-events",
+        type=positive(int),
+        default=100,
+        metavar="N",
+        help="events between the control plane's observations and registry reads (default 100)",
+    )
+    backtest.add_argument("--registry", metavar="URI", help="an MLflow server to use (default: a throwaway SQLite one)")
+    backtest.add_argument("--png", metavar="FILE", help="also draw the timeline to FILE")
+    backtest.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    backtest.add_argument("--verbose", action="store_true", help="keep the components' log lines")
+    backtest.set_defaults(run=cmd_backtest)
     tail_parser = commands.add_parser(
         "tail",
         help="print a topic's records as they arrive (kcat -C for any broker)",

@@ -18,10 +18,10 @@ threshold) and the concept-drift detections.
 
 The facts (a JSON-able dict, see `timeline_facts`): detection is the first "retrain_triggered" at or
 after the onset; challenger the first "challenger_set" after that; promotion the first "promoted"
-after the onset by the promotion controller or an operator (`is_promotion`: not a warm-up's); new_champion_serving the first
-prediction of the promoted version. Accuracy before the drift is over the last `window` champion
-outcomes of events before the drift (the online model has learned by then); after the drift over the
-champion outcomes of drifted events predicted until the promotion (the old model, learning online, on the
+after the onset by the promotion controller or an operator (`is_promotion`: not a warm-up's);
+new_champion_serving the first prediction of the promoted version. Accuracy before the drift is over the
+last `window` champion outcomes of events before the drift (the online model has learned by then); after the
+drift over the champion outcomes of drifted events predicted until the promotion (the old model, learning online, on the
 new concept); after the promotion over the promoted version's champion outcomes predicted after it.
 Without `is_drifted`, the events before the drift are those predicted before the onset.
 """
@@ -243,9 +243,16 @@ def _thin(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def draw_timeline(
-    run: RunRecords, facts: dict[str, Any], path: str | Path, *, title: str, window: int = DEFAULT_WINDOW
+    run: RunRecords,
+    facts: dict[str, Any],
+    path: str | Path,
+    *,
+    title: str,
+    window: int = DEFAULT_WINDOW,
+    x_label: str | None = None,
 ) -> Path:
-    """Write the PNG (see the module docstring) and return its path."""
+    """Write the PNG (see the module docstring) and return its path. Without facts["onset"] no onset is marked;
+    `x_label` names the x axis when the times are not wall-clock seconds (the backtest draws by event index)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a server
@@ -315,18 +322,20 @@ def draw_timeline(
         bottom.set_ylim(-0.05, 1.1)
         bottom.set_ylabel("drift")
         bottom.grid(alpha=0.3)
-        bottom.set_xlabel(f"seconds since the run started ({iso_time(zero)}), wall clock, by prediction time")
+        bottom.set_xlabel(
+            x_label or f"seconds since the run started ({iso_time(zero)}), wall clock, by prediction time"
+        )
 
-        onset = epoch(facts["onset"]) - zero
         scored = facts.get("drift_first_scored")
         for axis in (top, bottom):
-            axis.axvline(
-                onset,
-                color="tab:red",
-                linestyle="--",
-                linewidth=1.5,
-                label="drift onset (first drifted event produced)" if axis is top else None,
-            )
+            if facts.get("onset") is not None:
+                axis.axvline(
+                    epoch(facts["onset"]) - zero,
+                    color="tab:red",
+                    linestyle="--",
+                    linewidth=1.5,
+                    label="drift onset (first drifted event produced)" if axis is top else None,
+                )
             if scored is not None:
                 axis.axvline(
                     epoch(scored) - zero,

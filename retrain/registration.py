@@ -99,8 +99,10 @@ def record(
     drift_reference: pd.DataFrame,
     drift_current: pd.DataFrame,
     fingerprint: str,
+    drift_html: bool = True,
 ) -> ModelVersionInfo:
-    """Log the run and register `winner` (see the module docstring); returns the new version."""
+    """Log the run and register `winner` (see the module docstring); returns the new version. Without
+    `drift_html` the Evidently HTML report is left out (seconds per run; the backtest reads no artifacts)."""
     request_id = str(request["request_id"])
     tags = {
         ORIGIN_TAG: "retrain",
@@ -128,14 +130,17 @@ def record(
         report_json.write_text(json.dumps(request.get("drift_report"), indent=2, default=str))
         artifacts = [report_json]
         html = Path(tmp) / DATA_DRIFT_FILE
-        try:
-            all_metrics["data_drift_share"] = data_drift_report(spec, drift_reference, drift_current, html)
-            artifacts.append(html)
-        except Exception as exc:  # the report documents the run; it must not stop a retraining
-            _LOG.warning(
-                "request %s: the Evidently data-drift report failed: %s: %s", request_id, type(exc).__name__, exc
-            )
-            all_params["data_drift_report"] = f"failed: {type(exc).__name__}: {exc}"[:500]
+        if drift_html:
+            try:
+                all_metrics["data_drift_share"] = data_drift_report(spec, drift_reference, drift_current, html)
+                artifacts.append(html)
+            except Exception as exc:  # the report documents the run; it must not stop a retraining
+                _LOG.warning(
+                    "request %s: the Evidently data-drift report failed: %s: %s", request_id, type(exc).__name__, exc
+                )
+                all_params["data_drift_report"] = f"failed: {type(exc).__name__}: {exc}"[:500]
+        else:
+            all_params["data_drift_report"] = "not written (backtest)"
         return register(
             winner.model,
             winner.spec,

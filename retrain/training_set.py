@@ -211,6 +211,32 @@ def build_training_set(
     )
 
 
+def recorded_training_set(rows: Sequence[LabeledRow], spec: PipelineSpec, train_from: float | None) -> TrainingSet:
+    """The window `read_window` would take from these labeled rows (in join order), with the features they were
+    scored with (no Feast: the event-time backtest holds the rows it scored); NotEnoughData below retrain.min_rows."""
+    eligible = [row for row in rows if train_from is None or row.event_time >= train_from]
+    chosen = sorted(eligible, key=lambda row: (row.event_time, row.event_id))[-spec.retrain.window_events :]
+    window = LabeledWindow(chosen, len(rows), 0, len(rows) - len(eligible), len(eligible))
+    if len(chosen) < spec.retrain.min_rows:
+        raise NotEnoughData(len(chosen), spec.retrain.min_rows, train_from)
+    inputs = spec.model_inputs
+    features = [{name: row.features.get(name) for name in inputs} for row in chosen]
+    labels = [row.label for row in chosen]
+    event_ids = [row.event_id for row in chosen]
+    return TrainingSet(
+        rows=features,
+        labels=labels,
+        event_ids=event_ids,
+        event_times=[row.event_time for row in chosen],
+        joined_ms=[row.joined_ms for row in chosen],
+        fingerprint=fingerprint(event_ids, labels, features, inputs),
+        from_feast=0,
+        from_labeled=len(chosen),
+        feast_mismatches=0,
+        window=window,
+    )
+
+
 def fingerprint(
     event_ids: Sequence[str], labels: Sequence[int], rows: Sequence[dict[str, Any]], inputs: Sequence[str]
 ) -> str:

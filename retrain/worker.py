@@ -51,32 +51,30 @@ from driftloop.errors import DriftloopError
 from driftloop.features.feast.offline import OfflineHistory
 from driftloop.heartbeat import Heartbeat
 from driftloop.models.bootstrap import CHAMPION
-from driftloop.models.inputs import rows_to_frame
 from driftloop.models.provenance import ModelRefused
 from driftloop.models.registry import (
     LoadedModel,
     aliases,
     mlflow_problem,
-    set_alias,
-    set_version_tag,
     version_tags,
     versions_tagged,
 )
-from driftloop.models.routing import CHALLENGER
 from driftloop.models.trusted import TrustedVersions, refusal_record
-from driftloop.retrain.registration import GATE_TAG, REQUEST_TAG, record
-from driftloop.retrain.train import train_candidates, train_spec_model
+from driftloop.retrain.decision import (
+    CHALLENGER_SET_TAG,
+    conclude,
+    replace_placeholder,
+    set_challenger,
+    train_and_decide,
+)
+from driftloop.retrain.registration import GATE_TAG, REQUEST_TAG
 from driftloop.retrain.training_set import NotEnoughData, TrainingSet, build_training_set, read_window
-from driftloop.retrain.validate import METRICS, catch_up, gate, holdout_metrics, holdout_size, score
-from driftloop.schema import model_inputs
 from driftloop.settings import Settings
 from driftloop.signing import key_path, load_key
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams import contracts
-from driftloop.streams.control.promotion import alias_moves
 
 _LOG = logging.getLogger("driftloop.retrain.worker")
-CHALLENGER_SET_TAG = "driftloop.challenger_set_at"  # when this worker pointed `challenger` at the version
 ACTOR = "retrain"
 # Training a large window can take minutes without a poll; waits poll (paused) and do not count.
 _MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
@@ -224,134 +222,31 @@ class RetrainWorker:
         self._audit("started", f"retraining on {request['reason']}", request)
         timings: dict[str, float] = {}
         data = self._training_set(request, train_from, timings)
-        held = holdout_size(len(data), spec.retrain.holdout_share)
-        cut = len(data) - held
-        train_rows, train_labels = data.rows[:cut], data.labels[:cut]
-        holdout_rows, holdout_labels = data.rows[cut:], data.labels[cut:]
-
         champion = self._champion()
-        champion_version = None if champion is None else champion.version
         # a warm-up request that finds a real champion (one came meanwhile) retrains like any other
         warmup = request["reason"] == "warmup" and champion is not None and champion.placeholder
-        candidates = (train_spec_model if warmup else train_candidates)(spec, train_rows, train_labels)
-        step = time.perf_counter()
-        served = [i for i, row in enumerate(data.window.rows[cut:]) if row.served_version == champion_version]
-        if champion is not None and len(served) >= held // 2:
-            # The champion as it really served: the scores it gave live, after all the online learning it
-            # did since registration (a replay from the registered snapshot would only see this window).
-            # The candidates are scored on the same events.
-            holdout_rows = [holdout_rows[i] for i in served]
-            holdout_labels = [holdout_labels[i] for i in served]
-            results = {c.name: score(c.model, holdout_rows, holdout_labels, spec) for c in candidates}
-            results["champion"] = holdout_metrics(
-                [data.window.rows[cut + i].served_score for i in served], holdout_labels, spec.model.threshold
-            )
-        else:  # a new champion that served little of the holdout: score its registered snapshot, caught up
-            results = {c.name: score(c.model, holdout_rows, holdout_labels, spec) for c in candidates}
-            if champion is not None:
-                catch_up(champion.model, champion.created_ms, train_rows, train_labels, data.joined_ms[:cut])
-                results["champion"] = score(champion.model, holdout_rows, holdout_labels, spec)
-        timings["validate_seconds"] = time.perf_counter() - step
-        decision = gate(
-            spec,
-            {c.name: results[c.name] for c in candidates},
-            None if warmup else results.get("champion"),
-            champion_version,
-        )
-        winner = next(c for c in candidates if c.name == decision.winner)
-        _LOG.info(
-            "request %s: holdout of %d rows: %s; gate %s: %s",
-            request_id,
-            held,
-            _summary(results),
-            "passed" if decision.passed else "failed",
-            decision.reason,
-        )
-
-        columns = model_inputs(spec)
-        if champion is not None and len(champion.reference):
-            drift_reference, reference_name = champion.reference, f"champion v{champion_version} reference sample"
-        else:
-            drift_reference, reference_name = rows_to_frame(columns, train_rows), "training rows"
-        current = _columnar_rows(request.get("current_rows"))
-        drift_current = rows_to_frame(columns, current or holdout_rows)
-        params = {
-            "window_first_event_time": contracts.iso_time(data.event_times[0]),
-            "window_last_event_time": contracts.iso_time(data.event_times[-1]),
-            "rows": len(data),
-            "train_rows": cut,
-            "holdout_rows": held,
-            "candidates": ",".join(f"{c.spec.model.flavor}:{c.spec.model.estimator}" for c in candidates),
-            "winner": winner.name,
-            "gate_metric": spec.retrain.gate_metric,
-            "min_improvement": spec.retrain.min_improvement,
-            "champion_version": champion_version,
-            "drift_reference": reference_name,
-            "drift_current": "request current_rows" if current else "holdout rows",
-        }
-        metrics: dict[str, float | None] = {
-            f"{model}.{metric}": values[metric] for model, values in results.items() for metric in METRICS
-        }
-        metrics.update(
-            {
-                "rows_from_feast": data.from_feast,
-                "rows_from_labeled": data.from_labeled,
-                "feast_mismatches": data.feast_mismatches,
-                "labeled_duplicates": data.window.duplicates,
-                **{f"{c.name}.train_seconds": c.seconds for c in candidates},
-                **timings,
-            }
-        )
-        step = time.perf_counter()
-        info = record(
+        retrained = train_and_decide(
             spec,
             tracking_uri=uri,
             key=self.key,
             request=request,
-            winner=winner,
-            passed=decision.passed,
-            reason=decision.reason,
-            params=params,
-            metrics=metrics,
-            reference_rows=train_rows[-spec.drift.reference_size :],
-            drift_reference=drift_reference,
-            drift_current=drift_current,
-            fingerprint=data.fingerprint,
+            data=data,
+            champion=champion,
+            warmup=warmup,
+            timings=timings,
         )
-        total = time.perf_counter() - started
-        _LOG.info(
-            "request %s: registered %s v%d (%s, run %s) in %.1fs; whole retraining %.1fs",
-            request_id,
-            name,
-            info.version,
-            winner.name,
-            info.run_id,
-            time.perf_counter() - step,
-            total,
-        )
-        self._audit(
-            "registered",
-            f"{winner.name} trained on {cut} rows, validated on {held}",
+        _LOG.info("request %s: whole retraining %.1fs", request_id, time.perf_counter() - started)
+        conclude(
+            spec,
+            uri,
             request,
-            version=info.version,
-            details={
-                "run_id": info.run_id,
-                "candidate": winner.name,
-                "metrics": results,
-                "champion_version": champion_version,
-                "rows_from_feast": data.from_feast,
-                "rows_from_labeled": data.from_labeled,
-                "dataset_fingerprint": data.fingerprint,
-                "seconds": round(total, 2),
-            },
+            retrained,
+            data,
+            audit=self._audit,
+            is_placeholder=self._is_placeholder,
+            now=time.time(),
+            seconds=time.perf_counter() - started,
         )
-        if decision.passed and warmup:
-            self._replace_placeholder(request, info.version, decision.reason)
-        elif decision.passed:
-            self._set_challenger(request, info.version, decision.reason)
-        else:
-            _LOG.info("request %s: v%d rejected: %s", request_id, info.version, decision.reason)
-            self._audit("rejected", decision.reason, request, version=info.version)
 
     def _champion(self) -> LoadedModel | None:
         """The registered champion (for its reference sample and, when needed, its snapshot), verified; when it
@@ -424,51 +319,34 @@ class RetrainWorker:
             )
             return data
 
-    def _set_challenger(self, request: dict[str, Any], version: int, reason: str) -> None:
-        name, uri = self.spec.model.name, self.tracking_uri
-        set_alias(name, CHALLENGER, version, tracking_uri=uri)
-        set_version_tag(name, version, CHALLENGER_SET_TAG, contracts.iso_time(time.time()), tracking_uri=uri)
-        _LOG.info("request %s: %s v%d is the challenger: %s", request["request_id"], name, version, reason)
-        self._audit("challenger_set", reason, request, version=version)
-
-    def _replace_placeholder(self, request: dict[str, Any], version: int, reason: str) -> None:
-        name, uri = self.spec.model.name, self.tracking_uri
-        current = aliases(name, tracking_uri=uri)
-        placeholder = current.get(CHAMPION)
-        if placeholder is None or not self._is_placeholder(placeholder):
-            # someone chose a champion meanwhile: the warm-up model competes like any other
-            self._set_challenger(request, version, reason)
-            return
-        now = time.time()
-        state = alias_moves.apply_marked(
-            name, uri, version, "promoted", current, alias_moves.promotion(version, current, now), now
-        )
-        _LOG.info(
-            "request %s: %s v%d replaced the warm-up placeholder v%d as champion",
-            request["request_id"],
-            name,
-            version,
-            placeholder,
-        )
-        self._audit(
-            "promoted",
-            f"the first trained model replaces the warm-up placeholder v{placeholder}: {reason}",
-            request,
-            version=version,
-            details={"from": current, "to": state},
-        )
-
     def _finish(self, request: dict[str, Any], version: int) -> None:
         """A replayed request whose version exists: finish its decision if a crash came between passing and that."""
         name, uri = self.spec.model.name, self.tracking_uri
         tags = version_tags(name, version, tracking_uri=uri)
         if tags.get(GATE_TAG) == "passed" and request["reason"] == "warmup":
             if aliases(name, tracking_uri=uri).get(CHAMPION) != version:
-                self._replace_placeholder(request, version, "passed the gate before the worker restarted")
+                replace_placeholder(
+                    self.spec,
+                    uri,
+                    request,
+                    version,
+                    "passed the gate before the worker restarted",
+                    audit=self._audit,
+                    is_placeholder=self._is_placeholder,
+                    now=time.time(),
+                )
                 return
         elif tags.get(GATE_TAG) == "passed" and CHALLENGER_SET_TAG not in tags:
             if version not in aliases(name, tracking_uri=uri).values():
-                self._set_challenger(request, version, "passed the gate before the worker restarted")
+                set_challenger(
+                    self.spec,
+                    uri,
+                    request,
+                    version,
+                    "passed the gate before the worker restarted",
+                    audit=self._audit,
+                    now=time.time(),
+                )
                 return
         _LOG.info(
             "request %s: already done (v%d, gate %s); skipped", request["request_id"], version, tags.get(GATE_TAG, "?")
@@ -564,23 +442,6 @@ def _epoch(iso: str | None) -> float | None:
     if parsed.tzinfo is None:
         raise ValueError("no time zone")
     return parsed.timestamp()
-
-
-def _columnar_rows(columns: Mapping[str, list[Any]] | None) -> list[dict[str, Any]]:
-    if not columns:
-        return []
-    names = list(columns)
-    return [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
-
-
-def _summary(results: Mapping[str, Mapping[str, float | None]]) -> str:
-    return "; ".join(
-        f"{model} "
-        + ", ".join(
-            f"{metric} {value:.4f}" if value is not None else f"{metric} n/a" for metric, value in values.items()
-        )
-        for model, values in results.items()
-    )
 
 
 def run_retrain_worker(

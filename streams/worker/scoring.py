@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -101,6 +102,7 @@ class EventScorer:
         journal=None,
         validator: EventValidator | None = None,
         recent_ids_capacity: int = 200_000,
+        clock: Callable[[], float] = time.time,
     ):
         self.spec = spec
         self.states = states  # ChangelogTable: partition -> entity -> {"w": window state, "o": last offset}
@@ -114,6 +116,7 @@ class EventScorer:
         self._recent_capacity = recent_ids_capacity
         self.rows = RowBuilder(spec)
         self._entity_field = spec.events.entity
+        self.clock = clock  # stamps predicted_at; an event-time backtest passes its virtual clock
 
     def forget(self, partitions: list[int]) -> None:
         """Partitions moved to another worker: drop their duplicate filters."""
@@ -291,7 +294,7 @@ class EventScorer:
         prediction, encode = contracts.prediction, _encode
         predictions, pending, feast_rows, latencies = out.predictions, out.pending, out.feast_rows, out.latencies
         sources = out.sources
-        now = time.time()
+        now = self.clock()
         out.rows = rows
         if events:
             out.event_time_max = max(event.event_time for _, event in events)

@@ -1,0 +1,1 @@
+"""`driftloop backtest`: the whole loop in one process, in event time (see docs/backtest.md)."""
