@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -25,6 +26,8 @@ def run_backtest(args: Any) -> int:
     from driftloop.load.backtest.loop import Backtest, Options
     from driftloop.load.backtest.source import generator_source, generator_spec, table_source
 
+    if args.label_delay < 0:
+        raise DriftloopError(f"--label-delay {args.label_delay}: an outcome cannot arrive before its event")
     spec, source = _source(args, load_spec, generator_source, generator_spec, table_source)
     options = Options(
         label_delay_events=args.label_delay,
@@ -97,7 +100,26 @@ def _registry(uri: str | None):
     with tempfile.TemporaryDirectory(prefix="driftloop-backtest-") as directory:
         create_key(Path(directory) / "signing.key")
         key = load_key(Path(directory) / "signing.key")
-        yield (uri or f"sqlite:///{directory}/mlflow.db"), key
+        yield (uri or _sqlite_registry(Path(directory))), key
+
+
+def _sqlite_registry(directory: Path) -> str:
+    """A new SQLite registry in `directory`. Creating MLflow's schema takes ~10 s of migrations, so an empty
+    one is kept in the temp directory per MLflow version and copied."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    database = directory / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    template = Path(tempfile.gettempdir()) / f"driftloop-backtest-empty-mlflow-{mlflow.__version__}.db"
+    if template.is_file():
+        shutil.copyfile(template, database)
+        return uri
+    MlflowClient(uri).search_experiments(max_results=1)  # creates the schema
+    aside = template.with_name(f".{template.name}.{os.getpid()}")
+    shutil.copyfile(database, aside)
+    os.replace(aside, template)  # whole or not at all, for backtests starting together
+    return uri
 
 
 @contextmanager
