@@ -655,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--registry", metavar="URI", help="an MLflow server to use (default: a throwaway SQLite one)")
     backtest.add_argument("--png", metavar="FILE", help="also draw the timeline to FILE")
+    backtest.add_argument(
+        "--arf", action="store_true", help="also score River's ARF alone on the raw fields, with immediate labels"
+    )
     backtest.add_argument("--json", action="store_true", help="print the report as one JSON object")
     backtest.add_argument("--verbose", action="store_true", help="keep the components' log lines")
     backtest.set_defaults(run=cmd_backtest)

@@ -46,6 +46,10 @@ def run_backtest(args: Any) -> int:
     with _quiet(args.verbose), _registry(args.registry) as (tracking_uri, key):
         run = Backtest(spec, source, tracking_uri=tracking_uri, key=key, options=options).run()
     summary = report.summarize(run)
+    if args.arf:
+        from driftloop.load.backtest.arf import arf_standalone
+
+        summary["arf_standalone"] = arf_standalone(spec, source, args.seed)
     seconds = report.timing(run)
     if args.png:
         report.write_png(run, summary, args.png)

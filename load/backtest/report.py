@@ -138,6 +138,9 @@ def render(summary: dict[str, Any], seconds: dict[str, float]) -> str:
     ]
     for label, figures in (("loop", loop), ("never retrained", never), ("static model", static)):
         lines.append(f"{label:<18}{_cell(figures['accuracy'])}{_cell(figures['log_loss'])}{_cell(figures['roc_auc'])}")
+    if "arf_standalone" in summary:
+        arf = summary["arf_standalone"]
+        lines.append(f"{'ARF alone (lag 0)':<18}{_cell(arf['accuracy'])}{_cell(arf['log_loss'])}")
     simple = summary["simple_baselines"]
     lines.append(f"{'previous label':<18}{_cell(simple['previous_label'])}")
     lines.append(f"{'majority class':<18}{_cell(simple['majority_class'])}")
