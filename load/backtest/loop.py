@@ -95,6 +95,17 @@ class Options:
 
 
 @dataclass
+class _Job:
+    """A retrain request waiting for its event time (or for data)."""
+
+    due: float  # event time at which it is carried out: its request's time + the retraining cost
+    request: dict[str, Any]
+    rows: int  # labeled rows joined when it was made: its training window comes from these
+    started: bool = False
+    waiting: bool = False  # for enough labelled rows; then the rows joined since count too
+
+
+@dataclass
 class Served:
     """What scored one event: the pipeline's answer and the two baselines'."""
 
@@ -154,7 +165,7 @@ class Backtest:
         self.labeled: list[LabeledRow] = []  # the labeled log, in join order: retraining windows come from it
         self._features: dict[int, dict[str, Any]] = {}  # scored rows waiting for their outcome
         self._waiting: deque[int] = deque()  # event indices whose outcome has not been joined
-        self._jobs: deque[tuple[float, bytes, int]] = deque()  # (due event time, request, labeled rows then)
+        self._jobs: deque[_Job] = deque()
         self._retry_at = 0  # labeled rows before a request waiting for data can have enough
         self._observed: list[dict[str, Any]] = []
         self._quality: dict[str, Counter] = {"dlq": Counter(), "unseen": Counter(), "missing": Counter()}
@@ -259,9 +270,8 @@ class Backtest:
                 )
             )
         self.router.learn(features, labels, [joined_ms] * len(features))
-        for model in (self.never_retrained,):
-            if model.online:
-                model.learn(features, labels)
+        if self.never_retrained.online:
+            self.never_retrained.learn(features, labels)
         self._handle(self.plane.on_labeled([value for _key, value in result.labeled]))
 
     def _tick(self) -> None:
@@ -291,7 +301,7 @@ class Backtest:
             if kind == "audit":
                 self._audit(value)
             elif kind == "retrain":
-                self._jobs.append((self.clock() + self.options.retrain_cost, value, len(self.labeled)))
+                self._jobs.append(_Job(self.clock() + self.options.retrain_cost, json.loads(value), len(self.labeled)))
             elif kind == "drift":
                 self._drift_report(value)
         while self._moved:
@@ -341,32 +351,31 @@ class Backtest:
     # -- the retrainer ----------------------------------------------------------------------------------
 
     def _run_due_jobs(self) -> None:
-        while self._jobs and self._jobs[0][0] <= self.clock() and len(self.labeled) >= self._retry_at:
-            _due, value, rows = self._jobs[0]
-            if self._retrain(json.loads(value), rows):
+        while self._jobs and self._jobs[0].due <= self.clock() and len(self.labeled) >= self._retry_at:
+            if self._retrain(self._jobs[0]):
                 self._jobs.popleft()
             else:
                 break  # waiting for data: try again at the next tick, with the rows joined by then
 
-    def _retrain(self, request: dict[str, Any], rows: int) -> bool:
+    def _retrain(self, job: _Job) -> bool:
         """Carry out a request as the retrain worker does; False while it waits for enough labelled rows."""
         started = time.perf_counter()
+        request = job.request
         train_from = None if request.get("train_from") is None else epoch(request["train_from"])
-        if not request.get("_started"):
-            request["_started"] = True
+        if not job.started:
+            job.started = True
             self._retrain_audit("started", f"retraining on {request['reason']}", request)
         try:
             # a request waiting for data sees the rows joined since, as the live worker reading `labeled` again
             data = recorded_training_set(
-                self.labeled if request.get("_waited") else self.labeled[:rows], self.spec, train_from
+                self.labeled if job.waiting else self.labeled[: job.rows], self.spec, train_from
             )
         except NotEnoughData as exc:
-            if not request.get("_waited"):
-                request["_waited"] = True
+            if not job.waiting:
+                job.waiting = True
                 self._retrain_audit(
                     "waiting_for_data", str(exc), request, details={"rows": exc.found, "min_rows": exc.needed}
                 )
-                self._jobs[0] = (self._jobs[0][0], json.dumps(request).encode(), rows)
             self._retry_at = len(self.labeled) + exc.needed - exc.found
             return False
         self.run_.retrainings += 1
