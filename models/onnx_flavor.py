@@ -73,7 +73,13 @@ class OnnxModel(Model):
         "gradient_boosting": "sklearn.ensemble:GradientBoostingClassifier",
         "random_forest": "sklearn.ensemble:RandomForestClassifier",
     }
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {"logistic_regression": {"max_iter": 1000}}
+    # Randomised estimators get a fixed seed unless the spec's params name one (as River's do): the same rows give
+    # the same model, so a retraining and a backtest can be reproduced.
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "logistic_regression": {"max_iter": 1000},
+        "gradient_boosting": {"random_state": 0},
+        "random_forest": {"random_state": 0},
+    }
     # Trees split on thresholds and need no scaling; leaving it out also keeps onnxruntime's float32
     # arithmetic from moving a value across a split that sklearn saw on the other side.
     unscaled: ClassVar[frozenset[str]] = frozenset({"gradient_boosting", "random_forest"})

@@ -25,8 +25,9 @@ class SklearnModel(OnnxModel):
     }
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         **OnnxModel.defaults,
-        "decision_tree": {"min_samples_leaf": 20},  # a leaf's probability from at least 20 rows, not 1
-        "mlp": {"early_stopping": True},
+        "extra_trees": {"random_state": 0},
+        "decision_tree": {"min_samples_leaf": 20, "random_state": 0},  # a leaf's probability from at least 20 rows
+        "mlp": {"early_stopping": True, "random_state": 0},
     }
     unscaled: ClassVar[frozenset[str]] = OnnxModel.unscaled | {"extra_trees", "decision_tree"}
     estimators = tuple(estimator_classes)
