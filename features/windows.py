@@ -224,7 +224,7 @@ class FeatureComputer:
             features.append((aggregation, ri, vi))
 
         # cell lists per group: the union of what its reads need
-        for gi, g in enumerate(self._groups):
+        for g in self._groups:
             cell_stats: dict[tuple[int, Statistic], None] = {}
             for ri in g.reads:
                 cell_stats.update(wanted[ri])
@@ -507,7 +507,8 @@ class FeatureComputer:
             runs[ri] = self._exact(self._reads[ri], tl, latest)
 
     def _insert(self, g: _Group, tl: list, runs: list, key, vals: list, latest: float) -> None:
-        """Add a late event to its cell (new or existing), and to the running windows of the latest event that hold it."""
+        """Add a late event to its cell (new or existing), and to the running windows of the latest event that
+        hold it."""
         keys = tl[0]
         pos = bisect_left(keys, key)
         new = pos == len(keys) or keys[pos] != key

@@ -8,10 +8,11 @@
    the first drifted event went out.
 2. Follows the audit topic and prints the loop's decisions as they come: retraining triggered,
    challenger set, canary trial, promoted or rolled back.
-3. Once a "promoted" record (`is_promotion`: not the warm-up's) appears after the onset, goes on `--after-promotion` seconds (so the new
-   champion has outcomes to be judged on), then writes the timeline PNG (load/timeline.py) to
-   `<data dir>/demo-timeline.png` and prints where it is and where the MLflow UI shows the retraining
-   runs (experiment = spec name) and the model versions (registered model = spec.model.name).
+3. Once a "promoted" record (`is_promotion`: not the warm-up's) appears after the onset, goes on
+   `--after-promotion` seconds (so the new champion has outcomes to be judged on), then writes the
+   timeline PNG (load/timeline.py) to `<data dir>/demo-timeline.png` and prints where it is and where
+   the MLflow UI shows the retraining runs (experiment = spec name) and the model versions (registered
+   model = spec.model.name).
 4. Keeps producing the drifted stream until SIGTERM/SIGINT, and then exits 0.
 
 Without a promotion `--timeout` seconds after the onset it writes the PNG anyway, says so on stderr

@@ -347,7 +347,7 @@ def _attrs(amount: float, category: str, country: str, channel: str, card_presen
 
 def _iso(epoch_seconds: float) -> str:
     millis = int(round(epoch_seconds * 1000))
-    return "%04d-%02d-%02dT%02d:%02d:%02d" % time.gmtime(millis // 1000)[:6] + ".%03dZ" % (millis % 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
 
 
 def encode(record: dict[str, Any]) -> bytes:

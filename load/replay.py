@@ -11,8 +11,8 @@ own, the event id is `<run id>-<row index>` (a fresh run id each replay, so a se
 deduplicated), the entity is `entity_value`, and the event time is `start + index * time_step`
 (default start: on a whole multiple of the step, such that the last row lies less than one step in
 the past, so no event is in the future). `entity_value` and `time_step` default to the spec's `replay`
-section; a table without a time column needs a time step from one or the other. Columns the spec does not name are ignored; the label
-column (`outcomes.label`) is never part of the event.
+section; a table without a time column needs a time step from one or the other. Columns the spec does not
+name are ignored; the label column (`outcomes.label`) is never part of the event.
 
 Outcomes (`{id_field, label: 0/1, time_field}`, key = event id) go out `label_delay` events after
 their event (0: right after it, i.e. test-then-train for an online model), or `label_delay_seconds`

@@ -421,7 +421,7 @@ class FeastWriter:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 self._cond.wait_for(
-                    lambda: (
+                    lambda next_write=next_write: (
                         self._closing
                         or self._flushes_waiting
                         or time.monotonic() >= next_write
@@ -575,13 +575,13 @@ def _benchmark(argv: Sequence[str] | None = None) -> None:
                         "write": rows_per_second(writer.write, batches),
                         "online_write": rows_per_second(writer._write_online, batches),
                         "online_write_to_online_store": rows_per_second(
-                            lambda batch: writer._store.write_to_online_store(
+                            lambda batch, writer=writer, view=view, schema=schema: writer._store.write_to_online_store(
                                 view, rows_to_table(batch, schema).to_pandas()
                             ),
                             batches,
                         ),
                         "online_push": rows_per_second(
-                            lambda batch: writer._store.push(
+                            lambda batch, writer=writer, push=push, schema=schema: writer._store.push(
                                 push, rows_to_table(batch, schema).to_pandas(), to=PushMode.ONLINE
                             ),
                             batches,

@@ -20,8 +20,8 @@ Each system goes through two phases:
    workers are started first and the events loaded once they share the partitions: a second worker
    joining late would rebalance inside the measured time; the load producer is several times faster
    than the workers). The clock runs from the first output record to the Nth, by the outputs' Kafka
-   timestamps, so start-up and the consumer group's join are not counted. Every event must come out exactly once (passthrough: as
-   itself; data plane: as a prediction or a DLQ record); the counts are reported and checked.
+   timestamps, so start-up and the consumer group's join are not counted. Every event must come out exactly
+   once (passthrough: as itself; data plane: as a prediction or a DLQ record); the counts are reported and checked.
 2. latency: with the system caught up, events are offered at a fixed rate for a fixed time. An event's
    latency is its output record's Kafka timestamp (CreateTime, which the system's producer sets when
    it produces the output) minus the event's CreateTime (set by the load producer when it sends it),

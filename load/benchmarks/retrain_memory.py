@@ -52,7 +52,8 @@ def _settings(workdir: Path, bootstrap: str, spec_path: Path, topic: str) -> Set
 
 
 def _labeled(spec: PipelineSpec, event_id: str, entity: Any, event_time: float, row: dict, label: int) -> bytes:
-    """A `labeled` record as streams/worker/join.py writes it (score and times made up: the training set ignores them)."""
+    """A `labeled` record as streams/worker/join.py writes it (score and times made up: the training set
+    ignores them)."""
     return json.dumps(
         {
             "contract": 1,

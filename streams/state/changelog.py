@@ -652,7 +652,7 @@ class ChangelogTable:
                 acknowledged.sort(key=_offset)  # without idempotence, reports may come out of order
                 self._apply(partition, acknowledged)
                 overlay, dirty = self._overlay[partition], self._dirty[partition]
-                for _offset_, key, _value in acknowledged:
+                for _o, key, _value in acknowledged:
                     text = key.decode()
                     if text not in dirty:
                         overlay.pop(text, None)
@@ -669,7 +669,7 @@ class ChangelogTable:
             known[key] = None if raw is None else self._stored_kind(raw)
         decode = self._kind_of is not None or self._expiry_time is not None
         writes = []
-        for _offset_, key, raw in records:
+        for _o, key, raw in records:
             before = known[key]
             if before is not None:
                 counts[before] -= 1

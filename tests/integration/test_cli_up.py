@@ -128,7 +128,7 @@ def test_bad_configuration_is_one_line_and_non_zero(tmp_path, kafka_bootstrap, e
         driftloop_command("up"), env=stack_env(tmp_path, **env), capture_output=True, text=True, timeout=90
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [next(l for l in done.stderr.splitlines() if message in l)]
+    assert done.stderr.strip().splitlines() == [next(line for line in done.stderr.splitlines() if message in line)]
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 60
 

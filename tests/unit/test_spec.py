@@ -274,5 +274,6 @@ def test_check_spec_command(tmp_path, demo):
     )
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [
-        f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; the flavors are {', '.join(FLAVORS)}"
+        f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; "
+        f"the flavors are {', '.join(FLAVORS)}"
     ]
