@@ -197,7 +197,8 @@ class DriftSpec(_Strict):
 
 class RetrainSpec(_Strict):
     # At most this many labelled events, newest first. The retrain worker holds the window in memory:
-    # building a 200,000-row training set from elec2 replayed five times peaked at 712 MB (load/benchmarks/retrain_memory.py).
+    # building a 200,000-row training set from elec2 replayed five times peaked at 712 MB
+    # (load/benchmarks/retrain_memory.py).
     window_events: int = Field(default=20000, ge=100, le=200_000)
     min_rows: int = Field(default=1000, ge=50)  # wait for this many labelled events after the drift point
     holdout_share: float = Field(default=0.25, gt=0, lt=1)  # the newest share, for validation
