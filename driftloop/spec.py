@@ -111,7 +111,7 @@ class WindowSpec(_Strict):
 
 class FeatureSpec(_Strict):
     name: str
-    agg: Literal[tuple(AGGREGATIONS)]  # the registered aggregations (driftloop/features/aggregations)
+    agg: Literal[tuple(AGGREGATIONS)]  # type: ignore[valid-type]  # the registered aggregations: known at import
     field: str | None = None
     window: WindowSpec | None = None
 
@@ -272,7 +272,7 @@ def parse_spec(document: Any, origin: str = "<spec>") -> PipelineSpec:
         spec = PipelineSpec.model_validate(document)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where, problem = _dotted(error["loc"]), _message(error)
+        where, problem = _dotted(error["loc"]), _message(dict(error))
         raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, error.get("input"))) from None
     for where, problem in _cross_checks(spec):
         raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, None))
@@ -366,11 +366,11 @@ def _name_checks(spec: PipelineSpec):
             )
     if ev.entity in (spec.model.inputs or ()):
         yield (
-            f"model.inputs[{spec.model.inputs.index(ev.entity)}]",
+            f"model.inputs[{(spec.model.inputs or ()).index(ev.entity)}]",
             (f"{ev.entity!r} is the entity (the Feast join key), which a model does not take as an input"),
         )
     for i, name in enumerate(spec.model.inputs or ()):
-        if spec.model.inputs.index(name) != i:
+        if (spec.model.inputs or ()).index(name) != i:
             yield f"model.inputs[{i}]", f"{name!r} is listed twice"
     for name, f in ev.fields.items():
         for value in set(f.values or ()) & {UNSEEN, MISSING}:

@@ -79,4 +79,5 @@ def ensure_champion(
         set_alias(name, CHAMPION, info.version, tracking_uri=tracking_uri)
         return info
     # another worker bootstrapped meanwhile: keep its champion (ours stays registered, unaliased)
-    return version_info(name, get_alias_version(name, CHAMPION, tracking_uri=tracking_uri), tracking_uri=tracking_uri)
+    theirs = get_alias_version(name, CHAMPION, tracking_uri=tracking_uri) or info.version
+    return version_info(name, theirs, tracking_uri=tracking_uri)

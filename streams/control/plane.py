@@ -211,7 +211,7 @@ class ControlPlane:
         """The record as a dict when it has its contract's shape; else None (logged and counted)."""
         try:
             check(value or b"")
-            return json.loads(value)
+            return json.loads(value or b"")
         except (msgspec.DecodeError, ValueError) as exc:
             self.unreadable += 1
             _LOG.warning("skipping a record that is not a valid %s: %s", what, str(exc)[:200])
@@ -270,7 +270,7 @@ class ControlPlane:
         return [("audit", refusal_record("control", refusal, self.champion))]
 
     def _request_refused(self, record: dict[str, Any]) -> bytes:
-        details = record.get("details") if isinstance(record.get("details"), dict) else {}
+        details = record["details"] if isinstance(record.get("details"), dict) else {}
         version = record.get("version") if isinstance(record.get("version"), int) else None
         what = f"{record['action']!r} record for request {str(details.get('request_id'))[:100]!r}"
         _LOG.warning("ignored an audit %s: it has no valid signature", what)
@@ -298,7 +298,9 @@ class ControlPlane:
             at=self.clock(),
         )
         self.detections = []
-        warmup = None if self.warmup_rows is None else Warmup(self.warmup_rows, self.data.warm_from)
+        warmup = (
+            None if self.warmup_rows is None or self.data is None else Warmup(self.warmup_rows, self.data.warm_from)
+        )
         decision = self.policy.decide(report, self.data.current_rows() if self.data is not None else None, warmup)
         out: list[Output] = [("drift", json.dumps(report, separators=(",", ":"), default=str).encode())]
         if decision.noteworthy:

@@ -165,7 +165,7 @@ class TriggerPolicy:
             at=now,
         )
         request = None
-        if trigger:
+        if trigger and request_id is not None and reason is not None:  # both are set whenever trigger is
             request = contracts.retrain_request(
                 request_id=request_id,
                 model_name=self.spec.model.name,
@@ -202,7 +202,7 @@ class TriggerPolicy:
             "consecutive_drifted_windows": self.consecutive,
             "sustained_windows": self.spec.drift.sustained_windows,
             "in_flight": ({**self.in_flight, "since": iso_time(self.in_flight["since"])} if self.in_flight else None),
-            "cooldown_until": iso_time(self.cooldown_until) if cooling else None,
+            "cooldown_until": iso_time(self.cooldown_until) if cooling and self.cooldown_until is not None else None,
             "last_decision": self.last_decision,
             "last_finished": self.last_finished,
         }

@@ -165,7 +165,7 @@ class OutcomeJoiner:
 
     def waiting(self) -> Counter:
         """How many predictions and outcomes wait for their other side (for the join_pending gauge)."""
-        sides = Counter()
+        sides: Counter[str] = Counter()
         for p in self.table.assigned:
             sides.update(self.table.counts(p))
         return sides

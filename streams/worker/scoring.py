@@ -251,7 +251,7 @@ class EventScorer:
             model_ms = (time.perf_counter() - started) * 1000 / len(indices)
             served = 0
             for i, p in zip(indices, probabilities):
-                if type(p) is str:
+                if isinstance(p, str):
                     record, _event = events[i]
                     self._dead_letter(record, "scoring_failed", f"model v{serving.version} ({variant}): {p}", None, out)
                 else:

@@ -151,7 +151,7 @@ class PromotionController:
         action = _ACTIONS[outcome.kind]
         now = self.clock()
         steps = (
-            alias_moves.promotion(trial.challenger, self._aliases, now)
+            alias_moves.promotion(trial.challenger, self._aliases or {}, now)
             if action == "promoted"
             else alias_moves.rejection(trial.challenger, outcome.reason)
         )
@@ -193,7 +193,7 @@ class PromotionController:
                 pending.last_error = message
                 pending.last_failure_at = self.clock()
                 return []
-            before = self._aliases
+            before = self._aliases or {}
             self._aliases = alias_moves.after(before, [step])
             if self._aliases != before:
                 self._own_states.left(before, self.clock())
@@ -209,7 +209,7 @@ class PromotionController:
         details = {
             **pending.details,
             "decided_at": iso_time(pending.decided_at),
-            "aliases": dict(self._aliases),
+            "aliases": dict(self._aliases or {}),
             "failed_registry_attempts": pending.failed_attempts,
         }
         return [self._audit(pending.action, pending.version, pending.reason, details)] + self._align_trial()
@@ -218,14 +218,19 @@ class PromotionController:
 
     def _align_trial(self) -> list[bytes]:
         """Start, keep or end the trial so that it matches the current champion and challenger."""
-        champion, challenger = self._aliases.get(CHAMPION), self._aliases.get(CHALLENGER)
-        wanted = (champion, challenger) if None not in (champion, challenger) and champion != challenger else None
+        champion, challenger = (self._aliases or {}).get(CHAMPION), (self._aliases or {}).get(CHALLENGER)
+        wanted = (
+            (champion, challenger)
+            if champion is not None and challenger is not None and champion != challenger
+            else None
+        )
         running = None if self.trial is None else (self.trial.champion, self.trial.challenger)
         if wanted == running:
             return []
         if wanted is None:
             self.trial = None
             return []
+        champion, challenger = wanted
         self.trial = CanaryTrial(self.spec.canary, self.spec.model.threshold, champion, challenger, self.clock())
         canary = self.spec.canary
         how = (

@@ -206,7 +206,7 @@ class CanaryTrial:
         arm = self.challenger_arm
         if arm.samples < min(GUARDRAIL_MIN_SAMPLES, self.policy.min_samples):
             return None
-        if arm.error_rate > self.policy.max_error_rate:
+        if arm.error_rate is not None and arm.error_rate > self.policy.max_error_rate:
             return (
                 f"guardrail: challenger v{self.challenger} was wrong on {arm.error_rate:.1%} of {arm.samples:,} "
                 f"labelled events (canary.max_error_rate {self.policy.max_error_rate:.1%})"
