@@ -382,7 +382,7 @@ def render(draft: Draft, choices: Choices, table: Path, rows: int, output: Path)
         f"  estimator: {choices.estimator}",
         "",
     ]
-    replay = {}
+    replay: dict[str, str | None] = {}
     if "entity" in draft.generated:
         replay["entity_value"] = "all"
     if "time" in draft.generated:

@@ -146,12 +146,13 @@ def table_rows(
         entities = [_key(entity_field, entity_value)] * count
     if ev.time_field in columns:
         times = list(map(_converter(ev.fields[ev.time_field]), frame[ev.time_field].tolist()))
-        seconds = [_epoch_seconds(t) for t in times]
+        seconds: list[float | None] = [_epoch_seconds(t) for t in times]
     else:
         # by default on whole steps, the last row at the latest one that is not in the future
+        assert time_step is not None  # refused above without a time column
         first = (now() // time_step - count + 1) * time_step if start is None else _aware(start).timestamp()
-        seconds = [first + index * time_step for index in range(count)]
-        times = [iso_time(s) for s in seconds]
+        steps = [first + index * time_step for index in range(count)]
+        seconds, times = list(steps), [iso_time(s) for s in steps]
 
     rows = []
     for index in range(count):

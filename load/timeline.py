@@ -338,7 +338,7 @@ def draw_timeline(
                 )
             seen: set[str] = set()
             for record in run.audit:
-                style = _MARKERS.get(record.get("action"))
+                style = _MARKERS.get(record.get("action", ""))
                 if style is None:
                     continue
                 label, colour, line = style

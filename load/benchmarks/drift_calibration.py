@@ -44,7 +44,7 @@ from typing import Any, get_args
 from evidently.legacy.calculations.stattests import wasserstein_stat_test
 
 from driftloop.features.rows import Featuriser
-from driftloop.load.generator import DriftPlan, FraudStream, encode
+from driftloop.load.generator import DriftPlan, FraudStream, StreamShape, encode
 from driftloop.models.bootstrap import placeholder_spec
 from driftloop.models.flavors import flavor_of, new_model, train
 from driftloop.models.inputs import rows_to_frame
@@ -58,10 +58,11 @@ from driftloop.streams.control.drift.detectors import DETECTORS, ConceptDetector
 from driftloop.streams.control.drift.quality import QualityMonitor
 from driftloop.streams.control.drift.report import build_report
 from driftloop.streams.control.trigger import TriggerPolicy
+from driftloop.streams.worker.validation import Rejection
 
 # The demo stream's parameters: 2,000 cards, 5% fraud, one event every 2 s of event time (each card
 # used about every 67 min), so the spec's 24 h windows fill after 43,200 events instead of never.
-DEMO_STREAM = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
+DEMO_STREAM: StreamShape = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
 LABEL_DELAY = 50  # outcomes arrive this many events after their event, as in `driftloop up --demo`
 BATCH = 100  # events per observation batch
 RATE = 1000.0  # simulated events per wall-clock second
@@ -93,9 +94,9 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
     batch, labeled = _new_batch(inputs, version), []
     for index, (event_doc, outcome) in enumerate(itertools.islice(stream, events), start=1):
         event, row = featuriser.featurise(encode(event_doc))
-        if row is None:
+        if isinstance(event, Rejection):
             batch["dlq"][event.reason] += 1
-        else:
+        elif row is not None:  # always, for a valid event
             if full_from is None:
                 full_from = event.event_time + warmup_seconds(spec)
             score = float(model.predict_proba([row])[0])
@@ -126,7 +127,7 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
             if model.online:
                 model.learn([row], [record["label"]])
             labeled.append(record)
-            if warming_up and event_time >= full_from:
+            if warming_up and full_from is not None and event_time >= full_from:
                 warmup_rows.append(row)
                 warmup_labels.append(record["label"])
                 if len(warmup_rows) >= spec.model.warmup_events:
@@ -310,7 +311,7 @@ def _summary(values: list[float]) -> dict[str, float] | None:
 def _run(job: tuple[Path, str, int, int, int | None]) -> dict[str, Any]:
     spec_path, kind, seed, events, onset = job
     spec = load_spec(spec_path)
-    if kind == "stationary":
+    if onset is None:  # a stationary run
         return {"run": kind, **simulate(spec, demo_stream(seed), events)}
     plan = DriftPlan("abrupt", onset, covariate=kind == "covariate", concept=kind == "concept")
     return {"run": kind, **simulate(spec, demo_stream(seed, plan), onset + AFTER_ONSET, onset=onset)}
@@ -338,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = load_spec(args.spec)
     seeds = range(1, args.seeds + 1)
+    jobs: list[tuple[Path, str, int, int, int | None]]
     jobs = [(args.spec, "stationary", seed, args.stationary_events, None) for seed in seeds]
     jobs += [(args.spec, "concept", seed, 0, int(onset)) for onset in args.concept_onsets.split(",") for seed in seeds]
     jobs += [(args.spec, "covariate", seed, 0, ONSET) for seed in seeds]

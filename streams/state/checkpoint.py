@@ -40,6 +40,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -115,7 +116,7 @@ class Checkpoints:
             if not any(table.in_flight for table in self.tables):
                 for c in drained:
                     c.delivered = True
-            elif now - drained[0].drained_at >= self.max_delivery_wait:
+            elif now - cast(float, drained[0].drained_at) >= self.max_delivery_wait:  # set: filtered above
                 self.flush(30.0)
                 for c in drained:
                     c.delivered = True
