@@ -82,6 +82,7 @@ import hashlib
 import math
 import operator
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from typing import Any
 
 from driftloop.features.aggregations import AGGREGATIONS
@@ -307,7 +308,7 @@ class FeatureComputer:
         """
         return self._update(state, event_time, values)
 
-    def _compile(self):
+    def _compile(self) -> tuple[Callable[..., tuple[dict, dict[str, float]]], str]:
         """Python source of `update` specialised to this spec's plan, compiled once.
 
         The per-event work of an in-order event is straight-line code over the plan's constants (no
