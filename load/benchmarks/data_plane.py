@@ -419,17 +419,7 @@ def measure(
             seen = call.result()
         stages = system.stage_seconds()
         say(f"{system.kind}: caught up; latency phase ({len(offered)} events at {rate:g}/s)")
-        with ChildCall(
-            offer_and_observe,
-            system.bootstrap,
-            system.input_topic,
-            system.output_topic,
-            system.dead_letter_topic,
-            seen.pop("next_offsets"),
-            offered,
-            rate,
-            30.0,
-        ) as call:
+        with _offering(system, seen.pop("next_offsets"), offered, rate, 30.0) as call:
             latency = call.result()
         if hasattr(system, "memory"):
             result["memory"] = system.memory()
@@ -454,21 +444,32 @@ def restart(
     """`kill -9` of the first worker, the seconds until its successor has restored its state, and that
     successor's latency on probe events offered right after (every probe must come out)."""
     restarted = system.restart_first()
-    with ChildCall(
+    with _offering(system, offsets, probes, PROBE_RATE, 60.0) as call:
+        probed = call.result()
+    probed.pop("next_offsets")
+    restarted["probes"] = probed
+    return restarted
+
+
+def _offering(
+    system: BytesPassthrough | DataPlaneWorkers,
+    offsets: dict[str, dict[int, int]],
+    events: list[tuple[bytes, bytes, str]],
+    rate: float,
+    timeout: float,
+) -> ChildCall:
+    """offer_and_observe on the system's topics, in a child."""
+    return ChildCall(
         offer_and_observe,
         system.bootstrap,
         system.input_topic,
         system.output_topic,
         system.dead_letter_topic,
         offsets,
-        probes,
-        PROBE_RATE,
-        60.0,
-    ) as call:
-        probed = call.result()
-    probed.pop("next_offsets")
-    restarted["probes"] = probed
-    return restarted
+        events,
+        rate,
+        timeout,
+    )
 
 
 def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> dict[str, Any]:

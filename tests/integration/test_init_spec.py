@@ -15,7 +15,7 @@ import yaml
 from driftloop.cli import build_parser
 from driftloop.init_spec import accepted_flavors
 from driftloop.spec import load_spec, parse_duration
-from tests.support.stack import driftloop_command, stack_env, wait_for_line
+from tests.support.stack import driftloop_command, stack_env, start_driftloop, wait_for_line
 
 
 def _phishing(path) -> pd.DataFrame:
@@ -163,9 +163,7 @@ def test_replay_of_the_table_on_a_stack_runs_with_the_written_spec_unchanged(tmp
     assert _run("init-spec", str(table), "--time-step", "1d", cwd=tmp_path).returncode == 0
     spec_path = tmp_path / "phishing.yaml"
     env = stack_env(tmp_path, DRIFTLOOP_SPEC=str(spec_path))
-    stack = subprocess.Popen(
-        driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    stack = start_driftloop("up", env=env)
     try:
         wait_for_line(stack, "stack is up", timeout=300)
         replayed = subprocess.run(

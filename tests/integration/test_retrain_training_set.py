@@ -24,11 +24,6 @@ from tests.support.training import (
     write_spec,
 )
 
-# --- helpers shared with test_retrain_worker.py -------------------------------------------------------
-
-
-# --- the tests --------------------------------------------------------------------------------------------
-
 
 @pytest.fixture
 def pipeline(tmp_path, kafka_bootstrap, unique):
