@@ -40,6 +40,14 @@ FLAVORS: dict[str, type[Model]] = {
 
 
 def flavor_of(name: str) -> type[Model]:
+    """The flavor registered as `name`; a DriftloopError naming the flavors for any other name.
+
+    >>> flavor_of("river").cold_start, flavor_of("onnx").cold_start  # river serves before any training
+    (True, False)
+    >>> flavor_of("tensorflow")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    driftloop.errors.DriftloopError: 'tensorflow' is not a model flavor; the flavors are ...
+    """
     cls = FLAVORS.get(name)
     if cls is None:
         raise DriftloopError(f"{name!r} is not a model flavor; the flavors are {', '.join(FLAVORS)}")
