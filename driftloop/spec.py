@@ -144,7 +144,7 @@ def _one_of_each(spans: tuple[Span, ...]) -> tuple[Span, ...]:
     return spans
 
 
-def _renamed(data: Any, section: str, old: dict[str, tuple[str, str]], new: str, single: bool = False) -> Any:
+def _renamed(data: Any, section: str, old: dict[str, str], new: str, single: bool = False) -> Any:
     """The spelling before spans (`evaluate_every_events: 500`, ...) read as the span key `new`: `old` maps each
     old key to the span's unit ("events" or a duration unit)."""
     if not isinstance(data, dict) or not set(old) & set(data):
@@ -601,6 +601,17 @@ def _cross_checks(spec: PipelineSpec):
         yield "outcomes.label", "the label must not be an event field (it arrives later on the outcomes topic)"
     if spec.canary.max_samples < spec.canary.min_samples:
         yield "canary.max_samples", "must be at least canary.min_samples"
+    canary = spec.canary
+    arm_share = 1.0 if canary.shadow else canary.share  # in shadow mode the challenger scores every event
+    if canary.max_length is not None and canary.max_length.events is not None:
+        needed = math.ceil(canary.min_samples / arm_share)
+        if canary.max_length.events < needed:
+            yield (
+                "canary.max_length",
+                f"{canary.max_length} hold about {canary.max_length.events * arm_share:.0f} challenger events at "
+                f"canary.share {canary.share:g}, fewer than canary.min_samples {canary.min_samples}: a trial could "
+                f"never decide; make it at least {needed} events",
+            )
     if spec.retrain.min_rows > spec.retrain.window_events:
         yield "retrain.min_rows", "must be at most retrain.window_events"
     if not math.isfinite(spec.canary.max_latency_ms):

@@ -164,6 +164,12 @@ def _break(document, path, value):
         (("canary", "max_length"), 5000, "canary.max_length: 5000 has no unit"),
         (("canary", "assign"), "user", "canary.assign: Input should be 'event' or 'entity'"),
         (
+            ("canary", "max_length"),
+            "2000 events",
+            "canary.max_length: 2000 events hold about 200 challenger events at canary.share 0.1, fewer than "
+            "canary.min_samples 300: a trial could never decide; make it at least 3000 events",
+        ),
+        (
             ("model", "placeholder"),
             "onnx:gradient_boosting",
             "model.placeholder: onnx models cannot serve untrained; write one of river:logistic_regression,",
