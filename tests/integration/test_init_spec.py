@@ -124,12 +124,14 @@ def test_it_offers_exactly_the_flavors_the_spec_validator_accepts():
     [
         (
             lambda d: d["events"].pop("id_field"),
-            "events.id_field: required key is missing; fix: name the field that identifies each event (id_field: event_id) "
-            "and declare it under events.fields (event_id: {type: string, max_length: 64}); `driftloop replay` generates it",
+            "events.id_field: required key is missing; fix: name the field that identifies each event "
+            "(id_field: event_id) and declare it under events.fields (event_id: {type: string, max_length: 64}); "
+            "`driftloop replay` generates it",
         ),
         (
             lambda d: d.update(feature_ttl="1h"),
-            "window is longer than feature_ttl; Feast would expire it first; fix: raise feature_ttl above the longest window",
+            "window is longer than feature_ttl; Feast would expire it first; fix: raise feature_ttl above the longest "
+            "window",
         ),
         (
             lambda d: d["model"].update(estimator="gradient_boostin"),

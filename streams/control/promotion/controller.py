@@ -100,6 +100,9 @@ class _OwnStates:
 
 
 class PromotionController:
+    """`clock` is wall time live: it paces registry retries and dates the trial's start, which is compared with
+    the records' `predicted_at` (wall time too). A trial's length is event time, read from the records."""
+
     def __init__(self, spec: PipelineSpec, tracking_uri: str, clock: Callable[[], float] = time.time):
         self.spec = spec
         self.tracking_uri = tracking_uri
