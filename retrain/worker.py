@@ -384,6 +384,8 @@ class RetrainWorker:
         self, request: dict[str, Any], train_from: float | None, timings: dict[str, float]
     ) -> TrainingSet:
         """Read the window until it has enough rows (or the wait bound passes), then join Feast's features."""
+        # Wall time, not event time: this waits for labelled events still on their way through Kafka, and the
+        # stream's event time stands still exactly when they are late.
         deadline = time.monotonic() + self.max_data_wait_seconds
         announced = False
         while True:

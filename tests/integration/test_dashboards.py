@@ -44,7 +44,7 @@ def _spec(path) -> None:
     """The demo spec with an online model that starts cold and a retraining every few thousand events."""
     document = yaml.safe_load(DEMO_SPEC.read_text())
     document["model"].update(flavor="river", estimator="logistic_regression")
-    document["drift"].update(schedule_every_events=4000, cooldown="30s")
+    document["drift"].update(schedule_every="4000 events", cooldown="30s")
     document["retrain"] = {"min_rows": 300, "window_events": 3000}
     document["canary"].update(min_samples=100, max_samples=2000)
     path.write_text(yaml.safe_dump(document))

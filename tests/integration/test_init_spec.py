@@ -140,7 +140,7 @@ def test_it_offers_exactly_the_flavors_the_spec_validator_accepts():
         ),
         (
             lambda d: d["drift"].update(cooldown="5 minutes"),
-            "fix: write a whole number and a unit: 500ms, 30s, 10m, 1h or 7d",
+            "fix: write a count of events (2000 events) or a duration of event time, a whole number and a unit",
         ),
     ],
 )

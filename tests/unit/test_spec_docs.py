@@ -7,7 +7,7 @@ import typing
 
 from pydantic import BaseModel
 
-from driftloop.spec import PipelineSpec
+from driftloop.spec import PipelineSpec, Span
 from driftloop.streams.control.drift.detectors import DETECTORS, detector_class
 from tests.support import REPO
 
@@ -31,11 +31,14 @@ def spec_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
         if origin is dict and isinstance(args[1], type) and issubclass(args[1], BaseModel):
             keys.add(f"{path}.<name>")
             keys |= spec_keys(args[1], f"{path}.<name>.")
-        elif origin is tuple and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        elif origin is tuple and isinstance(args[0], type) and issubclass(args[0], BaseModel) and args[0] is not Span:
             keys.add(f"{path}[]")
             keys |= spec_keys(args[0], f"{path}[].")
         else:
-            nested = [a for a in (args or [annotation]) if isinstance(a, type) and issubclass(a, BaseModel)]
+            # a span (`2000 events`, `3d`) is written as one value, so it is a leaf
+            nested = [
+                a for a in (args or [annotation]) if isinstance(a, type) and issubclass(a, BaseModel) and a is not Span
+            ]
             for section in nested:
                 keys |= spec_keys(section, f"{path}.")
     return keys
