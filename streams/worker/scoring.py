@@ -12,9 +12,9 @@ Per event record, in order:
   model scores is the features plus the event fields the model reads, in `spec.model_inputs` order
   (`features.rows.RowBuilder`, which the offline featuriser uses too); that same row goes to Feast,
   so Feast serves exactly the vector that scored the event.
-- `score`: the router names each entity's variant (champion, or canary for a stable hash share of
-  entities); each variant's rows are scored in one `predict_proba` call. In shadow mode the challenger
-  also scores every row; its score rides along to the outcome join and is never served.
+- `score`: the router names each event's variant (champion, or canary for a stable hash share of
+  events or entities, `canary.assign`); each variant's rows are scored in one `predict_proba` call. In
+  shadow mode the challenger also scores every row; its score rides along to the outcome join and is never served.
 - the outputs: one prediction per valid event, one pending-join record (prediction + row) keyed by
   event id for the outcome join, the Feast rows, the batch's rows for the drift agent, and one
   journal entry per record (streams/state/journal.py) that the pipeline makes durable before the rest.
@@ -244,7 +244,7 @@ class EventScorer:
         by_variant: dict[str, list[int]] = {}
         route = self.router.variant_for
         for i, (_, event) in enumerate(events):
-            by_variant.setdefault(route(event.entity), []).append(i)
+            by_variant.setdefault(route(event.entity, event.event_id), []).append(i)
         scored: list[tuple[float, Any, float] | None] = [None] * len(events)
         for variant, indices in by_variant.items():
             serving = self.router.serving(variant)
@@ -254,7 +254,7 @@ class EventScorer:
             model_ms = (time.perf_counter() - started) * 1000 / len(indices)
             served = 0
             for i, p in zip(indices, probabilities):
-                if type(p) is str:
+                if isinstance(p, str):
                     record, _event = events[i]
                     self._dead_letter(record, "scoring_failed", f"model v{serving.version} ({variant}): {p}", None, out)
                 else:
