@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.errors import DriftloopError
-from driftloop.spec import PipelineSpec, load_spec
+from driftloop.spec import load_spec
 
 # What a backtest prints is its report: the decisions it reports, not the log lines of the components making them.
 _QUIET = ("driftloop", "mlflow", "alembic", "evidently", "urllib3", "git")
@@ -71,7 +71,7 @@ def _source(args: Any, load_spec, generator_source, generator_spec, table_source
         return spec, source
     if not args.spec:
         raise DriftloopError("a table needs its spec: --spec SPEC (see driftloop/specs/ or `driftloop init-spec`)")
-    spec: PipelineSpec = load_spec(args.spec)
+    spec = load_spec(args.spec)
     source = table_source(spec, args.data, args.limit)
     if args.drift_points:
         points = _drift_points(args.drift_points, len(source.rows))

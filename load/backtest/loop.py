@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from driftloop.features.feast.repo import feature_view_name, feature_view_version
 from driftloop.load.backtest.clock import VirtualClock
-from driftloop.load.backtest.source import Source
+from driftloop.load.backtest.source import Source, event_time
 from driftloop.models.bootstrap import CHAMPION, ensure_champion
 from driftloop.models.flavors import Model
 from driftloop.models.registry import aliases
@@ -139,7 +139,7 @@ class Backtest:
             raise ValueError("nothing to backtest: the source has no rows")
         self.spec, self.source, self.options = spec, source, options
         self.tracking_uri, self.key = tracking_uri, key
-        self.clock = VirtualClock(source.rows[0].event_time)
+        self.clock = VirtualClock(event_time(source.rows[0]))
         started = time.perf_counter()
         initial = ensure_champion(spec, tracking_uri, key=key)
         self.router = ModelRouter(spec, tracking_uri, key=key)
@@ -189,7 +189,7 @@ class Backtest:
         try:
             for index, row in enumerate(rows):
                 self._index = index
-                self.clock.advance(row.event_time)
+                self.clock.advance(event_time(row))
                 if options.label_delay_seconds is not None:
                     self._join_due_by_time()
                 self._run_due_jobs()
@@ -240,7 +240,8 @@ class Backtest:
     def _join_due_by_time(self) -> None:
         due = []
         rows, delay, now = self.source.rows, self.options.label_delay_seconds, self.clock()
-        while self._waiting and rows[self._waiting[0]].event_time + delay <= now:
+        assert delay is not None  # called only for a label delay in event time
+        while self._waiting and event_time(rows[self._waiting[0]]) + delay <= now:
             due.append(self._waiting.popleft())
         if due:
             self._join(due)
@@ -255,13 +256,14 @@ class Backtest:
         features, labels = [], []
         for index in indices:
             served, row = self.run_.served[index], rows[index]
+            assert served is not None  # only scored events wait for their label
             features.append(self._features.pop(index))
             labels.append(row.label)
             self.labeled.append(
                 LabeledRow(
                     row.event_id,
                     row.key or "",
-                    row.event_time,
+                    event_time(row),
                     row.label,
                     features[-1],
                     joined_ms,

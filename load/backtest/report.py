@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from driftloop.load.backtest.loop import Run
+from driftloop.load.backtest.source import event_time
 from driftloop.load.replay import prequential_metrics
 from driftloop.streams.contracts import iso_time
 
@@ -66,8 +67,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "source": run.source.name,
         "spec": spec.name,
         "events": len(rows),
-        "first_event_time": iso_time(rows[0].event_time),
-        "last_event_time": iso_time(rows[-1].event_time),
+        "first_event_time": iso_time(event_time(rows[0])),
+        "last_event_time": iso_time(event_time(rows[-1])),
         "label_delay": {"seconds": options.label_delay_seconds}
         if options.label_delay_seconds is not None
         else {"events": options.label_delay_events},

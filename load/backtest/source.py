@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,12 @@ from driftloop.streams.contracts import iso_time
 SPECS = Path(__file__).resolve().parents[2] / "driftloop" / "specs"
 # Tables without a time column start here, so event times (and the JSON report) do not depend on when it ran.
 FIXED_START = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def event_time(row: ReplayRow) -> float:
+    """A checked row's event time: every row a Source holds has one (`_check` refuses a table otherwise)."""
+    assert row.event_time is not None
+    return row.event_time
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,8 @@ def generator_source(
 def _draws(name: str, events: int, drift_at: int | None, width: int, seed: int) -> Iterator[tuple[dict, Any]]:
     from river.datasets import synth
 
+    before: Iterable[tuple[dict, Any]]
+    after: Iterable[tuple[dict, Any]]
     if name == "sea":
         before, after = synth.SEA(variant=0, seed=seed), synth.SEA(variant=3, seed=seed + 1)
     else:
