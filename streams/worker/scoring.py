@@ -14,7 +14,9 @@ Per event record, in order:
   so Feast serves exactly the vector that scored the event.
 - `score`: the router names each entity's variant (champion, or canary for a stable hash share of
   entities); each variant's rows are scored in one `predict_proba` call. In shadow mode the challenger
-  also scores every row; its score rides along to the outcome join and is never served.
+  also scores every row; its score rides along to the outcome join and is never served. A version whose
+  circuit breaker (streams/worker/breaker.py) is open scores none of its events, or only a probe when
+  half-open: the router's fallback serves the others, as variant `fallback`, journaled like any other.
 - the outputs: one prediction per valid event, one pending-join record (prediction + row) keyed by
   event id for the outcome join, the Feast rows, the batch's rows for the drift agent, and one
   journal entry per record (streams/state/journal.py) that the pipeline makes durable before the rest.
@@ -36,6 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -46,6 +49,7 @@ from driftloop.features.windows import FeatureComputer
 from driftloop.spec import PipelineSpec
 from driftloop.streams import contracts
 from driftloop.streams.state.journal import DEAD_LETTERED, PREDICTED
+from driftloop.streams.worker.breaker import HALF_OPEN, Breakers, Change
 from driftloop.streams.worker.validation import Event, EventValidator, RecentIds, Rejection, reject_duplicate
 
 _LOG = logging.getLogger("driftloop.streams.worker.scoring")
@@ -82,6 +86,7 @@ class ScoredBatch:
     refused: int = 0  # predictions the producer refused (dead-lettered by the pipeline instead)
     skipped: int = 0  # records whose outputs were delivered before the restored state was written
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    breaker_changes: list[Change] = field(default_factory=list)  # breakers opened or closed by this batch
 
     def journal_entry(self, record: Record, entry: list[Any]) -> None:
         self.journal.setdefault(record.partition, []).append(entry)
@@ -101,6 +106,8 @@ class EventScorer:
         journal=None,
         validator: EventValidator | None = None,
         recent_ids_capacity: int = 200_000,
+        breakers: Breakers | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.spec = spec
         self.states = states  # ChangelogTable: partition -> entity -> {"w": window state, "o": last offset}
@@ -114,6 +121,8 @@ class EventScorer:
         self._recent_capacity = recent_ids_capacity
         self.rows = RowBuilder(spec)
         self._entity_field = spec.events.entity
+        self.breakers = breakers  # None: no fallback is configured, every version serves whatever happens
+        self.clock = clock
 
     def forget(self, partitions: list[int]) -> None:
         """Partitions moved to another worker: drop their duplicate filters."""
@@ -243,25 +252,54 @@ class EventScorer:
         for i, (_, event) in enumerate(events):
             by_variant.setdefault(route(event.entity), []).append(i)
         scored: list[tuple[float, Any, float] | None] = [None] * len(events)
+        fallback = self.router.fallback if self.breakers is not None else None
+        now = self.clock()
         for variant, indices in by_variant.items():
             serving = self.router.serving(variant)
-            started = time.perf_counter()
-            probabilities = _predict(serving.model, [rows[i] for i in indices])
-            # the model's own time per event (its batch call shared out), for the canary latency guardrail
-            model_ms = (time.perf_counter() - started) * 1000 / len(indices)
-            served = 0
-            for i, p in zip(indices, probabilities):
-                if type(p) is str:
-                    record, _event = events[i]
-                    self._dead_letter(record, "scoring_failed", f"model v{serving.version} ({variant}): {p}", None, out)
-                else:
-                    scored[i] = (p, serving, model_ms)
-                    served += 1
-            out.served[(serving.version, serving.variant)] += served
+            breaker = None
+            if fallback is not None and fallback.version != serving.version:
+                breaker = self.breakers.of(serving.version)
+            admitted = indices if breaker is None else indices[: breaker.admits(len(indices), now)]
+            to_fallback = indices[len(admitted) :]
+            if admitted:
+                probing = breaker is not None and breaker.state == HALF_OPEN
+                failed, seconds = self._score_with(
+                    serving, admitted, events, rows, scored, out, dead_letter=not probing
+                )
+                if breaker is not None:
+                    change = breaker.record(len(admitted), len(failed), seconds, now, failed[0][1] if failed else None)
+                    if change is not None:
+                        out.breaker_changes.append(change)
+                to_fallback += [i for i, _error in failed if probing]  # a failed probe's events are still served
+            if to_fallback:
+                self._score_with(fallback, to_fallback, events, rows, scored, out, dead_letter=True)
         if all(s is not None for s in scored):
             return events, rows, scored
         ok = [i for i, s in enumerate(scored) if s is not None]
         return [events[i] for i in ok], [rows[i] for i in ok], [scored[i] for i in ok]
+
+    def _score_with(
+        self, serving, indices, events, rows, scored, out, *, dead_letter: bool
+    ) -> tuple[list[tuple[int, str]], float]:
+        """Score events[indices] with one model call, into `scored`; returns (index, error) of the events it
+        could not score (dead-lettered when `dead_letter`) and the call's seconds."""
+        started = time.perf_counter()
+        probabilities = _predict(serving.model, [rows[i] for i in indices])
+        seconds = time.perf_counter() - started
+        # the model's own time per event (its batch call shared out), for the canary latency guardrail
+        model_ms = seconds * 1000 / len(indices)
+        failed, served = [], 0
+        for i, p in zip(indices, probabilities):
+            if type(p) is str:
+                failed.append((i, p))
+                if dead_letter:
+                    detail = f"model v{serving.version} ({serving.variant}): {p}"
+                    self._dead_letter(events[i][0], "scoring_failed", detail, None, out)
+            else:
+                scored[i] = (p, serving, model_ms)
+                served += 1
+        out.served[(serving.version, serving.variant)] += served
+        return failed, seconds
 
     def _shadow_scores(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """In shadow mode: {"model_version", "score"} of the challenger for every row, else None."""

@@ -1,0 +1,56 @@
+"""The circuit breaker of a model version, on a fake clock."""
+
+from __future__ import annotations
+
+from driftloop.streams.worker.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+
+
+def breaker() -> Breaker:
+    return Breaker(7, max_error_rate=0.5, max_call_ms=25, failures=3, open_for=10, probe_events=20)
+
+
+def test_three_slow_calls_in_a_row_open_it_and_a_good_call_between_resets_the_count():
+    b = breaker()
+    assert b.record(100, 0, 0.040, now=0) is None
+    assert b.record(100, 0, 0.040, now=1) is None
+    assert b.record(100, 0, 0.001, now=2) is None  # a good call: the count starts again
+    assert b.record(100, 0, 0.040, now=3) is None
+    assert b.record(100, 0, 0.040, now=4) is None
+    change = b.record(100, 0, 0.040, now=5)
+    assert b.state == OPEN
+    assert change.action == "breaker_opened" and change.version == 7
+    assert "v7 failed 3 scoring calls in a row (last: a call took 40 ms, over the 25 ms budget)" in change.reason
+
+
+def test_errors_above_the_rate_count_as_failures_and_name_the_error():
+    b = breaker()
+    b.record(10, 5, 0.001, now=0)  # half the rows: not above the rate
+    assert b.failing == 0
+    for t in range(3):
+        change = b.record(10, 6, 0.001, now=t, error="ValueError: boom")
+    assert (
+        change.action == "breaker_opened" and "6 of 10 events could not be scored (ValueError: boom)" in change.reason
+    )
+
+
+def test_open_it_admits_nothing_then_a_probe_that_closes_it_when_the_model_recovered():
+    b = breaker()
+    for t in range(3):
+        b.record(100, 0, 1.0, now=t)
+    assert b.admits(500, now=5) == 0
+    assert b.admits(500, now=12.1) == 20 and b.state == HALF_OPEN
+    change = b.record(20, 0, 0.002, now=12.2)
+    assert b.state == CLOSED and change.action == "breaker_closed"
+    assert change.reason.startswith("v7 scored a probe of 20 events in 2.0 ms without errors")
+    assert b.admits(500, now=12.3) == 500
+
+
+def test_a_failed_probe_opens_it_again_for_another_period_without_a_new_audit():
+    b = breaker()
+    for t in range(3):
+        b.record(100, 0, 1.0, now=t)
+    assert b.admits(5, now=12.5) == 5  # fewer events than a probe: all of them
+    assert b.record(5, 0, 1.0, now=12.5) is None
+    assert b.state == OPEN
+    assert b.admits(100, now=22.0) == 0
+    assert b.admits(100, now=22.6) == 20
