@@ -1,8 +1,14 @@
-"""The circuit breaker of a model version, on a fake clock."""
+"""The circuit breaker of a model version, on a fake clock, and the fallback the router keeps for it."""
 
 from __future__ import annotations
 
+from driftloop.models import registry
+from driftloop.models.bootstrap import ensure_champion
+from driftloop.models.flavors import new_model
+from driftloop.models.routing import ModelRouter
+from driftloop.spec import parse_spec
 from driftloop.streams.worker.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from tests.support.models import DEMO, TRAIN, TRAIN_Y
 
 
 def breaker() -> Breaker:
@@ -54,3 +60,35 @@ def test_a_failed_probe_opens_it_again_for_another_period_without_a_new_audit():
     assert b.state == OPEN
     assert b.admits(100, now=22.0) == 0
     assert b.admits(100, now=22.6) == 20
+
+
+def test_the_router_falls_back_on_the_previous_version_only_when_it_is_not_the_champion(tracking):
+    first = ensure_champion(DEMO, tracking).version
+    router = ModelRouter(DEMO, tracking)
+    router.refresh()
+    assert router.fallback is None  # no previous version yet
+    model = new_model(DEMO)
+    model.learn(TRAIN[:200], TRAIN_Y[:200])
+    second = registry.register(model, DEMO, tracking_uri=tracking, reference_rows=TRAIN[:100]).version
+    registry.set_alias(DEMO.model.name, "previous", first, tracking_uri=tracking)
+    registry.set_alias(DEMO.model.name, "champion", second, tracking_uri=tracking)
+    router.refresh()
+    assert (router.fallback.variant, router.fallback.version) == ("fallback", first)
+    assert router.serving("champion").version == second
+
+
+def test_a_spec_named_fallback_is_a_cold_start_model_of_version_0_that_learns(tracking):
+    spec = parse_spec({**DEMO.model_dump(mode="json"), "slo": {"fallback": "river:logistic_regression"}})
+    ensure_champion(spec, tracking)
+    router = ModelRouter(spec, tracking)
+    router.start()
+    try:
+        fallback = router.fallback
+        assert (fallback.variant, fallback.version, fallback.model.flavor) == ("fallback", 0, "river")
+        before = fallback.model.predict_proba(TRAIN[:50]).tolist()
+        router.learn(TRAIN[:500], TRAIN_Y[:500], [fallback.created_ms] * 500)
+        assert fallback.model.predict_proba(TRAIN[:50]).tolist() != before
+        router.refresh()
+        assert router.fallback is fallback  # kept across the registry's changes
+    finally:
+        router.stop()
