@@ -12,7 +12,9 @@ These systems are measured the same way, one after the other, on the same demo e
   temporary directory); with `--workers 2` also two of them in one group, for the scale-out factor;
 - with `--entities N --pending M`, a data plane first loaded with M events of N entities and no
   outcomes (M predictions waiting for their labels, N window states): its memory, then `kill -9` and
-  the time until the restarted worker has its state back, then a probe of it serving.
+  the time until the restarted worker has its state back, then a probe of it serving;
+- with `--slo`, the latency objective and the circuit breaker (load/benchmarks/slo.py): a load step
+  from 2,000 to 20,000 events/s, and a champion made slow on purpose.
 
 Each system goes through two phases:
 
@@ -20,8 +22,9 @@ Each system goes through two phases:
    workers are started first and the events loaded once they share the partitions: a second worker
    joining late would rebalance inside the measured time; the load producer is several times faster
    than the workers). The clock runs from the first output record to the Nth, by the outputs' Kafka
-   timestamps, so start-up and the consumer group's join are not counted. Every event must come out exactly once (passthrough: as
-   itself; data plane: as a prediction or a DLQ record); the counts are reported and checked.
+   timestamps, so start-up and the consumer group's join are not counted. Every event must come out
+   exactly once (passthrough: as itself; data plane: as a prediction or a DLQ record); the counts are
+   reported and checked.
 2. latency: with the system caught up, events are offered at a fixed rate for a fixed time. An event's
    latency is its output record's Kafka timestamp (CreateTime, which the system's producer sets when
    it produces the output) minus the event's CreateTime (set by the load producer when it sends it),
@@ -83,6 +86,8 @@ class BenchOptions:
     workers: int = 1  # 2: also two data-plane workers in one group, for the scale-out factor
     entities: int = 0  # with pending: a data plane loaded with this state first, then restarted
     pending: int = 0
+    slo: bool = False  # also the load step and the slow model (load/benchmarks/slo.py) ...
+    step_seconds: float = 20.0  # ... with phases this long
 
     def __post_init__(self) -> None:
         if self.events < 1 or self.partitions < 1:
@@ -93,6 +98,8 @@ class BenchOptions:
             raise DriftloopError("bench: --workers must be 1 or 2")
         if (self.entities > 0) != (self.pending > 0):
             raise DriftloopError("bench: --entities and --pending go together")
+        if not self.step_seconds >= 5:
+            raise DriftloopError("bench: --step-seconds must be at least 5 (the breaker needs seconds to open)")
 
     @property
     def offered(self) -> int:
@@ -108,6 +115,8 @@ class BenchOptions:
             command += f" --workers {self.workers}"
         if self.pending:
             command += f" --entities {self.entities} --pending {self.pending}"
+        if self.slo:
+            command += f" --slo --step-seconds {self.step_seconds:g}"
         return command
 
 
@@ -348,6 +357,10 @@ class ChildCall:
         self._process.start()
         sender.close()
 
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether the result (or the child's end) is there, waiting at most `timeout`."""
+        return self._receiver.poll(timeout)
+
     def result(self, timeout: float = 3600) -> Any:
         if not self._receiver.poll(timeout):
             raise DriftloopError(f"bench: {self._name} did not finish within {timeout:.0f}s")
@@ -567,6 +580,14 @@ def run_bench(
                 "entities": len({key for key, _, _ in state[:-PROBES]}),
                 "pending_joins": len(state) - PROBES,
             }
+        slo = None
+        if options.slo:
+            from driftloop.load.benchmarks.slo import run_slo
+
+            slo = run_slo(bootstrap, run, options.partitions, work, options.step_seconds, warmup, say)
+            if broker_kind.startswith("external"):
+                cleanup.callback(_delete_topics, bootstrap, slo["topics"])
+            del slo["topics"]
     machine = {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -577,7 +598,7 @@ def run_bench(
         "load_average": {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]},
     }
     message_bytes = sum(len(value) for _, value, _ in events) / len(events)
-    return report(options, results, machine, message_bytes, time.monotonic() - began)
+    return report(options, results, machine, message_bytes, time.monotonic() - began, slo)
 
 
 def _ratio(results: dict[str, dict[str, Any]], system: str, baseline: str) -> float | None:
@@ -593,6 +614,7 @@ def report(
     machine: dict[str, Any],
     message_bytes: float,
     seconds: float,
+    slo: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     versus_json = _ratio(results, "data_plane", "json_passthrough")
     p99 = results["data_plane"]["latency"]["p99_ms"]
@@ -626,6 +648,13 @@ def report(
             "value": back,
             "met": full and back <= TARGET_RESTART_S,
         }
+    if slo is not None:
+        step = slo["load_step"]
+        targets["back_under_slo_after_10x_step_s"] = {
+            "max": step["target_back_under_s"],
+            "value": step["back_under_objective_after_step_s"],
+            "met": step["met"],
+        }
     return {
         "command": options.command,
         "machine": machine,
@@ -656,6 +685,7 @@ def report(
             "transactional_vs_json_passthrough": _ratio(results, "json_passthrough_transactional", "json_passthrough"),
             "scale_out_2_workers": _ratio(results, "data_plane_2_workers", "data_plane"),
         },
+        **({"slo": slo} if slo is not None else {}),
         "targets": targets,
         "accounted": all(
             r["throughput"]["accounted"]
@@ -663,7 +693,8 @@ def report(
             and r["latency"]["unexpected"] == 0
             and ("restart" not in r or r["restart"]["probes"]["missing"] == 0)
             for r in results.values()
-        ),
+        )
+        and all(s["missing"] == 0 and s["unexpected"] == 0 for s in (slo or {}).values()),
         "seconds": round(seconds, 1),
     }
 
@@ -691,7 +722,15 @@ def run_cli(config: Any, args: Any) -> int:
     workers = args.workers
     partitions = args.partitions or (4 if workers > 1 else config.partitions)  # two workers need partitions
     options = BenchOptions(
-        args.events, args.rate_events_per_s, args.latency_seconds, partitions, workers, args.entities, args.pending
+        args.events,
+        args.rate_events_per_s,
+        args.latency_seconds,
+        partitions,
+        workers,
+        args.entities,
+        args.pending,
+        args.slo,
+        args.step_seconds,
     )
     # SIGTERM unwinds like Ctrl-C, so everything the run started is stopped either way. A KeyboardInterrupt
     # raised while a finalizer (__del__, a weakref callback) runs is printed and dropped by CPython; the flag

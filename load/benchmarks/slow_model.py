@@ -1,16 +1,19 @@
 """A model made slow (or failing) on purpose, to show a circuit breaker open, the fallback serve, and the breaker close.
 
-`stalling_model(spec, rows, labels, slow_from, slow_until, ...)` is an ordinary River model of the
-spec (registered, signed and loaded like any other: it pickles as the `river` flavor), whose pipeline
-is wrapped in `Stalling`: between the wall-clock times `slow_from` and `slow_until` every event it
-scores costs `delay` seconds more (or raises, with `fail`); outside that window it is the model it
-wraps. Unpickling the model imports this module, so a worker process needs nothing else to load it.
+`stalling_model(spec, rows, labels, switch, ...)` is an ordinary River model of the spec (registered,
+signed and loaded like any other: it pickles as the `river` flavor), whose pipeline is wrapped in
+`Stalling`: while the file `switch` exists, every event it scores costs `delay` seconds more (or
+raises, with `fail`); once the file is gone it is the model it wraps. Whoever runs the experiment
+decides when the model recovers by deleting the file. Unpickling the model imports this module, so a
+worker process needs nothing else to load it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from driftloop.models.flavors import train
@@ -19,15 +22,14 @@ from driftloop.spec import PipelineSpec
 
 
 class Stalling:
-    """A River pipeline that is slow, or raises, during a window of wall-clock time."""
+    """A River pipeline that is slow, or raises, while a file exists."""
 
-    def __init__(self, pipeline, slow_from: float, slow_until: float, delay: float, fail: bool):
+    def __init__(self, pipeline, switch: str, delay: float, fail: bool):
         self.pipeline = pipeline
-        self.slow_from, self.slow_until = slow_from, slow_until
-        self.delay, self.fail = delay, fail
+        self.switch, self.delay, self.fail = switch, delay, fail
 
     def predict_proba_one(self, x: dict[str, Any]) -> dict:
-        if self.slow_from <= time.time() < self.slow_until:
+        if os.path.exists(self.switch):
             if self.fail:
                 raise RuntimeError("the model is failing on purpose (load/benchmarks/slow_model.py)")
             time.sleep(self.delay)
@@ -41,14 +43,13 @@ def stalling_model(
     spec: PipelineSpec,
     rows: Sequence[Mapping[str, Any]],
     labels: Sequence[int],
+    switch: Path,
     *,
-    slow_from: float,
-    slow_until: float,
-    delay: float = 0.002,
+    delay: float = 0.005,
     fail: bool = False,
 ) -> RiverModel:
-    """The spec's River model trained on rows, slow by `delay` per event (or failing) in [slow_from, slow_until)."""
+    """The spec's River model trained on rows, slow by `delay` per event (or failing) while `switch` exists."""
     model = train(spec, rows, labels)
     if not isinstance(model, RiverModel):
         raise ValueError(f"a stalling model wraps a River model; the spec's flavor is {spec.model.flavor}")
-    return RiverModel(model.columns, Stalling(model.pipeline, slow_from, slow_until, delay, fail), model.estimator)
+    return RiverModel(model.columns, Stalling(model.pipeline, str(switch), delay, fail), model.estimator)

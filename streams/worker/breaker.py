@@ -10,7 +10,9 @@ the call took longer than `max_call_ms` (each of its events waited that long). T
 
 1. Closed (the model serves everything): `failures` failing calls in a row open the breaker; a good
    call resets the count. One slow call is noise (a collection pause, a busy machine); several in a
-   row are the model.
+   row are the model. While the count is above zero the model scores only the first `probe_events`
+   events of a batch, as when half-open: a slow model's next batches would hold the events that
+   piled up behind its last slow call, and each would be slower than the one before.
 2. Open: the model scores nothing for `open_for` seconds; then the breaker is half-open.
 3. Half-open: the model scores the first `probe_events` events of the next batch (it serves those it
    scores). A good probe closes the breaker; a failing one opens it for another `open_for`.
@@ -58,11 +60,11 @@ class Breaker:
         """How many of a batch's `events` the model may score now (the first ones); the fallback serves the rest."""
         if self.state == OPEN and now >= self._reopen_at:  # rule 2
             self.state = HALF_OPEN
-        if self.state == CLOSED:
+        if self.state == OPEN:
+            return 0
+        if self.state == CLOSED and not self.failing:
             return events
-        if self.state == HALF_OPEN:
-            return min(events, self.probe_events)
-        return 0
+        return min(events, self.probe_events)  # half-open, or closed after a failing call
 
     def record(self, rows: int, errors: int, seconds: float, now: float, error: str | None = None) -> Change | None:
         """One scoring call of `rows` rows, `errors` of which the model could not score (the first

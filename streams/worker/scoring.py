@@ -17,6 +17,8 @@ Per event record, in order:
   also scores every row; its score rides along to the outcome join and is never served. A version whose
   circuit breaker (streams/worker/breaker.py) is open scores none of its events, or only a probe when
   half-open: the router's fallback serves the others, as variant `fallback`, journaled like any other.
+  With a fallback, an event the model cannot score is served by the fallback too (and dead-lettered as
+  `scoring_failed` only when the fallback cannot score it either).
 - the outputs: one prediction per valid event, one pending-join record (prediction + row) keyed by
   event id for the outcome join, the Feast rows, the batch's rows for the drift agent, and one
   journal entry per record (streams/state/journal.py) that the pipeline makes durable before the rest.
@@ -49,7 +51,7 @@ from driftloop.features.windows import FeatureComputer
 from driftloop.spec import PipelineSpec
 from driftloop.streams import contracts
 from driftloop.streams.state.journal import DEAD_LETTERED, PREDICTED
-from driftloop.streams.worker.breaker import HALF_OPEN, Breakers, Change
+from driftloop.streams.worker.breaker import Breakers, Change
 from driftloop.streams.worker.validation import Event, EventValidator, RecentIds, Rejection, reject_duplicate
 
 _LOG = logging.getLogger("driftloop.streams.worker.scoring")
@@ -262,15 +264,14 @@ class EventScorer:
             admitted = indices if breaker is None else indices[: breaker.admits(len(indices), now)]
             to_fallback = indices[len(admitted) :]
             if admitted:
-                probing = breaker is not None and breaker.state == HALF_OPEN
                 failed, seconds = self._score_with(
-                    serving, admitted, events, rows, scored, out, dead_letter=not probing
+                    serving, admitted, events, rows, scored, out, dead_letter=breaker is None
                 )
                 if breaker is not None:
                     change = breaker.record(len(admitted), len(failed), seconds, now, failed[0][1] if failed else None)
                     if change is not None:
                         out.breaker_changes.append(change)
-                to_fallback += [i for i, _error in failed if probing]  # a failed probe's events are still served
+                    to_fallback += [i for i, _error in failed]  # dead-lettered only if the fallback fails them too
             if to_fallback:
                 self._score_with(fallback, to_fallback, events, rows, scored, out, dead_letter=True)
         if all(s is not None for s in scored):

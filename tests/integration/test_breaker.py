@@ -23,7 +23,6 @@ from driftloop.streams.topology import Topology
 from tests.support import SPECS
 from tests.support.pipeline import RunningWorker, consume_all, pipeline_environ
 
-SLOW_SECONDS = 8.0
 SLO = {"p99_ms": 200, "breaker": {"max_call_ms": 40, "failures": 2, "open_for": "2s", "probe_events": 5}}
 
 
@@ -51,6 +50,10 @@ def _produce_until(bootstrap: str, topic: str, stop: threading.Event, sent: list
     producer.flush(10)
 
 
+def _audited(records, action: str) -> bool:
+    return action in [json.loads(m.value())["action"] for m in next(iter(records.values()))]
+
+
 def test_a_slow_champion_is_served_by_the_previous_version_until_it_recovers(kafka_bootstrap, unique, tmp_path):
     document = yaml.safe_load((SPECS / "fraud.yaml").read_text())
     document["model"].update(flavor="river", estimator="logistic_regression")
@@ -71,17 +74,19 @@ def test_a_slow_champion_is_served_by_the_previous_version_until_it_recovers(kaf
     producer.start()
     try:
         time.sleep(2)  # v1 serves as champion first
-        slow_from = time.time()
-        slow = stalling_model(spec, rows, labels, slow_from=slow_from, slow_until=slow_from + SLOW_SECONDS, delay=0.05)
-        v2 = register(slow, spec, tracking_uri=tracking_uri, reference_rows=rows)
+        switch = tmp_path / "slow"
+        switch.touch()
+        v2 = register(
+            stalling_model(spec, rows, labels, switch, delay=0.05), spec, tracking_uri=tracking_uri, reference_rows=rows
+        )
         set_alias(spec.model.name, "previous", v1.version, tracking_uri=tracking_uri)
         set_alias(spec.model.name, "champion", v2.version, tracking_uri=tracking_uri)
-
-        def audited(records) -> bool:
-            actions = [json.loads(m.value())["action"] for m in records[settings.topic_audit]]
-            return "breaker_closed" in actions
-
-        audit = consume_all(kafka_bootstrap, [settings.topic_audit], audited, timeout=SLOW_SECONDS + 25)
+        consume_all(kafka_bootstrap, [settings.topic_audit], lambda r: _audited(r, "breaker_opened"), timeout=30)
+        time.sleep(3)  # the fallback serves a while
+        switch.unlink()  # v2 recovers
+        audit = consume_all(
+            kafka_bootstrap, [settings.topic_audit], lambda r: _audited(r, "breaker_closed"), timeout=20
+        )
         time.sleep(2)  # v2 serves as champion again for a while
     finally:
         stop.set()

@@ -28,6 +28,15 @@ def test_three_slow_calls_in_a_row_open_it_and_a_good_call_between_resets_the_co
     assert "v7 failed 3 scoring calls in a row (last: a call took 40 ms, over the 25 ms budget)" in change.reason
 
 
+def test_after_a_failing_call_the_model_scores_only_a_probe_of_each_batch_until_a_good_call():
+    b = breaker()
+    assert b.admits(500, now=0) == 500
+    b.record(500, 0, 0.200, now=0)
+    assert b.admits(500, now=1) == 20 and b.state == CLOSED
+    b.record(20, 0, 0.001, now=1)
+    assert b.admits(500, now=2) == 500
+
+
 def test_errors_above_the_rate_count_as_failures_and_name_the_error():
     b = breaker()
     b.record(10, 5, 0.001, now=0)  # half the rows: not above the rate
