@@ -238,7 +238,7 @@ def load_step(system: DataPlaneWorkers, step_seconds: float, say) -> dict[str, A
 
 
 def slow_model(system: DataPlaneWorkers, step_seconds: float, warmup, say) -> dict[str, Any]:
-    from driftloop.load.benchmarks.slow_model import stalling_model
+    from driftloop.load.benchmarks.slow_model import river_spec, stalling_model
     from driftloop.models.registry import register, set_alias
     from driftloop.signing import key_path, load_key
 
@@ -261,7 +261,7 @@ def slow_model(system: DataPlaneWorkers, step_seconds: float, warmup, say) -> di
             slow = stalling_model(spec, rows, labels, switch, delay=SLOW_DELAY_S)
             key = load_key(key_path(settings))
             version = register(
-                slow, spec, tracking_uri=settings.mlflow_tracking_uri, reference_rows=rows[:500], key=key
+                slow, river_spec(spec), tracking_uri=settings.mlflow_tracking_uri, reference_rows=rows[:500], key=key
             ).version
             set_alias(spec.model.name, "previous", champion, tracking_uri=settings.mlflow_tracking_uri)
             set_alias(spec.model.name, "champion", version, tracking_uri=settings.mlflow_tracking_uri)

@@ -1,7 +1,7 @@
 """A model made slow (or failing) on purpose, to show a circuit breaker open, the fallback serve, and the breaker close.
 
-`stalling_model(spec, rows, labels, switch, ...)` is an ordinary River model of the spec (registered,
-signed and loaded like any other: it pickles as the `river` flavor), whose pipeline is wrapped in
+`stalling_model(spec, rows, labels, switch, ...)` is an ordinary River model over the spec's inputs
+(registered, signed and loaded like any other: it pickles as the `river` flavor), whose pipeline is wrapped in
 `Stalling`: while the file `switch` exists, every event it scores costs `delay` seconds more (or
 raises, with `fail`); once the file is gone it is the model it wraps. Whoever runs the experiment
 decides when the model recovers by deleting the file. Unpickling the model imports this module, so a
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from driftloop.models.flavors import train
+from driftloop.models.flavors import train, with_model
 from driftloop.models.river_flavor import RiverModel
 from driftloop.spec import PipelineSpec
 
@@ -39,6 +39,12 @@ class Stalling:
         self.pipeline.learn_one(x, y)
 
 
+def river_spec(spec: PipelineSpec) -> PipelineSpec:
+    """The spec a stalling model is built (and registered) by: its own River model, or a River logistic
+    regression over the same inputs."""
+    return spec if spec.model.flavor == "river" else with_model(spec, "river", "logistic_regression")
+
+
 def stalling_model(
     spec: PipelineSpec,
     rows: Sequence[Mapping[str, Any]],
@@ -48,8 +54,7 @@ def stalling_model(
     delay: float = 0.005,
     fail: bool = False,
 ) -> RiverModel:
-    """The spec's River model trained on rows, slow by `delay` per event (or failing) while `switch` exists."""
-    model = train(spec, rows, labels)
-    if not isinstance(model, RiverModel):
-        raise ValueError(f"a stalling model wraps a River model; the spec's flavor is {spec.model.flavor}")
+    """A River model of `river_spec(spec)` trained on rows, slow by `delay` per event (or failing) while
+    `switch` exists."""
+    model = train(river_spec(spec), rows, labels)
     return RiverModel(model.columns, Stalling(model.pipeline, str(switch), delay, fail), model.estimator)
