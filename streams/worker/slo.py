@@ -9,12 +9,14 @@ backtest could drive them with event time.
 decision, by these rules, in order (AIMD on the batch size, the fetch wait halved or grown by 1 ms):
 
 1. No batch was released: nothing changes (an idle worker keeps what it learned).
-2. The slowest batch took longer than its service budget (`SERVICE_SHARE` of the objective, from
-   consumed to produced): the batch size is halved, not below `min_batch`. Every event of a batch
-   waits for all of it, so a batch slower than its share of the objective breaks the objective alone.
-3. Otherwise, when a batch came back full (the broker held more than was asked for, a backlog): the
-   batch size grows by `step`, not above `max_batch`. A larger batch spends less per event on the
-   per-batch costs (a consume call, a journal write, a produce poll), so the backlog drains sooner.
+2. A batch came back full (the broker held more than was asked for: a backlog): the batch size grows
+   by `step`, not above `max_batch`. Behind a backlog an event's latency is mostly its wait in the
+   broker, and a larger batch spends less per event on the per-batch costs (a consume call, a journal
+   write, a produce poll), so the backlog drains sooner.
+3. Otherwise, when the slowest batch took longer than its service budget (`SERVICE_SHARE` of the
+   objective, from consumed to produced): the batch size is halved, not below `min_batch`. Every event
+   of a batch waits for all of it, so without a backlog a batch slower than its share of the objective
+   breaks the objective alone, and a smaller one leaves the broker sooner.
 4. The fetch wait (how long a consume call waits for a batch to fill): halved, not below `MIN_FETCH_WAIT`, when the
    window's p99 latency was over the objective (waiting for fuller batches is latency the objective
    cannot spare); grown by 1 ms, not above `max_fetch_wait`, when the p99 was under half the objective
@@ -89,10 +91,10 @@ class BatchController:
         self._decide_at = now + self.interval
         if not self._batches:  # rule 1
             return self.setting
-        if self._slowest > self.objective * SERVICE_SHARE:  # rule 2
-            self._batch(max(self.min_batch, self.batch_size // 2), 2)
-        elif self._full:  # rule 3
-            self._batch(min(self.max_batch, self.batch_size + self.step), 3)
+        if self._full:  # rule 2
+            self._batch(min(self.max_batch, self.batch_size + self.step), 2)
+        elif self._slowest > self.objective * SERVICE_SHARE:  # rule 3
+            self._batch(max(self.min_batch, self.batch_size // 2), 3)
         p99 = _quantile(self._latencies, 0.99)
         if p99 is not None and p99 > self.objective:  # rule 4
             self._wait(self.fetch_wait / 2)

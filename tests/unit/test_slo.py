@@ -22,7 +22,7 @@ def test_it_starts_at_full_batches_and_waits_until_its_interval_has_passed():
     assert c.setting.batch_size == 2000  # half an interval: no decision yet
 
 
-def test_a_batch_slower_than_half_the_objective_halves_the_batch_down_to_the_floor():
+def test_without_a_backlog_a_batch_slower_than_half_the_objective_halves_the_batch_down_to_the_floor():
     c = controller()
     sizes = []
     for second in range(1, 8):
@@ -30,14 +30,15 @@ def test_a_batch_slower_than_half_the_objective_halves_the_batch_down_to_the_flo
     assert sizes == [1000, 500, 250, 125, 62, 50, 50]
 
 
-def test_full_batches_within_their_budget_grow_the_batch_by_the_step_up_to_the_ceiling():
+def test_behind_a_backlog_full_batches_grow_the_batch_by_the_step_up_to_the_ceiling_however_slow():
     c = controller(max_batch=400)
     c.batch_size = 200
     sizes = [
-        c.observe(asked=c.batch_size, consumed=c.batch_size, service=0.010, latencies=[0.01], now=t).batch_size
+        c.observe(asked=c.batch_size, consumed=c.batch_size, service=0.300, latencies=[0.5], now=t).batch_size
         for t in range(1, 5)
     ]
     assert sizes == [300, 400, 400, 400]
+    assert c.decisions[2] == 2 and c.decisions[3] == 0
 
 
 def test_a_late_p99_halves_the_fetch_wait_and_a_comfortable_one_grows_it_by_a_millisecond():
@@ -68,7 +69,7 @@ def test_an_idle_interval_changes_nothing():
     c.observe(asked=2000, consumed=10, service=0.030, latencies=[0.01], now=1)
     assert c.batch_size == 1000
     assert c.tick(5).batch_size == 1000
-    assert c.decisions[2] == 1
+    assert c.decisions[3] == 1
 
 
 def test_burn_is_the_share_over_the_objective_in_the_window_per_allowed_percent():
