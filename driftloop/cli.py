@@ -703,6 +703,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --slo: length of each phase (default 20)",
     )
+    bench.add_argument(
+        "--step-from",
+        type=positive(float),
+        default=2000.0,
+        metavar="EPS",
+        help="with --slo: events per second before and after the load step (default 2000)",
+    )
+    bench.add_argument(
+        "--step-to",
+        type=positive(float),
+        default=20_000.0,
+        metavar="EPS",
+        help="with --slo: events per second during the load step (default 20000)",
+    )
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
     bench.set_defaults(run=cmd_bench)
     return parser

@@ -1,14 +1,15 @@
 """`driftloop bench --slo`: the latency objective and the circuit breaker, each on a data plane of its own.
 
 - load step: a worker (load/benchmarks/worker_process.py) is offered the demo events at 2,000 events/s
-  for `step_seconds`, then at 20,000 events/s for `step_seconds`, then at 2,000 again for `step_seconds`.
+  for `step_seconds`, then at 20,000 events/s for `step_seconds`, then at 2,000 again for `step_seconds`
+  (`--step-from`, `--step-to`).
   Every event's latency is its prediction's Kafka timestamp minus its own (as in the latency phase of
   load/benchmarks/data_plane.py); the p99 of the events sent in each second is reported, and the time
   from the step until the p99 is back under the spec's objective (`slo.p99_ms`) for good: the start of
   the first second after the step from which every second's p99 is under it until the load drops
   again (None: not within the high phase; then also how long after the drop). The worker's batch size
   and fetch wait, as its controller steers them, are read from /metrics every second.
-- slow model: a worker serving the demo champion is offered 2,000 events/s for `3 x step_seconds`;
+- slow model: a worker serving the demo champion is offered the lower rate for `3 x step_seconds`;
   after `step_seconds` a River model made slow on purpose (load/benchmarks/slow_model.py: 5 ms more per
   event, until `step_seconds` after it became champion) is registered as champion, the old champion as
   `previous` (the spec's default fallback). Reported from the `audit` topic and the predictions: when the
@@ -37,7 +38,6 @@ from driftloop.load.benchmarks.data_plane import READER_FETCH_WAIT_MS, ChildCall
 from driftloop.load.benchmarks.passthrough import produce_retrying
 from driftloop.load.benchmarks.worker_process import DataPlaneWorkers
 
-LOW_RATE, HIGH_RATE = 2000.0, 20_000.0
 TARGET_BACK_UNDER_S = 30.0  # after a 10x load step, the p99 is back under the objective within this
 SLOW_DELAY_S = 0.005  # per event, while the slow model is slow
 GAUGES = ("driftloop_batch_size_limit", "driftloop_fetch_wait_seconds", "driftloop_slo_burn_rate")
@@ -194,13 +194,13 @@ class _Sampler:
         return samples
 
 
-def load_step(system: DataPlaneWorkers, step_seconds: float, say) -> dict[str, Any]:
-    steps = [(LOW_RATE, step_seconds), (HIGH_RATE, step_seconds), (LOW_RATE, step_seconds)]
+def load_step(system: DataPlaneWorkers, step_seconds: float, low: float, high: float, say) -> dict[str, Any]:
+    steps = [(low, step_seconds), (high, step_seconds), (low, step_seconds)]
     count = sum(round(rate * seconds) for rate, seconds in steps)
     say(f"slo: load step: generating {count} events")
     with ChildCall(demo_events, count) as generating:
         events = generating.result()
-    say(f"slo: load step: {LOW_RATE:g} -> {HIGH_RATE:g} -> {LOW_RATE:g} events/s, {step_seconds:g}s each")
+    say(f"slo: load step: {low:g} -> {high:g} -> {low:g} events/s, {step_seconds:g}s each")
     system.start()
     try:
         began = time.time()
@@ -237,17 +237,17 @@ def load_step(system: DataPlaneWorkers, step_seconds: float, say) -> dict[str, A
     }
 
 
-def slow_model(system: DataPlaneWorkers, step_seconds: float, warmup, say) -> dict[str, Any]:
+def slow_model(system: DataPlaneWorkers, step_seconds: float, rate: float, warmup, say) -> dict[str, Any]:
     from driftloop.load.benchmarks.slow_model import river_spec, stalling_model
     from driftloop.models.registry import register, set_alias
     from driftloop.signing import key_path, load_key
 
-    steps = [(LOW_RATE, 3 * step_seconds)]
-    count = round(LOW_RATE * 3 * step_seconds)
+    steps = [(rate, 3 * step_seconds)]
+    count = round(rate * 3 * step_seconds)
     say(f"slo: slow model: generating {count} events")
     with ChildCall(demo_events, count) as generating:
         events = generating.result()
-    say(f"slo: slow model: {LOW_RATE:g} events/s for {3 * step_seconds:g}s; a slow champion after {step_seconds:g}s")
+    say(f"slo: slow model: {rate:g} events/s for {3 * step_seconds:g}s; a slow champion after {step_seconds:g}s")
     spec, settings, champion = system.spec, system.settings, system.model["version"]
     rows, labels = [row for row, _ in warmup], [label for _, label in warmup]
     system.start()
@@ -310,14 +310,17 @@ def slow_model(system: DataPlaneWorkers, step_seconds: float, warmup, say) -> di
     }
 
 
-def run_slo(bootstrap: str, run: str, partitions: int, work: Path, step_seconds: float, warmup, say) -> dict:
-    """Both scenarios, each on a data plane of its own under `work`."""
+def run_slo(
+    bootstrap: str, run: str, partitions: int, work: Path, steps: tuple[float, float, float], warmup, say
+) -> dict:
+    """Both scenarios, each on a data plane of its own under `work`; steps: (seconds, low rate, high rate)."""
+    step_seconds, low, high = steps
     stepping = DataPlaneWorkers(bootstrap, f"{run}step", partitions, work / "slo-step")
     stepping.prepare(warmup)
     slowing = DataPlaneWorkers(bootstrap, f"{run}slow", partitions, work / "slo-slow")
     slowing.prepare(warmup)
     return {
-        "load_step": load_step(stepping, step_seconds, say),
-        "slow_model": slow_model(slowing, step_seconds, warmup, say),
+        "load_step": load_step(stepping, step_seconds, low, high, say),
+        "slow_model": slow_model(slowing, step_seconds, low, warmup, say),
         "topics": stepping.topics + slowing.topics,
     }

@@ -6,16 +6,19 @@ events the model was not admitted to are served by the fallback the spec names (
 time is an argument, so a test drives a breaker with a fake clock.
 
 A scoring call *fails* when the model could not score more than `max_error_rate` of its rows, or when
-the call took longer than `max_call_ms` (each of its events waited that long). The rules, in order:
+the call took longer than `max_call_ms` (each of its events waited that long); otherwise it is good.
+Good calls count as evidence only once, since the last failing call, they have scored `probe_events`
+events between them: a slow model is fast on two events, and a batch's size is the traffic's, not the
+model's. The rules, in order:
 
-1. Closed (the model serves everything): `failures` failing calls in a row open the breaker; a good
-   call resets the count. One slow call is noise (a collection pause, a busy machine); several in a
-   row are the model. While the count is above zero the model scores only the first `probe_events`
-   events of a batch, as when half-open: a slow model's next batches would hold the events that
-   piled up behind its last slow call, and each would be slower than the one before.
+1. Closed (the model serves everything): `failures` failing calls without enough evidence between them
+   open the breaker; enough evidence clears the count. One slow call is noise (a collection pause, a
+   busy machine); several are the model. While the count is above zero the model scores only the first
+   `probe_events` events of a batch, as when half-open: a slow model's next batches would hold the
+   events that piled up behind its last slow call, and each would be slower than the one before.
 2. Open: the model scores nothing for `open_for` seconds; then the breaker is half-open.
-3. Half-open: the model scores the first `probe_events` events of the next batch (it serves those it
-   scores). A good probe closes the breaker; a failing one opens it for another `open_for`.
+3. Half-open: the model scores the first `probe_events` events of each batch (it serves those it
+   scores). Enough evidence closes the breaker; a failing call opens it for another `open_for`.
 
 Opening (from closed) and closing are `Change`s, with a one-sentence reason: the worker audits them
 (`breaker_opened`, `breaker_closed`) and counts them.
@@ -53,7 +56,9 @@ class Breaker:
         self.max_error_rate, self.max_call_ms = max_error_rate, max_call_ms
         self.failures, self.open_for, self.probe_events = failures, open_for, probe_events
         self.state = CLOSED
-        self.failing = 0  # failing calls in a row, while closed
+        self.failing = 0  # failing calls without enough evidence between them, while closed
+        self.good_rows = 0  # events scored by good calls since the last failing call
+        self._good_seconds = 0.0  # ... and those calls' time
         self._reopen_at = 0.0
 
     def admits(self, events: int, now: float) -> int:
@@ -70,21 +75,27 @@ class Breaker:
         """One scoring call of `rows` rows, `errors` of which the model could not score (the first
         error's text in `error`), that took `seconds`; returns the change it caused, if any."""
         why = self._failure(rows, errors, seconds, error)
-        if self.state == HALF_OPEN:  # rule 3
-            if why is None:
-                self.state, self.failing = CLOSED, 0
-                return Change(
+        if why is None:
+            self.good_rows += rows
+            self._good_seconds += seconds
+            if self.good_rows < self.probe_events:
+                return None
+            if self.state == HALF_OPEN:  # rule 3
+                change = Change(
                     self.version,
                     "breaker_closed",
-                    f"v{self.version} scored a probe of {rows} events in {seconds * 1000:.1f} ms without errors; "
-                    f"it serves again",
+                    f"v{self.version} scored {self.good_rows} probe events in {self._good_seconds * 1000:.1f} ms "
+                    f"without errors; it serves again",
                 )
+                self.state, self.failing = CLOSED, 0
+                return change
+            self.failing = 0  # rule 1
+            return None
+        self.good_rows, self._good_seconds = 0, 0.0
+        if self.state == HALF_OPEN:  # rule 3
             self._open(now)
             return None
         if self.state != CLOSED:
-            return None
-        if why is None:  # rule 1
-            self.failing = 0
             return None
         self.failing += 1
         if self.failing < self.failures:
@@ -94,12 +105,12 @@ class Breaker:
         return Change(
             self.version,
             "breaker_opened",
-            f"v{self.version} failed {failing} scoring calls in a row (last: {why}); the fallback serves "
+            f"v{self.version} failed {failing} scoring calls (last: {why}); the fallback serves "
             f"its events and it is probed again in {self.open_for:g}s",
         )
 
     def _open(self, now: float) -> None:
-        self.state, self.failing = OPEN, 0
+        self.state, self.failing, self.good_rows, self._good_seconds = OPEN, 0, 0, 0.0
         self._reopen_at = now + self.open_for
 
     def _failure(self, rows: int, errors: int, seconds: float, error: str | None) -> str | None:

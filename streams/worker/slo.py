@@ -9,10 +9,12 @@ backtest could drive them with event time.
 decision, by these rules, in order (AIMD on the batch size, the fetch wait halved or grown by 1 ms):
 
 1. No batch was released: nothing changes (an idle worker keeps what it learned).
-2. A batch came back full (the broker held more than was asked for: a backlog): the batch size grows
-   by `step`, not above `max_batch`. Behind a backlog an event's latency is mostly its wait in the
-   broker, and a larger batch spends less per event on the per-batch costs (a consume call, a journal
-   write, a produce poll), so the backlog drains sooner.
+2. A backlog: a batch came back full (the broker held more than was asked for), or the window's p99
+   latency less the slowest batch's service time was over the other half of the objective (events
+   waited before they were consumed; a fetch often returns fewer records than asked for, even
+   behind a backlog). The batch size grows by `step`, not above `max_batch`: behind a backlog an
+   event's latency is mostly its wait in the broker, and a larger batch spends less per event on the
+   per-batch costs (a consume call, a journal write, a produce poll), so the backlog drains sooner.
 3. Otherwise, when the slowest batch took longer than its service budget (`SERVICE_SHARE` of the
    objective, from consumed to produced): the batch size is halved, not below `min_batch`. Every event
    of a batch waits for all of it, so without a backlog a batch slower than its share of the objective
@@ -60,7 +62,7 @@ class BatchController:
         self.objective = objective  # seconds
         self.min_batch, self.max_batch = min_batch, max_batch
         self.max_fetch_wait = max_fetch_wait
-        self.step = step if step is not None else max(1, max_batch // 20)
+        self.step = step if step is not None else max(1, max_batch // 10)
         self.interval = interval
         # starts where the worker ran before it had an objective: full batches, a short wait
         self.batch_size = max_batch
@@ -91,11 +93,13 @@ class BatchController:
         self._decide_at = now + self.interval
         if not self._batches:  # rule 1
             return self.setting
-        if self._full:  # rule 2
-            self._batch(min(self.max_batch, self.batch_size + self.step), 2)
-        elif self._slowest > self.objective * SERVICE_SHARE:  # rule 3
-            self._batch(max(self.min_batch, self.batch_size // 2), 3)
+        budget = self.objective * SERVICE_SHARE
         p99 = _quantile(self._latencies, 0.99)
+        waited = p99 is not None and p99 - self._slowest > self.objective - budget
+        if self._full or waited:  # rule 2
+            self._batch(min(self.max_batch, self.batch_size + self.step), 2)
+        elif self._slowest > budget:  # rule 3
+            self._batch(max(self.min_batch, self.batch_size // 2), 3)
         if p99 is not None and p99 > self.objective:  # rule 4
             self._wait(self.fetch_wait / 2)
         elif p99 is not None and p99 < self.objective / 2 and not self._full:

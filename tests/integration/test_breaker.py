@@ -103,7 +103,7 @@ def test_a_slow_champion_is_served_by_the_previous_version_until_it_recovers(kaf
     actions = [(json.loads(m.value())["action"], json.loads(m.value())["version"]) for m in records]
     assert actions == [("breaker_opened", v2.version), ("breaker_closed", v2.version)]
     opened = json.loads(records[0].value())
-    assert f"v{v2.version} failed 2 scoring calls in a row" in opened["reason"]
+    assert f"v{v2.version} failed 2 scoring calls (last: " in opened["reason"]
     assert opened["actor"] == "worker"
 
     served = [json.loads(m.value()) for m in predictions]

@@ -15,17 +15,26 @@ def breaker() -> Breaker:
     return Breaker(7, max_error_rate=0.5, max_call_ms=25, failures=3, open_for=10, probe_events=20)
 
 
-def test_three_slow_calls_in_a_row_open_it_and_a_good_call_between_resets_the_count():
+def test_three_slow_calls_open_it_and_a_probe_worth_of_good_events_between_clears_the_count():
     b = breaker()
     assert b.record(100, 0, 0.040, now=0) is None
     assert b.record(100, 0, 0.040, now=1) is None
-    assert b.record(100, 0, 0.001, now=2) is None  # a good call: the count starts again
+    assert b.record(20, 0, 0.001, now=2) is None  # 20 good events: the count starts again
     assert b.record(100, 0, 0.040, now=3) is None
     assert b.record(100, 0, 0.040, now=4) is None
     change = b.record(100, 0, 0.040, now=5)
     assert b.state == OPEN
     assert change.action == "breaker_opened" and change.version == 7
-    assert "v7 failed 3 scoring calls in a row (last: a call took 40 ms, over the 25 ms budget)" in change.reason
+    assert "v7 failed 3 scoring calls (last: a call took 40 ms, over the 25 ms budget)" in change.reason
+
+
+def test_a_few_fast_events_between_slow_calls_prove_nothing():
+    b = breaker()
+    b.record(100, 0, 0.040, now=0)
+    b.record(3, 0, 0.015, now=1)  # a slow model is fast on three events
+    b.record(20, 0, 0.100, now=2)
+    b.record(2, 0, 0.010, now=3)
+    assert b.record(20, 0, 0.100, now=4).action == "breaker_opened"
 
 
 def test_after_a_failing_call_the_model_scores_only_a_probe_of_each_batch_until_a_good_call():
@@ -34,7 +43,7 @@ def test_after_a_failing_call_the_model_scores_only_a_probe_of_each_batch_until_
     b.record(500, 0, 0.200, now=0)
     assert b.admits(500, now=1) == 20 and b.state == CLOSED
     b.record(20, 0, 0.001, now=1)
-    assert b.admits(500, now=2) == 500
+    assert b.admits(500, now=2) == 500 and b.failing == 0
 
 
 def test_errors_above_the_rate_count_as_failures_and_name_the_error():
@@ -48,16 +57,17 @@ def test_errors_above_the_rate_count_as_failures_and_name_the_error():
     )
 
 
-def test_open_it_admits_nothing_then_a_probe_that_closes_it_when_the_model_recovered():
+def test_open_it_admits_nothing_then_probes_that_close_it_when_the_model_recovered():
     b = breaker()
     for t in range(3):
         b.record(100, 0, 1.0, now=t)
     assert b.admits(500, now=5) == 0
     assert b.admits(500, now=12.1) == 20 and b.state == HALF_OPEN
-    change = b.record(20, 0, 0.002, now=12.2)
+    assert b.record(8, 0, 0.001, now=12.2) is None  # a small batch's probe: not enough yet
+    change = b.record(20, 0, 0.002, now=12.3)
     assert b.state == CLOSED and change.action == "breaker_closed"
-    assert change.reason.startswith("v7 scored a probe of 20 events in 2.0 ms without errors")
-    assert b.admits(500, now=12.3) == 500
+    assert change.reason.startswith("v7 scored 28 probe events in 3.0 ms without errors")
+    assert b.admits(500, now=12.4) == 500
 
 
 def test_a_failed_probe_opens_it_again_for_another_period_without_a_new_audit():

@@ -30,6 +30,15 @@ def test_without_a_backlog_a_batch_slower_than_half_the_objective_halves_the_bat
     assert sizes == [1000, 500, 250, 125, 62, 50, 50]
 
 
+def test_events_that_waited_in_the_broker_grow_the_batch_even_when_fetches_come_back_short():
+    c = controller()
+    c.batch_size = 500
+    # p99 400 ms, of which the slowest batch took 100 ms: 300 ms waiting, over the other half of 50 ms
+    assert c.observe(asked=500, consumed=120, service=0.100, latencies=[0.4] * 10, now=1).batch_size == 600
+    # p99 60 ms of which 40 ms service: the batch itself is too slow, so it shrinks
+    assert c.observe(asked=600, consumed=120, service=0.040, latencies=[0.06] * 10, now=2).batch_size == 300
+
+
 def test_behind_a_backlog_full_batches_grow_the_batch_by_the_step_up_to_the_ceiling_however_slow():
     c = controller(max_batch=400)
     c.batch_size = 200
