@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/driftloop up --demo
 
-test: $(STAMP)
+# The examples in the docstrings of the modules people extend (and of a few others), run as written.
+DOCTEST_MODULES := features/aggregations models/model.py models/flavors.py models/checks.py streams/control/drift/detectors \
+	streams/state/journal.py driftloop/spec_hints.py driftloop/schema.py driftloop/pulse.py features/rows.py \
+	features/reference.py streams/control/metrics.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	MYPY=$(BIN)/mypy tools/typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules $(DOCTEST_MODULES)
+
+test: lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 clean:

@@ -45,7 +45,7 @@ FLAVOR_REASONS = {
     "river": "learns from every outcome as it arrives, so it serves from the first event (no first training) and "
     "follows the stream between retrainings",
     "onnx": "a batch-trained scikit-learn model exported to ONNX: a River placeholder serves until "
-    "model.warmup_events labelled events arrived, then the loop trains it",
+    "model.warmup labelled events arrived, then the loop trains it",
     "sklearn": "more of scikit-learn's classifiers, batch-trained and exported to ONNX as the onnx flavor is",
 }
 
@@ -382,7 +382,7 @@ def render(draft: Draft, choices: Choices, table: Path, rows: int, output: Path)
         f"  estimator: {choices.estimator}",
         "",
     ]
-    replay = {}
+    replay: dict[str, str | None] = {}
     if "entity" in draft.generated:
         replay["entity_value"] = "all"
     if "time" in draft.generated:

@@ -58,8 +58,122 @@ def parse_duration(text: Any) -> float:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def duration_text(seconds: float) -> str:
+    """Seconds in the largest unit they reach: 86400 -> '1d', 5400 -> '1.5h'."""
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= _UNIT_SECONDS[unit]:
+            value = seconds / _UNIT_SECONDS[unit]
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.3g}{unit}"
+    return f"{seconds:.3g}s"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Span(_Strict):
+    """An amount of stream, written `2000 events` (a count of events) or `3d` (a duration of event time: the
+    newest event time seen, never the wall clock, so a replay at any rate keeps the same policy)."""
+
+    events: int | None = Field(default=None, ge=1)
+    seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        return value if isinstance(value, dict | Span) else parse_span(value)
+
+    @model_validator(mode="after")
+    def _one(self) -> Span:
+        if (self.events is None) == (self.seconds is None):
+            raise ValueError("give either a count of events like `2000 events` or a duration like 3d, not both")
+        return self
+
+    def reached(self, events: int, seconds: float) -> bool:
+        """Whether `events` events, spanning `seconds` of event time, make up this span."""
+        if self.events is not None:
+            return events >= self.events
+        assert self.seconds is not None  # _one: exactly one of the two is set
+        return seconds >= self.seconds
+
+    def left(self, events: int, seconds: float) -> str:
+        """What remains of the span after `events` events spanning `seconds` of event time, for a sentence."""
+        if self.events is not None:
+            left = max(0, self.events - events)
+            return f"{left:,} event{'' if left == 1 else 's'}"
+        assert self.seconds is not None  # _one: exactly one of the two is set
+        return f"{duration_text(max(0.0, self.seconds - seconds))} of event time"
+
+    def __str__(self) -> str:
+        if self.events is not None:
+            return f"{self.events} events"
+        assert self.seconds is not None  # _one: exactly one of the two is set
+        return duration_text(self.seconds)
+
+
+_SPAN_EVENTS = re.compile(r"^(\d+)\s*events?$")
+
+
+def parse_span(value: Any) -> dict[str, float]:
+    """'2000 events' -> {"events": 2000}; '3d' -> {"seconds": 259200}. A bare number is refused: 600 could
+    mean events or seconds, and a policy read the wrong way is silently wrong."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{value!r} is not a count of events like `2000 events` or a duration like 3d")
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{value!r} has no unit: write `{value} events` for a count of events, or an event-time duration "
+            f"like 30m, 6h or 3d"
+        )
+    text = value.strip()
+    match = _SPAN_EVENTS.match(text)
+    if match:
+        if int(match.group(1)) == 0:
+            raise ValueError(f"{value!r}: the count of events must be at least 1")
+        return {"events": int(match.group(1))}
+    try:
+        return {"seconds": parse_duration(text)}
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither a count of events like `2000 events` nor an event-time duration like 30m, 6h or 3d"
+        ) from None
+
+
+def _spans(value: Any) -> Any:
+    """One span or a list of them (whichever is reached first), as a tuple."""
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
+def _one_of_each(spans: tuple[Span, ...]) -> tuple[Span, ...]:
+    if not spans:
+        raise ValueError("give a count of events like `500 events`, a duration like 1d, or one of each")
+    if sum(s.events is not None for s in spans) > 1 or sum(s.seconds is not None for s in spans) > 1:
+        raise ValueError("give at most one count of events and one duration (whichever is reached first)")
+    return spans
+
+
+def _renamed(data: Any, section: str, old: dict[str, str], new: str, single: bool = False) -> Any:
+    """The spelling before spans (`evaluate_every_events: 500`, ...) read as the span key `new`: `old` maps each
+    old key to the span's unit ("events" or a duration unit)."""
+    if not isinstance(data, dict) or not set(old) & set(data):
+        return data
+    given = [key for key in old if key in data]
+    if new in data:
+        raise ValueError(f"{', '.join(given)} is the old spelling of {section}.{new}; give it once, in {new}")
+    rest = {key: value for key, value in data.items() if key not in old}
+    spans = []
+    for key in given:
+        if data[key] is None:
+            continue
+        unit = old[key]
+        if unit == "events":
+            spans.append(f"{data[key]} events" if isinstance(data[key], int) else data[key])
+        elif isinstance(data[key], int | float) and not isinstance(data[key], bool):
+            spans.append({"seconds": data[key] * _UNIT_SECONDS[unit]})
+        else:
+            spans.append(data[key])
+    if spans:
+        rest[new] = spans[0] if single else spans
+    return rest
 
 
 class FieldSpec(_Strict):
@@ -111,7 +225,7 @@ class WindowSpec(_Strict):
 
 class FeatureSpec(_Strict):
     name: str
-    agg: Literal[tuple(AGGREGATIONS)]  # the registered aggregations (driftloop/features/aggregations)
+    agg: Literal[tuple(AGGREGATIONS)]  # type: ignore[valid-type]  # the registered aggregations: known at import
     field: str | None = None
     window: WindowSpec | None = None
 
@@ -123,7 +237,23 @@ class ModelSpec(_Strict):
     params: dict[str, Any] = {}
     inputs: tuple[str, ...] | None = None  # default: every feature plus every numeric/category/bool event field
     threshold: float = Field(default=0.5, gt=0, lt=1)
-    warmup_events: int = Field(default=2000, ge=1)
+    # labelled events with full feature windows before the first model of a flavor that cannot start cold
+    warmup: Span = Span(events=2000)
+    # what serves until then: a cold-start "flavor:estimator", or "none" (register the first champion yourself)
+    placeholder: str = "river:logistic_regression"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_warmup(cls, data: Any) -> Any:
+        return _renamed(data, "model", {"warmup_events": "events"}, "warmup", single=True)
+
+    @property
+    def placeholder_model(self) -> tuple[str, str] | None:
+        """(flavor, estimator) of the placeholder, or None for `none`."""
+        if self.placeholder == "none":
+            return None
+        flavor, _, estimator = self.placeholder.partition(":")
+        return flavor, estimator
 
 
 def _flavor_checks(spec: PipelineSpec):
@@ -146,6 +276,22 @@ def _flavor_checks(spec: PipelineSpec):
             yield "model.estimator" if where == "model" else where, f"{flavor} estimators are {', '.join(offered)}"
     if spec.retrain.candidates == {}:
         yield "retrain.candidates", "name at least one flavor: estimator to train (or leave it out for the default)"
+    yield from _placeholder_checks(spec)
+
+
+def _placeholder_checks(spec: PipelineSpec):
+    """Yield (path, problem) for a `model.placeholder` that could not serve from a cold start."""
+    from driftloop.models.flavors import FLAVORS  # imported here: the flavors import this module
+
+    placeholder = spec.model.placeholder
+    if placeholder == "none":
+        return
+    flavor, colon, estimator = placeholder.partition(":")
+    cold = ", ".join(f"{name}:{e}" for name, cls in FLAVORS.items() if cls.cold_start for e in cls.estimators)
+    if not colon or flavor not in FLAVORS or estimator not in FLAVORS[flavor].estimators:
+        yield "model.placeholder", f"{placeholder!r} is not flavor:estimator; write one of {cold}, or none"
+    elif not FLAVORS[flavor].cold_start:
+        yield "model.placeholder", f"{flavor} models cannot serve untrained; write one of {cold}, or none"
 
 
 class DataThresholds(_Strict):
@@ -162,8 +308,8 @@ class DataThresholds(_Strict):
 
 class DriftSpec(_Strict):
     window_events: int = Field(default=1000, ge=50)
-    evaluate_every_events: int = Field(default=500, ge=1)
-    evaluate_every_seconds: float = Field(default=30, gt=0)
+    # an evaluation when the first of these is reached since the last one (and at least one row came in)
+    evaluate_every: tuple[Span, ...] = (Span(events=500),)
     reference_size: int = Field(default=5000, ge=100)
     drifted_share: float = Field(default=0.15, gt=0, le=1)
     sustained_windows: int = Field(default=3, ge=1)
@@ -174,17 +320,29 @@ class DriftSpec(_Strict):
     max_unseen_rate: float = Field(default=0.05, gt=0, le=1)
     max_missing_rate: float = Field(default=0.2, gt=0, le=1)
     max_dlq_rate: float = Field(default=0.05, gt=0, le=1)
-    schedule_every_events: int | None = Field(default=None, ge=1)
-    schedule_every_hours: float | None = Field(default=None, gt=0)
-    cooldown: float = 600
+    # a retraining when the first of these is reached since the last finished one (None: no schedule)
+    schedule_every: tuple[Span, ...] | None = None
+    # after each finished retraining, no other until this much more of the stream has been observed
+    cooldown: Span = Span(events=2000)
 
-    _cooldown = field_validator("cooldown", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
     _concept = field_validator("concept", mode="before")(concept_detector)
+    _span_lists = field_validator("evaluate_every", "schedule_every", mode="before")(
+        lambda v: None if v is None else _spans(v)
+    )
+    _span_counts = field_validator("evaluate_every", "schedule_every")(lambda v: None if v is None else _one_of_each(v))
 
     @model_validator(mode="before")
     @classmethod
-    def _old_concept_detector(cls, data: Any) -> Any:
-        """`concept_detector: X`, the spelling before detectors had knobs, still reads as `concept: {detector: X}`."""
+    def _old_spellings(cls, data: Any) -> Any:
+        """The spellings before spans still read: `evaluate_every_events`/`_seconds` as `evaluate_every`,
+        `schedule_every_events`/`_hours` as `schedule_every` (their seconds and hours are now event time), and
+        `concept_detector: X`, from before detectors had knobs, as `concept: {detector: X}`."""
+        data = _renamed(
+            data, "drift", {"evaluate_every_events": "events", "evaluate_every_seconds": "s"}, "evaluate_every"
+        )
+        data = _renamed(
+            data, "drift", {"schedule_every_events": "events", "schedule_every_hours": "h"}, "schedule_every"
+        )
         if not isinstance(data, dict) or "concept_detector" not in data:
             return data
         if "concept" in data:
@@ -197,7 +355,8 @@ class DriftSpec(_Strict):
 
 class RetrainSpec(_Strict):
     # At most this many labelled events, newest first. The retrain worker holds the window in memory:
-    # building a 200,000-row training set from elec2 replayed five times peaked at 712 MB (load/benchmarks/retrain_memory.py).
+    # building a 200,000-row training set from elec2 replayed five times peaked at 712 MB
+    # (load/benchmarks/retrain_memory.py).
     window_events: int = Field(default=20000, ge=100, le=200_000)
     min_rows: int = Field(default=1000, ge=50)  # wait for this many labelled events after the drift point
     holdout_share: float = Field(default=0.25, gt=0, lt=1)  # the newest share, for validation
@@ -215,6 +374,11 @@ class CanarySpec(_Strict):
     max_error_rate: float = Field(default=0.5, gt=0, le=1)
     max_latency_ms: float = Field(default=250, gt=0)
     max_samples: int = Field(default=5000, ge=10)  # per variant: no significant difference by then -> roll back
+    # how the canary share is drawn: by a hash of the event id (every stream splits, even with one entity)
+    # or of the entity (an entity always sees the same model, but few entities split unevenly or not at all)
+    assign: Literal["event", "entity"] = "event"
+    # the longest trial, in events observed or event time since it started: undecided by then -> roll back
+    max_length: Span | None = None
 
 
 class BreakerSpec(_Strict):
@@ -312,7 +476,7 @@ def parse_spec(document: Any, origin: str = "<spec>") -> PipelineSpec:
         spec = PipelineSpec.model_validate(document)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where, problem = _dotted(error["loc"]), _message(error)
+        where, problem = _dotted(error["loc"]), _message(dict(error))
         raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, error.get("input"))) from None
     for where, problem in _cross_checks(spec):
         raise DriftloopError(f"{origin}: {where}: {problem}", how_to_fix(where, problem, None))
@@ -406,11 +570,11 @@ def _name_checks(spec: PipelineSpec):
             )
     if ev.entity in (spec.model.inputs or ()):
         yield (
-            f"model.inputs[{spec.model.inputs.index(ev.entity)}]",
+            f"model.inputs[{(spec.model.inputs or ()).index(ev.entity)}]",
             (f"{ev.entity!r} is the entity (the Feast join key), which a model does not take as an input"),
         )
     for i, name in enumerate(spec.model.inputs or ()):
-        if spec.model.inputs.index(name) != i:
+        if (spec.model.inputs or ()).index(name) != i:
             yield f"model.inputs[{i}]", f"{name!r} is listed twice"
     for name, f in ev.fields.items():
         for value in set(f.values or ()) & {UNSEEN, MISSING}:
@@ -486,6 +650,17 @@ def _cross_checks(spec: PipelineSpec):
         yield "outcomes.label", "the label must not be an event field (it arrives later on the outcomes topic)"
     if spec.canary.max_samples < spec.canary.min_samples:
         yield "canary.max_samples", "must be at least canary.min_samples"
+    canary = spec.canary
+    arm_share = 1.0 if canary.shadow else canary.share  # in shadow mode the challenger scores every event
+    if canary.max_length is not None and canary.max_length.events is not None:
+        needed = math.ceil(canary.min_samples / arm_share)
+        if canary.max_length.events < needed:
+            yield (
+                "canary.max_length",
+                f"{canary.max_length} hold about {canary.max_length.events * arm_share:.0f} challenger events at "
+                f"canary.share {canary.share:g}, fewer than canary.min_samples {canary.min_samples}: a trial could "
+                f"never decide; make it at least {needed} events",
+            )
     if spec.retrain.min_rows > spec.retrain.window_events:
         yield "retrain.min_rows", "must be at most retrain.window_events"
     if not math.isfinite(spec.canary.max_latency_ms):

@@ -97,6 +97,12 @@ _RULES: list[tuple[str, str, str]] = [  # (path pattern, problem pattern, fix)
     (r"canary\.max_samples", r"at least canary\.min_samples", "raise canary.max_samples or lower canary.min_samples"),
     (r"retrain\.min_rows", r"at most retrain\.window_events", "lower retrain.min_rows or raise retrain.window_events"),
     (r".*", r"not a positive duration", "write a whole number and a unit: 500ms, 30s, 10m, 1h or 7d"),
+    (
+        r".*",
+        r"(neither a count of events|has no unit)",
+        "write a count of events (2000 events) or a duration of event time, a whole number and a unit: 30m, 6h, 3d "
+        "(docs/spec.md, Spans)",
+    ),
     (r".*", r"^unknown key$", "remove it, or correct its spelling (docs/spec.md lists every key)"),
     (r".*", r"^required key is missing$", "add it (docs/spec.md says what it means)"),
 ]

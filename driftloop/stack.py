@@ -238,9 +238,8 @@ def _start_mlflow(settings: Settings, stack: ExitStack, supervisor: Supervisor, 
     stack.callback(server.stop)
     server.start()
     supervisor.add("mlflow", server)
-    say(
-        f"MLflow tracking server and UI at {server.url} (backend: {_redact(server.argv[server.argv.index('--backend-store-uri') + 1])})"
-    )
+    backend = server.argv[server.argv.index("--backend-store-uri") + 1]
+    say(f"MLflow tracking server and UI at {server.url} (backend: {_redact(backend)})")
     return server.url
 
 

@@ -82,6 +82,7 @@ import hashlib
 import math
 import operator
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from typing import Any
 
 from driftloop.features.aggregations import AGGREGATIONS
@@ -224,7 +225,7 @@ class FeatureComputer:
             features.append((aggregation, ri, vi))
 
         # cell lists per group: the union of what its reads need
-        for gi, g in enumerate(self._groups):
+        for g in self._groups:
             cell_stats: dict[tuple[int, Statistic], None] = {}
             for ri in g.reads:
                 cell_stats.update(wanted[ri])
@@ -307,7 +308,7 @@ class FeatureComputer:
         """
         return self._update(state, event_time, values)
 
-    def _compile(self):
+    def _compile(self) -> tuple[Callable[..., tuple[dict, dict[str, float]]], str]:
         """Python source of `update` specialised to this spec's plan, compiled once.
 
         The per-event work of an in-order event is straight-line code over the plan's constants (no
@@ -507,7 +508,8 @@ class FeatureComputer:
             runs[ri] = self._exact(self._reads[ri], tl, latest)
 
     def _insert(self, g: _Group, tl: list, runs: list, key, vals: list, latest: float) -> None:
-        """Add a late event to its cell (new or existing), and to the running windows of the latest event that hold it."""
+        """Add a late event to its cell (new or existing), and to the running windows of the latest event that
+        hold it."""
         keys = tl[0]
         pos = bisect_left(keys, key)
         new = pos == len(keys) or keys[pos] != key

@@ -8,10 +8,11 @@
    the first drifted event went out.
 2. Follows the audit topic and prints the loop's decisions as they come: retraining triggered,
    challenger set, canary trial, promoted or rolled back.
-3. Once a "promoted" record (`is_promotion`: not the warm-up's) appears after the onset, goes on `--after-promotion` seconds (so the new
-   champion has outcomes to be judged on), then writes the timeline PNG (load/timeline.py) to
-   `<data dir>/demo-timeline.png` and prints where it is and where the MLflow UI shows the retraining
-   runs (experiment = spec name) and the model versions (registered model = spec.model.name).
+3. Once a "promoted" record (`is_promotion`: not the warm-up's) appears after the onset, goes on
+   `--after-promotion` seconds (so the new champion has outcomes to be judged on), then writes the
+   timeline PNG (load/timeline.py) to `<data dir>/demo-timeline.png` and prints where it is and where
+   the MLflow UI shows the retraining runs (experiment = spec name) and the model versions (registered
+   model = spec.model.name).
 4. Keeps producing the drifted stream until SIGTERM/SIGINT, and then exits 0.
 
 Without a promotion `--timeout` seconds after the onset it writes the PNG anyway, says so on stderr
@@ -48,7 +49,7 @@ from driftloop import settings as settings_module
 from driftloop.cli import positive
 from driftloop.errors import DriftloopError
 from driftloop.follow import TopicFollower
-from driftloop.load.generator import DriftPlan, FraudStream, _send, encode
+from driftloop.load.generator import DriftPlan, FraudStream, StreamShape, _send, encode
 from driftloop.load.timeline import DEFAULT_WINDOW, epoch, is_promotion, write_timeline
 from driftloop.loop_status import decision_line
 from driftloop.settings import Settings
@@ -58,7 +59,7 @@ from driftloop.stack import running_stack
 TIMELINE_FILE = "demo-timeline.png"
 # The calibrated demo stream of load/benchmarks/drift_calibration.py (DEMO_STREAM, LABEL_DELAY, ONSET), repeated here
 # because importing that module loads Evidently (seconds); tests/integration/test_demo.py checks they agree.
-DEMO_STREAM = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
+DEMO_STREAM: StreamShape = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
 LABEL_DELAY = 50
 ONSET = 100_000
 _PROGRESS_SECONDS = 15.0
@@ -255,10 +256,10 @@ def run_demo(args: argparse.Namespace, settings: Settings, spec: PipelineSpec, s
     def tick() -> None:
         moment = time.time()
         if state["onset"] is None and player.produced > args.onset:
-            state["onset"] = player.sent_at[args.onset]
+            onset = state["onset"] = player.sent_at[args.onset]
             say(
                 f"drift onset: event {args.onset:,} (the first of the new fraud pattern) went out at "
-                f"{datetime.fromtimestamp(state['onset'], UTC).isoformat(timespec='seconds')}"
+                f"{datetime.fromtimestamp(onset, UTC).isoformat(timespec='seconds')}"
             )
         for record in watch.poll():
             if record.get("action") not in _QUIET_ACTIONS:

@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
@@ -149,6 +149,14 @@ PATTERN_B = _Pattern(
     (0.005, 0.06),
 )
 _STEALTH_SHARE = 0.1  # share of the fraud that looks like an ordinary purchase
+
+
+class StreamShape(TypedDict):
+    """FraudStream's shape arguments, as the calibrated demo stream gives them."""
+
+    users: int
+    fraud_rate: float
+    events_per_second: float
 
 
 @dataclass(frozen=True)
@@ -347,7 +355,7 @@ def _attrs(amount: float, category: str, country: str, channel: str, card_presen
 
 def _iso(epoch_seconds: float) -> str:
     millis = int(round(epoch_seconds * 1000))
-    return "%04d-%02d-%02dT%02d:%02d:%02d" % time.gmtime(millis // 1000)[:6] + ".%03dZ" % (millis % 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
 
 
 def encode(record: dict[str, Any]) -> bytes:

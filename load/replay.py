@@ -11,8 +11,8 @@ own, the event id is `<run id>-<row index>` (a fresh run id each replay, so a se
 deduplicated), the entity is `entity_value`, and the event time is `start + index * time_step`
 (default start: on a whole multiple of the step, such that the last row lies less than one step in
 the past, so no event is in the future). `entity_value` and `time_step` default to the spec's `replay`
-section; a table without a time column needs a time step from one or the other. Columns the spec does not name are ignored; the label
-column (`outcomes.label`) is never part of the event.
+section; a table without a time column needs a time step from one or the other. Columns the spec does not
+name are ignored; the label column (`outcomes.label`) is never part of the event.
 
 Outcomes (`{id_field, label: 0/1, time_field}`, key = event id) go out `label_delay` events after
 their event (0: right after it, i.e. test-then-train for an online model), or `label_delay_seconds`
@@ -146,12 +146,13 @@ def table_rows(
         entities = [_key(entity_field, entity_value)] * count
     if ev.time_field in columns:
         times = list(map(_converter(ev.fields[ev.time_field]), frame[ev.time_field].tolist()))
-        seconds = [_epoch_seconds(t) for t in times]
+        seconds: list[float | None] = [_epoch_seconds(t) for t in times]
     else:
         # by default on whole steps, the last row at the latest one that is not in the future
+        assert time_step is not None  # refused above without a time column
         first = (now() // time_step - count + 1) * time_step if start is None else _aware(start).timestamp()
-        seconds = [first + index * time_step for index in range(count)]
-        times = [iso_time(s) for s in seconds]
+        steps = [first + index * time_step for index in range(count)]
+        seconds, times = list(steps), [iso_time(s) for s in steps]
 
     rows = []
     for index in range(count):

@@ -51,8 +51,10 @@ class Labeled(msgspec.Struct):
 decode_labeled = msgspec.json.Decoder(Labeled).decode
 
 
-def json_object(value: bytes) -> dict[str, Any]:
-    """A JSON object record; ValueError for anything else (so read_between skips it)."""
+def json_object(value: bytes | None) -> dict[str, Any]:
+    """A JSON object record; ValueError for anything else, a tombstone too (so read_between skips it)."""
+    if value is None:
+        raise ValueError("a tombstone")
     document = _decode_json(value)
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")

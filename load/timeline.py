@@ -18,11 +18,12 @@ threshold) and the concept-drift detections.
 
 The facts (a JSON-able dict, see `timeline_facts`): detection is the first "retrain_triggered" at or
 after the onset; challenger the first "challenger_set" after that; promotion the first "promoted"
-after the onset by the promotion controller or an operator (`is_promotion`: not a warm-up's); new_champion_serving the first
-prediction of the promoted version. Accuracy before the drift is over the last `window` champion
-outcomes of events before the drift (the online model has learned by then); after the drift over the
-champion outcomes of drifted events predicted until the promotion (the old model, learning online, on the
-new concept); after the promotion over the promoted version's champion outcomes predicted after it.
+after the onset by the promotion controller or an operator (`is_promotion`: not a warm-up's);
+new_champion_serving the first prediction of the promoted version. Accuracy before the drift is over the
+last `window` champion outcomes of events before the drift (the online model has learned by then);
+after the drift over the champion outcomes of drifted events predicted until the promotion (the old
+model, learning online, on the new concept); after the promotion over the promoted version's champion
+outcomes predicted after it.
 Without `is_drifted`, the events before the drift are those predicted before the onset.
 """
 
@@ -337,7 +338,7 @@ def draw_timeline(
                 )
             seen: set[str] = set()
             for record in run.audit:
-                style = _MARKERS.get(record.get("action"))
+                style = _MARKERS.get(record.get("action", ""))
                 if style is None:
                     continue
                 label, colour, line = style

@@ -4,10 +4,11 @@
 it builds one, registers it with the tag `driftloop.origin=bootstrap`, and points `champion` at it:
 - with `warmup` rows: the spec's model trained on them (an online flavor learns them in order);
 - without: a cold start when the flavor can (`Model.cold_start`, River). A flavor that cannot (ONNX)
-  cannot exist yet, so the champion is a cold-start River *placeholder* over the same inputs (tag
-  `driftloop.placeholder=warmup`). It serves and learns until the control plane has seen
-  `model.warmup_events` labelled events with full feature windows and asks for a "warmup" retraining,
-  whose model then replaces it directly (no canary: the placeholder is not a model anyone chose).
+  cannot exist yet, so the champion is the spec's `model.placeholder`, a cold-start model over the same
+  inputs (default River logistic regression; tag `driftloop.placeholder=warmup`). It serves and learns
+  until the control plane has seen `model.warmup` of labelled events with full feature windows and asks for
+  a "warmup" retraining, whose model then replaces it directly (no canary: the placeholder is not a model
+  anyone chose). With `model.placeholder: none` nothing is registered: the first champion is the user's.
 The warmup rows (at most spec.drift.reference_size of them) become the version's reference sample.
 
 Two workers bootstrapping the same empty registry at once can both register a version. A worker that
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from driftloop.errors import DriftloopError
 from driftloop.models.flavors import flavor_of, new_model, train, with_model
 from driftloop.models.provenance import PLACEHOLDER_TAG
 from driftloop.models.registry import ModelVersionInfo, get_alias_version, register, set_alias, version_info
@@ -28,14 +30,20 @@ from driftloop.spec import PipelineSpec
 
 CHAMPION = "champion"
 ORIGIN_TAG = "driftloop.origin"
-PLACEHOLDER_MODEL = ("river", "logistic_regression")  # (flavor, estimator): a cold_start flavor
 __all__ = ["CHAMPION", "ORIGIN_TAG", "PLACEHOLDER_TAG", "ensure_champion", "placeholder_spec"]
 
 
 def placeholder_spec(spec: PipelineSpec) -> PipelineSpec:
-    """The spec of the cold-start model that serves a pipeline whose flavor cannot start cold until its first
-    training."""
-    return with_model(spec, *PLACEHOLDER_MODEL)
+    """The spec of the cold-start model (`model.placeholder`) that serves a pipeline whose flavor cannot start
+    cold until its first training."""
+    placeholder = spec.model.placeholder_model
+    if placeholder is None:
+        raise DriftloopError(
+            f"model {spec.model.name}: the registry has no champion, {spec.model.flavor} models cannot start "
+            f"untrained and model.placeholder is none: register a first version and point the alias 'champion' "
+            f"at it, or set model.placeholder (e.g. river:logistic_regression)"
+        )
+    return with_model(spec, *placeholder)
 
 
 def ensure_champion(
@@ -79,4 +87,5 @@ def ensure_champion(
         set_alias(name, CHAMPION, info.version, tracking_uri=tracking_uri)
         return info
     # another worker bootstrapped meanwhile: keep its champion (ours stays registered, unaliased)
-    return version_info(name, get_alias_version(name, CHAMPION, tracking_uri=tracking_uri), tracking_uri=tracking_uri)
+    theirs = get_alias_version(name, CHAMPION, tracking_uri=tracking_uri) or info.version
+    return version_info(name, theirs, tracking_uri=tracking_uri)

@@ -133,7 +133,6 @@ def check_declaration(trial: Trial) -> None:
     flavor = trial.flavor
     assert re.fullmatch(r"[a-z][a-z0-9_]*", flavor.flavor), f"flavor {flavor.flavor!r}: lower-case identifier"
     assert flavor.estimators and all(isinstance(e, str) for e in flavor.estimators), "estimators: names"
-    assert flavor.retrain_estimator in (None, *flavor.estimators), "retrain_estimator: one of estimators, or None"
     assert flavor.filename and Path(flavor.filename).name == flavor.filename, "filename: a file name"
     others = {other.filename: other.flavor for other in FLAVORS.values() if other.flavor != flavor.flavor}
     assert flavor.filename not in others, f"filename {flavor.filename} is also flavor {others.get(flavor.filename)}'s"

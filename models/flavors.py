@@ -40,6 +40,14 @@ FLAVORS: dict[str, type[Model]] = {
 
 
 def flavor_of(name: str) -> type[Model]:
+    """The flavor registered as `name`; a DriftloopError naming the flavors for any other name.
+
+    >>> flavor_of("river").cold_start, flavor_of("onnx").cold_start  # river serves before any training
+    (True, False)
+    >>> flavor_of("tensorflow")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    driftloop.errors.DriftloopError: 'tensorflow' is not a model flavor; the flavors are ...
+    """
     cls = FLAVORS.get(name)
     if cls is None:
         raise DriftloopError(f"{name!r} is not a model flavor; the flavors are {', '.join(FLAVORS)}")
@@ -67,11 +75,11 @@ def train(spec: PipelineSpec, rows: Sequence[Mapping[str, Any]], labels: Sequenc
 
 
 def retrain_candidates(spec: PipelineSpec) -> list[tuple[str, str]]:
-    """(flavor, estimator) of each candidate a retraining trains: the spec's `retrain.candidates`, or else
-    every flavor's `retrain_estimator`."""
+    """(flavor, estimator) of each candidate a retraining trains: the spec's `retrain.candidates`, or else the
+    spec's own model only (a River pipeline never gets an ONNX challenger it did not ask for)."""
     if spec.retrain.candidates is not None:
         return list(spec.retrain.candidates.items())
-    return [(name, cls.retrain_estimator) for name, cls in FLAVORS.items() if cls.retrain_estimator is not None]
+    return [(spec.model.flavor, spec.model.estimator)]
 
 
 def load(directory: str | Path, flavor: str | None = None) -> Model:

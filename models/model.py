@@ -94,9 +94,6 @@ class Model(ABC):
     # True when `new` gives an untrained model that already scores (about 0.5), so a pipeline can start
     # without warm-up rows; otherwise a cold-start placeholder serves until the first training.
     cold_start: ClassVar[bool] = False
-    # The estimator every retraining trains a candidate of, unless the spec's `retrain.candidates` names
-    # the candidates; None: a candidate only when named there.
-    retrain_estimator: ClassVar[str | None] = None
 
     columns: tuple[ModelInput, ...]  # the inputs it reads, in spec order
     estimator: str

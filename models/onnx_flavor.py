@@ -65,7 +65,6 @@ class OnnxModel(Model):
     flavor = "onnx"
     filename = "model.onnx"
     requirements = ("onnxruntime",)
-    retrain_estimator: ClassVar[str | None] = "gradient_boosting"
     # estimator -> its scikit-learn class ("module:Class"), the defaults the spec's params override, and
     # the estimators whose numeric inputs are not scaled
     estimator_classes: ClassVar[dict[str, str]] = {

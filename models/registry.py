@@ -103,7 +103,7 @@ def _mlflow(tracking_uri: str) -> Iterator[MlflowClient]:
         try:
             yield MlflowClient(tracking_uri, registry_uri=tracking_uri)
         finally:
-            mlflow.set_tracking_uri(saved_uri)
+            mlflow.set_tracking_uri(saved_uri)  # type: ignore[arg-type]  # None is MLflow's "unset", unannotated
             if saved_env is None:
                 os.environ.pop(_URI_ENV, None)
             else:
@@ -127,9 +127,10 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_location: str |
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException as exc:  # created concurrently
-        if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+        existing = client.get_experiment_by_name(name)
+        if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS) or existing is None:
             raise
-        return client.get_experiment_by_name(name).experiment_id
+        return existing.experiment_id
 
 
 def _local_artifact_root(tracking_uri: str) -> str | None:
@@ -380,20 +381,25 @@ def when_reachable(
     """
 
     def log_wait(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception()
+        outcome, action = state.outcome, state.next_action
+        assert outcome is not None and action is not None  # tenacity sets both before it sleeps
+        error = outcome.exception()
         _LOG.warning(
             "%s: MLflow at %s does not answer (%s); trying again in %.1fs (for up to %.0fs)",
             what,
             tracking_uri,
             str(error).splitlines()[0] if str(error) else type(error).__name__,
-            state.next_action.sleep,
+            action.sleep,
             timeout,
         )
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)  # ends early once `stop` is set
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(lambda _: mlflow_problem(tracking_uri) is not None),
         wait=tenacity.wait_exponential(multiplier=0.5, max=5.0),
-        sleep=stop.wait,
+        sleep=sleep,
         stop=tenacity.stop_after_delay(timeout) | tenacity.stop_when_event_set(stop),
         before_sleep=log_wait,
     )

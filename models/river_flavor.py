@@ -70,7 +70,6 @@ class RiverModel(Model):
     requirements = ("river",)
     online = True
     cold_start = True
-    retrain_estimator = "logistic_regression"
 
     def __init__(self, columns: Sequence[ModelInput], pipeline: compose.Pipeline, estimator: str):
         self.columns = tuple(columns)

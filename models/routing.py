@@ -1,8 +1,10 @@
 """Which model serves which entity, kept in step with the MLflow registry aliases.
 
-- `champion` serves every entity, except that while the alias `challenger` exists (and the spec's
-  canary is not in shadow mode) a stable share of entities (`canary.share`, by a hash of the entity id,
-  so an entity stays on one variant) is served by it as the `canary`. In shadow mode the challenger is
+- `champion` serves every event, except that while the alias `challenger` exists (and the spec's
+  canary is not in shadow mode) a stable share (`canary.share`) is served by it as the `canary`: the
+  events whose id hashes into that share (`canary.assign: event`, the default, which splits any stream,
+  even one of a single entity), or the entities whose id does (`canary.assign: entity`: an entity stays
+  on one variant, but a stream of few entities splits unevenly or not at all). In shadow mode the challenger is
   loaded as `shadow`: it scores every event beside the champion and serves none.
 - A background thread reads the aliases every `poll_seconds` (default 2 s, so a move in the MLflow UI
   or by `driftloop promote` takes effect within one poll plus the load time). A version is loaded
@@ -69,16 +71,18 @@ class ModelRouter:
         self._serving: dict[str, Serving] = {}
         self._spec_fallback: Serving | None = None  # slo.fallback as flavor:estimator
         self._canary_buckets = int(spec.canary.share * _BUCKETS)
+        self._by_event = spec.canary.assign == "event"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
 
     # -- the hot path -------------------------------------------------------------------------------
 
-    def variant_for(self, entity: str) -> str:
-        if "canary" in self._serving and zlib.crc32(entity.encode()) % _BUCKETS < self._canary_buckets:
-            return "canary"
-        return CHAMPION
+    def variant_for(self, entity: str, event_id: str) -> str:
+        if "canary" not in self._serving:
+            return CHAMPION
+        key = event_id if self._by_event else entity
+        return "canary" if zlib.crc32(key.encode()) % _BUCKETS < self._canary_buckets else CHAMPION
 
     def serving(self, variant: str) -> Serving:
         return self._serving[variant]

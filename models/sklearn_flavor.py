@@ -2,7 +2,7 @@
 
 It is the ONNX flavor (onnx_flavor.py: the same preprocessing, export and scoring) with a longer list of
 estimators, any that skl2onnx converts; `flavor: sklearn` in a spec reads as what it is, a scikit-learn
-model. Persisted as `sklearn.onnx`. Retraining trains a candidate of it only when the spec's
+model. Persisted as `sklearn.onnx`. Retraining trains a candidate of it when it is the spec's model or
 `retrain.candidates` names it.
 """
 
@@ -16,7 +16,6 @@ from driftloop.models.onnx_flavor import OnnxModel
 class SklearnModel(OnnxModel):
     flavor = "sklearn"
     filename = "sklearn.onnx"
-    retrain_estimator = None
     estimator_classes: ClassVar[dict[str, str]] = {
         **OnnxModel.estimator_classes,
         "extra_trees": "sklearn.ensemble:ExtraTreesClassifier",

@@ -1,6 +1,6 @@
 """The candidates of a retraining: one model per (flavor, estimator) of `retrain_candidates(spec)` (by
-default a batch-trained ONNX gradient boosting and a warm-started River logistic regression; the spec's
-`retrain.candidates` names others). A warm-up retraining trains the spec's own model only.
+default the spec's own model only; the spec's `retrain.candidates` names others). A warm-up retraining
+trains the spec's own model only.
 
 Every candidate learns from the same rows, the oldest part of the training set in event-time order: a batch
 flavor fits them, an online flavor learns them one by one in order, as it would have online.

@@ -38,7 +38,7 @@ def holdout_size(rows: int, share: float) -> int:
     return min(rows - 1, max(1, round(rows * share)))
 
 
-def holdout_metrics(probabilities: Sequence[float], labels: Sequence[int], threshold: float) -> Metrics:
+def holdout_metrics(probabilities: Sequence[float] | np.ndarray, labels: Sequence[int], threshold: float) -> Metrics:
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
     return {
@@ -76,7 +76,7 @@ def gate(
 ) -> GateResult:
     metric, margin = spec.retrain.gate_metric, spec.retrain.min_improvement
     lower = metric in LOWER_IS_BETTER
-    defined = {name: m[metric] for name, m in candidates.items() if m[metric] is not None}
+    defined = {name: v for name, m in candidates.items() if (v := m[metric]) is not None}
     if not defined:
         return GateResult(
             False, next(iter(candidates)), f"{metric} is undefined on this holdout (it holds only one class)"

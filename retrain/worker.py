@@ -135,8 +135,8 @@ class RetrainWorker:
                 message = self.consumer.poll(0.5)
                 if message is None:
                     continue
-                if message.error() is not None:
-                    _LOG.warning("consuming %s: %s", topic, message.error().str())
+                if (error := message.error()) is not None:
+                    _LOG.warning("consuming %s: %s", topic, error.str())
                     continue
                 if self._process(message):
                     self._commit(message)
@@ -147,7 +147,7 @@ class RetrainWorker:
     def _process(self, message: Message) -> bool:
         """Handle one request; True when it is done (commit it), False when stopping before that."""
         where = {"partition": message.partition(), "offset": message.offset()}
-        if not contracts.signed_by(self.key, message.topic(), message.value(), message.headers()):
+        if not contracts.signed_by(self.key, message.topic() or "", message.value(), message.headers()):
             _LOG.warning(
                 "retrain request at %s[%d]@%d has no valid signature: refused",
                 message.topic(),
@@ -384,6 +384,8 @@ class RetrainWorker:
         self, request: dict[str, Any], train_from: float | None, timings: dict[str, float]
     ) -> TrainingSet:
         """Read the window until it has enough rows (or the wait bound passes), then join Feast's features."""
+        # Wall time, not event time: this waits for labelled events still on their way through Kafka, and the
+        # stream's event time stands still exactly when they are late.
         deadline = time.monotonic() + self.max_data_wait_seconds
         announced = False
         while True:
@@ -533,7 +535,8 @@ class RetrainWorker:
                 early = self.consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
                 if early is not None and early.error() is None:
                     # fetched before the pause took hold: rewind, so it is consumed after this request
-                    self.consumer.seek(TopicPartition(early.topic(), early.partition(), early.offset()))
+                    # set on every record without an error, which the stubs cannot tell
+                    self.consumer.seek(TopicPartition(early.topic(), early.partition(), early.offset()))  # type: ignore[arg-type]
         finally:
             self.consumer.resume(assignment)
         if self.stop.is_set():

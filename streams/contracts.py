@@ -254,7 +254,7 @@ def retrain_request(
     return json.dumps(record, separators=(",", ":"), default=str).encode()
 
 
-def signature_headers(key: SigningKey, topic: str, value: bytes) -> list[tuple[str, bytes]]:
+def signature_headers(key: SigningKey, topic: str, value: bytes) -> list[tuple[str, str | bytes | None]]:
     """The headers to produce a control record with, on `topic`."""
     return [(SIGNATURE_HEADER, key.sign(_RECORD_DOMAIN, topic.encode() + b"\0" + value).encode())]
 

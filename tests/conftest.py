@@ -14,6 +14,10 @@ import socket
 import uuid
 from pathlib import Path
 
+# Before any test module imports Feast directly (tests/unit/test_feast_repo.py does): `import feast` sets
+# PROMETHEUS_MULTIPROC_DIR, and a prometheus_client imported after that keeps every metric in shared files,
+# so each WorkerMetrics of the session would read the counts of the ones before it.
+import prometheus_client  # noqa: F401
 import pytest
 
 from driftloop.kafka import wait_for_broker

@@ -1,4 +1,5 @@
-"""The adaptive loop's benchmark: how fast and how well the full stack adapts to a drift, and how quiet it is without one.
+"""The adaptive loop's benchmark: how fast and how well the full stack adapts to a drift, and how quiet it is
+without one.
 
     python -m driftloop.load.benchmarks.adaptive [--phase drift|stationary|both] [--json-out FILE] [--png FILE] ...
 

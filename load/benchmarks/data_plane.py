@@ -22,9 +22,8 @@ Each system goes through two phases:
    workers are started first and the events loaded once they share the partitions: a second worker
    joining late would rebalance inside the measured time; the load producer is several times faster
    than the workers). The clock runs from the first output record to the Nth, by the outputs' Kafka
-   timestamps, so start-up and the consumer group's join are not counted. Every event must come out
-   exactly once (passthrough: as itself; data plane: as a prediction or a DLQ record); the counts are
-   reported and checked.
+   timestamps, so start-up and the consumer group's join are not counted. Every event must come out exactly
+   once (passthrough: as itself; data plane: as a prediction or a DLQ record); the counts are reported and checked.
 2. latency: with the system caught up, events are offered at a fixed rate for a fixed time. An event's
    latency is its output record's Kafka timestamp (CreateTime, which the system's producer sets when
    it produces the output) minus the event's CreateTime (set by the load producer when it sends it),
@@ -54,14 +53,14 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from driftloop import __version__, kafka
 from driftloop.errors import DriftloopError
-from driftloop.load.benchmarks.passthrough import BATCH, PASSTHROUGHS, WAIT_SECONDS, produce_retrying
+from driftloop.load.benchmarks.passthrough import BATCH, PASSTHROUGHS, WAIT_SECONDS, BytesPassthrough, produce_retrying
 from driftloop.load.benchmarks.worker_process import DataPlaneWorkers
 from driftloop.load.generator import FraudStream, encode
 from driftloop.streams.worker.loop import PRODUCER_CONFIG
@@ -135,7 +134,8 @@ def warm_up_set(count: int) -> list[tuple[dict[str, Any], int]]:
     featuriser, pairs = Featuriser(spec), []
     for event_doc, outcome in itertools.islice(FraudStream(seed=4, id_prefix="bench-warmup-"), count):
         _, row = featuriser.featurise(encode(event_doc))
-        pairs.append((row, outcome[spec.outcomes.label]))
+        if row is not None:
+            pairs.append((row, outcome[spec.outcomes.label]))
     return pairs
 
 
@@ -170,6 +170,8 @@ def _event_id(value: bytes | None, dead_letter: bool) -> str | None:
     """The id of the event an output record stands for (a DLQ record: of its original bytes)."""
     from driftloop.streams.contracts import original_bytes
 
+    if value is None:  # a tombstone stands for no event
+        return None
     try:
         if dead_letter:
             value = original_bytes(json.loads(value))
@@ -214,13 +216,14 @@ class OutputReader:
         for message in self._consumer.consume(10_000, timeout=timeout):
             if message.error() is not None:
                 continue
-            topic = message.topic()
-            self.next_offsets.setdefault(topic, {})[message.partition()] = message.offset() + 1
+            # set on every consumed record without an error
+            topic, partition = cast(str, message.topic()), cast(int, message.partition())
+            self.next_offsets.setdefault(topic, {})[partition] = cast(int, message.offset()) + 1
             dead_letter = topic == self.dead_letter_topic
             self.outputs += not dead_letter
             self.dead_lettered += dead_letter
             event_id = _event_id(message.value(), dead_letter)
-            if event_id not in expected or event_id in self.timestamps_ms:
+            if event_id is None or event_id not in expected or event_id in self.timestamps_ms:
                 self.unexpected += 1
                 continue
             self.timestamps_ms[event_id] = message.timestamp()[1]
@@ -432,17 +435,7 @@ def measure(
             seen = call.result()
         stages = system.stage_seconds()
         say(f"{system.kind}: caught up; latency phase ({len(offered)} events at {rate:g}/s)")
-        with ChildCall(
-            offer_and_observe,
-            system.bootstrap,
-            system.input_topic,
-            system.output_topic,
-            system.dead_letter_topic,
-            seen.pop("next_offsets"),
-            offered,
-            rate,
-            30.0,
-        ) as call:
+        with _offering(system, seen.pop("next_offsets"), offered, rate, 30.0) as call:
             latency = call.result()
         if hasattr(system, "memory"):
             result["memory"] = system.memory()
@@ -467,21 +460,32 @@ def restart(
     """`kill -9` of the first worker, the seconds until its successor has restored its state, and that
     successor's latency on probe events offered right after (every probe must come out)."""
     restarted = system.restart_first()
-    with ChildCall(
+    with _offering(system, offsets, probes, PROBE_RATE, 60.0) as call:
+        probed = call.result()
+    probed.pop("next_offsets")
+    restarted["probes"] = probed
+    return restarted
+
+
+def _offering(
+    system: BytesPassthrough | DataPlaneWorkers,
+    offsets: dict[str, dict[int, int]],
+    events: list[tuple[bytes, bytes, str]],
+    rate: float,
+    timeout: float,
+) -> ChildCall:
+    """offer_and_observe on the system's topics, in a child."""
+    return ChildCall(
         offer_and_observe,
         system.bootstrap,
         system.input_topic,
         system.output_topic,
         system.dead_letter_topic,
         offsets,
-        probes,
-        PROBE_RATE,
-        60.0,
-    ) as call:
-        probed = call.result()
-    probed.pop("next_offsets")
-    restarted["probes"] = probed
-    return restarted
+        events,
+        rate,
+        timeout,
+    )
 
 
 def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> dict[str, Any]:
@@ -501,7 +505,9 @@ def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> 
     }
 
 
-def stage_summary(stages: dict[str, dict[str, float]], phase_seconds: float | None) -> dict[str, dict[str, float]]:
+def stage_summary(
+    stages: dict[str, dict[str, float]], phase_seconds: float | None
+) -> dict[str, dict[str, float | None]]:
     """Per stage: total seconds, observations, and share of the phase's wall time, largest first."""
     summary = {}
     for stage, values in sorted(stages.items(), key=lambda item: -item[1].get("sum", 0.0)):
@@ -532,6 +538,7 @@ def run_bench(
         else:
             kafka.wait_for_broker(bootstrap)
             broker_kind = "external (KAFKA_BOOTSTRAP_SERVERS)"
+        systems: list[BytesPassthrough | DataPlaneWorkers]
         systems = [kind(bootstrap, run, options.partitions, work) for kind in PASSTHROUGHS]
         systems += [
             DataPlaneWorkers(bootstrap, f"{run}w{workers}", options.partitions, work / f"workers-{workers}", workers)
@@ -555,7 +562,7 @@ def run_bench(
         ):
             planes = [system for system in systems if isinstance(system, DataPlaneWorkers)]
             for system in systems:
-                if system not in planes:
+                if not isinstance(system, DataPlaneWorkers):
                     system.prepare()
             warmup = warming.result()
             for system in planes:  # importing Feast takes seconds: it overlaps the generation

@@ -11,14 +11,14 @@ whose `drift` knobs (drift.concept, drift.data_thresholds, ...) are to be calibr
   (`load.featurise.Featuriser`), and are scored by the champion the live pipeline would have:
   a River spec's cold-start model, learning online from each outcome `LABEL_DELAY` events later, as
   workers learn from `labeled`; for an ONNX spec (the demo's) the cold-start River placeholder until
-  `model.warmup_events` outcomes with full feature windows are in, then (as version 2) the spec's model
+  `model.warmup` of outcomes with full feature windows is in, then (as version 2) the spec's model
   trained on them, as the warm-up retraining does;
 - every `BATCH` events make one observation batch (rows, counts, latest event time) for the
   data-drift and quality monitors; every outcome makes one labeled record for the concept monitor;
 - a drift report is built when the data monitor is due or a concept detection on the champion
-  arrives, and the trigger policy judges it. Wall time is simulated at `RATE` events per second
-  (for `drift.evaluate_every_seconds`); the first retraining stays "in flight", so later ones show up
-  as declined-but-due and are counted as `retrainings_due`.
+  arrives, and the trigger policy judges it, on event time as the live control plane does; the first
+  retraining stays "in flight", so later ones show up as declined-but-due and are counted as
+  `retrainings_due`.
 
 Runs: "stationary" (no drift: every retraining due is a false alarm), "concept" (abrupt concept
 drift at each of `--concept-onsets`: delay from onset, counting all events, to the first concept
@@ -44,7 +44,7 @@ from typing import Any, get_args
 from evidently.legacy.calculations.stattests import wasserstein_stat_test
 
 from driftloop.features.rows import Featuriser
-from driftloop.load.generator import DriftPlan, FraudStream, encode
+from driftloop.load.generator import DriftPlan, FraudStream, StreamShape, encode
 from driftloop.models.bootstrap import placeholder_spec
 from driftloop.models.flavors import flavor_of, new_model, train
 from driftloop.models.inputs import rows_to_frame
@@ -58,20 +58,23 @@ from driftloop.streams.control.drift.detectors import DETECTORS, ConceptDetector
 from driftloop.streams.control.drift.quality import QualityMonitor
 from driftloop.streams.control.drift.report import build_report
 from driftloop.streams.control.trigger import TriggerPolicy
+from driftloop.streams.worker.validation import Rejection
 
 # The demo stream's parameters: 2,000 cards, 5% fraud, one event every 2 s of event time (each card
 # used about every 67 min), so the spec's 24 h windows fill after 43,200 events instead of never.
-DEMO_STREAM = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
+DEMO_STREAM: StreamShape = {"users": 2000, "fraud_rate": 0.05, "events_per_second": 0.5}
 LABEL_DELAY = 50  # outcomes arrive this many events after their event, as in `driftloop up --demo`
 BATCH = 100  # events per observation batch
-RATE = 1000.0  # simulated events per wall-clock second
 # Well after the 43,200-event window warm-up, the first model (5,000 outcomes later, then its training,
 # which a lagging live pipeline delays) and the data-drift reference
 ONSET = 100_000
 AFTER_ONSET = 10_000  # events a drift run goes on after the onset
 
 
-def demo_stream(seed: int, drift: DriftPlan = DriftPlan("none", 0)) -> FraudStream:
+STATIONARY = DriftPlan("none", 0)
+
+
+def demo_stream(seed: int, drift: DriftPlan = STATIONARY) -> FraudStream:
     return FraudStream(seed=seed, drift=drift, **DEMO_STREAM)
 
 
@@ -93,9 +96,9 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
     batch, labeled = _new_batch(inputs, version), []
     for index, (event_doc, outcome) in enumerate(itertools.islice(stream, events), start=1):
         event, row = featuriser.featurise(encode(event_doc))
-        if row is None:
+        if isinstance(event, Rejection):
             batch["dlq"][event.reason] += 1
-        else:
+        elif row is not None:  # always, for a valid event
             if full_from is None:
                 full_from = event.event_time + warmup_seconds(spec)
             score = float(model.predict_proba([row])[0])
@@ -126,10 +129,10 @@ def scored_batches(spec: PipelineSpec, stream: FraudStream, events: int):
             if model.online:
                 model.learn([row], [record["label"]])
             labeled.append(record)
-            if warming_up and event_time >= full_from:
+            if warming_up and full_from is not None and event_time >= full_from:
                 warmup_rows.append(row)
                 warmup_labels.append(record["label"])
-                if len(warmup_rows) >= spec.model.warmup_events:
+                if spec.model.warmup.reached(len(warmup_rows), event_time - full_from):
                     model, version, warming_up = train(spec, warmup_rows, warmup_labels), 2, False
         if index % BATCH == 0:
             yield batch, labeled, index
@@ -167,9 +170,9 @@ def compared_detectors(spec: PipelineSpec) -> dict[str, ConceptDetector]:
 def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | None = None) -> dict[str, Any]:
     """One run of the control plane over `events` events of `stream` (see the module docstring)."""
     now = [0.0]
-    clock = lambda: now[0]  # noqa: E731 - simulated wall clock
+    clock = lambda: now[0]  # noqa: E731 - the newest event time, the live control plane's policy clock
     empty = rows_to_frame(model_inputs(spec), [])
-    data = DataDriftMonitor(spec, empty, 1, clock=clock)
+    data = DataDriftMonitor(spec, empty, 1)
     quality, concept, policy = QualityMonitor(spec), ConceptDriftMonitor(spec), TriggerPolicy(spec, clock=clock)
     compared = {
         name: ConceptDriftMonitor(_with_detector(spec, detector)) for name, detector in compared_detectors(spec).items()
@@ -182,7 +185,7 @@ def simulate(spec: PipelineSpec, stream: FraudStream, events: int, onset: int | 
     reference_ready_at = first_model_at = None
     started = time.perf_counter()
     for batch, labeled, index in scored_batches(spec, stream, events):
-        now[0] = index / RATE
+        now[0] = max(now[0], batch["event_time_max"] or now[0])
         quality.add(batch)
         if batch["valid"]:
             data.add(batch["rows"], batch["event_time_max"])
@@ -310,7 +313,7 @@ def _summary(values: list[float]) -> dict[str, float] | None:
 def _run(job: tuple[Path, str, int, int, int | None]) -> dict[str, Any]:
     spec_path, kind, seed, events, onset = job
     spec = load_spec(spec_path)
-    if kind == "stationary":
+    if onset is None:  # a stationary run
         return {"run": kind, **simulate(spec, demo_stream(seed), events)}
     plan = DriftPlan("abrupt", onset, covariate=kind == "covariate", concept=kind == "concept")
     return {"run": kind, **simulate(spec, demo_stream(seed, plan), onset + AFTER_ONSET, onset=onset)}
@@ -338,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = load_spec(args.spec)
     seeds = range(1, args.seeds + 1)
+    jobs: list[tuple[Path, str, int, int, int | None]]
     jobs = [(args.spec, "stationary", seed, args.stationary_events, None) for seed in seeds]
     jobs += [(args.spec, "concept", seed, 0, int(onset)) for onset in args.concept_onsets.split(",") for seed in seeds]
     jobs += [(args.spec, "covariate", seed, 0, ONSET) for seed in seeds]
@@ -349,7 +353,6 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_seconds": warmup_seconds(spec),
         "label_delay_events": LABEL_DELAY,
         "batch_events": BATCH,
-        "rate": RATE,
         "runs": runs,
     }
     text = json.dumps(result, indent=2, default=str)

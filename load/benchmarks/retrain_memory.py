@@ -27,7 +27,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
@@ -36,6 +36,7 @@ from driftloop import settings as settings_module
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.streams.contracts import iso_time
+from driftloop.streams.worker.validation import Rejection
 
 
 def _settings(workdir: Path, bootstrap: str, spec_path: Path, topic: str) -> Settings:
@@ -52,7 +53,8 @@ def _settings(workdir: Path, bootstrap: str, spec_path: Path, topic: str) -> Set
 
 
 def _labeled(spec: PipelineSpec, event_id: str, entity: Any, event_time: float, row: dict, label: int) -> bytes:
-    """A `labeled` record as streams/worker/join.py writes it (score and times made up: the training set ignores them)."""
+    """A `labeled` record as streams/worker/join.py writes it (score and times made up: the training set
+    ignores them)."""
     return json.dumps(
         {
             "contract": 1,
@@ -83,19 +85,20 @@ def prepare(settings: Settings, spec: PipelineSpec, table: Path, entity_value: s
     from driftloop.load.replay import read_table, table_rows
 
     apply(settings, spec)
-    kafka.ensure_topics(settings.kafka_bootstrap_servers, [settings.topic_labeled], 1)
+    bootstrap = cast(str, settings.kafka_bootstrap_servers)  # _settings names one
+    kafka.ensure_topics(bootstrap, [settings.topic_labeled], 1)
     events = table_rows(
         spec, read_table(table), origin=str(table), run_id=uuid.uuid4().hex[:8], entity_value=entity_value
     )
     featuriser = Featuriser(spec)
     writer = FeastWriter(settings, spec)
-    producer = kafka.producer(settings.kafka_bootstrap_servers, **{"linger.ms": 50})
+    producer = kafka.producer(bootstrap, **{"linger.ms": 50})
     pending: list[dict] = []
     files = rows = 0
     try:
         for replayed in events:
             event, row = featuriser.featurise(json.dumps(replayed.event).encode())
-            if row is None:
+            if isinstance(event, Rejection) or row is None:
                 continue
             rows += 1
             pending.append({spec.events.entity: event.entity, "event_timestamp": event.event_time, **row})
@@ -127,7 +130,7 @@ def _build(settings: Settings, spec: PipelineSpec, results) -> None:
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
     window = read_window(
-        settings.kafka_bootstrap_servers,
+        cast(str, settings.kafka_bootstrap_servers),  # _settings names one
         settings.topic_labeled,
         spec,
         None,

@@ -84,7 +84,7 @@ def offer_in_steps(
             if message.error() is not None:
                 continue
             try:
-                prediction = _decode_served(message.value())
+                prediction = _decode_served(message.value() or b"")
             except msgspec.DecodeError:
                 unexpected += 1
                 continue
@@ -132,7 +132,7 @@ def offer_in_steps(
             out_ms, variant = served[event_id]
             by_second[second].append(out_ms - at_ms)
             variants[second][variant] += 1
-    seconds = [
+    per_second = [
         {"second": s, "events": len(by_second[s]), "p99_ms": _p99(by_second[s]), "served_by": dict(variants[s])}
         for s in sorted(by_second)
     ]
@@ -141,7 +141,7 @@ def offer_in_steps(
         "offered": len(sent_ms),
         "missing": len(sent_ms) - len(served),
         "unexpected": unexpected,
-        "per_second": seconds,
+        "per_second": per_second,
     }
 
 
@@ -248,7 +248,10 @@ def slow_model(system: DataPlaneWorkers, step_seconds: float, rate: float, warmu
     with ChildCall(demo_events, count) as generating:
         events = generating.result()
     say(f"slo: slow model: {rate:g} events/s for {3 * step_seconds:g}s; a slow champion after {step_seconds:g}s")
+    if system.model is None:
+        raise DriftloopError("bench: the slow-model pipeline has no champion (prepare it first)")
     spec, settings, champion = system.spec, system.settings, system.model["version"]
+    tracking = system.environ["MLFLOW_TRACKING_URI"]
     rows, labels = [row for row, _ in warmup], [label for _, label in warmup]
     system.start()
     try:
@@ -261,10 +264,10 @@ def slow_model(system: DataPlaneWorkers, step_seconds: float, rate: float, warmu
             slow = stalling_model(spec, rows, labels, switch, delay=SLOW_DELAY_S)
             key = load_key(key_path(settings))
             version = register(
-                slow, river_spec(spec), tracking_uri=settings.mlflow_tracking_uri, reference_rows=rows[:500], key=key
+                slow, river_spec(spec), tracking_uri=tracking, reference_rows=rows[:500], key=key
             ).version
-            set_alias(spec.model.name, "previous", champion, tracking_uri=settings.mlflow_tracking_uri)
-            set_alias(spec.model.name, "champion", version, tracking_uri=settings.mlflow_tracking_uri)
+            set_alias(spec.model.name, "previous", champion, tracking_uri=tracking)
+            set_alias(spec.model.name, "champion", version, tracking_uri=tracking)
             moved = time.time()
             call.ready(step_seconds)
             switch.unlink()

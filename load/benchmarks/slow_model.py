@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from driftloop.models.flavors import train, with_model
 from driftloop.models.river_flavor import RiverModel
@@ -56,5 +56,6 @@ def stalling_model(
 ) -> RiverModel:
     """A River model of `river_spec(spec)` trained on rows, slow by `delay` per event (or failing) while
     `switch` exists."""
-    model = train(river_spec(spec), rows, labels)
-    return RiverModel(model.columns, Stalling(model.pipeline, str(switch), delay, fail), model.estimator)
+    model = cast(RiverModel, train(river_spec(spec), rows, labels))  # river_spec's flavor is river
+    stalling = cast(Any, Stalling(model.pipeline, str(switch), delay, fail))  # it quacks like a River pipeline
+    return RiverModel(model.columns, stalling, model.estimator)

@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
@@ -98,9 +98,8 @@ class DataPlaneWorkers:
         kafka.ensure_topics(self.bootstrap, self.settings.topics, self.settings.partitions)
         # The demo's steady state: its own model (gradient boosting, ONNX) as champion, trained on a
         # warm-up slice of the stream, not the River placeholder that serves only until the first training.
-        champion = ensure_champion(
-            self.spec, self.settings.mlflow_tracking_uri, warmup=warmup, key=load_key(key_path(self.settings))
-        )
+        tracking_uri = cast(str, self.settings.mlflow_tracking_uri)  # self.environ names it
+        champion = ensure_champion(self.spec, tracking_uri, warmup=warmup, key=load_key(key_path(self.settings)))
         self.model = {
             "name": self.spec.model.name,
             "version": champion.version,
@@ -251,7 +250,7 @@ class DataPlaneWorkers:
             raise DriftloopError(f"bench: {failed[0]}")
 
 
-def process_memory(pid: int) -> dict[str, float]:
+def process_memory(pid: int) -> dict[str, float | None]:
     """Resident set now and its peak (VmRSS, VmHWM from /proc) of one process, in MB."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -88,7 +88,9 @@ def build_app(
         produced: list[Output] = await asyncio.get_running_loop().run_in_executor(executor, decide, method, *args)
         for kind, value in produced:  # signed: the retrain worker and this agent act only on signed records
             await outputs[kind].send(
-                key=model_key, value=value, headers=contracts.signature_headers(key, names[kind], value)
+                key=model_key,
+                value=value,
+                headers=contracts.signature_headers(key, names[kind], value),  # type: ignore[arg-type]  # all bytes
             )
 
     @app.agent(app.topic(topology.observations, value_serializer="raw"), name="drift-observations")
@@ -111,7 +113,7 @@ def build_app(
         await run(control.on_tick)
         heartbeat.beat()  # after the tick: the event loop and the decision thread both turn
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # Faust's stubs want signal= by name; it comes in kwargs
     async def _stop(_app, **_kwargs):
         executor.shutdown(wait=True, cancel_futures=True)
 

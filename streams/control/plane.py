@@ -15,7 +15,7 @@ What happens when:
   controller sees challengers come and go and audits alias moves it did not make (the MLflow UI, the CLI).
   The registry being unreachable only delays this: scoring and the monitors go on.
 - observations: rows go into the data-drift window, counts into the quality window; an evaluation
-  runs every `drift.evaluate_every_events` rows or `drift.evaluate_every_seconds`.
+  runs when the first span of `drift.evaluate_every` (rows, or event time) is reached.
 - labeled: the concept-drift detectors and the canary trial see every outcome; a concept detection
   on the champion is evaluated at once rather than at the next window, since that is the signal the
   loop must act on fastest.
@@ -23,8 +23,13 @@ What happens when:
   is signed (streams/contracts.py); one that is not is ignored and audited `request_refused`.
 - warm-up: while the champion is the placeholder of an ONNX pipeline (tag `driftloop.placeholder`, covered
   by the version's signature, see models/bootstrap.py), labelled events whose event time is past the data
-  monitor's window warm-up are counted, and every evaluation hands the count to the policy, which asks
-  for the first real model.
+  monitor's window warm-up are counted, and every evaluation hands the count (and the event time they
+  span) to the policy, which asks for the first real model once `model.warmup` is reached.
+
+Time. The policies (cooldown, schedule, warm-up, evaluation spans) run on event time: `event_time()`, the
+newest event time in the observations and labeled records seen, so a replay at any rate decides as the
+stream would have. `clock` (wall time live, the virtual clock in a backtest) stamps records and paces
+the registry: polling MLflow and retrying a failed alias move are about the server, not the stream.
 
 The topics are read as untrusted input: a record that does not have the shape its topic's contract
 gives (anyone may produce to `labeled` or the observations topic) is logged and skipped, counted in
@@ -106,18 +111,28 @@ class ControlPlane:
         self.audit_topic = audit_topic  # signatures of the audit records it acts on cover the topic name
         self.trusted = TrustedVersions(spec.model.name, tracking_uri, self.key)
         self.clock = clock
-        self.policy = TriggerPolicy(spec, clock=clock)
+        self.latest_event_time: float | None = None  # the newest event time observed: the policies' clock
+        self.policy = TriggerPolicy(spec, clock=clock, event_clock=self.event_time)
         self.promotion = PromotionController(spec, tracking_uri, clock=clock)
         self.concept = ConceptDriftMonitor(spec)
         self.quality = QualityMonitor(spec)
         self.data: DataDriftMonitor | None = None  # for the current champion, once its reference is loaded
         self.champion: int | None = None
         self.warmup_rows: int | None = None  # labelled events with full windows, while the champion is a placeholder
+        self.warmup_latest: float | None = None  # the newest event time among them
         self.detections: list[dict[str, Any]] = []  # concept detections since the last report
         self.evaluations = 0
         self.registry_error: str | None = None
         self.unreadable = 0  # records skipped because they are not what their topic carries
         self._labeled_ids = RecentIds(200_000)
+
+    def event_time(self) -> float:
+        """The newest event time observed (epoch s); 0 before any."""
+        return self.latest_event_time or 0.0
+
+    def _saw(self, event_time: float | None) -> None:
+        if event_time is not None and (self.latest_event_time is None or event_time > self.latest_event_time):
+            self.latest_event_time = event_time
 
     # -- what the agents call -----------------------------------------------------------------------
 
@@ -148,6 +163,7 @@ class ControlPlane:
             if observation is None:
                 continue
             self.quality.add(observation)
+            self._saw(observation.get("event_time_max"))
             if self.data is not None and observation.get("valid"):
                 self.data.add(observation["rows"], observation["event_time_max"])
         if self.data is not None and self.data.due():
@@ -161,8 +177,11 @@ class ControlPlane:
             record = self._readable(value, _check_labeled, "labeled record")
             if record is None or self._labeled_ids.seen_before(record["event_id"]):
                 continue
-            if self.warmup_rows is not None and self._windows_full(record["event_time"]):
+            event_time = epoch(record["event_time"])
+            self._saw(event_time)
+            if self.warmup_rows is not None and self._windows_full(event_time):
                 self.warmup_rows += 1
+                self.warmup_latest = max(event_time, self.warmup_latest or event_time)
             detection = self.concept.update(record)
             if detection is not None:
                 # which outcome tipped it: how many events after the onset the loop noticed
@@ -211,15 +230,15 @@ class ControlPlane:
         """The record as a dict when it has its contract's shape; else None (logged and counted)."""
         try:
             check(value or b"")
-            return json.loads(value)
+            return json.loads(value or b"")
         except (msgspec.DecodeError, ValueError) as exc:
             self.unreadable += 1
             _LOG.warning("skipping a record that is not a valid %s: %s", what, str(exc)[:200])
             return None
 
-    def _windows_full(self, event_time: str) -> bool:
+    def _windows_full(self, event_time: float) -> bool:
         full_from = self.data.warm_from if self.data is not None else None
-        return full_from is not None and epoch(event_time) >= full_from
+        return full_from is not None and event_time >= full_from
 
     def _new_champion(self, version: int, aliases: dict[str, int]) -> list[Output]:
         out: list[Output] = []
@@ -237,9 +256,10 @@ class ControlPlane:
             return out
         version, reference = verified.version, verified.reference
         _LOG.info("champion is v%d: data drift against its %d-row reference sample", version, len(reference))
-        self.data = DataDriftMonitor(self.spec, reference, version, clock=self.clock)
+        self.data = DataDriftMonitor(self.spec, reference, version)
         self.champion = version
         self.warmup_rows = 0 if verified.placeholder else None
+        self.warmup_latest = None
         self.policy.reset_for(version)
         self.detections = [d for d in self.detections if d["version"] == version]
         return out
@@ -270,7 +290,7 @@ class ControlPlane:
         return [("audit", refusal_record("control", refusal, self.champion))]
 
     def _request_refused(self, record: dict[str, Any]) -> bytes:
-        details = record.get("details") if isinstance(record.get("details"), dict) else {}
+        details = record["details"] if isinstance(record.get("details"), dict) else {}
         version = record.get("version") if isinstance(record.get("version"), int) else None
         what = f"{record['action']!r} record for request {str(details.get('request_id'))[:100]!r}"
         _LOG.warning("ignored an audit %s: it has no valid signature", what)
@@ -298,7 +318,11 @@ class ControlPlane:
             at=self.clock(),
         )
         self.detections = []
-        warmup = None if self.warmup_rows is None else Warmup(self.warmup_rows, self.data.warm_from)
+        warmup = (
+            None
+            if self.warmup_rows is None or self.data is None
+            else Warmup(self.warmup_rows, self.data.warm_from, self.warmup_latest)
+        )
         decision = self.policy.decide(report, self.data.current_rows() if self.data is not None else None, warmup)
         out: list[Output] = [("drift", json.dumps(report, separators=(",", ":"), default=str).encode())]
         if decision.noteworthy:

@@ -7,10 +7,10 @@
     # audits "challenger_set" / "rejected" / "retrain_failed", and policy.reset_for(v) on a new champion.
 
 While the champion is the warm-up placeholder of an ONNX pipeline (models/bootstrap.py), only one
-thing triggers: `model.warmup_events` labelled events with full feature windows (the control plane
-counts them and passes `warmup`); the retraining trains the spec's own model from there (reason
-"warmup"). When it succeeds no cooldown follows; a failed one waits the cooldown before the next try.
-Drift of the placeholder is not acted on.
+thing triggers: `model.warmup` reached by the labelled events with full feature windows (a count of them,
+or the event time they span; the control plane counts them and passes `warmup`); the retraining trains
+the spec's own model from there (reason "warmup"). When it succeeds no cooldown follows; a failed one
+waits the cooldown before the next try. Drift of the placeholder is not acted on.
 
 Otherwise, what triggers a retraining, strongest evidence first:
 1. concept drift: a concept detection (a rise of the loss) on the champion version; training starts
@@ -20,15 +20,21 @@ Otherwise, what triggers a retraining, strongest evidence first:
    first drifted window of that run. Not while the same windows fail quality checks: drifted inputs
    with unseen categories or dead letters are a broken producer or an outdated spec, and a model
    retrained on them would learn the fault.
-3. schedule: `drift.schedule_every_events` input events or `drift.schedule_every_hours` since the
-   last finished retraining (or since the policy started); training on the newest window.
+3. schedule: `drift.schedule_every` (input events or event time) since the last finished retraining
+   (or since the first report); training on the newest window.
 Quality drift alone never triggers: it is reported and audited (retraining cannot fix a schema problem).
 
-Debounce: at most one retraining in flight per model, and `drift.cooldown` seconds after each finished
-one. A trigger blocked by either is declined, and says why; a concept detection declined that way is
+Debounce: at most one retraining in flight per model, and `drift.cooldown` (input events, or event time)
+after each finished one. A trigger blocked by either is declined, and says why; a concept detection declined that way is
 not kept (the detector restarts after firing, so a lasting rise is not reported again; data drift or
 the schedule catch a model that is still wrong). Data-drift runs keep counting while blocked, so
 drift that outlasts the cooldown triggers as soon as it ends.
+
+Event time, not the wall clock: every span of the policy (cooldown, schedule, warm-up) is measured in
+input events observed (the reports' `quality.events_total`, so to the evaluation) or in event time, read
+from `event_clock` (the control plane's newest observed event time; the backtest's virtual clock). A
+replay at 200 rows/s of a daily stream then cools down after the same days of data as the stream itself.
+`clock` only stamps the records and the in-flight request (whose age the metrics measure in wall time).
 
 Every decision is an audit record (actor "trigger", action "retrain_triggered" or "retrain_declined",
 reason = the decision's sentence). `noteworthy` is False when a decision only repeats the previous
@@ -43,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from driftloop.spec import PipelineSpec
+from driftloop.spec import PipelineSpec, duration_text
 from driftloop.streams import contracts
 from driftloop.streams.contracts import iso_time
 from driftloop.streams.control.drift.report import epoch
@@ -68,21 +74,27 @@ class Warmup:
 
     rows: int
     train_from: float | None  # event time from which the windows are full; None until the first observation
+    latest: float | None = None  # the newest event time among those rows
 
 
 class TriggerPolicy:
-    def __init__(self, spec: PipelineSpec, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        clock: Callable[[], float] = time.time,
+        event_clock: Callable[[], float] | None = None,
+    ):
         self.spec = spec
         self.clock = clock
+        self.event_clock = event_clock or clock  # a backtest's clock is event time already
         self.champion: int | None = None
         self.consecutive = 0  # consecutive evaluations whose data section drifted
         self._run_from: float | None = None  # first event time of the current drifted run
         self.in_flight: dict[str, Any] | None = None  # {"request_id", "reason", "since"}
-        self.cooldown_until: float | None = None
+        self._cooldown_from: tuple[int, float] | None = None  # (events_total, event time) of the last finish
         self.last_decision: dict[str, Any] | None = None
         self.last_finished: dict[str, Any] | None = None
-        self._schedule_time_from = clock()
-        self._schedule_events_from: int | None = None  # set from the first report's quality.events_total
+        self._schedule_from: tuple[int, float] | None = None  # (events_total, event time); from the first report
         self._events_total = 0
         self._previous_situation: tuple | None = None
 
@@ -108,9 +120,7 @@ class TriggerPolicy:
         self.in_flight = None
         if first_model:  # its drift must be watched from the start, not after a cooldown (a failure waits one)
             return
-        self.cooldown_until = now + self.spec.drift.cooldown
-        self._schedule_time_from = now
-        self._schedule_events_from = self._events_total
+        self._cooldown_from = self._schedule_from = (self._events_total, self.event_clock())
 
     # -- deciding ------------------------------------------------------------------------------------
 
@@ -124,15 +134,15 @@ class TriggerPolicy:
             self.reset_for(report["champion_version"])  # windows judged for another champion do not count
         self._count_data_drift(report["data"], report["window"])
         self._events_total = int(report["quality"].get("events_total", self._events_total))
-        if self._schedule_events_from is None:
-            self._schedule_events_from = self._events_total
+        if self._schedule_from is None:
+            self._schedule_from = (self._events_total, self.event_clock())
         detections = [d for d in report["concept"]["detections"] if d["version"] == self.champion]
         if warmup is not None:
             reason, train_from, because, declined = self._warmup_evidence(warmup)
         else:
-            reason, train_from, because, declined = self._evidence(report, detections, now)
+            reason, train_from, because, declined = self._evidence(report, detections)
         if reason is not None:
-            blocked = self._blocked(now)
+            blocked = self._blocked()
             if blocked is not None:
                 declined, because = blocked[0], f"{because}; but {blocked[1]}"
         trigger = reason is not None and declined is None
@@ -153,7 +163,7 @@ class TriggerPolicy:
             "request_id": request_id,
             "train_from": iso_time(train_from) if trigger and train_from is not None else None,
             "in_flight_request": self.in_flight["request_id"] if self.in_flight else None,
-            "cooldown_until": iso_time(self.cooldown_until) if self.cooldown_until is not None else None,
+            "cooldown_left": self._cooldown_left(),
         }
         audit = contracts.audit(
             actor="trigger",
@@ -165,7 +175,7 @@ class TriggerPolicy:
             at=now,
         )
         request = None
-        if trigger:
+        if trigger and request_id is not None and reason is not None:  # both are set whenever trigger is
             request = contracts.retrain_request(
                 request_id=request_id,
                 model_name=self.spec.model.name,
@@ -195,14 +205,12 @@ class TriggerPolicy:
 
     def state(self) -> dict[str, Any]:
         """For `driftloop status`: what the policy is counting and waiting for."""
-        now = self.clock()
-        cooling = self.cooldown_until is not None and now < self.cooldown_until
         return {
             "champion_version": self.champion,
             "consecutive_drifted_windows": self.consecutive,
             "sustained_windows": self.spec.drift.sustained_windows,
             "in_flight": ({**self.in_flight, "since": iso_time(self.in_flight["since"])} if self.in_flight else None),
-            "cooldown_until": iso_time(self.cooldown_until) if cooling else None,
+            "cooldown_left": self._cooldown_left(),
             "last_decision": self.last_decision,
             "last_finished": self.last_finished,
         }
@@ -210,7 +218,7 @@ class TriggerPolicy:
     # -- internals -----------------------------------------------------------------------------------
 
     def _evidence(
-        self, report: dict[str, Any], detections: list[dict[str, Any]], now: float
+        self, report: dict[str, Any], detections: list[dict[str, Any]]
     ) -> tuple[str | None, float | None, str, str | None]:
         """(reason to retrain or None, train_from, because..., why not) by the rules in the module docstring."""
         data, quality = report["data"], report["quality"]
@@ -243,7 +251,7 @@ class TriggerPolicy:
                 f"data drift in {self.consecutive} consecutive windows ({_data(data)})",
                 None,
             )
-        scheduled = self._schedule_due(now)
+        scheduled = self._schedule_due()
         if scheduled is not None:
             return "schedule", None, scheduled, None
         if self.consecutive:
@@ -275,37 +283,51 @@ class TriggerPolicy:
         return None, None, f"no drift: {seen}, no concept detection, quality within limits", "no_drift"
 
     def _warmup_evidence(self, warmup: Warmup) -> tuple[str | None, float | None, str, str | None]:
-        needed, flavor = self.spec.model.warmup_events, self.spec.model.flavor
-        if warmup.train_from is not None and warmup.rows >= needed:
+        needed, flavor = self.spec.model.warmup, self.spec.model.flavor
+        spanned = 0.0 if warmup.train_from is None or warmup.latest is None else warmup.latest - warmup.train_from
+        if warmup.train_from is not None and warmup.rows and needed.reached(warmup.rows, spanned):
             return (
                 "warmup",
                 warmup.train_from,
                 (
                     f"the champion is the cold-start placeholder and {warmup.rows} labelled events with full feature "
-                    f"windows are in (model.warmup_events {needed}): training the first {flavor} model"
+                    f"windows are in (model.warmup {needed}): training the first {flavor} model"
                 ),
                 None,
             )
         waiting = (
             "the feature windows are still filling"
             if warmup.train_from is None
-            else f"{warmup.rows}/{needed} labelled events with full feature windows"
+            else f"{warmup.rows} labelled events with full feature windows, {needed.left(warmup.rows, spanned)} to go "
+            f"(model.warmup {needed})"
         )
         return None, None, f"the champion is the cold-start placeholder; warming up: {waiting}", "warming_up"
 
-    def _blocked(self, now: float) -> tuple[str, str] | None:
+    def _blocked(self) -> tuple[str, str] | None:
         """("in_flight" | "cooldown", why) when the debounce holds a retraining back."""
         if self.in_flight is not None:
             return "in_flight", (
                 f"retraining request {self.in_flight['request_id']} is still in flight "
                 f"(since {iso_time(self.in_flight['since'])})"
             )
-        if self.cooldown_until is not None and now < self.cooldown_until:
-            return "cooldown", (
-                f"cooling down after the last retraining until {iso_time(self.cooldown_until)} "
-                f"({self.cooldown_until - now:.0f} s left)"
+        left = self._cooldown_left()
+        if left is not None:
+            return (
+                "cooldown",
+                f"cooling down after the last retraining (drift.cooldown {self.spec.drift.cooldown}): {left} left",
             )
         return None
+
+    def _since(self, start: tuple[int, float]) -> tuple[int, float]:
+        """(input events, seconds of event time) observed since `start`."""
+        return self._events_total - start[0], self.event_clock() - start[1]
+
+    def _cooldown_left(self) -> str | None:
+        """What remains of the cooldown, for a sentence; None when it is over (or none began)."""
+        cooldown = self.spec.drift.cooldown
+        if self._cooldown_from is None or cooldown.reached(*self._since(self._cooldown_from)):
+            return None
+        return cooldown.left(*self._since(self._cooldown_from))
 
     def _sentence(self, trigger: bool, declined: str | None, because: str, train_from: float | None) -> str:
         model = f"{self.spec.model.name} v{self.champion}" if self.champion is not None else self.spec.model.name
@@ -325,16 +347,16 @@ class TriggerPolicy:
         if self.consecutive == 1 and window.get("first_event_time"):
             self._run_from = epoch(window["first_event_time"])
 
-    def _schedule_due(self, now: float) -> str | None:
-        drift = self.spec.drift
-        if drift.schedule_every_events is not None:
-            seen = self._events_total - (self._schedule_events_from or 0)
-            if seen >= drift.schedule_every_events:
-                return f"scheduled every {drift.schedule_every_events} events, {seen} since the last retraining"
-        if drift.schedule_every_hours is not None:
-            hours = (now - self._schedule_time_from) / 3600
-            if hours >= drift.schedule_every_hours:
-                return f"scheduled every {drift.schedule_every_hours:g} h, {hours:.2f} h since the last retraining"
+    def _schedule_due(self) -> str | None:
+        if self.spec.drift.schedule_every is None or self._schedule_from is None:
+            return None
+        events, seconds = self._since(self._schedule_from)
+        for every in self.spec.drift.schedule_every:
+            if every.reached(events, seconds):
+                return (
+                    f"scheduled every {every}, {events:,} events and {duration_text(seconds)} of event time since "
+                    f"the last retraining"
+                )
         return None
 
 

@@ -122,7 +122,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -338,12 +338,14 @@ class ChangelogTable:
                         _LOG.warning("restoring table %r from %r: %s", self.name, self.topic, error.str())
                         last_error = f"; last consumer error: {error.str()}"
                         continue
+                    # Consumed records and end-of-partition events always carry an offset; changelog records a key.
+                    offset, key = cast(int, message.offset()), cast(bytes, message.key())
                     if partition not in reading:  # written after its end was reached: not part of this restore
                         continue
                     if partition in probing:
                         probing.discard(partition)
                         end = (
-                            message.offset()
+                            offset
                             if error is not None
                             else consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)[1]
                         )
@@ -364,13 +366,13 @@ class ChangelogTable:
                             consumer.seek(TopicPartition(self.topic, partition, skip_below[partition]))
                             continue
                     if error is not None:  # end of partition
-                        if message.offset() >= skip_below[partition]:
+                        if offset >= skip_below[partition]:
                             reading.discard(partition)
                         continue
-                    if message.offset() < skip_below[partition]:  # applied, or fetched again after the seek
+                    if offset < skip_below[partition]:  # applied, or fetched again after the seek
                         continue
-                    skip_below[partition] = message.offset() + 1
-                    batch.setdefault(partition, []).append((message.offset(), message.key(), message.value()))
+                    skip_below[partition] = offset + 1
+                    batch.setdefault(partition, []).append((offset, key, message.value()))
                 for partition, applied in batch.items():
                     self._apply(partition, applied)
                     records += len(applied)
@@ -652,7 +654,7 @@ class ChangelogTable:
                 acknowledged.sort(key=_offset)  # without idempotence, reports may come out of order
                 self._apply(partition, acknowledged)
                 overlay, dirty = self._overlay[partition], self._dirty[partition]
-                for _offset_, key, _value in acknowledged:
+                for _o, key, _value in acknowledged:
                     text = key.decode()
                     if text not in dirty:
                         overlay.pop(text, None)
@@ -669,7 +671,7 @@ class ChangelogTable:
             known[key] = None if raw is None else self._stored_kind(raw)
         decode = self._kind_of is not None or self._expiry_time is not None
         writes = []
-        for _offset_, key, raw in records:
+        for _o, key, raw in records:
             before = known[key]
             if before is not None:
                 counts[before] -= 1

@@ -19,8 +19,8 @@ trip to the broker; the others advance between batches, so scoring goes on while
 Why a restart is exact. A successor restores the tables and the journal and consumes from the last
 committed offsets C. (A restored partition is its local store, which holds the changelog's records up to
 an offset and nothing else, plus the changelog's records after that offset: the same state as a replay
-of the whole changelog; streams/state/changelog.py.) Take an event record r at offset y >= C, and the restored state of its entity,
-written at some seal S (or nothing):
+of the whole changelog; streams/state/changelog.py.) Take an event record r at offset y >= C, and the
+restored state of its entity, written at some seal S (or nothing):
 - If the state holds r (its offset `o` >= y), r was processed before S, so by step 1 every output of
   r was acknowledged before S and its journal entry too: r is skipped (streams/worker/scoring.py).
 - Otherwise the state is as it was before r, and the events of that entity between S and r are all
@@ -40,6 +40,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -115,7 +116,7 @@ class Checkpoints:
             if not any(table.in_flight for table in self.tables):
                 for c in drained:
                     c.delivered = True
-            elif now - drained[0].drained_at >= self.max_delivery_wait:
+            elif now - cast(float, drained[0].drained_at) >= self.max_delivery_wait:  # set: filtered above
                 self.flush(30.0)
                 for c in drained:
                     c.delivered = True

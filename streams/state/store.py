@@ -30,6 +30,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import msgspec
 import rocksdict
@@ -125,11 +126,12 @@ class PartitionStore:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
+    # The casts: rocksdict's stubs type keys and values for every mode; in raw mode both are bytes.
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        return self._db.get(keys) if keys else []
+        return cast(list[bytes | None], self._db.get(cast(list[Any], keys))) if keys else []
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return self._db.items()
+        return cast(Iterator[tuple[bytes, bytes]], self._db.items())
 
     def write(
         self, records: list[tuple[bytes, bytes | None, float | None]], offset: int, counts: dict[str, int]
@@ -152,7 +154,7 @@ class PartitionStore:
     def due(self, before: float) -> Iterator[tuple[bytes, float, bytes]]:
         """(index key, expiry time, key) of the expiry index's entries before `before`, oldest first."""
         bound = expiry_key(before, b"")
-        for index_key in self._expiry_view.keys(from_key=None):
+        for index_key in cast(Iterator[bytes], self._expiry_view.keys(from_key=None)):
             if index_key >= bound:
                 return
             yield index_key, int.from_bytes(index_key[:8], "big") / 1000, index_key[8:]
@@ -172,7 +174,7 @@ class PartitionStore:
         self._attach()
 
     def close(self) -> None:
-        self._meta_view = self._expiry_view = self._meta = self._expiry = None  # rocksdict closes once unreferenced
+        del self._meta_view, self._expiry_view, self._meta, self._expiry  # rocksdict closes once unreferenced
         self._db.close()
 
 

@@ -112,12 +112,17 @@ def run_worker(
         cleanup.callback(router.stop)
         port = metrics.serve(settings.metrics_port, settings.bind_host)
         cleanup.callback(metrics.stop_serving)
+
+        def feast_written(rows: int, seconds: float) -> None:
+            metrics.feast_rows(rows)
+            metrics.stage("feast_write", seconds)
+
         feast = FeastWriter(
             settings,
             spec,
             separate_process=True,
             write_interval=FEAST_WRITE_INTERVAL,
-            on_write=lambda rows, seconds: (metrics.feast_rows(rows), metrics.stage("feast_write", seconds)),
+            on_write=feast_written,
         )
         cleanup.callback(feast.close)
         learner = LabeledLearner(

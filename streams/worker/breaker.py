@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from driftloop.spec import SloSpec
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, HALF_OPEN, OPEN)  # the order of the driftloop_breaker_state gauge's values
 
@@ -125,7 +127,7 @@ class Breaker:
 class Breakers:
     """The breakers of every version a worker has scored with, made on first use from the spec's `slo.breaker`."""
 
-    def __init__(self, slo):
+    def __init__(self, slo: SloSpec):
         self.slo = slo
         self._by_version: dict[int, Breaker] = {}
 

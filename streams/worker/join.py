@@ -16,8 +16,9 @@ A second prediction for a waiting id (re-emitted after a worker restart) leaves 
 Entries older than the spec's `outcomes.join_ttl` (wall clock) expire and are counted. The table lives
 on local disk (`join_table`), so millions of predictions may wait weeks for their labels while memory
 holds only the entries changed since the last checkpoint; its expiry index makes a sweep cost what
-expires, and its counts by side make the waiting gauge cost what changed. A second outcome for a waiting prediction's id is counted as a
-duplicate; one for an id already joined waits like any other unmatched outcome and expires.
+expires, and its counts by side make the waiting gauge cost what changed. A second outcome for a waiting
+prediction's id is counted as a duplicate; one for an id already joined waits like any other unmatched
+outcome and expires.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class OutcomeJoiner:
 
     def waiting(self) -> Counter:
         """How many predictions and outcomes wait for their other side (for the join_pending gauge)."""
-        sides = Counter()
+        sides: Counter[str] = Counter()
         for p in self.table.assigned:
             sides.update(self.table.counts(p))
         return sides

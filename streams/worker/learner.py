@@ -80,9 +80,9 @@ class LabeledLearner:
         messages = self._consumer.consume(self.batch_size, timeout=0)
         rows, labels, times, read = [], [], [], 0
         for m in messages:
-            if m.error() is not None:
-                if m.error().code() != KafkaError._PARTITION_EOF:
-                    _LOG.warning("labeled consumer: %s", m.error().str())
+            if (error := m.error()) is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    _LOG.warning("labeled consumer: %s", error.str())
                 continue
             read += 1
             try:

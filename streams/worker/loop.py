@@ -225,7 +225,7 @@ class Pipeline:
         if by_topic.get(t.outcomes):
             self._route_outcomes(by_topic[t.outcomes])
         if by_topic.get(t.pending) or by_topic.get(t.outcomes_by_id):
-            self._join(by_topic.get(t.pending, ()), by_topic.get(t.outcomes_by_id, ()))
+            self._join(by_topic.get(t.pending, []), by_topic.get(t.outcomes_by_id, []))
 
     def _score(self, messages: list, asked: int) -> None:
         records = [Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value()) for m in messages]
@@ -261,8 +261,8 @@ class Pipeline:
                 produce(t.predictions, value, key)
             except KafkaException as exc:  # refused by the client at once, e.g. too large: the event goes to the DLQ
                 self._prediction_refused(record, exc, scored)
-        for key, value in scored.dead_letters:
-            produce(t.events_dlq, value, key)
+        for dlq_key, envelope in scored.dead_letters:
+            produce(t.events_dlq, envelope, dlq_key)
         partitions, local, joined = self.join_partitions, self.join_table.assigned, JoinResult()
         for event_id, value in scored.pending:
             partition = join_partition(event_id, partitions)

@@ -321,7 +321,7 @@ class WorkerMetrics:
             for metric in LIVE_METRICS:
                 value = values[metric]
                 self._live_metric.labels(version, metric).set(float("nan") if value is None else value)
-            self._live_samples.labels(version).set(values["samples"])
+            self._live_samples.labels(version).set(values["samples"] or 0)
         for version in self._live_versions - set(versions):
             for metric in LIVE_METRICS:
                 self._live_metric.remove(version, metric)

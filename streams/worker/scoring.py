@@ -12,13 +12,13 @@ Per event record, in order:
   model scores is the features plus the event fields the model reads, in `spec.model_inputs` order
   (`features.rows.RowBuilder`, which the offline featuriser uses too); that same row goes to Feast,
   so Feast serves exactly the vector that scored the event.
-- `score`: the router names each entity's variant (champion, or canary for a stable hash share of
-  entities); each variant's rows are scored in one `predict_proba` call. In shadow mode the challenger
-  also scores every row; its score rides along to the outcome join and is never served. A version whose
-  circuit breaker (streams/worker/breaker.py) is open scores none of its events, or only a probe when
-  half-open: the router's fallback serves the others, as variant `fallback`, journaled like any other.
-  With a fallback, an event the model cannot score is served by the fallback too (and dead-lettered as
-  `scoring_failed` only when the fallback cannot score it either).
+- `score`: the router names each event's variant (champion, or canary for a stable hash share of
+  events or entities, `canary.assign`); each variant's rows are scored in one `predict_proba` call. In
+  shadow mode the challenger also scores every row; its score rides along to the outcome join and is never served.
+  A version whose circuit breaker (streams/worker/breaker.py) is open scores none of its events, or only
+  a probe when half-open: the router's fallback serves the others, as variant `fallback`, journaled like
+  any other. With a fallback, an event the model cannot score is served by the fallback too (and
+  dead-lettered as `scoring_failed` only when the fallback cannot score it either).
 - the outputs: one prediction per valid event, one pending-join record (prediction + row) keyed by
   event id for the outcome join, the Feast rows, the batch's rows for the drift agent, and one
   journal entry per record (streams/state/journal.py) that the pipeline makes durable before the rest.
@@ -252,15 +252,16 @@ class EventScorer:
         by_variant: dict[str, list[int]] = {}
         route = self.router.variant_for
         for i, (_, event) in enumerate(events):
-            by_variant.setdefault(route(event.entity), []).append(i)
+            by_variant.setdefault(route(event.entity, event.event_id), []).append(i)
         scored: list[tuple[float, Any, float] | None] = [None] * len(events)
-        fallback = self.router.fallback if self.breakers is not None else None
+        breakers = self.breakers
+        fallback = self.router.fallback if breakers is not None else None
         now = self.clock()
         for variant, indices in by_variant.items():
             serving = self.router.serving(variant)
             breaker = None
-            if fallback is not None and fallback.version != serving.version:
-                breaker = self.breakers.of(serving.version)
+            if breakers is not None and fallback is not None and fallback.version != serving.version:
+                breaker = breakers.of(serving.version)
             admitted = indices if breaker is None else indices[: breaker.admits(len(indices), now)]
             to_fallback = indices[len(admitted) :]
             if admitted:
@@ -291,7 +292,7 @@ class EventScorer:
         model_ms = seconds * 1000 / len(indices)
         failed, served = [], 0
         for i, p in zip(indices, probabilities):
-            if type(p) is str:
+            if isinstance(p, str):
                 failed.append((i, p))
                 if dead_letter:
                     detail = f"model v{serving.version} ({serving.variant}): {p}"

@@ -263,7 +263,7 @@ class EventValidator:
     def validate(self, raw: bytes | None) -> Event | Rejection:
         return self._validate(raw, self._clock())
 
-    def validate_batch(self, raws: list[bytes]) -> list[Event | Rejection]:
+    def validate_batch(self, raws: list[bytes | None]) -> list[Event | Rejection]:
         """One result per record, in order; the clock is read once for the whole batch."""
         now = self._clock()
         validate = self._validate

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from driftloop import kafka
-from tests.support.stack import driftloop_command, stack_env, wait_for_line
+from tests.support.stack import driftloop_command, stack_env, start_driftloop, wait_for_line
 
 VERDICTS = ("promoted", "rolled_back")
 ONSET = 75_000  # the 24 h windows fill at ~43,200 events, the first model trains on the 5,000 outcomes after
@@ -41,9 +41,7 @@ def _model_version_tags(tracking_uri: str, version: int) -> dict[str, str]:
 @pytest.mark.timeout(900)
 def test_the_first_model_replaces_the_placeholder_then_a_concept_drift_is_retrained_and_promoted(tmp_path):
     env = stack_env(tmp_path)
-    stack = subprocess.Popen(
-        driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    stack = start_driftloop("up", env=env)
     demo = None
     try:
         wait_for_line(stack, "stack is up", timeout=300)

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from driftloop import kafka
-from tests.support.stack import README_EVENT, driftloop_command, stack_env, wait_for_line
+from tests.support.stack import README_EVENT, driftloop_command, stack_env, start_driftloop, wait_for_line
 
 
 def _listening(process: psutil.Process) -> list[tuple[str, str, int]]:
@@ -35,9 +35,7 @@ def _port(url: str) -> int:
 
 def test_up_serves_broker_mlflow_topics_and_stops_on_sigterm(tmp_path):
     env = stack_env(tmp_path, DRIFTLOOP_PARTITIONS="")  # unset: the embedded broker's default, one partition
-    process = subprocess.Popen(
-        driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_driftloop("up", env=env)
     try:
         wait_for_line(process, "stack is up", timeout=240)
         info = json.loads((tmp_path / "data" / "stack.json").read_text())
@@ -128,7 +126,7 @@ def test_bad_configuration_is_one_line_and_non_zero(tmp_path, kafka_bootstrap, e
         driftloop_command("up"), env=stack_env(tmp_path, **env), capture_output=True, text=True, timeout=90
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [next(l for l in done.stderr.splitlines() if message in l)]
+    assert done.stderr.strip().splitlines() == [next(line for line in done.stderr.splitlines() if message in line)]
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 60
 
@@ -157,12 +155,8 @@ def test_taken_broker_port_is_one_line(tmp_path):
 def test_bind_host_opens_the_servers_to_other_hosts(tmp_path):
     """As in a container: DRIFTLOOP_BIND_HOST=0.0.0.0 puts the broker and MLflow on every interface."""
     env = stack_env(tmp_path, DRIFTLOOP_BIND_HOST="0.0.0.0")
-    broker = subprocess.Popen(
-        driftloop_command("broker"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    mlflow = subprocess.Popen(
-        driftloop_command("mlflow"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    broker = start_driftloop("broker", env=env)
+    mlflow = start_driftloop("mlflow", env=env)
     try:
         bootstrap = wait_for_line(broker, "bootstrap address", timeout=60)[-1].rsplit(" ", 1)[-1].strip()
         url = wait_for_line(mlflow, "MLflow UI at", timeout=180)[-1].rsplit(" ", 1)[-1].strip()
@@ -180,9 +174,7 @@ def test_bind_host_opens_the_servers_to_other_hosts(tmp_path):
 
 
 def test_broker_command_prints_bootstrap_and_stops(tmp_path):
-    process = subprocess.Popen(
-        driftloop_command("broker"), env=stack_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_driftloop("broker", env=stack_env(tmp_path))
     try:
         lines = wait_for_line(process, "bootstrap address", timeout=60)
         bootstrap = lines[-1].rsplit(" ", 1)[-1].strip()

@@ -24,7 +24,7 @@ import yaml
 from driftloop import kafka
 from driftloop.settings import DEMO_SPEC
 from tests.support.dashboards import dashboard_queries
-from tests.support.stack import driftloop_command, stack_env, wait_for_line
+from tests.support.stack import stack_env, start_driftloop, wait_for_line
 
 PROMETHEUS = shutil.which("prometheus")
 RETRAIN_FINISHED = ("challenger_set", "rejected", "retrain_failed")
@@ -44,7 +44,7 @@ def _spec(path) -> None:
     """The demo spec with an online model that starts cold and a retraining every few thousand events."""
     document = yaml.safe_load(DEMO_SPEC.read_text())
     document["model"].update(flavor="river", estimator="logistic_regression")
-    document["drift"].update(schedule_every_events=4000, cooldown="30s")
+    document["drift"].update(schedule_every="4000 events", cooldown="30s")
     document["retrain"] = {"min_rows": 300, "window_events": 3000}
     document["canary"].update(min_samples=100, max_samples=2000)
     path.write_text(yaml.safe_dump(document))
@@ -125,13 +125,7 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(tmp_path):
     spec = tmp_path / "spec.yaml"
     _spec(spec)
     env = stack_env(tmp_path, DRIFTLOOP_SPEC=str(spec))
-    stack = subprocess.Popen(
-        driftloop_command("up", "--demo", "--demo-rate", "800"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stack = start_driftloop("up", "--demo", "--demo-rate", "800", env=env)
     prometheus = None
     try:
         wait_for_line(stack, "stack is up", timeout=300)

@@ -15,7 +15,7 @@ import yaml
 from driftloop.cli import build_parser
 from driftloop.init_spec import accepted_flavors
 from driftloop.spec import load_spec, parse_duration
-from tests.support.stack import driftloop_command, stack_env, wait_for_line
+from tests.support.stack import driftloop_command, stack_env, start_driftloop, wait_for_line
 
 
 def _phishing(path) -> pd.DataFrame:
@@ -124,12 +124,14 @@ def test_it_offers_exactly_the_flavors_the_spec_validator_accepts():
     [
         (
             lambda d: d["events"].pop("id_field"),
-            "events.id_field: required key is missing; fix: name the field that identifies each event (id_field: event_id) "
-            "and declare it under events.fields (event_id: {type: string, max_length: 64}); `driftloop replay` generates it",
+            "events.id_field: required key is missing; fix: name the field that identifies each event "
+            "(id_field: event_id) and declare it under events.fields (event_id: {type: string, max_length: 64}); "
+            "`driftloop replay` generates it",
         ),
         (
             lambda d: d.update(feature_ttl="1h"),
-            "window is longer than feature_ttl; Feast would expire it first; fix: raise feature_ttl above the longest window",
+            "window is longer than feature_ttl; Feast would expire it first; "
+            "fix: raise feature_ttl above the longest window",
         ),
         (
             lambda d: d["model"].update(estimator="gradient_boostin"),
@@ -138,7 +140,7 @@ def test_it_offers_exactly_the_flavors_the_spec_validator_accepts():
         ),
         (
             lambda d: d["drift"].update(cooldown="5 minutes"),
-            "fix: write a whole number and a unit: 500ms, 30s, 10m, 1h or 7d",
+            "fix: write a count of events (2000 events) or a duration of event time, a whole number and a unit",
         ),
     ],
 )
@@ -161,9 +163,7 @@ def test_replay_of_the_table_on_a_stack_runs_with_the_written_spec_unchanged(tmp
     assert _run("init-spec", str(table), "--time-step", "1d", cwd=tmp_path).returncode == 0
     spec_path = tmp_path / "phishing.yaml"
     env = stack_env(tmp_path, DRIFTLOOP_SPEC=str(spec_path))
-    stack = subprocess.Popen(
-        driftloop_command("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    stack = start_driftloop("up", env=env)
     try:
         wait_for_line(stack, "stack is up", timeout=300)
         replayed = subprocess.run(

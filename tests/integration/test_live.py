@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -18,7 +17,7 @@ from driftloop.live import LiveView, Look, PlainDisplay, TerminalDisplay
 from driftloop.pulse import Pulse, Serving
 from driftloop.streams import contracts
 from driftloop.streams.worker.metrics import WorkerMetrics
-from tests.support.stack import driftloop_command, stack_env, wait_for_line
+from tests.support.stack import stack_env, start_driftloop, wait_for_line
 
 
 def test_a_log_follower_returns_each_complete_line_once(tmp_path):
@@ -191,13 +190,7 @@ def test_the_terminal_panel_shows_the_look():
 @pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_up_with_the_demo_tells_its_story_on_stdout(tmp_path):
-    process = subprocess.Popen(
-        driftloop_command("up", "--demo", "--demo-rate", "400"),
-        env=stack_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_driftloop("up", "--demo", "--demo-rate", "400", env=stack_env(tmp_path))
     try:
         wait_for_line(process, "stack is up", timeout=300)
         wait_for_line(process, "driftloop: demo: producing the fraud stream at 400 events/s", timeout=60)
@@ -209,13 +202,7 @@ def test_up_with_the_demo_tells_its_story_on_stdout(tmp_path):
         assert "serving champion v1 100%" in pulse and "registry champion v1" in pulse
 
         # the same view from another terminal: the decisions made before it started first, then the pulse
-        watch = subprocess.Popen(
-            driftloop_command("status", "--watch", "--interval", "1"),
-            env=stack_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        watch = start_driftloop("status", "--watch", "--interval", "1", env=stack_env(tmp_path))
         try:
             wait_for_line(watch, "driftloop: decision: trigger: retrain_declined v1", timeout=60)
             wait_for_line(watch, "driftloop: pulse: ", timeout=60)

@@ -63,8 +63,8 @@ def _labeled(event_id: str, index: int, decision: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def champion_registry(tmp_path_factory):
-    """A SQLite registry holding the cold-start River placeholder champion, as a fresh stack registers (created once: the
-    registry's migrations take seconds)."""
+    """A SQLite registry holding the cold-start River placeholder champion, as a fresh stack registers (created
+    once: the registry's migrations take seconds)."""
     spec = load_spec(DEMO_SPEC)
     directory = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{directory}/mlflow.db"

@@ -127,7 +127,7 @@ def test_each_hostile_record_ends_as_one_prediction_or_one_dead_letter(tmp_path,
             (d["source"]["partition"], d["source"]["offset"]): d for d in (json.loads(m.value()) for m in dead)
         }
         predicted_ids = [json.loads(m.value())["event_id"] for m in predictions]
-        for (key, value, what), position in zip(records, where):
+        for (_key, value, what), position in zip(records, where):
             envelope = by_source.get(position)
             if envelope is None:
                 continue  # predicted: checked below by id

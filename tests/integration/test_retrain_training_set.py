@@ -24,11 +24,6 @@ from tests.support.training import (
     write_spec,
 )
 
-# --- helpers shared with test_retrain_worker.py -------------------------------------------------------
-
-
-# --- the tests --------------------------------------------------------------------------------------------
-
 
 @pytest.fixture
 def pipeline(tmp_path, kafka_bootstrap, unique):
@@ -113,7 +108,7 @@ def test_training_set_is_the_window_with_feast_features_equal_to_the_scored_rows
 def test_the_fingerprint_changes_with_any_label_or_value(pipeline):
     _, spec, _ = pipeline
     stream = scored_stream(spec, 50, seed=5)
-    ids, labels, rows = [e.event_id for e, _, _ in stream], [l for _, _, l in stream], [r for _, r, _ in stream]
+    ids, labels, rows = [e.event_id for e, _, _ in stream], [label for _, _, label in stream], [r for _, r, _ in stream]
     base = fingerprint(ids, labels, rows, spec.model_inputs)
     assert base == fingerprint(list(ids), list(labels), [dict(r) for r in rows], spec.model_inputs)
     flipped = labels[:10] + [1 - labels[10]] + labels[11:]
@@ -127,7 +122,11 @@ def test_too_few_rows_since_train_from_is_reported_not_trained(pipeline, kafka_b
     settings, spec, writer = pipeline
     stream = scored_stream(spec, 300, seed=3)
     write_feast(writer, [feast_row(spec, e, r) for e, r, _ in stream], batch=300)
-    publish(kafka_bootstrap, settings.topic_labeled, [(e.entity, labeled_record(spec, e, r, l)) for e, r, l in stream])
+    publish(
+        kafka_bootstrap,
+        settings.topic_labeled,
+        [(e.entity, labeled_record(spec, e, r, label)) for e, r, label in stream],
+    )
     train_from = stream[250][0].event_time  # 50 rows since, 100 needed
     window = read_window(kafka_bootstrap, settings.topic_labeled, spec, train_from, group="test-reader")
     with pytest.raises(NotEnoughData, match=r"^50 labelled rows since .*, 100 needed$") as raised:

@@ -196,7 +196,8 @@ def _committed(bootstrap, settings, spec):
 
 
 def test_a_drifted_stream_yields_a_challenger_that_beats_the_pre_drift_champion(drifted, tmp_path, kafka_bootstrap):
-    settings, spec, uri, stream, onset = _setup(drifted, tmp_path, kafka_bootstrap)
+    both = {"onnx": "gradient_boosting", "river": "logistic_regression"}  # the spec names two: the gate picks one
+    settings, spec, uri, stream, onset = _setup(drifted, tmp_path, kafka_bootstrap, candidates=both)
     pre = stream[:PRE]
     champion = _champion(spec, uri, [r for _, r, _ in pre], [label for _, _, label in pre])
     current = {name: [r[name] for _, r, _ in stream[-300:]] for name in spec.model_inputs}

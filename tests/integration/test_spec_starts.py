@@ -106,8 +106,8 @@ def test_mlflow_and_the_model_exporters_take_the_names(tmp_path, empty_mlflow_db
     rng = random.Random(2)
     rows = [{name: random_row(spec, rng, "e", START)[name] for name in spec.model_inputs} for _ in range(60)]
     labels = [i % 2 for i in range(60)]
-    candidates = train_candidates(spec, rows, labels)  # an ONNX and a River model
-    assert [len(c.model.predict_proba(rows)) for c in candidates] == [60, 60]
+    candidates = train_candidates(spec, rows, labels)  # the spec's own model: ONNX gradient boosting
+    assert [(c.name, len(c.model.predict_proba(rows))) for c in candidates] == [("onnx_gradient_boosting", 60)]
     river_spec = spec.model_copy(
         update={"model": spec.model.model_copy(update={"flavor": "river", "estimator": "logistic_regression"})}
     )

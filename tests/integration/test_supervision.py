@@ -20,7 +20,7 @@ import pytest
 
 from driftloop import kafka
 from driftloop.mlflow_server import http_ok
-from tests.support.stack import README_EVENT, driftloop_command, stack_env
+from tests.support.stack import README_EVENT, driftloop_command, stack_env, start_driftloop
 
 MAX_RESTARTS = 2  # the crash-loop test needs MAX_RESTARTS + 1 exits of one child within 5 minutes
 NAMES = {"worker": "worker", "control": "control plane", "retrain-worker": "retrain worker", "mlflow": "MLflow server"}
@@ -32,9 +32,7 @@ class Up:
     def __init__(self, tmp_path: Path, **env: str):
         self.data = tmp_path / "data"
         self.env = stack_env(tmp_path, **env)
-        self.process = subprocess.Popen(
-            driftloop_command("up"), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.process = start_driftloop("up", env=self.env)
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

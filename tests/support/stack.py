@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -35,6 +36,13 @@ def stack_env(tmp_path, **extra):
 
 def driftloop_command(*args):
     return [sys.executable, "-m", "driftloop.cli", *args]
+
+
+def start_driftloop(*args, env):
+    """A driftloop command in a child process, its stdout and stderr piped as text (for wait_for_line)."""
+    return subprocess.Popen(
+        driftloop_command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_line(process, text, timeout):

@@ -21,7 +21,7 @@ from driftloop.models import registry
 from driftloop.models.checksum import directory_checksum
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
-from tests.support.stack import driftloop_command, stack_env, wait_for_line
+from tests.support.stack import driftloop_command, stack_env, start_driftloop, wait_for_line
 
 SPEC = load_spec(DEMO_SPEC)
 
@@ -42,9 +42,7 @@ NAME = SPEC.model.name
 class Stack:
     def __init__(self, tmp: Path):
         self.tmp, self.env = tmp, stack_env(tmp)
-        self.process = subprocess.Popen(
-            driftloop_command("up"), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.process = start_driftloop("up", env=self.env)
         self.output = "".join(wait_for_line(self.process, "stack is up", timeout=300))
         info = json.loads((tmp / "data" / "stack.json").read_text())
         self.bootstrap, self.url, self.metrics = info["bootstrap"], info["mlflow_tracking_uri"], info["metrics_urls"][0]

@@ -26,20 +26,8 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 
 SERVICES = {"kafka", "redis", "postgres", "mlflow", "keygen", "worker", "control", "retrain", "prometheus", "grafana"}
 DRIFTLOOP_SERVICES = ("worker", "control", "retrain")  # the processes running driftloop commands
-# The settings the compose stack may set: the documented names from driftloop's settings table.
-DOCUMENTED_SETTINGS = {
-    "KAFKA_BOOTSTRAP_SERVERS",
-    "MLFLOW_TRACKING_URI",
-    "DRIFTLOOP_ONLINE_STORE",
-    "DRIFTLOOP_REDIS_URL",
-    "DRIFTLOOP_DATA_DIR",
-    "DRIFTLOOP_SPEC",
-    "DRIFTLOOP_PARTITIONS",
-    "DRIFTLOOP_METRICS_PORT",
-    "DRIFTLOOP_BIND_HOST",
-    "DRIFTLOOP_HEARTBEAT_FILE",
-    "DRIFTLOOP_CONTROL_METRICS_PORT",
-}
+# The settings the compose stack may set: the documented names, i.e. the rows of the README's settings table.
+DOCUMENTED_SETTINGS = set(re.findall(r"^\| `([A-Z][A-Z_]+)` \|", (REPO / "README.md").read_text(), re.MULTILINE))
 # What `driftloop up` supervises, and what they need; compose must restart and health-check them too.
 SUPERVISED = ("kafka", "redis", "postgres", "mlflow", *DRIFTLOOP_SERVICES)
 HEARTBEAT_SERVICES = ("control", "retrain")  # no HTTP to ask: their healthcheck reads the file their loop touches
@@ -194,15 +182,6 @@ def test_every_awaited_service_has_a_healthcheck(services):
     assert {"kafka", "redis", "postgres", "mlflow"} <= awaited
     for target in awaited:
         assert has_healthcheck(services[target]), f"{target} is waited on but has no healthcheck"
-
-    (
-        "DRIFTLOOP_DATA_DIR",
-        "DRIFTLOOP_SPEC",
-        "DRIFTLOOP_PARTITIONS",
-        "DRIFTLOOP_METRICS_PORT",
-        "DRIFTLOOP_BIND_HOST",
-    )
-    ("DRIFTLOOP_HEARTBEAT_FILE",)
 
 
 def test_no_undocumented_settings(services):

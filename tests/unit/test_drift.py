@@ -27,7 +27,7 @@ from driftloop.load.generator import DriftPlan, FraudStream
 from driftloop.models.inputs import rows_to_frame
 from driftloop.schema import model_inputs
 from driftloop.settings import DEMO_SPEC
-from driftloop.spec import load_spec, parse_spec
+from driftloop.spec import Span, load_spec, parse_spec
 from driftloop.streams.contracts import iso_time
 from driftloop.streams.control.drift.concept import ConceptDriftMonitor
 from driftloop.streams.control.drift.data import DataDriftMonitor, html, warmup_seconds
@@ -161,7 +161,7 @@ def test_html_report_for_a_retraining_run(covariate_stream):
 
 
 def test_a_cold_start_reference_is_observed_after_the_longest_window_has_filled(covariate_stream):
-    spec = _with_drift(reference_size=1000, window_events=500, evaluate_every_events=250)
+    spec = _with_drift(reference_size=1000, window_events=500, evaluate_every=(Span(events=250),))
     monitor = DataDriftMonitor(spec, rows_to_frame(COLUMNS, []), 1)
     assert warmup_seconds(spec) == 24 * 3600
     times = [START + 1000.0 * i for i in range(200)]  # each 100-event batch ends 1,000 s after the previous
@@ -177,14 +177,13 @@ def test_a_cold_start_reference_is_observed_after_the_longest_window_has_filled(
     assert evaluated and evaluated[0]["reference"] == "observed" and evaluated[0]["reference_rows"] == 1000
 
 
-def test_evaluations_are_due_every_n_events_or_seconds_with_new_rows_and_a_full_window(covariate_stream):
-    clock = Clock(START)
+def test_evaluations_are_due_every_n_events_or_event_time_with_new_rows_and_a_full_window(covariate_stream):
     reference = _frame(_columnar(covariate_stream, 4_500, 9_500))
-    monitor = DataDriftMonitor(SPEC, reference, 1, clock=clock)
+    spec = _with_drift(evaluate_every=(Span.model_validate("500 events"), Span.model_validate("1h")))
+    monitor = DataDriftMonitor(spec, reference, 1)
     rows = _columnar(covariate_stream, 5_000, 7_500)
     chunk = lambda a, b: {name: values[a:b] for name, values in rows.items()}  # noqa: E731
     monitor.add(chunk(0, 900), START)
-    clock.now += 60
     assert not monitor.due() and not monitor.ready()  # 900 < window_events
     monitor.add(chunk(900, 1000), START + 10)
     assert monitor.due() and monitor.ready()
@@ -194,18 +193,18 @@ def test_evaluations_are_due_every_n_events_or_seconds_with_new_rows_and_a_full_
     monitor.add(chunk(1000, 1499), START + 20)
     assert not monitor.due()
     monitor.add(chunk(1499, 1500), START + 30)
-    assert monitor.due()  # evaluate_every_events new rows
+    assert monitor.due()  # 500 new rows
     monitor.evaluate()
-    clock.now += SPEC.drift.evaluate_every_seconds + 1
-    assert not monitor.due()  # time passed, but the window is unchanged: no second look at the same rows
-    monitor.add(chunk(1500, 1510), START + 40)
-    assert monitor.due()
+    monitor.add(chunk(1500, 1505), START + 3600)
+    assert not monitor.due()  # 5 rows, and the hour of event time since the evaluation is not over
+    monitor.add(chunk(1505, 1510), START + 30 + 3600)
+    assert monitor.due()  # an hour of event time since the last evaluation, with new rows
     assert monitor.window_info()["first_event_time"] == iso_time(START)  # 390 rows of the first batch remain
-    monitor.add(chunk(1510, 2010), START + 50)
+    monitor.add(chunk(1510, 2010), START + 50 + 3600)
     assert monitor.window_info() == {
         "events": 1000,
         "first_event_time": iso_time(START + 20),
-        "last_event_time": iso_time(START + 50),
+        "last_event_time": iso_time(START + 50 + 3600),
     }  # the oldest batches slid out
     assert monitor.current_rows() == chunk(1010, 2010)
 
@@ -375,7 +374,7 @@ DETAIL_KEYS = {
     "request_id",
     "train_from",
     "in_flight_request",
-    "cooldown_until",
+    "cooldown_left",
 }
 
 
@@ -425,24 +424,28 @@ def test_a_concept_detection_on_the_champion_triggers_at_once():
     assert _audit(decision)["details"]["concept_detections"] == [_detection()]
 
 
-def test_schedule_fallback_every_n_events():
+def test_schedule_fallback_every_n_events_or_event_time():
     clock = Clock(START)
-    policy = TriggerPolicy(_with_drift(schedule_every_events=10_000, schedule_every_hours=2.0), clock=clock)
+    every = (Span.model_validate("10000 events"), Span.model_validate("3h"))
+    policy = TriggerPolicy(_with_drift(schedule_every=every), clock=clock)
     assert policy.decide(_report(1, quality=_quality(events_total=500))).declined == "no_drift"
     assert not policy.decide(_report(2, quality=_quality(events_total=10_400))).trigger
     decision = policy.decide(_report(3, quality=_quality(events_total=10_500)))
     assert decision.trigger and decision.reason == "schedule" and decision.train_from is None
     assert "scheduled every 10000 events" in decision.sentence
     policy.retrain_finished(4, "challenger_set")
-    clock.now += SPEC.drift.cooldown + 1
+    clock.now += SPEC.drift.cooldown.seconds + 1
     assert not policy.decide(_report(4, quality=_quality(events_total=12_000))).trigger  # counted from the finish
-    clock.now += 2 * 3600
-    assert policy.decide(_report(5, quality=_quality(events_total=12_100))).reason == "schedule"  # hours
+    clock.now += 3600
+    scheduled = policy.decide(_report(5, quality=_quality(events_total=12_100)))
+    assert scheduled.reason == "schedule" and "scheduled every 3h, 1,600 events and 3h of event time" in (
+        scheduled.sentence
+    )
 
 
-def test_one_retraining_in_flight_then_a_cooldown():
-    clock = Clock(START)
-    policy = TriggerPolicy(SPEC, clock=clock)
+def test_one_retraining_in_flight_then_a_cooldown_in_event_time_whatever_the_wall_clock():
+    wall, events = Clock(START + 10**8), Clock(START)
+    policy = TriggerPolicy(SPEC, clock=wall, event_clock=events)  # the demo's cooldown: 2h of event time
     first = policy.decide(_report(1, detections=[_detection()]))
     assert first.trigger
     blocked = policy.decide(_report(2, detections=[_detection()]))
@@ -452,36 +455,65 @@ def test_one_retraining_in_flight_then_a_cooldown():
 
     policy.retrain_finished(4, "challenger_set")
     state = policy.state()
-    assert state["in_flight"] is None and state["cooldown_until"] == iso_time(clock.now + SPEC.drift.cooldown)
+    assert state["in_flight"] is None and state["cooldown_left"] == "2h of event time"
     assert state["last_finished"]["request_id"] == first.request_id
-    clock.now += 100
+    assert json.loads(first.audit)["at"] == iso_time(START + 10**8)  # records are stamped by the wall clock
+    events.now += 3600
+    wall.now += 30 * 86400  # a month of wall time changes nothing: a replay runs years in minutes
     for n in (3, 4, 5):  # data drift keeps counting during the cooldown
         cooling = policy.decide(_report(n, drifted=True))
-    assert not cooling.trigger and cooling.declined == "cooldown" and "200 s left" in cooling.sentence
-    clock.now += 201
+    assert not cooling.trigger and cooling.declined == "cooldown"
+    assert "drift.cooldown 2h): 1h of event time left" in cooling.sentence
+    events.now += 3601
     after = policy.decide(_report(6, drifted=True))
     assert after.trigger and after.reason == "data_drift"  # the drift outlasted the cooldown
     assert policy.state()["last_decision"]["request_id"] == after.request_id
 
 
+def test_a_cooldown_in_events_counts_input_events_whatever_the_clocks_say():
+    wall, events = Clock(START), Clock(START)
+    spec = _with_drift(cooldown=Span.model_validate("2000 events"))
+    policy = TriggerPolicy(spec, clock=wall, event_clock=events)
+    assert policy.decide(_report(1, detections=[_detection()], quality=_quality(events_total=1000))).trigger
+    policy.retrain_finished(4, "challenger_set")  # at 1,000 input events
+    wall.now += 365 * 86400
+    events.now += 365 * 86400
+    cooling = policy.decide(_report(2, detections=[_detection()], quality=_quality(events_total=2500)))
+    assert cooling.declined == "cooldown" and "(drift.cooldown 2000 events): 500 events left" in cooling.sentence
+    assert _audit(cooling)["details"]["cooldown_left"] == "500 events"
+    after = policy.decide(_report(3, detections=[_detection()], quality=_quality(events_total=3000)))
+    assert after.trigger and policy.state()["cooldown_left"] is None
+
+
+def test_a_warm_up_in_event_time_waits_for_the_event_time_its_outcomes_span():
+    spec = SPEC.model_copy(update={"model": SPEC.model.model_copy(update={"warmup": Span.model_validate("3d")})})
+    policy = TriggerPolicy(spec, clock=Clock(START))
+    short = policy.decide(_report(1), warmup=Warmup(40_000, START, START + 2 * 86400))
+    assert short.declined == "warming_up" and "1d of event time to go (model.warmup 3d)" in short.sentence
+    due = policy.decide(_report(2), warmup=Warmup(40_100, START, START + 3 * 86400))
+    assert due.trigger and due.reason == "warmup" and due.train_from == START
+
+
 def test_the_placeholder_champion_is_retrained_once_its_warm_up_is_in_and_no_drift_counts_before():
     clock = Clock(START)
     policy = TriggerPolicy(SPEC, clock=clock)
-    needed = SPEC.model.warmup_events
+    needed = SPEC.model.warmup.events
     filling = policy.decide(_report(1, detections=[_detection()]), warmup=Warmup(0, None))
     assert not filling.trigger and filling.declined == "warming_up" and "windows are still filling" in filling.sentence
     short = policy.decide(_report(2, drifted=True), warmup=Warmup(needed - 1, START))
-    assert not short.trigger and f"{needed - 1}/{needed} labelled events" in short.sentence
+    assert (
+        not short.trigger and f"{needed - 1} labelled events with full feature windows, 1 event to go" in short.sentence
+    )
     failed = policy.decide(_report(3), warmup=Warmup(needed, START))
     assert failed.trigger and failed.reason == "warmup"
     policy.retrain_finished(None, "retrain_failed")  # a failed warm-up is retried after the cooldown
     assert policy.decide(_report(4), warmup=Warmup(needed + 500, START)).declined == "cooldown"
-    clock.now += SPEC.drift.cooldown + 1
+    clock.now += SPEC.drift.cooldown.seconds + 1
     due = policy.decide(_report(5), current_rows={}, warmup=Warmup(needed + 900, START))
     assert due.trigger and due.reason == "warmup" and due.train_from == START
     assert json.loads(due.request)["reason"] == "warmup" and "first onnx model" in due.sentence
     policy.retrain_finished(2, "promoted")  # the first model: its drift counts from now, no cooldown
-    assert policy.state()["in_flight"] is None and policy.state()["cooldown_until"] is None
+    assert policy.state()["in_flight"] is None and policy.state()["cooldown_left"] is None
     policy.reset_for(2)
     assert policy.decide(_report(6, detections=[_detection(version=2)], champion=2)).reason == "concept_drift"
 
@@ -556,3 +588,30 @@ def test_the_control_plane_skips_records_that_are_not_what_their_topic_carries()
     assert control.on_observations([b"{", b'{"valid": "many"}', None]) == []
     assert control.unreadable == len(junk) + 3
     assert control.concept._versions[3].labeled == 1
+
+
+def test_the_control_plane_times_its_policy_by_the_newest_event_time_it_observed():
+    """A replay runs days of a stream in seconds: the cooldown must end after days of its data, not of wall time."""
+    from driftloop.streams.control.plane import ControlPlane
+
+    spec = _with_drift(cooldown=Span.model_validate("1d"))
+    control = ControlPlane(spec, "http://127.0.0.1:9")  # the registry is never asked here
+    observation = {"valid": 1, "rows": {name: [None] for name in NAMES}, "event_time_max": START}
+    control.on_observations([json.dumps(observation).encode()])
+    control.policy.retrain_finished(4, "challenger_set")
+    assert control.policy.state()["cooldown_left"] == "1d of event time"
+    labeled = {
+        "event_id": "e-1",
+        "event_time": iso_time(START + 20 * 3600),
+        "predicted_at": iso_time(START),
+        "label": 1,
+        "decision": 0,
+        "score": 0.2,
+        "model_version": 3,
+        "variant": "champion",
+    }
+    control.on_labeled([json.dumps(labeled).encode()])  # outcomes carry event time too
+    assert control.event_time() == START + 20 * 3600
+    assert control.policy.state()["cooldown_left"] == "4h of event time"
+    control.on_observations([json.dumps({**observation, "event_time_max": START + 86400}).encode()])
+    assert control.policy.state()["cooldown_left"] is None

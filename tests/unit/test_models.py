@@ -16,7 +16,7 @@ from driftloop.errors import DriftloopError
 from driftloop.models import registry
 from driftloop.models.bootstrap import CHAMPION, ORIGIN_TAG, PLACEHOLDER_TAG, ensure_champion
 from driftloop.models.checks import labelled_rows
-from driftloop.models.flavors import FLAVORS, Model, load, new_model, train
+from driftloop.models.flavors import FLAVORS, Model, load, new_model, retrain_candidates, train
 from driftloop.models.inputs import frame_to_rows, rows_to_frame
 from driftloop.models.onnx_flavor import OnnxModel, _frame
 from driftloop.models.river_flavor import RiverModel
@@ -285,6 +285,40 @@ def test_an_onnx_pipeline_without_warm_up_rows_starts_on_a_river_placeholder(tra
     assert len(loaded.model.predict_proba(TRAIN[:5])) == 5
     trained = ensure_champion(model_spec("onnx", "gradient_boosting"), tracking, zip(TRAIN, TRAIN_Y))
     assert trained.version == info.version  # a champion exists: replacing it is the warm-up retraining's job
+
+
+def test_the_spec_chooses_what_serves_before_the_first_model_of_a_batch_flavor(tracking):
+    spec = model_spec("onnx", "gradient_boosting")
+    chosen = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"placeholder": "river:hoeffding_adaptive_tree"})}
+    )
+    ensure_champion(chosen, tracking, None)
+    loaded = registry.load_alias(spec.model.name, CHAMPION, tracking_uri=tracking)
+    assert (loaded.model.flavor, loaded.model.estimator) == ("river", "hoeffding_adaptive_tree")
+    assert len(loaded.model.predict_proba(TRAIN[:5])) == 5
+
+
+def test_no_placeholder_means_no_champion_until_the_user_registers_one(tracking):
+    spec = model_spec("onnx", "gradient_boosting", name="no_placeholder")
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"placeholder": "none"})})
+    with pytest.raises(DriftloopError, match="model.placeholder is none: register a first version"):
+        ensure_champion(spec, tracking, None)
+    assert registry.get_alias_version(spec.model.name, CHAMPION, tracking_uri=tracking) is None
+    assert ensure_champion(spec, tracking, zip(TRAIN, TRAIN_Y)).version == 1  # warm-up rows train the spec's model
+
+
+@pytest.mark.parametrize(
+    "flavor,estimator,candidates,trained",
+    [
+        ("river", "hoeffding_adaptive_tree", None, [("river", "hoeffding_adaptive_tree")]),  # never an ONNX one
+        ("onnx", "random_forest", None, [("onnx", "random_forest")]),
+        ("river", "logistic_regression", {"onnx": "gradient_boosting"}, [("onnx", "gradient_boosting")]),
+    ],
+)
+def test_retraining_trains_the_specs_own_model_unless_the_spec_names_candidates(flavor, estimator, candidates, trained):
+    spec = model_spec(flavor, estimator)
+    spec = spec.model_copy(update={"retrain": spec.retrain.model_copy(update={"candidates": candidates})})
+    assert retrain_candidates(spec) == trained
 
 
 # --- waiting for the registry ----------------------------------------------------------------------------

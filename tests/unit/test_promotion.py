@@ -231,6 +231,39 @@ def test_inconclusive_trial_rolls_back_at_max_samples(tracking):
     assert "canary.max_samples" in registry.version_tags(NAME, 2, tracking_uri=tracking)[REJECTED_TAG]
 
 
+def test_a_canary_arm_that_gets_no_events_is_reported_starved_once(tracking):
+    spec = make_spec(assign="entity")  # the one entity of the stream hashed outside the canary share
+    controller = started(tracking, spec)
+    records = feed(controller, (labeled(START + 1 + i) for i in range(1000)))
+
+    [starved] = records
+    assert (starved["actor"], starved["action"], starved["version"]) == ("promotion", "trial_starved", 2)
+    assert "canary arm got 0 of the 300 labelled events" in starved["reason"]
+    assert "use canary.assign: event" in starved["reason"]
+    assert controller.state()["trial"]["champion"]["samples"] == 1000  # the trial goes on: a warning, no decision
+
+
+def test_a_trial_that_cannot_reach_min_samples_within_max_length_warns_then_rolls_back(tracking):
+    spec = make_spec(max_length="2h")  # 10 % canary: ~72 events by then, under min_samples 300
+    wall = Clock(START)
+    controller = started(tracking, spec, wall)
+    stream = list(canary_stream(champion_error=0.05, challenger_error=0.05, n=8000, seed=3))
+    for i, record in enumerate(stream):  # one event every 10 s of event time, all predicted in one wall second
+        record["event_time"] = iso_time(START + 10 * i)
+    records = feed(controller, stream)
+
+    assert actions(records) == ["trial_starved", "rolled_back"]
+    starved, rolled_back = records
+    assert starved["details"]["labelled_events"] == 73  # a tenth of the 2h passed: a rate to project from
+    assert "reaches canary.min_samples 300 after about" in starved["reason"]
+    assert "beyond canary.max_length 2h" in starved["reason"]
+    assert rolled_back["details"]["event_time_spanned"] == "2h"
+    assert (
+        "no decision within canary.max_length 2h (721 labelled events over 2h of event time)" in (rolled_back["reason"])
+    )
+    assert registry.aliases(NAME, tracking_uri=tracking) == {"champion": 1}
+
+
 @pytest.mark.parametrize(
     "stream,reason",
     [

@@ -39,9 +39,10 @@ def test_a_challenger_serves_its_share_as_canary_within_5s_and_leaves_when_dropp
         challenger = _register_challenger(DEMO, tracking)
         assert _wait_for(lambda: "canary" in router.variants, timeout=5) < 5
         assert router.serving("canary").version == challenger and router.serving("champion").version == champion
-        share = sum(router.variant_for(f"user-{i}") == "canary" for i in range(20_000)) / 20_000
+        # canary.assign event (the default): one entity's events split at the share
+        share = sum(router.variant_for("nsw", f"e-{i}") == "canary" for i in range(20_000)) / 20_000
         assert share == pytest.approx(DEMO.canary.share, abs=0.01)
-        assert all(router.variant_for("user-7") == router.variant_for("user-7") for _ in range(10))  # stable
+        assert all(router.variant_for("nsw", "e-7") == router.variant_for("user-9", "e-7") for _ in range(10))
 
         registry.delete_alias(DEMO.model.name, CHALLENGER, tracking_uri=tracking)
         _wait_for(lambda: "canary" not in router.variants, timeout=5)
@@ -56,7 +57,18 @@ def test_shadow_mode_loads_the_challenger_beside_the_champion_and_serves_none_of
     router = ModelRouter(spec, tracking)
     router.refresh()
     assert router.serving("shadow").version == challenger
-    assert {router.variant_for(f"user-{i}") for i in range(5000)} == {"champion"}
+    assert {router.variant_for(f"user-{i}", f"e-{i}") for i in range(5000)} == {"champion"}
+
+
+def test_canary_by_entity_keeps_each_entity_on_one_variant_and_cannot_split_one_entity(tracking):
+    spec = DEMO.model_copy(update={"canary": DEMO.canary.model_copy(update={"assign": "entity"})})
+    ensure_champion(spec, tracking)
+    _register_challenger(spec, tracking)
+    router = ModelRouter(spec, tracking)
+    router.refresh()
+    share = sum(router.variant_for(f"user-{i}", "e-1") == "canary" for i in range(20_000)) / 20_000
+    assert share == pytest.approx(spec.canary.share, abs=0.01)
+    assert len({router.variant_for("nsw", f"e-{i}") for i in range(5000)}) == 1  # why `event` is the default
 
 
 def test_a_tampered_challenger_is_refused_once_and_the_champion_keeps_serving(tracking, tmp_path):

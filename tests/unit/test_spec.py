@@ -9,7 +9,7 @@ from driftloop.errors import DriftloopError
 from driftloop.features.aggregations import AGGREGATIONS
 from driftloop.models.flavors import FLAVORS
 from driftloop.settings import DEMO_SPEC
-from driftloop.spec import load_spec, parse_duration, parse_spec
+from driftloop.spec import Span, load_spec, parse_duration, parse_spec
 
 
 @pytest.fixture
@@ -35,6 +35,43 @@ def test_the_flavor_registry_decides_what_a_spec_may_name(demo):
     spec = parse_spec(demo, "my_spec.yaml")
     assert (spec.model.flavor, spec.model.estimator) == ("sklearn", "extra_trees")
     assert spec.retrain.candidates == {"sklearn": "mlp", "river": "hoeffding_adaptive_tree"}
+
+
+def test_policy_spans_are_counts_of_events_or_durations_of_event_time(demo):
+    demo["drift"].update(evaluate_every=["500 events", "7d"], cooldown="3d", schedule_every="20000 events")
+    demo["model"]["warmup"] = "1 event"
+    demo["canary"]["max_length"] = "12h"
+    spec = parse_spec(demo, "my_spec.yaml")
+    assert spec.drift.evaluate_every == (Span(events=500), Span(seconds=7 * 86400))
+    assert spec.drift.cooldown == Span(seconds=3 * 86400) and spec.drift.schedule_every == (Span(events=20000),)
+    assert spec.model.warmup == Span(events=1) and spec.canary.max_length == Span(seconds=43200)
+    assert str(spec.drift.cooldown) == "3d" and spec.drift.cooldown.left(10, 86400 + 3600) == "1.96d of event time"
+    assert spec.model.warmup.left(0, 0) == "1 event" and spec.drift.schedule_every[0].left(30_000, 0) == "0 events"
+
+
+def test_the_spellings_before_spans_still_read(demo):
+    del demo["drift"]["evaluate_every"], demo["model"]["warmup"]
+    demo["drift"].update(evaluate_every_events=250, evaluate_every_seconds=30, schedule_every_hours=2)
+    demo["model"]["warmup_events"] = 4000
+    spec = parse_spec(demo, "my_spec.yaml")
+    assert spec.drift.evaluate_every == (Span(events=250), Span(seconds=30))
+    assert spec.drift.schedule_every == (Span(seconds=7200),) and spec.model.warmup == Span(events=4000)
+
+
+def test_the_defaults_split_any_stream_and_retrain_only_the_specs_own_model(demo):
+    for section, key in (
+        ("drift", "evaluate_every"),
+        ("drift", "cooldown"),
+        ("model", "warmup"),
+        ("canary", "max_length"),
+    ):
+        demo[section].pop(key, None)
+    spec = parse_spec(demo, "my_spec.yaml")
+    assert spec.canary.assign == "event" and spec.canary.max_length is None
+    assert spec.drift.cooldown == Span(events=2000) and spec.drift.evaluate_every == (Span(events=500),)
+    assert spec.model.placeholder_model == ("river", "logistic_regression") and spec.retrain.candidates is None
+    demo["model"]["placeholder"] = "none"
+    assert parse_spec(demo, "my_spec.yaml").model.placeholder_model is None
 
 
 def test_durations():
@@ -101,7 +138,43 @@ def _break(document, path, value):
         ),
         (("model", "inputs"), ["event_time"], "model.inputs[0]: 'event_time' is a timestamp field"),
         (("canary", "share"), 0, "canary.share: Input should be greater than 0"),
-        (("drift", "cooldown"), "soon", "drift.cooldown: 'soon' is not a positive duration"),
+        (
+            ("drift", "cooldown"),
+            "soon",
+            "drift.cooldown: 'soon' is neither a count of events like `2000 events` nor an event-time duration",
+        ),
+        (
+            ("drift", "cooldown"),
+            600,
+            "drift.cooldown: 600 has no unit: write `600 events` for a count of events, or an event-time duration",
+        ),
+        (("drift", "cooldown"), "0 events", "drift.cooldown: '0 events': the count of events must be at least 1"),
+        (
+            ("drift", "evaluate_every"),
+            ["500 events", "1000 events"],
+            "drift.evaluate_every: give at most one count of events and one duration",
+        ),
+        (("drift", "evaluate_every"), [], "drift.evaluate_every: give a count of events like `500 events`"),
+        (
+            ("drift", "evaluate_every_events"),
+            500,
+            "drift: evaluate_every_events is the old spelling of drift.evaluate_every; give it once",
+        ),
+        (("model", "warmup"), "2 weeks", "model.warmup: '2 weeks' is neither a count of events"),
+        (("canary", "max_length"), 5000, "canary.max_length: 5000 has no unit"),
+        (("canary", "assign"), "user", "canary.assign: Input should be 'event' or 'entity'"),
+        (
+            ("canary", "max_length"),
+            "2000 events",
+            "canary.max_length: 2000 events hold about 200 challenger events at canary.share 0.1, fewer than "
+            "canary.min_samples 300: a trial could never decide; make it at least 3000 events",
+        ),
+        (
+            ("model", "placeholder"),
+            "onnx:gradient_boosting",
+            "model.placeholder: onnx models cannot serve untrained; write one of river:logistic_regression,",
+        ),
+        (("model", "placeholder"), "river", "model.placeholder: 'river' is not flavor:estimator; write one of"),
     ],
 )
 def test_errors_name_file_path_and_problem(demo, path, value, expected):
@@ -273,6 +346,7 @@ def test_check_spec_command(tmp_path, demo):
         [sys.executable, "-m", "driftloop.cli", "check-spec", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert failed.returncode == 2
+    flavors = ", ".join(FLAVORS)
     assert failed.stderr.strip().splitlines() == [
-        f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; the flavors are {', '.join(FLAVORS)}"
+        f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; the flavors are {flavors}"
     ]

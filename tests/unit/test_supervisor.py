@@ -101,7 +101,8 @@ def test_a_crash_loop_stops_with_one_error_naming_the_child_its_last_words_and_l
     with pytest.raises(DriftloopError) as stopped:
         watched.check_until(lambda: False)
     assert str(stopped.value) == (
-        "server is crash-looping: it exited (code 3) after 2 restarts in the last 1 minutes (DRIFTLOOP_MAX_RESTARTS=2); "
+        "server is crash-looping: it exited (code 3) after 2 restarts in the last 1 minutes "
+        "(DRIFTLOOP_MAX_RESTARTS=2); "
         f"stopping the stack; its last log line: 'cannot go on: port taken' (log: {tmp_path}/server.log)"
     )
     # 0.1 s, then 0.2 s: the delay doubles
@@ -133,7 +134,7 @@ def test_the_delay_doubles_up_to_its_cap_and_is_reset_by_a_healthy_run(tmp_path)
     try:
         for restart in range(1, 4):
             os.kill(process.popen.pid, signal.SIGKILL)
-            watched.check_until(lambda: len(watched.restarts) == restart)
+            watched.check_until(lambda restart=restart: len(watched.restarts) == restart)
         watched.check_until(lambda: watched.times_back("sleeper") == 3)
         time.sleep(1.1)  # ready for longer than healthy_after
         watched.supervisor.check()

@@ -249,7 +249,7 @@ def test_events_older_than_every_retained_window_only_affect_their_own_features(
 def demo_stream(seed: int, n: int, entities: int, late_share: float = 0.05):
     rng = random.Random(seed)
     t = 1_700_000_000.0
-    for i in range(n):
+    for _ in range(n):
         t += rng.expovariate(1 / 20)
         when = t - rng.uniform(0, 3 * 3600) if rng.random() < late_share else t
         amount = None if rng.random() < 0.05 else round(rng.lognormvariate(3, 1.2), 2)

@@ -5,9 +5,10 @@
     if monitor.due():
         result = monitor.evaluate()                           # the "data" section of a drift report
 
-The window holds the last `drift.window_events` observed rows. It is evaluated every
-`drift.evaluate_every_events` new rows, or after `drift.evaluate_every_seconds` if at least one row
-came in since the last evaluation (re-judging an unchanged window would count the same evidence twice
+The window holds the last `drift.window_events` observed rows. It is evaluated when the first span of
+`drift.evaluate_every` is reached since the last evaluation: a count of new rows, or a duration of event
+time (the newest event time observed, so a fast replay evaluates after the same days of data as the live
+stream), with at least one new row (re-judging an unchanged window would count the same evidence twice
 towards "sustained" drift), and only once the window is full.
 
 Per column, Evidently picks the method exactly as its `DataDriftPreset` does (`get_stattest`: with
@@ -40,7 +41,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,19 +67,17 @@ def warmup_seconds(spec: PipelineSpec) -> float:
 
 
 class DataDriftMonitor:
-    def __init__(
-        self, spec: PipelineSpec, reference: pd.DataFrame, version: int, *, clock: Callable[[], float] = time.time
-    ):
+    def __init__(self, spec: PipelineSpec, reference: pd.DataFrame, version: int):
         self.spec = spec
         self.version = version
-        self.clock = clock
         self.columns = model_inputs(spec)
         self.names = [c.name for c in self.columns]
         size = spec.drift.window_events
         self._window: dict[str, deque[Any]] = {name: deque(maxlen=size) for name in self.names}
         self._batches: deque[tuple[int, float]] = deque()  # (rows, event_time_max) of the batches in the window
         self._since_evaluation = 0
-        self._evaluated_at = clock()
+        self._latest: float | None = None  # the newest event time observed
+        self._evaluated_at: float | None = None  # the newest event time at the last evaluation (or the first seen)
         self.reference_source = "model" if len(reference) else "observed"
         self._reference: dict[str, pd.Series] | None = None
         self._reference_rows = 0
@@ -102,6 +101,10 @@ class DataDriftMonitor:
         for name in self.names:
             self._window[name].extend(rows[name])
         self._batches.append((count, event_time_max))
+        if event_time_max is not None:
+            self._latest = event_time_max if self._latest is None else max(self._latest, event_time_max)
+        if self._evaluated_at is None:
+            self._evaluated_at = self._latest
         held = sum(n for n, _ in self._batches)
         while self._batches and held - self._batches[0][0] >= self.spec.drift.window_events:
             held -= self._batches.popleft()[0]
@@ -147,10 +150,8 @@ class DataDriftMonitor:
         """Time for an evaluation (see the module docstring), whether or not the reference is ready yet."""
         if self.window_events < self.spec.drift.window_events or not self._since_evaluation:
             return False
-        return (
-            self._since_evaluation >= self.spec.drift.evaluate_every_events
-            or self.clock() - self._evaluated_at >= self.spec.drift.evaluate_every_seconds
-        )
+        spanned = 0.0 if self._latest is None or self._evaluated_at is None else self._latest - self._evaluated_at
+        return any(every.reached(self._since_evaluation, spanned) for every in self.spec.drift.evaluate_every)
 
     def window_info(self) -> dict[str, Any]:
         """The window for a drift report; times are the scoring batches' latest event times (ISO)."""
@@ -170,7 +171,7 @@ class DataDriftMonitor:
     def evaluate(self) -> dict[str, Any]:
         """The data section of a drift report (documented in streams/control/drift/report.py)."""
         self._since_evaluation = 0
-        self._evaluated_at = self.clock()
+        self._evaluated_at = self._latest
         base = {
             "reference": self.reference_source,
             "reference_version": self.version,

@@ -14,7 +14,7 @@ plus dead-lettered). Rates, each in [0, 1]:
 - dlq_rate: all dead-lettered events / all input events.
 
 `events_total` counts every input event observed since the monitor started (the trigger policy's
-`schedule_every_events` clock).
+`schedule_every` and `cooldown` counts of events).
 
 `flagged` lists the rates above their spec limit (`max_unseen_rate`, `max_missing_rate`,
 `max_dlq_rate`; out-of-range records are dead letters, so `max_dlq_rate` bounds them too).

@@ -18,7 +18,8 @@
               "features": {"amount": {"method": "wasserstein", "method_name": "Wasserstein distance (normed)",
                                       "score_kind": "distance", "score": 0.61, "threshold": 0.2, "drifted": true},
                            "country": {"method": "jensenshannon", ..., "score_kind": "distance"},
-                           "account_age_days": {"method": null, "drifted": false, "skipped": "no values in the window"}},
+                           "account_age_days": {"method": null, "drifted": false,
+                                                "skipped": "no values in the window"}},
               "seconds": 0.031},                   # time the evaluation took
      "concept": {"detector": "adwin", "loss": "log_loss",
                  "detections": [                   # since the previous report, every model version

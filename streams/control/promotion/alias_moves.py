@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Union
 
 from driftloop.models import registry
 from driftloop.streams.contracts import iso_time
@@ -44,7 +43,7 @@ class TagVersion:
     value: str
 
 
-Step = Union[SetAlias, DeleteAlias, TagVersion]
+Step = SetAlias | DeleteAlias | TagVersion
 
 
 def promotion(version: int, aliases: dict[str, int], at: float) -> list[Step]:

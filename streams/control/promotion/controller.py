@@ -13,8 +13,8 @@ The control plane hosts one `PromotionController` per pipeline and feeds it two 
   statistics and the guardrails.
 
 Both return audit records (bytes, `contracts.audit`) for the control plane to publish: actor
-"promotion" with action "trial_started", "canary_waiting" (at each inconclusive look), "promoted"
-or "rolled_back"; actor "operator" with "alias_moved".
+"promotion" with action "trial_started", "canary_waiting" (at each inconclusive look), "trial_starved"
+(once, when the trial cannot reach its sample size), "promoted" or "rolled_back"; actor "operator" with "alias_moved".
 
 A decision is carried out as registry steps (`alias_moves`). When the registry is unreachable the
 decision stays pending and the remaining steps are retried on later calls (at most once every
@@ -49,6 +49,8 @@ STALE_SNAPSHOT_SECONDS = 10.0
 RETRY_SECONDS = 1.0  # between attempts on an unreachable registry: update() runs per labelled event
 _LOG = logging.getLogger("driftloop.streams.control.promotion.controller")
 _ACTIONS = {"promote": "promoted", "roll_back": "rolled_back"}
+_ASSIGNED = {"event": "events", "entity": "entities"}  # what canary.assign splits
+_NOTICES = {"wait": "canary_waiting", "starved": "trial_starved"}  # outcomes that leave the trial running
 
 
 @dataclass
@@ -98,6 +100,9 @@ class _OwnStates:
 
 
 class PromotionController:
+    """`clock` is wall time live: it paces registry retries and dates the trial's start, which is compared with
+    the records' `predicted_at` (wall time too). A trial's length is event time, read from the records."""
+
     def __init__(self, spec: PipelineSpec, tracking_uri: str, clock: Callable[[], float] = time.time):
         self.spec = spec
         self.tracking_uri = tracking_uri
@@ -141,17 +146,17 @@ class PromotionController:
             return out
         if datetime.fromisoformat(labeled_record["predicted_at"]).timestamp() < trial.started_at:
             return out
-        if not trial.add(labeled_record):
-            return out
+        trial.add(labeled_record)  # every record counts towards the trial's length, so decide even if not its arms'
         outcome = trial.decide()
         if outcome is None:
             return out
-        if outcome.kind == "wait":
-            return out + [self._audit("canary_waiting", trial.challenger, outcome.reason, outcome.details)]
+        if outcome.kind in _NOTICES:
+            _LOG.log(logging.WARNING if outcome.kind == "starved" else logging.INFO, "%s", outcome.reason)
+            return out + [self._audit(_NOTICES[outcome.kind], trial.challenger, outcome.reason, outcome.details)]
         action = _ACTIONS[outcome.kind]
         now = self.clock()
         steps = (
-            alias_moves.promotion(trial.challenger, self._aliases, now)
+            alias_moves.promotion(trial.challenger, self._aliases or {}, now)
             if action == "promoted"
             else alias_moves.rejection(trial.challenger, outcome.reason)
         )
@@ -193,7 +198,7 @@ class PromotionController:
                 pending.last_error = message
                 pending.last_failure_at = self.clock()
                 return []
-            before = self._aliases
+            before = self._aliases or {}
             self._aliases = alias_moves.after(before, [step])
             if self._aliases != before:
                 self._own_states.left(before, self.clock())
@@ -209,7 +214,7 @@ class PromotionController:
         details = {
             **pending.details,
             "decided_at": iso_time(pending.decided_at),
-            "aliases": dict(self._aliases),
+            "aliases": dict(self._aliases or {}),
             "failed_registry_attempts": pending.failed_attempts,
         }
         return [self._audit(pending.action, pending.version, pending.reason, details)] + self._align_trial()
@@ -218,20 +223,25 @@ class PromotionController:
 
     def _align_trial(self) -> list[bytes]:
         """Start, keep or end the trial so that it matches the current champion and challenger."""
-        champion, challenger = self._aliases.get(CHAMPION), self._aliases.get(CHALLENGER)
-        wanted = (champion, challenger) if None not in (champion, challenger) and champion != challenger else None
+        champion, challenger = (self._aliases or {}).get(CHAMPION), (self._aliases or {}).get(CHALLENGER)
+        wanted = (
+            (champion, challenger)
+            if champion is not None and challenger is not None and champion != challenger
+            else None
+        )
         running = None if self.trial is None else (self.trial.champion, self.trial.challenger)
         if wanted == running:
             return []
         if wanted is None:
             self.trial = None
             return []
+        champion, challenger = wanted
         self.trial = CanaryTrial(self.spec.canary, self.spec.model.threshold, champion, challenger, self.clock())
         canary = self.spec.canary
         how = (
             "in shadow: it scores every event without serving it"
             if canary.shadow
-            else f"serving {canary.share:.0%} of the entities as the canary"
+            else f"serving {canary.share:.0%} of the {_ASSIGNED[canary.assign]} as the canary"
         )
         reason = f"trial of challenger v{challenger} against champion v{champion} started, {how}"
         return [self._audit("trial_started", challenger, reason, self.trial.summary())]

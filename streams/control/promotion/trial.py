@@ -19,6 +19,13 @@ worse). Simulated at the defaults (looks at 300, 600, ..., 4800, 5000; both arms
 when the challenger is significantly better, roll back when it is significantly worse, roll back
 at the last look when neither, else wait for the next.
 
+The trial's length: with `canary.max_length` (labelled events observed, or the event time they span, since
+the trial started), a trial still undecided then is rolled back. A trial that cannot reach its sample
+size says so once (outcome "starved", audited `trial_starved`) and goes on: when the canary arm has no
+event although the champion's reached `canary.min_samples` (entity assignment on a stream of few
+entities), or when, at the rate so far, the smaller arm would reach `canary.min_samples` only after
+`canary.max_length` (checked once a tenth of it has passed).
+
 Guardrails do not wait for a look: once the challenger has min(50, min_samples) events, an error
 rate above `max_error_rate` or a p95 latency above `max_latency_ms` (the model's own scoring time per
 event, the records' `model_ms`, when present: end-to-end latency includes queueing both arms share)
@@ -32,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.spec import CanarySpec
+from driftloop.spec import CanarySpec, duration_text
 from driftloop.streams.contracts import iso_time
+from driftloop.streams.control.drift.report import epoch
 from driftloop.streams.control.promotion.significance import fisher_fewer_errors, mcnemar_fewer_errors
 
 GUARDRAIL_MIN_SAMPLES = 50  # enough events that one unlucky error cannot trip the error-rate guardrail
@@ -41,7 +49,7 @@ GUARDRAIL_MIN_SAMPLES = 50  # enough events that one unlucky error cannot trip t
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # "promote" | "roll_back" | "wait"
+    kind: str  # "promote" | "roll_back" | "wait" | "starved"
     reason: str  # one sentence, for the audit record
     details: dict[str, Any]
 
@@ -100,11 +108,27 @@ class CanaryTrial:
         self.challenger_right_champion_wrong = self.challenger_wrong_champion_right = 0
         self._guarded_samples = 0
         self.finished = False
+        self.seen = 0  # labelled events observed since the trial started, of any version
+        self._first_event_time: float | None = None
+        self._latest_event_time: float | None = None
+        self.starved = False  # whether the trial has said it cannot reach its sample size
+
+    @property
+    def spanned(self) -> float:
+        """Seconds of event time between the first and the newest labelled event the trial observed."""
+        if self._first_event_time is None or self._latest_event_time is None:
+            return 0.0
+        return self._latest_event_time - self._first_event_time
 
     def add(self, record: dict[str, Any]) -> bool:
-        """Count one labelled record if it belongs to this trial's two versions; False when it does not."""
+        """Count one labelled record towards the trial's length, and towards an arm if it belongs to this trial's
+        two versions; False when it does not."""
         if self.finished:
             return False
+        self.seen += 1
+        event_time = epoch(record["event_time"])
+        self._first_event_time = min(event_time, self._first_event_time or event_time)
+        self._latest_event_time = max(event_time, self._latest_event_time or event_time)
         label = int(record["label"])
         served_error = int(record["decision"]) != label
         variant, version = record.get("variant"), record.get("model_version")
@@ -148,9 +172,13 @@ class CanaryTrial:
             guardrail = self._guardrail()
             if guardrail is not None:
                 return self._finish("roll_back", guardrail)
+        starved = None if self.starved else self._starvation()
+        if starved is not None:
+            self.starved = True
+            return Outcome("starved", starved, self.summary())
         compared = min(self.champion_arm.samples, self.challenger_arm.samples)
         if compared < self.looks[self._next_look]:
-            return None
+            return self._too_long()
         p_better, p_worse = self.p_values()
         if p_better < self.look_alpha:
             return self._finish(
@@ -175,6 +203,59 @@ class CanaryTrial:
             self.summary(),
         )
 
+    def _too_long(self) -> Outcome | None:
+        """Roll back a trial that reached canary.max_length undecided."""
+        longest = self.policy.max_length
+        if longest is None or not longest.reached(self.seen, self.spanned):
+            return None
+        return self._finish(
+            "roll_back",
+            f"no decision within canary.max_length {longest} ({self.seen:,} labelled events over "
+            f"{duration_text(self.spanned)} of event time): {self._comparison()}",
+        )
+
+    def _starvation(self) -> str | None:
+        """Why the trial cannot reach its sample size, or None while it can."""
+        policy, smaller = self.policy, min(self.champion_arm.samples, self.challenger_arm.samples)
+        if not self.shadow and self.challenger_arm.samples == 0 and self.champion_arm.samples >= policy.min_samples:
+            advice = (
+                "canary.assign is entity and a stream of few entities may put none on the canary: use canary.assign: "
+                "event"
+                if policy.assign == "entity"
+                else "are the workers serving the challenger?"
+            )
+            return (
+                f"challenger v{self.challenger}'s canary arm got 0 of the {self.seen:,} labelled events since the "
+                f"trial started (canary.share {policy.share:g}, canary.assign {policy.assign}): it cannot reach "
+                f"canary.min_samples {policy.min_samples}; {advice}"
+            )
+        longest = policy.max_length
+        if longest is None or smaller >= policy.min_samples:
+            return None
+        events, seconds = self.seen, self.spanned
+        elapsed, limit = (events, longest.events) if longest.events is not None else (seconds, longest.seconds)
+        assert limit is not None  # a span sets exactly one of the two
+        if elapsed < limit / 10:
+            return None  # too early to project a rate
+        projected = elapsed * policy.min_samples / smaller if smaller else float("inf")
+        if projected <= limit:
+            return None
+        when = (
+            "never, at none so far"
+            if not smaller
+            else (
+                f"after about {projected:,.0f} labelled events"
+                if longest.events is not None
+                else f"after about {duration_text(projected)} of event time"
+            )
+        )
+        return (
+            f"the smaller arm of challenger v{self.challenger}'s trial has {smaller:,} labelled events after "
+            f"{events:,} ({duration_text(seconds)} of event time): at this rate it reaches canary.min_samples "
+            f"{policy.min_samples} {when}, beyond canary.max_length {longest}, so the trial will roll back undecided; "
+            f"raise canary.share or canary.max_length"
+        )
+
     @property
     def test_name(self) -> str:
         return "exact McNemar" if self.shadow else "Fisher exact"
@@ -194,6 +275,8 @@ class CanaryTrial:
             "looks": self.looks,
             "next_look": None if self.finished else self.looks[self._next_look],
             "look_alpha": self.look_alpha,
+            "labelled_events": self.seen,
+            "event_time_spanned": duration_text(self.spanned),
         }
         if self.shadow:
             summary["discordant"] = {
@@ -206,7 +289,7 @@ class CanaryTrial:
         arm = self.challenger_arm
         if arm.samples < min(GUARDRAIL_MIN_SAMPLES, self.policy.min_samples):
             return None
-        if arm.error_rate > self.policy.max_error_rate:
+        if arm.error_rate is not None and arm.error_rate > self.policy.max_error_rate:
             return (
                 f"guardrail: challenger v{self.challenger} was wrong on {arm.error_rate:.1%} of {arm.samples:,} "
                 f"labelled events (canary.max_error_rate {self.policy.max_error_rate:.1%})"

@@ -73,7 +73,7 @@ def test_a_slow_champion_is_served_by_the_previous_version_until_it_recovers(kaf
     producer = threading.Thread(target=_produce_until, args=(kafka_bootstrap, topology.events, stop, sent))
     producer.start()
     try:
-        time.sleep(2)  # v1 serves as champion first
+        time.sleep(1)  # v1 serves as champion first
         switch = tmp_path / "slow"
         switch.touch()
         v2 = register(
@@ -82,12 +82,12 @@ def test_a_slow_champion_is_served_by_the_previous_version_until_it_recovers(kaf
         set_alias(spec.model.name, "previous", v1.version, tracking_uri=tracking_uri)
         set_alias(spec.model.name, "champion", v2.version, tracking_uri=tracking_uri)
         consume_all(kafka_bootstrap, [settings.topic_audit], lambda r: _audited(r, "breaker_opened"), timeout=30)
-        time.sleep(3)  # the fallback serves a while
+        time.sleep(1)  # the fallback serves a while
         switch.unlink()  # v2 recovers
         audit = consume_all(
             kafka_bootstrap, [settings.topic_audit], lambda r: _audited(r, "breaker_closed"), timeout=20
         )
-        time.sleep(2)  # v2 serves as champion again for a while
+        time.sleep(1)  # v2 serves as champion again for a while
     finally:
         stop.set()
         producer.join(15)
