@@ -750,6 +750,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="... and M predictions waiting for their labels; reports its memory and the time to "
         "have its state back after kill -9",
     )
+    bench.add_argument(
+        "--slo",
+        action="store_true",
+        help="also: a load step from 2000 to 20000 events/s (time until the p99 is back under the spec's "
+        "slo.p99_ms) and a champion made slow on purpose (its circuit breaker opening and closing)",
+    )
+    bench.add_argument(
+        "--step-seconds",
+        type=positive(float),
+        default=20.0,
+        metavar="S",
+        help="with --slo: length of each phase (default 20)",
+    )
+    bench.add_argument(
+        "--step-from",
+        type=positive(float),
+        default=2000.0,
+        metavar="EPS",
+        help="with --slo: events per second before and after the load step (default 2000)",
+    )
+    bench.add_argument(
+        "--step-to",
+        type=positive(float),
+        default=20_000.0,
+        metavar="EPS",
+        help="with --slo: events per second during the load step (default 20000)",
+    )
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
     bench.set_defaults(run=cmd_bench)
     return parser

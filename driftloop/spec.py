@@ -381,6 +381,46 @@ class CanarySpec(_Strict):
     max_length: Span | None = None
 
 
+class BreakerSpec(_Strict):
+    """When a model version's scoring calls count as failing (streams/worker/breaker.py)."""
+
+    max_error_rate: float = Field(default=0.5, gt=0, le=1)  # share of a call's rows the model could not score
+    max_call_ms: float | None = Field(default=None, gt=0)  # one scoring call; default: half of slo.p99_ms
+    failures: int = Field(default=3, ge=1)  # consecutive failing calls that open the breaker
+    open_for: float = 10.0  # seconds served by the fallback before a probe
+    probe_events: int = Field(default=20, ge=1)  # events of the next batch the model scores on probation
+
+    _open_for = field_validator("open_for", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+
+class SloSpec(_Strict):
+    """The latency objective the worker steers its batch size and fetch wait by (streams/worker/slo.py)."""
+
+    p99_ms: float = Field(default=50, gt=0)  # 99% of events predicted within this of their append to `events`
+    window: float = 300.0  # the rolling window the objective's burn is measured over
+    min_batch: int = Field(default=50, ge=1)
+    max_batch: int = Field(default=2000, ge=1)
+    max_fetch_wait_ms: float = Field(default=25, ge=0)
+    # served instead of a version whose breaker is open: the registry's `previous` version, a cold-start
+    # "<flavor>:<estimator>" that learns online from the joined outcomes, or "none" (no breaker)
+    fallback: str = "previous"
+    breaker: BreakerSpec = BreakerSpec()
+
+    _window = field_validator("window", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
+
+    @property
+    def max_call_ms(self) -> float:
+        return self.breaker.max_call_ms if self.breaker.max_call_ms is not None else self.p99_ms / 2
+
+    @property
+    def fallback_model(self) -> tuple[str, str] | None:
+        """(flavor, estimator) of a spec-named fallback model, else None."""
+        if ":" not in self.fallback:
+            return None
+        flavor, estimator = self.fallback.split(":", 1)
+        return flavor, estimator
+
+
 class ReplaySpec(_Strict):
     """What `driftloop replay` makes up for the columns a table lacks; its flags override these."""
 
@@ -401,6 +441,7 @@ class PipelineSpec(_Strict):
     retrain: RetrainSpec = RetrainSpec()
     canary: CanarySpec = CanarySpec()
     replay: ReplaySpec = ReplaySpec()
+    slo: SloSpec = SloSpec()
 
     _ttl = field_validator("feature_ttl", mode="before")(lambda v: parse_duration(v) if isinstance(v, str) else v)
 
@@ -624,3 +665,42 @@ def _cross_checks(spec: PipelineSpec):
         yield "retrain.min_rows", "must be at most retrain.window_events"
     if not math.isfinite(spec.canary.max_latency_ms):
         yield "canary.max_latency_ms", "must be finite"
+    yield from _slo_checks(spec.slo)
+
+
+def _slo_checks(slo: SloSpec):
+    """Yield (path, problem) for an SLO the worker could not steer by."""
+    from driftloop.models.flavors import flavor_of  # imported here: the flavors import this module
+
+    if slo.min_batch > slo.max_batch:
+        yield "slo.min_batch", f"{slo.min_batch} is larger than slo.max_batch ({slo.max_batch})"
+    if slo.max_call_ms > slo.p99_ms:
+        yield (
+            "slo.breaker.max_call_ms",
+            f"{slo.max_call_ms:g} ms is above the objective slo.p99_ms ({slo.p99_ms:g} ms): a model that slow "
+            f"breaks the objective before its breaker opens; give at most {slo.p99_ms:g}",
+        )
+    if slo.window < 10:
+        yield "slo.window", "the burn window must be at least 10s, e.g. 5m"
+    model = slo.fallback_model
+    if model is None:
+        if slo.fallback not in ("previous", "none"):
+            yield (
+                "slo.fallback",
+                f"{slo.fallback!r}: give previous (the version before the champion), none, or a cold-start "
+                f"model as flavor:estimator, e.g. river:logistic_regression",
+            )
+        return
+    flavor, estimator = model
+    try:
+        kind = flavor_of(flavor)
+    except DriftloopError as exc:
+        yield "slo.fallback", str(exc)
+        return
+    if estimator not in kind.estimators:
+        yield "slo.fallback", f"{flavor} estimators are {', '.join(kind.estimators)}"
+    elif not kind.cold_start:
+        yield (
+            "slo.fallback",
+            f"{flavor} models cannot start untrained; name a cold-start flavor (river:logistic_regression) or previous",
+        )

@@ -23,6 +23,7 @@ from driftloop.errors import DriftloopError
 from driftloop.process import client_address
 from driftloop.settings import Settings
 from driftloop.stack import running_stack
+from driftloop.streams.worker.breaker import STATES as BREAKER_STATES
 from driftloop.streams.worker.metrics import JOIN_SIDES, LIVE_METRICS, OUTCOME_RESULTS, STAGES
 from driftloop.supervisor import RESTARTS_METRIC, UP_METRIC
 
@@ -228,6 +229,37 @@ def summarize(scrapes: list[Scrape]) -> dict[str, Any]:
         },
         "feast_rows": _count(sum(_sum(scrapes, "driftloop_feast_rows_total").values())),
         "live_metrics": _live_metrics(scrapes),
+        "slo": _slo(scrapes),
+    }
+
+
+def _values(scrapes: list[Scrape], name: str) -> list[float]:
+    """A label-less gauge, one value per worker that has it."""
+    return [value for samples in scrapes for _labels, value in samples.get(name, ())]
+
+
+def _slo(scrapes: list[Scrape]) -> dict[str, Any]:
+    """The latency objective: its burn (the worst worker's), how each worker steers, and open breakers."""
+    objective, burn, share = (
+        _values(scrapes, name)
+        for name in ("driftloop_slo_objective_seconds", "driftloop_slo_burn_rate", "driftloop_slo_over_share")
+    )
+    events = _sum(scrapes, "driftloop_slo_events_total", "result")
+    worst: dict[str, int] = {}  # a version's breaker on the worker where it is furthest from closed
+    for samples in scrapes:
+        for labels, state in samples.get("driftloop_breaker_state", ()):
+            version = labels["model_version"]
+            worst[version] = max(worst.get(version, 0), _count(state))
+    breakers = {version: BREAKER_STATES[state] for version, state in worst.items()}
+    return {
+        "objective_seconds": max(objective, default=None),
+        "burn_rate": max(burn, default=None),
+        "over_share": max(share, default=None),
+        "events_within": _count(events.get(("within",), 0.0)),
+        "events_over": _count(events.get(("over",), 0.0)),
+        "batch_size": [_count(v) for v in _values(scrapes, "driftloop_batch_size_limit")],
+        "fetch_wait_seconds": _values(scrapes, "driftloop_fetch_wait_seconds"),
+        "breakers": {version: breakers[version] for version in sorted(breakers, key=_version_order)},
     }
 
 
@@ -307,6 +339,18 @@ def render(summary: dict[str, Any]) -> str:
         f"latency     append to prediction: p50 {_ms(latency['p50'])}, p95 {_ms(latency['p95'])}, "
         f"p99 {_ms(latency['p99'])} over {latency['count']} events"
     )
+    slo = summary["slo"]
+    if slo["objective_seconds"] is not None:
+        steering = ", ".join(
+            f"batch {size}, fetch wait {_ms(wait)}" for size, wait in zip(slo["batch_size"], slo["fetch_wait_seconds"])
+        )
+        lines.append(
+            f"slo         p99 within {_ms(slo['objective_seconds'])}: burn {slo['burn_rate']:.2f}x "
+            f"({slo['over_share']:.2%} of the window's events over); {steering}"
+        )
+        open_breakers = [f"v{version} {state.replace('_', '-')}" for version, state in slo["breakers"].items()]
+        if any(state != "closed" for state in slo["breakers"].values()):
+            lines.append("breakers    " + ", ".join(open_breakers) + " (the fallback serves their events)")
     lag = summary["consumer_lag"]
     lines.append(
         f"lag         {lag['total']} records behind"

@@ -16,33 +16,38 @@
   per version (the worker audits `model_refused` and counts it). When nothing serves yet (start-up),
   a refused champion is replaced by the last version that verifies: `previous`, then the others, newest
   first; the worker starts on it and says so, and exits only when no version verifies.
+- The `fallback` (spec `slo.fallback`) serves the events of a version whose circuit breaker is open
+  (streams/worker/breaker.py): the version the `previous` alias names (loaded like the others, when it
+  is not the champion), or a cold-start model of the spec's `flavor:estimator`, built once at start-up
+  (version 0: it is not registered) and learning online like the served models.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from driftloop.errors import DriftloopError
-from driftloop.models.flavors import Model
+from driftloop.models.flavors import Model, new_model, with_model
 from driftloop.models.provenance import ModelRefused
 from driftloop.models.registry import aliases
 from driftloop.models.trusted import PREVIOUS, TrustedVersions
 from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, FALLBACK = "champion", "challenger", "fallback"
 _LOG = logging.getLogger("driftloop.models.routing")
 _BUCKETS = 10_000
 
 
 @dataclass(frozen=True)
 class Serving:
-    variant: str  # "champion" | "canary" | "shadow"
+    variant: str  # "champion" | "canary" | "shadow" | "fallback"
     version: int
     model: Model
     created_ms: int
@@ -64,6 +69,7 @@ class ModelRouter:
         self.trusted = TrustedVersions(spec.model.name, tracking_uri, key or configured_key())
         self.on_refused = on_refused
         self._serving: dict[str, Serving] = {}
+        self._spec_fallback: Serving | None = None  # slo.fallback as flavor:estimator
         self._canary_buckets = int(spec.canary.share * _BUCKETS)
         self._by_event = spec.canary.assign == "event"
         self._stop = threading.Event()
@@ -100,6 +106,11 @@ class ModelRouter:
         return learned
 
     @property
+    def fallback(self) -> Serving | None:
+        """What serves the events of a version whose breaker is open, if anything."""
+        return self._serving.get(FALLBACK)
+
+    @property
     def variants(self) -> dict[str, Serving]:
         return dict(self._serving)
 
@@ -113,6 +124,8 @@ class ModelRouter:
         targets = {CHAMPION: wanted[CHAMPION]}
         if CHALLENGER in wanted and wanted[CHALLENGER] != wanted[CHAMPION]:
             targets["shadow" if self.spec.canary.shadow else "canary"] = wanted[CHALLENGER]
+        if self.spec.slo.fallback == PREVIOUS and wanted.get(PREVIOUS, wanted[CHAMPION]) != wanted[CHAMPION]:
+            targets[FALLBACK] = wanted[PREVIOUS]
         changes = []
         serving = dict(self._serving)
         for variant, version in targets.items():
@@ -135,6 +148,9 @@ class ModelRouter:
                     continue
             serving[variant] = Serving(variant, version, *loaded)
             changes.append(f"{variant}: v{current.version if current else '-'} -> v{version}")
+        if self._spec_fallback is not None:
+            targets[FALLBACK] = 0
+            serving[FALLBACK] = self._spec_fallback
         for variant in set(serving) - set(targets):
             changes.append(f"{variant}: v{serving.pop(variant).version} -> -")
         self._serving = serving  # one reference swap: the scoring thread sees the old or the new set
@@ -174,6 +190,10 @@ class ModelRouter:
 
     def start(self) -> None:
         """Load the current aliases (raising if that fails), then follow them in the background."""
+        named = self.spec.slo.fallback_model
+        if named is not None:
+            model = new_model(with_model(self.spec, *named))
+            self._spec_fallback = Serving(FALLBACK, 0, model, int(time.time() * 1000))
         for change in self.refresh():
             _LOG.info("serving %s", change)
         self._thread = threading.Thread(target=self._follow, name="driftloop-model-router", daemon=True)

@@ -205,9 +205,10 @@ def audit(
 ) -> bytes:
     """One decision on the audit topic, automatic or by an operator, taken or declined.
 
-    actor: "trigger" | "retrain" | "promotion" | "operator". action, e.g. "retrain_triggered",
+    actor: "trigger" | "retrain" | "promotion" | "worker" | "operator". action, e.g. "retrain_triggered",
     "retrain_declined", "registered", "challenger_set", "rejected", "retrain_failed", "trial_started",
-    "canary_waiting", "promoted", "rolled_back", "alias_moved". reason: one human-readable sentence.
+    "canary_waiting", "promoted", "rolled_back", "alias_moved", "model_refused", "breaker_opened",
+    "breaker_closed". reason: one human-readable sentence.
     """
     record = {
         "contract": CONTRACT_VERSION,

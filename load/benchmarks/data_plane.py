@@ -12,7 +12,9 @@ These systems are measured the same way, one after the other, on the same demo e
   temporary directory); with `--workers 2` also two of them in one group, for the scale-out factor;
 - with `--entities N --pending M`, a data plane first loaded with M events of N entities and no
   outcomes (M predictions waiting for their labels, N window states): its memory, then `kill -9` and
-  the time until the restarted worker has its state back, then a probe of it serving.
+  the time until the restarted worker has its state back, then a probe of it serving;
+- with `--slo`, the latency objective and the circuit breaker (load/benchmarks/slo.py): a load step
+  from 2,000 to 20,000 events/s, and a champion made slow on purpose.
 
 Each system goes through two phases:
 
@@ -83,6 +85,10 @@ class BenchOptions:
     workers: int = 1  # 2: also two data-plane workers in one group, for the scale-out factor
     entities: int = 0  # with pending: a data plane loaded with this state first, then restarted
     pending: int = 0
+    slo: bool = False  # also the load step and the slow model (load/benchmarks/slo.py) ...
+    step_seconds: float = 20.0  # ... with phases this long, ...
+    step_from: float = 2000.0  # ... the load stepping from this rate ...
+    step_to: float = 20_000.0  # ... to this one
 
     def __post_init__(self) -> None:
         if self.events < 1 or self.partitions < 1:
@@ -93,6 +99,8 @@ class BenchOptions:
             raise DriftloopError("bench: --workers must be 1 or 2")
         if (self.entities > 0) != (self.pending > 0):
             raise DriftloopError("bench: --entities and --pending go together")
+        if not self.step_seconds >= 5:
+            raise DriftloopError("bench: --step-seconds must be at least 5 (the breaker needs seconds to open)")
 
     @property
     def offered(self) -> int:
@@ -108,6 +116,10 @@ class BenchOptions:
             command += f" --workers {self.workers}"
         if self.pending:
             command += f" --entities {self.entities} --pending {self.pending}"
+        if self.slo:
+            command += f" --slo --step-seconds {self.step_seconds:g}"
+            if (self.step_from, self.step_to) != (2000.0, 20_000.0):
+                command += f" --step-from {self.step_from:g} --step-to {self.step_to:g}"
         return command
 
 
@@ -352,6 +364,10 @@ class ChildCall:
         self._process.start()
         sender.close()
 
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether the result (or the child's end) is there, waiting at most `timeout`."""
+        return self._receiver.poll(timeout)
+
     def result(self, timeout: float = 3600) -> Any:
         if not self._receiver.poll(timeout):
             raise DriftloopError(f"bench: {self._name} did not finish within {timeout:.0f}s")
@@ -575,6 +591,15 @@ def run_bench(
                 "entities": len({key for key, _, _ in state[:-PROBES]}),
                 "pending_joins": len(state) - PROBES,
             }
+        slo = None
+        if options.slo:
+            from driftloop.load.benchmarks.slo import run_slo
+
+            steps = (options.step_seconds, options.step_from, options.step_to)
+            slo = run_slo(bootstrap, run, options.partitions, work, steps, warmup, say)
+            if broker_kind.startswith("external"):
+                cleanup.callback(_delete_topics, bootstrap, slo["topics"])
+            del slo["topics"]
     machine = {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -585,7 +610,7 @@ def run_bench(
         "load_average": {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]},
     }
     message_bytes = sum(len(value) for _, value, _ in events) / len(events)
-    return report(options, results, machine, message_bytes, time.monotonic() - began)
+    return report(options, results, machine, message_bytes, time.monotonic() - began, slo)
 
 
 def _ratio(results: dict[str, dict[str, Any]], system: str, baseline: str) -> float | None:
@@ -601,6 +626,7 @@ def report(
     machine: dict[str, Any],
     message_bytes: float,
     seconds: float,
+    slo: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     versus_json = _ratio(results, "data_plane", "json_passthrough")
     p99 = results["data_plane"]["latency"]["p99_ms"]
@@ -634,6 +660,14 @@ def report(
             "value": back,
             "met": full and back <= TARGET_RESTART_S,
         }
+    if slo is not None:
+        step = slo["load_step"]
+        targets["back_under_slo_after_10x_step_s"] = {
+            "max": step["target_back_under_s"],
+            "from_to_events_per_s": [options.step_from, options.step_to],
+            "value": step["back_under_objective_after_step_s"],
+            "met": step["met"] and (options.step_from, options.step_to) == (2000.0, 20_000.0),
+        }
     return {
         "command": options.command,
         "machine": machine,
@@ -664,6 +698,7 @@ def report(
             "transactional_vs_json_passthrough": _ratio(results, "json_passthrough_transactional", "json_passthrough"),
             "scale_out_2_workers": _ratio(results, "data_plane_2_workers", "data_plane"),
         },
+        **({"slo": slo} if slo is not None else {}),
         "targets": targets,
         "accounted": all(
             r["throughput"]["accounted"]
@@ -671,7 +706,8 @@ def report(
             and r["latency"]["unexpected"] == 0
             and ("restart" not in r or r["restart"]["probes"]["missing"] == 0)
             for r in results.values()
-        ),
+        )
+        and all(s["missing"] == 0 and s["unexpected"] == 0 for s in (slo or {}).values()),
         "seconds": round(seconds, 1),
     }
 
@@ -699,7 +735,17 @@ def run_cli(config: Any, args: Any) -> int:
     workers = args.workers
     partitions = args.partitions or (4 if workers > 1 else config.partitions)  # two workers need partitions
     options = BenchOptions(
-        args.events, args.rate_events_per_s, args.latency_seconds, partitions, workers, args.entities, args.pending
+        args.events,
+        args.rate_events_per_s,
+        args.latency_seconds,
+        partitions,
+        workers,
+        args.entities,
+        args.pending,
+        args.slo,
+        args.step_seconds,
+        args.step_from,
+        args.step_to,
     )
     # SIGTERM unwinds like Ctrl-C, so everything the run started is stopped either way. A KeyboardInterrupt
     # raised while a finalizer (__del__, a weakref callback) runs is printed and dropped by CPython; the flag

@@ -37,7 +37,15 @@ SETTLE_S = 3.0  # three checkpoint intervals
 class DataPlaneWorkers:
     """`workers` worker processes of one pipeline under `work_dir`."""
 
-    def __init__(self, bootstrap: str, run: str, partitions: int, work_dir: Path, workers: int = 1):
+    def __init__(
+        self,
+        bootstrap: str,
+        run: str,
+        partitions: int,
+        work_dir: Path,
+        workers: int = 1,
+        spec_changes: dict[str, Any] | None = None,
+    ):
         import yaml
 
         from driftloop import settings as settings_module
@@ -50,6 +58,7 @@ class DataPlaneWorkers:
         self.work_dir = work_dir
         spec = yaml.safe_load(settings_module.DEMO_SPEC.read_text())  # the demo events need the demo spec
         spec["name"] = spec["model"]["name"] = f"bench_{run}"  # own internal topics, group and model
+        spec.update(spec_changes or {})
         spec_path = work_dir / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
         self.environ = {

@@ -30,6 +30,7 @@ from driftloop.streams.state.changelog import ChangelogTable
 from driftloop.streams.state.journal import OutputJournal
 from driftloop.streams.state.store import StateMemory
 from driftloop.streams.topology import Topology
+from driftloop.streams.worker.breaker import Breakers, Change
 from driftloop.streams.worker.join import OutcomeJoiner, join_table
 from driftloop.streams.worker.learner import LabeledLearner
 from driftloop.streams.worker.loop import Pipeline
@@ -140,7 +141,10 @@ def run_worker(
             feature_view=feature_view_name(spec),
             feature_view_version=feature_view_version(spec),
             journal=journal,
+            breakers=None if spec.slo.fallback == "none" else Breakers(spec.slo),
         )
+        breaker_audit = _breaker_reporter(settings, bootstrap, key, spec.model.name, worker_id)
+        cleanup.callback(breaker_audit.flush, 10)
         pipeline = Pipeline(
             spec,
             topology,
@@ -155,6 +159,7 @@ def run_worker(
             learner=learner,
             join_partitions=join_partitions,
             worker_id=worker_id,
+            on_breaker=breaker_audit,
         )
         # Start-up leaves about half a million long-lived objects (MLflow, Feast, pandas): frozen, the
         # cyclic collector never rescans them, which paused the loop (docs/benchmarks.md).
@@ -167,6 +172,43 @@ def run_worker(
         if on_ready is not None:
             on_ready(port)
         pipeline.run(stop)
+
+
+class _BreakerAudit:
+    """Audits `breaker_opened` / `breaker_closed` (signed) without holding up the loop: the records go out
+    with the producer's next poll, and a delivery failure is logged."""
+
+    def __init__(self, producer, topic: str, key: SigningKey, model_name: str, worker_id: str):
+        self.producer, self.topic, self.key = producer, topic, key
+        self.model_name, self.worker_id = model_name, worker_id
+
+    def __call__(self, change: Change) -> None:
+        record = contracts.audit(
+            actor="worker",
+            action=change.action,
+            model_name=self.model_name,
+            reason=change.reason,
+            version=change.version,
+            details={"worker": self.worker_id},
+        )
+        headers = contracts.signature_headers(self.key, self.topic, record)
+        self.producer.produce(self.topic, record, self.model_name.encode(), headers=headers, on_delivery=self._sent)
+        self.producer.poll(0)
+
+    def _sent(self, error, message) -> None:
+        if error is not None:
+            _LOG.error("an audit record did not reach %s: %s", self.topic, error.str())
+
+    def flush(self, timeout: float) -> None:
+        self.producer.flush(timeout)
+
+
+def _breaker_reporter(
+    settings: Settings, bootstrap: str, key: SigningKey, model_name: str, worker_id: str
+) -> _BreakerAudit:
+    return _BreakerAudit(
+        kafka.producer(bootstrap, **{"linger.ms": 0}), settings.topic_audit, key, model_name, worker_id
+    )
 
 
 def _refusal_reporter(

@@ -25,7 +25,10 @@ record that cannot be read is dead-lettered or counted. On a rebalance the revok
 checkpointed before they go.
 
 The loop runs in one thread; Kafka I/O happens in librdkafka's threads, so Python spends its time on
-validation, features and scoring, in batches of up to `batch_size` records.
+validation, features and scoring. How many records a consume call asks for, and how long it waits for
+them, is steered by the spec's latency objective (`slo`, streams/worker/slo.py); its burn is measured on
+every prediction. Circuit breakers (streams/worker/breaker.py) that a batch opened or closed are handed
+to `on_breaker` (the worker audits them).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -47,8 +51,10 @@ from driftloop.streams.state.changelog import ChangelogTable
 from driftloop.streams.state.checkpoint import Checkpoints
 from driftloop.streams.state.journal import OutputJournal
 from driftloop.streams.topology import Topology
+from driftloop.streams.worker.breaker import Change
 from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
 from driftloop.streams.worker.scoring import EventScorer, Record, ScoredBatch, decode_pending
+from driftloop.streams.worker.slo import BatchController, SloBurn
 
 _LOG = logging.getLogger("driftloop.streams.worker.loop")
 CONSUMER_CONFIG = {
@@ -82,6 +88,8 @@ class _Staged:
     scored: ScoredBatch
     offsets: dict[tuple[str, int], int]  # next offset per events partition once it is released
     consumed: int
+    asked: int  # records the consume call asked for (of every topic) ...
+    fetched: int  # ... and got
     waiting: int = 0  # journal chunks not yet acknowledged
     errors: list[str] = field(default_factory=list)
 
@@ -108,7 +116,7 @@ class Pipeline:
         learner=None,
         join_partitions: int,
         worker_id: str = "worker",
-        batch_size: int = 2000,
+        on_breaker: Callable[[Change], None] | None = None,
         checkpoint_seconds: float = 1.0,
         expire_seconds: float = 30.0,
         max_delivery_wait: float = 5.0,
@@ -126,7 +134,17 @@ class Pipeline:
         self.learner = learner
         self.join_partitions = join_partitions
         self.worker_id = worker_id
-        self.batch_size = batch_size
+        self.on_breaker = on_breaker
+        slo, now = spec.slo, time.monotonic()
+        self.controller = BatchController(
+            slo.p99_ms / 1000,
+            min_batch=slo.min_batch,
+            max_batch=slo.max_batch,
+            max_fetch_wait=slo.max_fetch_wait_ms / 1000,
+            now=now,
+        )
+        self.burn = SloBurn(slo.p99_ms / 1000, slo.window)
+        self._fetched = 0  # records of the last consume call
         self.checkpoint_seconds = checkpoint_seconds
         self.expire_seconds = expire_seconds
         self._producer = kafka.producer(bootstrap, on_delivery=self._on_delivery, **PRODUCER_CONFIG)
@@ -160,11 +178,13 @@ class Pipeline:
         next_expiry = time.monotonic() + self.expire_seconds
         try:
             while not stop.is_set():
-                # A short wait: consume() returns early only when the batch is full, so at low rates
-                # this timeout is added to every event's latency.
-                messages = self._consumer.consume(self.batch_size, timeout=0.005)
+                # consume() returns early only when the batch is full, so at low rates the wait is added
+                # to every event's latency: the controller trades it against fuller batches.
+                setting = self.controller.tick(time.monotonic())
+                messages = self._consumer.consume(setting.batch_size, timeout=setting.fetch_wait)
                 if messages:
-                    self._handle(messages)
+                    self._fetched = len(messages)
+                    self._handle(messages, setting.batch_size)
                 self._journal_producer.poll(0)
                 self._release_acknowledged()
                 self._producer.poll(0)
@@ -186,7 +206,7 @@ class Pipeline:
         finally:
             self._consumer.close()  # leaves the group at once, so the partitions move without a timeout
 
-    def _handle(self, messages: list) -> None:
+    def _handle(self, messages: list, asked: int) -> None:
         by_topic: dict[str, list] = defaultdict(list)
         for m in messages:
             error = m.error()
@@ -197,7 +217,7 @@ class Pipeline:
             by_topic[m.topic()].append(m)
         t = self.topology
         if by_topic.get(t.events):
-            self._score(by_topic[t.events])
+            self._score(by_topic[t.events], asked)
         for topic, messages_of_topic in by_topic.items():  # not scored: these count as handled at once
             if topic != t.events:
                 for m in messages_of_topic:
@@ -207,11 +227,16 @@ class Pipeline:
         if by_topic.get(t.pending) or by_topic.get(t.outcomes_by_id):
             self._join(by_topic.get(t.pending, []), by_topic.get(t.outcomes_by_id, []))
 
-    def _score(self, messages: list) -> None:
+    def _score(self, messages: list, asked: int) -> None:
         records = [Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value()) for m in messages]
         scored = self.scorer.process(records)
+        for change in scored.breaker_changes:
+            _LOG.warning("%s: %s", change.action.replace("_", " "), change.reason)
+            self.metrics.breaker_change(change.action)
+            if self.on_breaker is not None:
+                self.on_breaker(change)
         offsets = {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
-        staged = _Staged(scored, offsets, len(records))
+        staged = _Staged(scored, offsets, len(records), asked, self._fetched)
         for partition, entries in scored.journal.items():
             staged.waiting += self.journal.write(self._journal_producer, partition, entries, staged.acknowledged)
         self._staged.append(staged)
@@ -253,6 +278,15 @@ class Pipeline:
             self.feast.submit(scored.feast_rows)
         self._next_offsets.update(staged.offsets)
         _record_scored(self.metrics, scored, staged.consumed)
+        now = time.monotonic()
+        self.metrics.slo_events(len(scored.latencies), self.burn.observe(scored.latencies, now))
+        self.controller.observe(
+            asked=staged.asked,
+            consumed=staged.fetched,
+            service=sum(scored.stage_seconds.values()),
+            latencies=scored.latencies,
+            now=now,
+        )
 
     def _prediction_refused(self, record: Record, exc: KafkaException, scored: ScoredBatch) -> None:
         source = contracts.Source(record.topic, record.partition, record.offset, record.timestamp_ms, record.key)
@@ -406,6 +440,17 @@ class Pipeline:
         )
         if self.learner is not None:
             self.metrics.live_metrics(self.learner.live.snapshot())
+        now = time.monotonic()
+        self.metrics.slo(
+            objective=self.controller.objective,
+            share_over=self.burn.share_over(now),
+            burn_rate=self.burn.burn_rate(now),
+            setting=self.controller.setting,
+        )
+        breakers = self.scorer.breakers
+        if breakers is not None:
+            breakers.keep({serving.version for serving in self.scorer.router.variants.values()})
+            self.metrics.breakers(breakers.states())
 
     # -- rebalances ---------------------------------------------------------------------------------
 

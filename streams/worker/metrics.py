@@ -23,6 +23,8 @@ from prometheus_client.utils import floatToGoString
 from driftloop import __version__
 from driftloop.metrics_endpoint import MetricsEndpoint
 from driftloop.streams.contracts import WORKER_DLQ_REASONS
+from driftloop.streams.worker.breaker import STATES as BREAKER_STATES
+from driftloop.streams.worker.slo import Setting
 from driftloop.streams.worker.validation import REASONS
 
 EVENT_RESULTS = ("predicted", "dead_lettered")
@@ -30,6 +32,8 @@ STAGES = ("ingest", "features", "feast_write", "score", "produce", "checkpoint")
 # expired_unmatched: an outcome whose prediction never came; prediction_expired: the other way round.
 OUTCOME_RESULTS = ("joined", "expired_unmatched", "invalid", "duplicate", "prediction_expired")
 JOIN_SIDES = ("prediction", "outcome")
+SLO_RESULTS = ("within", "over")
+BREAKER_ACTIONS = ("breaker_opened", "breaker_closed")
 LIVE_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "roc_auc")
 
 # 0.1 ms .. 5 s: an in-memory feature update and a slow Feast write both land in a real bucket.
@@ -184,6 +188,40 @@ class WorkerMetrics:
             "Model versions this worker refused to load (unsigned or failing their signature), each counted once.",
             registry=r,
         )
+        self._slo_objective = Gauge(
+            "driftloop_slo_objective_seconds", "The spec's p99 latency objective (slo.p99_ms).", registry=r
+        )
+        self._slo_events = Counter(
+            "driftloop_slo_events",
+            "Predicted events by whether their append-to-prediction latency was within the objective.",
+            ["result"],
+            registry=r,
+        )
+        self._slo_share_over = Gauge(
+            "driftloop_slo_over_share", "Share of events over the objective in the rolling slo.window.", registry=r
+        )
+        self._slo_burn = Gauge(
+            "driftloop_slo_burn_rate",
+            "Error-budget burn rate over slo.window: the share over the objective / the 1% a p99 allows.",
+            registry=r,
+        )
+        self._batch_limit = Gauge(
+            "driftloop_batch_size_limit", "Records the next consume call asks for, as the SLO steers it.", registry=r
+        )
+        self._fetch_wait = Gauge(
+            "driftloop_fetch_wait_seconds",
+            "How long a consume call waits for its batch, as the SLO steers it.",
+            registry=r,
+        )
+        self._breaker_state = Gauge(
+            "driftloop_breaker_state",
+            "A model version's circuit breaker: 0 closed, 1 half-open (probing), 2 open (the fallback serves).",
+            ["model_version"],
+            registry=r,
+        )
+        self._breaker_changes = Counter(
+            "driftloop_breaker_changes", "Circuit breakers opened and closed.", ["action"], registry=r
+        )
         self._info = Info("driftloop_worker", "Which worker, spec and driftloop version this is.", registry=r)
 
         # Every fixed label value exists from the start, so a rate is 0 (not absent) until it moves.
@@ -193,6 +231,9 @@ class WorkerMetrics:
         self._outcome_result = {result: self._outcomes.labels(result) for result in OUTCOME_RESULTS}
         self._pending = {side: self._join_pending.labels(side) for side in JOIN_SIDES}
         self._recovered_how = {how: self._recovered.labels(how) for how in ("replayed", "skipped")}
+        self._slo_result = {result: self._slo_events.labels(result) for result in SLO_RESULTS}
+        self._breaker_action = {action: self._breaker_changes.labels(action) for action in BREAKER_ACTIONS}
+        self._breaker_versions: set[str] = set()
         # Label sets of the gauges whose series come and go (partitions, variants, model versions).
         self._lag_labels: set[tuple[str, str]] = set()
         self._model_labels: set[tuple[str, str]] = set()
@@ -286,6 +327,30 @@ class WorkerMetrics:
                 self._live_metric.remove(version, metric)
             self._live_samples.remove(version)
         self._live_versions = set(versions)
+
+    def slo_events(self, events: int, over: int) -> None:
+        """A batch's predicted events, `over` of them slower than the objective."""
+        self._slo_result["over"].inc(over)
+        self._slo_result["within"].inc(events - over)
+
+    def slo(self, *, objective: float, share_over: float, burn_rate: float, setting: Setting) -> None:
+        self._slo_objective.set(objective)
+        self._slo_share_over.set(share_over)
+        self._slo_burn.set(burn_rate)
+        self._batch_limit.set(setting.batch_size)
+        self._fetch_wait.set(setting.fetch_wait)
+
+    def breaker_change(self, action: str) -> None:
+        self._breaker_action[action].inc()
+
+    def breakers(self, states: Mapping[int, str]) -> None:
+        """{model version: breaker state}; versions absent from it disappear."""
+        current = {str(version): float(BREAKER_STATES.index(state)) for version, state in states.items()}
+        for version, value in current.items():
+            self._breaker_state.labels(version).set(value)
+        for version in self._breaker_versions - set(current):
+            self._breaker_state.remove(version)
+        self._breaker_versions = set(current)
 
     @staticmethod
     def _replace(gauge: Gauge, published: set[tuple[str, str]], values: Mapping[tuple[str, str], float]) -> None:

@@ -15,6 +15,10 @@ Per event record, in order:
 - `score`: the router names each event's variant (champion, or canary for a stable hash share of
   events or entities, `canary.assign`); each variant's rows are scored in one `predict_proba` call. In
   shadow mode the challenger also scores every row; its score rides along to the outcome join and is never served.
+  A version whose circuit breaker (streams/worker/breaker.py) is open scores none of its events, or only
+  a probe when half-open: the router's fallback serves the others, as variant `fallback`, journaled like
+  any other. With a fallback, an event the model cannot score is served by the fallback too (and
+  dead-lettered as `scoring_failed` only when the fallback cannot score it either).
 - the outputs: one prediction per valid event, one pending-join record (prediction + row) keyed by
   event id for the outcome join, the Feast rows, the batch's rows for the drift agent, and one
   journal entry per record (streams/state/journal.py) that the pipeline makes durable before the rest.
@@ -47,6 +51,7 @@ from driftloop.features.windows import FeatureComputer
 from driftloop.spec import PipelineSpec
 from driftloop.streams import contracts
 from driftloop.streams.state.journal import DEAD_LETTERED, PREDICTED
+from driftloop.streams.worker.breaker import Breakers, Change
 from driftloop.streams.worker.validation import Event, EventValidator, RecentIds, Rejection, reject_duplicate
 
 _LOG = logging.getLogger("driftloop.streams.worker.scoring")
@@ -83,6 +88,7 @@ class ScoredBatch:
     refused: int = 0  # predictions the producer refused (dead-lettered by the pipeline instead)
     skipped: int = 0  # records whose outputs were delivered before the restored state was written
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    breaker_changes: list[Change] = field(default_factory=list)  # breakers opened or closed by this batch
 
     def journal_entry(self, record: Record, entry: list[Any]) -> None:
         self.journal.setdefault(record.partition, []).append(entry)
@@ -103,6 +109,8 @@ class EventScorer:
         validator: EventValidator | None = None,
         recent_ids_capacity: int = 200_000,
         clock: Callable[[], float] = time.time,
+        breakers: Breakers | None = None,
+        breaker_clock: Callable[[], float] = time.monotonic,
     ):
         self.spec = spec
         self.states = states  # ChangelogTable: partition -> entity -> {"w": window state, "o": last offset}
@@ -117,6 +125,8 @@ class EventScorer:
         self.rows = RowBuilder(spec)
         self._entity_field = spec.events.entity
         self.clock = clock  # stamps predicted_at; an event-time backtest passes its virtual clock
+        self.breakers = breakers  # None: no fallback is configured, every version serves whatever happens
+        self.breaker_clock = breaker_clock  # how long a breaker stays open is measured in wall time
 
     def forget(self, partitions: list[int]) -> None:
         """Partitions moved to another worker: drop their duplicate filters."""
@@ -246,25 +256,54 @@ class EventScorer:
         for i, (_, event) in enumerate(events):
             by_variant.setdefault(route(event.entity, event.event_id), []).append(i)
         scored: list[tuple[float, Any, float] | None] = [None] * len(events)
+        breakers = self.breakers
+        fallback = self.router.fallback if breakers is not None else None
+        now = self.breaker_clock()
         for variant, indices in by_variant.items():
             serving = self.router.serving(variant)
-            started = time.perf_counter()
-            probabilities = _predict(serving.model, [rows[i] for i in indices])
-            # the model's own time per event (its batch call shared out), for the canary latency guardrail
-            model_ms = (time.perf_counter() - started) * 1000 / len(indices)
-            served = 0
-            for i, p in zip(indices, probabilities):
-                if isinstance(p, str):
-                    record, _event = events[i]
-                    self._dead_letter(record, "scoring_failed", f"model v{serving.version} ({variant}): {p}", None, out)
-                else:
-                    scored[i] = (p, serving, model_ms)
-                    served += 1
-            out.served[(serving.version, serving.variant)] += served
+            breaker = None
+            if breakers is not None and fallback is not None and fallback.version != serving.version:
+                breaker = breakers.of(serving.version)
+            admitted = indices if breaker is None else indices[: breaker.admits(len(indices), now)]
+            to_fallback = indices[len(admitted) :]
+            if admitted:
+                failed, seconds = self._score_with(
+                    serving, admitted, events, rows, scored, out, dead_letter=breaker is None
+                )
+                if breaker is not None:
+                    change = breaker.record(len(admitted), len(failed), seconds, now, failed[0][1] if failed else None)
+                    if change is not None:
+                        out.breaker_changes.append(change)
+                    to_fallback += [i for i, _error in failed]  # dead-lettered only if the fallback fails them too
+            if to_fallback:
+                self._score_with(fallback, to_fallback, events, rows, scored, out, dead_letter=True)
         if all(s is not None for s in scored):
             return events, rows, scored
         ok = [i for i, s in enumerate(scored) if s is not None]
         return [events[i] for i in ok], [rows[i] for i in ok], [scored[i] for i in ok]
+
+    def _score_with(
+        self, serving, indices, events, rows, scored, out, *, dead_letter: bool
+    ) -> tuple[list[tuple[int, str]], float]:
+        """Score events[indices] with one model call, into `scored`; returns (index, error) of the events it
+        could not score (dead-lettered when `dead_letter`) and the call's seconds."""
+        started = time.perf_counter()
+        probabilities = _predict(serving.model, [rows[i] for i in indices])
+        seconds = time.perf_counter() - started
+        # the model's own time per event (its batch call shared out), for the canary latency guardrail
+        model_ms = seconds * 1000 / len(indices)
+        failed, served = [], 0
+        for i, p in zip(indices, probabilities):
+            if isinstance(p, str):
+                failed.append((i, p))
+                if dead_letter:
+                    detail = f"model v{serving.version} ({serving.variant}): {p}"
+                    self._dead_letter(events[i][0], "scoring_failed", detail, None, out)
+            else:
+                scored[i] = (p, serving, model_ms)
+                served += 1
+        out.served[(serving.version, serving.variant)] += served
+        return failed, seconds
 
     def _shadow_scores(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """In shadow mode: {"model_version", "score"} of the challenger for every row, else None."""

@@ -11,6 +11,7 @@ from driftloop.cli import main
 from driftloop.models.live_metrics import LiveMetrics
 from driftloop.status import histogram_quantile
 from driftloop.streams.worker.metrics import EVENT_LATENCY_BUCKETS, WorkerMetrics
+from driftloop.streams.worker.slo import Setting
 
 
 @pytest.fixture
@@ -241,3 +242,35 @@ def test_status_shows_what_driftloop_up_reports_of_its_children(serve, capsys, t
     stack.write_text(json.dumps({"metrics_urls": [worker], "supervisor_metrics_url": unused_url}))
     assert main(["status", "--url", worker]) == 0
     assert f"children    not shown: {unused_url}: [Errno 111] Connection refused" in capsys.readouterr().out
+
+
+def test_status_shows_the_slo_burn_how_each_worker_steers_and_open_breakers(serve, capsys):
+    live = LiveMetrics(threshold=0.5)
+    first = a_worker("w-1", predicted=60, invalid_json=0, lag={}, live=live)
+    first.slo_events(60, 3)
+    first.slo(objective=0.05, share_over=0.05, burn_rate=5.0, setting=Setting(500, 0.002))
+    first.breakers({2: "open", 1: "closed"})
+    second = a_worker("w-2", predicted=40, invalid_json=0, lag={}, live=live)
+    second.slo_events(40, 0)
+    second.slo(objective=0.05, share_over=0.0, burn_rate=0.0, setting=Setting(2000, 0.005))
+    second.breakers({2: "half_open"})
+    urls = serve(first), serve(second)
+    slo = status_json(capsys, "--url", *urls)["slo"]
+
+    assert slo == {
+        "objective_seconds": 0.05,
+        "burn_rate": 5.0,  # the worst worker's
+        "over_share": 0.05,
+        "events_within": 97,
+        "events_over": 3,
+        "batch_size": [500, 2000],
+        "fetch_wait_seconds": [0.002, 0.005],
+        "breakers": {"1": "closed", "2": "open"},
+    }
+    assert main(["status", "--url", *urls]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "slo         p99 within 50 ms: burn 5.00x (5.00% of the window's events over); batch 500, fetch wait 2 ms"
+        in text
+    )
+    assert "breakers    v1 closed, v2 open (the fallback serves their events)" in text
