@@ -85,7 +85,10 @@ class ModelRouter:
         return "canary" if zlib.crc32(key.encode()) % _BUCKETS < self._canary_buckets else CHAMPION
 
     def serving(self, variant: str) -> Serving:
-        return self._serving[variant]
+        """What serves `variant` now; the champion when the variant left service after `variant_for` named it
+        (the refresh thread swaps the whole table between the two calls, e.g. when a promotion ends a canary)."""
+        current = self._serving
+        return current.get(variant) or current[CHAMPION]
 
     def learn(self, rows: Sequence[Mapping[str, Any]], labels: Sequence[int], times_ms: Sequence[int]) -> int:
         """Online models in service learn from labelled rows joined after they were registered.

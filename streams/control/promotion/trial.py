@@ -217,7 +217,10 @@ class CanaryTrial:
     def _starvation(self) -> str | None:
         """Why the trial cannot reach its sample size, or None while it can."""
         policy, smaller = self.policy, min(self.champion_arm.samples, self.challenger_arm.samples)
-        if not self.shadow and self.challenger_arm.samples == 0 and self.champion_arm.samples >= policy.min_samples:
+        # By this many champion events the share would have put min_samples on the canary; fewer is no sign yet
+        # (the workers load the challenger within their poll, and events scored before it count for the champion).
+        starved_after = policy.min_samples * (1 - policy.share) / policy.share
+        if not self.shadow and self.challenger_arm.samples == 0 and self.champion_arm.samples >= starved_after:
             advice = (
                 "canary.assign is entity and a stream of few entities may put none on the canary: use canary.assign: "
                 "event"
