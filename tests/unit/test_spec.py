@@ -10,6 +10,7 @@ from driftloop.features.aggregations import AGGREGATIONS
 from driftloop.models.flavors import FLAVORS
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import Span, load_spec, parse_duration, parse_spec
+from tests.support import SPECS
 
 
 @pytest.fixture
@@ -350,3 +351,9 @@ def test_check_spec_command(tmp_path, demo):
     assert failed.stderr.strip().splitlines() == [
         f"driftloop: error: {bad}: model.flavor: 'tensorflow' is not a model flavor; the flavors are {flavors}"
     ]
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_passes_every_check(path):
+    # load_spec runs every check `driftloop check-spec` runs; a shipped spec must pass them all
+    assert load_spec(path).name
