@@ -33,7 +33,8 @@ Where values live
     its changelog record is acknowledged AND every record this table produced before it is too, with
     nothing sealed left to drain (a quiet moment, which every checkpoint of
     streams/state/checkpoint.py reaches); then the acknowledged records go into the store in offset
-    order, in one atomic batch with the offset after them, and leave the overlay unless changed since.
+    order, in one atomic batch with the offset after them (written by the table's own thread, so the
+    loop does not wait for RocksDB), and leave the overlay once written unless changed since.
     So the store never holds a value the changelog does not, and memory holds only what changed since
     the last checkpoint (bounded by `StateMemory`: past its share a checkpoint is due) plus RocksDB's
     capped caches, whatever the number of keys.
@@ -115,11 +116,13 @@ Counting and expiry
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -163,6 +166,21 @@ class Restored:
     seconds: float
 
 
+# What a changelog record's value is (its `kind_of` and `expiry_time`), when known as it was produced;
+# None: decoded from the record when it is written into the store.
+_Meta = tuple[str, float | None] | None
+_Record = tuple[int, bytes, bytes | None, _Meta]  # (offset, key, value, meta) of an acknowledged record
+
+
+@dataclass
+class _StoreWrite:
+    """Acknowledged records on their way into the stores, written by the table's writer thread."""
+
+    done: Future
+    forget: dict[int, list[str]]  # per partition: keys whose value in memory is the one written ...
+    touched: dict[int, set[str]]  # ... unless changed since the write was submitted
+
+
 class ChangelogDeliveryError(RuntimeError):
     """Changelog records were not delivered: the state they carry would be lost on a restart."""
 
@@ -202,7 +220,11 @@ class ChangelogTable:
         self._dirty: dict[int, set[str]] = {}
         self._draining: dict[int, set[str]] = {}  # sealed dirty keys not yet produced
         self._sealed: dict[int, dict[str, bytes | None]] = {}  # sealed values of draining keys changed since
-        self._acknowledged: dict[int, list[tuple[int, bytes, bytes | None]]] = {}  # (offset, key, value)
+        self._acknowledged: dict[int, list[_Record]] = {}
+        # One thread writes the stores, in submission order, so the loop never waits for RocksDB (a
+        # checkpoint's few thousand records took it 10-30 ms); see `_persist_if_quiet`.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"state-{name}")
+        self._writes: deque[_StoreWrite] = deque()  # oldest first
         self._failed_deliveries: list[KafkaError] = []
         self.in_flight = 0  # flushed records whose delivery has not been reported yet
         self._unacknowledged = 0  # every produced record (appended ones too) not reported yet
@@ -277,6 +299,7 @@ class ChangelogTable:
         wanted = sorted(set(partitions))
         for partition in wanted:
             self._check_range(partition)
+        self.wait_written()
         started = time.perf_counter()
         for partition in wanted:
             if partition not in self._stores:
@@ -328,7 +351,7 @@ class ChangelogTable:
                         f"restoring table {self.name!r}: changelog {self.topic!r} partitions {sorted(reading)} "
                         f"not read to their end within {timeout:.0f}s ({records} records read{last_error})"
                     )
-                batch: dict[int, list[tuple[int, bytes, bytes | None]]] = {}
+                batch: dict[int, list[_Record]] = {}
                 for message in consumer.consume(_RESTORE_BATCH, timeout=_RESTORE_POLL_S):
                     partition, error = message.partition(), message.error()
                     if error is not None and error.code() != KafkaError._PARTITION_EOF:
@@ -372,7 +395,7 @@ class ChangelogTable:
                     if offset < skip_below[partition]:  # applied, or fetched again after the seek
                         continue
                     skip_below[partition] = offset + 1
-                    batch.setdefault(partition, []).append((offset, key, message.value()))
+                    batch.setdefault(partition, []).append((offset, key, message.value(), None))
                 for partition, applied in batch.items():
                     self._apply(partition, applied)
                     records += len(applied)
@@ -383,6 +406,7 @@ class ChangelogTable:
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget those partitions' unflushed writes and close their stores (on revocation; flush first to
         keep the writes)."""
+        self.wait_written()
         for partition in partitions:
             store = self._stores.pop(partition, None)
             if store is not None:
@@ -400,6 +424,7 @@ class ChangelogTable:
     def close(self) -> None:
         """Close every store (a worker's shutdown, after its last checkpoint)."""
         self.drop(list(self._stores))
+        self._writer.shutdown()
         if self in self.memory.tables:
             self.memory.tables.remove(self)
 
@@ -450,6 +475,10 @@ class ChangelogTable:
         self._read[partition].pop(key, None)
         overlay[key] = value
         self._dirty[partition].add(key)
+        for write in self._writes:
+            touched = write.touched.get(partition)
+            if touched is not None:
+                touched.add(key)
 
     def _keep_sealed(self, partition: int, key: str, value: Any) -> None:
         sealed = self._sealed[partition]
@@ -459,6 +488,7 @@ class ChangelogTable:
     def items(self, partition: int) -> list[tuple[str, Any]]:
         """A snapshot of the partition's (key, value) pairs; safe to modify the table while iterating it.
         Reads the whole store: for small tables and tests, not for a sweep over millions of keys."""
+        self.wait_written()
         try:
             overlay = self._overlay[partition]
         except KeyError:
@@ -474,6 +504,7 @@ class ChangelogTable:
     def counts(self, partition: int) -> Counter:
         """Live keys of the partition by `kind_of` (one kind, "", without it): the store's counts corrected
         by the overlay's changes, without reading the keys that did not change."""
+        self.wait_written()  # the store's counts and values must be of one moment
         try:
             overlay = self._overlay[partition]
         except KeyError:
@@ -579,15 +610,18 @@ class ChangelogTable:
             overlay, sealed = self._overlay[partition], self._sealed[partition]
             while draining and (limit is None or produced < limit):
                 key = draining.pop()
+                meta: _Meta = None
                 if key in sealed:
                     encoded = sealed.pop(key)
                 else:
                     value = overlay.get(key, _DELETED)
                     encoded = None if value is _DELETED else _encode(value)
+                    if encoded is not None and (self._kind_of is not None or self._expiry_time is not None):
+                        meta = self._meta(value)
                 if encoded is not None:
                     self._encoded_bytes += len(encoded)
                     self._encoded_values += 1
-                self._produce(producer, partition, key.encode(), encoded)
+                self._produce(producer, partition, key.encode(), encoded, meta=meta)
                 produced += 1
         self._persist_if_quiet()  # a seal with nothing to drain
         return produced
@@ -618,12 +652,15 @@ class ChangelogTable:
         key: bytes,
         value: bytes | None,
         on_delivery: Callable[[KafkaError | None, Any], None] | None = None,
+        meta: _Meta = None,
     ) -> None:
+        if on_delivery is None:
+            on_delivery_or_ours = self._delivered if meta is None else functools.partial(self._delivered, meta=meta)
+        else:
+            on_delivery_or_ours = on_delivery
         while True:
             try:
-                producer.produce(
-                    self.topic, value=value, key=key, partition=partition, on_delivery=on_delivery or self._delivered
-                )
+                producer.produce(self.topic, value=value, key=key, partition=partition, on_delivery=on_delivery_or_ours)
                 if on_delivery is None:
                     self.in_flight += 1
                 self._unacknowledged += 1
@@ -631,47 +668,82 @@ class ChangelogTable:
             except BufferError:  # the producer's local queue is full: let it deliver, then retry
                 producer.poll(0.05)
 
-    def _delivered(self, error: KafkaError | None, message: Any) -> None:
+    def _delivered(self, error: KafkaError | None, message: Any, meta: _Meta = None) -> None:
         self.in_flight -= 1
         if error is not None:
             self._failed_deliveries.append(error)
-        self._acknowledge(error, message)
+        self._acknowledge(error, message, meta)
         self._persist_if_quiet()
 
-    def _acknowledge(self, error: KafkaError | None, message: Any) -> None:
+    def _acknowledge(self, error: KafkaError | None, message: Any, meta: _Meta = None) -> None:
         self._unacknowledged -= 1
         acknowledged = self._acknowledged.get(message.partition())
         if error is None and acknowledged is not None:  # None: dropped since it was produced
-            acknowledged.append((message.offset(), message.key(), message.value()))
+            acknowledged.append((message.offset(), message.key(), message.value(), meta))
+
+    def _meta(self, value: Any) -> _Meta:
+        return self._kind(value), None if self._expiry_time is None else self._expiry_time(value)
 
     def _persist_if_quiet(self) -> None:
         """Every produced record acknowledged and nothing sealed left to drain: the acknowledged records
-        are the changelog's next ones, so they go into the stores, and their keys leave memory."""
+        are the changelog's next ones, so they go into the stores, and their keys leave memory.
+
+        The writer thread writes them (RocksDB releases the GIL, so the loop goes on meanwhile); a key
+        leaves memory once its write is done, unless it was changed since the write was submitted or
+        was dirty then (its newer value is not in the store yet). Until then reads find it in memory."""
+        self._reap_written()
         if self._unacknowledged or any(self._draining.values()):
             return
+        batches: dict[int, list[_Record]] = {}
+        forget: dict[int, list[str]] = {}
         for partition, acknowledged in self._acknowledged.items():
             if acknowledged:
                 acknowledged.sort(key=_offset)  # without idempotence, reports may come out of order
-                self._apply(partition, acknowledged)
-                overlay, dirty = self._overlay[partition], self._dirty[partition]
-                for _o, key, _value in acknowledged:
-                    text = key.decode()
-                    if text not in dirty:
-                        overlay.pop(text, None)
-                acknowledged.clear()
+                dirty = self._dirty[partition]
+                batches[partition] = acknowledged
+                forget[partition] = [text for text in {r[1].decode() for r in acknowledged} if text not in dirty]
+                self._acknowledged[partition] = []
+        if batches:
+            done = self._writer.submit(self._apply_all, batches)
+            self._writes.append(_StoreWrite(done, forget, {p: set() for p in batches}))
+
+    def _apply_all(self, batches: dict[int, list[_Record]]) -> None:
+        for partition, records in batches.items():
+            self._apply(partition, records)
+
+    def _reap_written(self) -> None:
+        """Let the keys of finished writes leave memory (in submission order); raise a write's failure."""
+        while self._writes and self._writes[0].done.done():
+            self._forget_written(self._writes.popleft())
+
+    def wait_written(self) -> None:
+        """Return once every acknowledged record handed to the writer thread is in the store."""
+        while self._writes:
+            self._forget_written(self._writes.popleft())
+
+    def _forget_written(self, write: _StoreWrite) -> None:
+        write.done.result()  # the store's error, if any, is the caller's now
+        for partition, keys in write.forget.items():
+            overlay = self._overlay.get(partition)
+            if overlay is None:  # dropped since
+                continue
+            touched = write.touched[partition]
+            for key in keys:
+                if key not in touched:
+                    overlay.pop(key, None)
             self._read[partition].clear()
 
-    def _apply(self, partition: int, records: list[tuple[int, bytes, bytes | None]]) -> None:
+    def _apply(self, partition: int, records: list[_Record]) -> None:
         """Write changelog records (offset order) into the partition's store, with their counts and expiry."""
         store = self._stores[partition]
         counts = Counter(store.counts)
         known: dict[bytes, str | None] = {}  # kind of each key as the records so far leave it
-        unknown = list({key for _o, key, _v in records})
+        unknown = list({r[1] for r in records})
         for key, raw in zip(unknown, store.get_many(unknown)):
             known[key] = None if raw is None else self._stored_kind(raw)
         decode = self._kind_of is not None or self._expiry_time is not None
         writes = []
-        for _o, key, raw in records:
+        for _o, key, raw, meta in records:
             before = known[key]
             if before is not None:
                 counts[before] -= 1
@@ -679,19 +751,21 @@ class ChangelogTable:
             if raw is None:
                 known[key] = None
             else:
-                value = _decode(raw) if decode else None
-                kind = known[key] = self._kind(value) if self._kind_of else ""
+                if decode and meta is None:
+                    meta = self._meta(_decode(raw))
+                kind, expires = meta if meta is not None else ("", None)
+                known[key] = kind
                 counts[kind] += 1
-                if self._expiry_time is not None:
-                    expires = self._expiry_time(value)
             writes.append((key, raw, expires))
         store.write(writes, max(store.offset, records[-1][0] + 1), dict(+counts))
 
     def check_delivered(self) -> None:
-        """Raise ChangelogDeliveryError if a changelog record reported failure since the last check.
+        """Raise ChangelogDeliveryError if a changelog record reported failure since the last check
+        (and a store write's failure, if one failed).
 
         Call it after the producer's flush() and before committing source offsets.
         """
+        self._reap_written()
         if self._failed_deliveries:
             failed, self._failed_deliveries = self._failed_deliveries, []
             raise ChangelogDeliveryError(
@@ -700,5 +774,5 @@ class ChangelogTable:
             )
 
 
-def _offset(record: tuple[int, bytes, bytes | None]) -> int:
+def _offset(record: _Record) -> int:
     return record[0]

@@ -71,6 +71,7 @@ def _flush(table: ChangelogTable, producer) -> int:
     produced = table.flush_to(producer)
     assert producer.flush(15) == 0
     table.check_delivered()
+    table.wait_written()  # the acknowledged records are in the store, out of memory
     return produced
 
 
