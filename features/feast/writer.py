@@ -178,7 +178,9 @@ class _OnlineRecords:
 
 
 class FeastWriter:
-    """The feature view's writer and online reader; `write` and the reads may be called from any thread."""
+    """The feature view's writer and online reader; `write` and the reads may be called from any thread.
+
+    With `separate_process` the store lives in the child: only `submit`, `flush` and the marks work."""
 
     def __init__(
         self,
@@ -190,36 +192,9 @@ class FeastWriter:
         on_write: Callable[[int, float], None] | None = None,
         separate_process: bool = False,
     ):
-        from feast import FeatureStore, RepoConfig  # seconds to import: only processes that write pay for it
-        from feast.errors import FeatureViewNotFoundException
-
-        # The store is configured from the settings, not from feature_store.yaml, so it is the store
-        # the settings name even if the yaml on disk was written by a process with other settings.
-        config = RepoConfig(**repo_config(settings, spec))
-        config.repo_path = settings.feast_repo.resolve()
-        self._store = FeatureStore(repo_path=str(config.repo_path), config=config)
-        self._store_lock = threading.Lock()  # the store's one SQLite connection is not safe to share
         self._view = feature_view_name(spec)
-        try:
-            feature_view = self._store.get_feature_view(self._view)
-        except (FeatureViewNotFoundException, FileNotFoundError):  # no such view, or no registry at all
-            raise DriftloopError(
-                f"the Feast feature view {self._view!r} is not registered in "
-                f"{config.registry.path}: `driftloop up` applies it"
-            ) from None
-        self._online_records = _OnlineRecords(spec)
-        # On SQLite, the store feature_store.yaml names is features/feast/online_store.py's batched one.
-        self._write_records = functools.partial(
-            self._store.provider.online_write_batch, self._store.config, feature_view, progress=None
-        )
         self._entity = spec.events.entity
         self._inputs = spec.model_inputs
-        self._feature_refs = [f"{self._view}:{name}" for name in self._inputs]
-        self._schema = arrow_schema(spec)
-        self._offline_dir = offline_dir(settings, spec)
-        self._offline_dir.mkdir(parents=True, exist_ok=True)
-        self._file_prefix = uuid.uuid4().hex[:12]  # several writers may share the directory
-        self._file_numbers = itertools.count(1)
         self._on_write = on_write
         # In rows, not batches: queued batches coalesce into one write, so many small batches (a worker
         # at a low rate) are no more work than a few big ones, and bounding their number stalled the loop.
@@ -241,7 +216,39 @@ class FeastWriter:
         self._child: Any = None  # the writer process and our end of its pipe, in the background mode
         self._connection: Any = None
         if separate_process:
+            # The child opens the store: this process never imports Feast (48 MB and seconds of CPU).
             self._start_child(settings, spec)
+        else:
+            self._open_store(settings, spec)
+
+    def _open_store(self, settings: Settings, spec: PipelineSpec) -> None:
+        from feast import FeatureStore, RepoConfig  # seconds to import: only processes that write pay for it
+        from feast.errors import FeatureViewNotFoundException
+
+        # The store is configured from the settings, not from feature_store.yaml, so it is the store
+        # the settings name even if the yaml on disk was written by a process with other settings.
+        config = RepoConfig(**repo_config(settings, spec))
+        config.repo_path = settings.feast_repo.resolve()
+        self._store = FeatureStore(repo_path=str(config.repo_path), config=config)
+        self._store_lock = threading.Lock()  # the store's one SQLite connection is not safe to share
+        try:
+            feature_view = self._store.get_feature_view(self._view)
+        except (FeatureViewNotFoundException, FileNotFoundError):  # no such view, or no registry at all
+            raise DriftloopError(
+                f"the Feast feature view {self._view!r} is not registered in "
+                f"{config.registry.path}: `driftloop up` applies it"
+            ) from None
+        self._online_records = _OnlineRecords(spec)
+        # On SQLite, the store feature_store.yaml names is features/feast/online_store.py's batched one.
+        self._write_records = functools.partial(
+            self._store.provider.online_write_batch, self._store.config, feature_view, progress=None
+        )
+        self._feature_refs = [f"{self._view}:{name}" for name in self._inputs]
+        self._schema = arrow_schema(spec)
+        self._offline_dir = offline_dir(settings, spec)
+        self._offline_dir.mkdir(parents=True, exist_ok=True)
+        self._file_prefix = uuid.uuid4().hex[:12]  # several writers may share the directory
+        self._file_numbers = itertools.count(1)
 
     def _start_child(self, settings: Settings, spec: PipelineSpec) -> None:
         """Background writes happen in a child process, so Feast's Python (about 0.12 ms of CPU per row
