@@ -18,6 +18,12 @@ from driftloop.errors import DriftloopError
 # itself uses the session timeout to notice dead members: 6 s keeps both short.
 CONSUMER_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "auto.offset.reset": "earliest"}
 PRODUCER_DEFAULTS = {"linger.ms": 5, "enable.idempotence": False, "acks": "all"}
+# What the worker's clients may hold in librdkafka's queues. By default a consumer prefetches up to 64 MB
+# and a producer buffers up to 1 GB: memory a worker behind a backlog fills and its state budget cannot
+# see. 16 MB of events is seconds of them at the worker's rate; a full producer queue makes the worker
+# poll until there is room (every worker produce call retries on BufferError).
+BOUNDED_CONSUMER = {"queued.max.messages.kbytes": 16_384}
+BOUNDED_PRODUCER = {"queue.buffering.max.kbytes": 65_536}
 # librdkafka otherwise writes its own lines straight to stderr; route them through Python logging.
 _LOGGER = logging.getLogger("driftloop.kafka.client")
 _LOG = logging.getLogger("driftloop.kafka")

@@ -148,7 +148,12 @@ def _decode(raw: bytes) -> Any:
 
 # assign()-ed, so nothing is ever committed; fetch.wait.max.ms: a broker holds a fetch of an empty
 # partition for that long before answering, so the default 500 ms would delay every such restore.
-_RESTORE_CONSUMER = {"enable.partition.eof": True, "enable.auto.commit": False, "fetch.wait.max.ms": 10}
+_RESTORE_CONSUMER = {
+    "enable.partition.eof": True,
+    "enable.auto.commit": False,
+    "fetch.wait.max.ms": 10,
+    **kafka.BOUNDED_CONSUMER,
+}
 # consume() returns after this many records or its timeout, whichever comes first: a short timeout
 # so that the last, partial batch and the end-of-partition events are not held back.
 _RESTORE_BATCH = 10_000

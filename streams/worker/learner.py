@@ -69,7 +69,9 @@ class LabeledLearner:
         # the partition (README, "What `driftloop up` starts") and `labeled` only grows: 2 fetches a
         # second instead of 40.
         self._consumer = kafka.consumer(
-            bootstrap, f"{group}-learner", **{"enable.auto.commit": False, "fetch.wait.max.ms": LEARNER_FETCH_WAIT_MS}
+            bootstrap,
+            f"{group}-learner",
+            **{"enable.auto.commit": False, "fetch.wait.max.ms": LEARNER_FETCH_WAIT_MS, **kafka.BOUNDED_CONSUMER},
         )
         partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

@@ -65,6 +65,7 @@ CONSUMER_CONFIG = {
     # of this later: a floor on latency per hop. But at 5 ms, partitions late in a fetch request
     # starved under load (the elec2 replay stalled at ~25k events). 25 ms is both.
     "fetch.wait.max.ms": 25,
+    **kafka.BOUNDED_CONSUMER,
 }
 # Large batches amortise Tansu's per-request cost; 5 ms linger keeps p99 latency low.
 PRODUCER_CONFIG = {
@@ -72,11 +73,22 @@ PRODUCER_CONFIG = {
     "batch.size": 1_000_000,
     "queue.buffering.max.messages": 1_000_000,
     "delivery.report.only.error": True,
+    **kafka.BOUNDED_PRODUCER,
 }
 # The journal goes out at once: a batch's outputs wait for its acknowledgement.
-JOURNAL_PRODUCER_CONFIG = {"linger.ms": 0, "batch.size": 1_000_000, "queue.buffering.max.messages": 100_000}
+JOURNAL_PRODUCER_CONFIG = {
+    "linger.ms": 0,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 100_000,
+    **kafka.BOUNDED_PRODUCER,
+}
 # Changelog records report every delivery: a checkpoint commits once they are all in.
-CHANGELOG_PRODUCER_CONFIG = {"linger.ms": 5, "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000}
+CHANGELOG_PRODUCER_CONFIG = {
+    "linger.ms": 5,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 1_000_000,
+    **kafka.BOUNDED_PRODUCER,
+}
 CHANGELOG_SLICE = 500  # changed keys written per loop iteration while a checkpoint drains (~1-3 ms)
 _OBSERVATION_ROWS = 1000  # rows per observation record: a wide spec's batch stays far below 1 MB
 
