@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -20,7 +21,7 @@ from confluent_kafka.admin import ConfigResource
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.streams.state.changelog import ChangelogDeliveryError, ChangelogTable
-from driftloop.streams.state.store import StateMemory
+from driftloop.streams.state.store import PartitionStore, StateMemory
 
 PARTITIONS = 4
 MEMORY = StateMemory(32)
@@ -430,6 +431,53 @@ def test_memory_holds_only_what_changed_since_the_last_checkpoint(kafka_bootstra
     assert len(table) == 200_000 and table.get(3, "e-7-9999") == value
     # 200,000 values of ~650 bytes are 130 MB; RocksDB's caches are capped at 3/4 of 32 MB
     assert grown < 80, f"RSS grew {grown:.0f} MB"
+
+
+@pytest.fixture
+def held_store_writes(monkeypatch):
+    """A threading.Event: the tables' store writes (on their writer threads) wait until it is set."""
+    release = threading.Event()
+    write = PartitionStore.write
+
+    def held(self, *args, **kwargs):
+        assert release.wait(15), "the store write was never released"
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartitionStore, "write", held)
+    yield release
+    release.set()
+
+
+def test_a_value_changed_while_its_old_value_is_written_stays_readable(
+    kafka_bootstrap, topic, producer, new_worker_table, held_store_writes
+):
+    table = new_worker_table(topic)
+    table.set(0, "k", {"v": 1})
+    table.flush_to(producer)
+    assert producer.flush(15) == 0  # acknowledged: {"v": 1} goes to the store, held there
+    table.set(0, "k", {"v": 2})
+    held_store_writes.set()
+    table.wait_written()
+    assert table.get(0, "k") == {"v": 2}
+    _flush(table, producer)
+    assert table.overlay_estimate() == 0 and table.get(0, "k") == {"v": 2}
+
+
+def test_a_value_changed_before_its_old_value_was_acknowledged_stays_readable(
+    kafka_bootstrap, topic, producer, new_worker_table, held_store_writes
+):
+    table = new_worker_table(topic)
+    table.set(0, "k", {"v": 1})
+    table.flush_to(producer)  # produced, not yet acknowledged
+    table.set(0, "k", {"v": 2})  # dirty when {"v": 1} is handed to the writer
+    assert producer.flush(15) == 0
+    table.seal()
+    assert table.drain(producer, None)  # {"v": 2} on its way: neither dirty nor sealed now
+    held_store_writes.set()
+    table.wait_written()
+    assert table.get(0, "k") == {"v": 2}  # not the stored {"v": 1}
+    _flush(table, producer)
+    assert table.get(0, "k") == {"v": 2}
 
 
 def test_expiry_reads_what_is_due_whether_stored_changed_or_rewritten(
