@@ -180,7 +180,8 @@ class _OnlineRecords:
 class FeastWriter:
     """The feature view's writer and online reader; `write` and the reads may be called from any thread.
 
-    With `separate_process` the store lives in the child: only `submit`, `flush` and the marks work."""
+    With `separate_process` the store lives in the child, which first applies the spec's repository when
+    `apply_repo` (as `feast apply` would): only `submit`, `flush` and the marks work here."""
 
     def __init__(
         self,
@@ -191,6 +192,7 @@ class FeastWriter:
         write_interval: float = 0.0,
         on_write: Callable[[int, float], None] | None = None,
         separate_process: bool = False,
+        apply_repo: bool = False,
     ):
         self._view = feature_view_name(spec)
         self._entity = spec.events.entity
@@ -217,7 +219,7 @@ class FeastWriter:
         self._connection: Any = None
         if separate_process:
             # The child opens the store: this process never imports Feast (48 MB and seconds of CPU).
-            self._start_child(settings, spec)
+            self._start_child(settings, spec, apply_repo)
         else:
             self._open_store(settings, spec)
 
@@ -250,7 +252,7 @@ class FeastWriter:
         self._file_prefix = uuid.uuid4().hex[:12]  # several writers may share the directory
         self._file_numbers = itertools.count(1)
 
-    def _start_child(self, settings: Settings, spec: PipelineSpec) -> None:
+    def _start_child(self, settings: Settings, spec: PipelineSpec, apply_repo: bool) -> None:
         """Background writes happen in a child process, so Feast's Python (about 0.12 ms of CPU per row
         on SQLite) runs on another core and never holds the scoring thread's GIL; the writer thread
         only ships rows and waits. The child exits when the pipe closes (this process ended)."""
@@ -259,7 +261,10 @@ class FeastWriter:
         context = multiprocessing.get_context("spawn")  # fork would copy librdkafka's threads' locks
         self._connection, child_end = context.Pipe()
         self._child = context.Process(
-            target=_serve_writes, args=(settings, spec, child_end), name="driftloop-feast-writer", daemon=True
+            target=_serve_writes,
+            args=(settings, spec, child_end, apply_repo),
+            name="driftloop-feast-writer",
+            daemon=True,
         )
         self._child.start()
         child_end.close()
@@ -465,7 +470,7 @@ class FeastWriter:
                 self._cond.notify_all()
 
 
-def _serve_writes(settings: Settings, spec: PipelineSpec, connection) -> None:
+def _serve_writes(settings: Settings, spec: PipelineSpec, connection, apply_repo: bool) -> None:
     """The child process of a `separate_process` writer: write each batch received, answer how it went.
 
     It ignores SIGINT/SIGTERM (a Ctrl-C or `driftloop up` stopping reaches the whole process group):
@@ -479,6 +484,10 @@ def _serve_writes(settings: Settings, spec: PipelineSpec, connection) -> None:
         signal.signal(sig, signal.SIG_IGN)
     os.nice(WRITER_NICENESS)
     try:
+        if apply_repo:
+            from driftloop.features.feast.repo import apply
+
+            apply(settings, spec)
         writer = FeastWriter(settings, spec)
     except Exception as exc:
         connection.send(("error", f"{type(exc).__name__}: {exc}", 0.0))

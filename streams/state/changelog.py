@@ -33,8 +33,8 @@ Where values live
     its changelog record is acknowledged AND every record this table produced before it is too, with
     nothing sealed left to drain (a quiet moment, which every checkpoint of
     streams/state/checkpoint.py reaches); then the acknowledged records go into the store in offset
-    order, in one atomic batch with the offset after them (written by the table's own thread, so the
-    loop does not wait for RocksDB), and leave the overlay once written unless changed since.
+    order, in one atomic batch with the offset after them (written by the budget's writer thread, so
+    the loop does not wait for RocksDB), and leave the overlay once written unless changed since.
     So the store never holds a value the changelog does not, and memory holds only what changed since
     the last checkpoint (bounded by `StateMemory`: past its share a checkpoint is due) plus RocksDB's
     capped caches, whatever the number of keys.
@@ -122,7 +122,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -226,9 +226,8 @@ class ChangelogTable:
         self._draining: dict[int, set[str]] = {}  # sealed dirty keys not yet produced
         self._sealed: dict[int, dict[str, bytes | None]] = {}  # sealed values of draining keys changed since
         self._acknowledged: dict[int, list[_Record]] = {}
-        # One thread writes the stores, in submission order, so the loop never waits for RocksDB (a
-        # checkpoint's few thousand records took it 10-30 ms); see `_persist_if_quiet`.
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"state-{name}")
+        # The memory budget's writer thread writes the stores, in submission order, so the loop never
+        # waits for RocksDB (a checkpoint's few thousand records took it 10-30 ms); see `_persist_if_quiet`.
         self._writes: deque[_StoreWrite] = deque()  # oldest first
         self._failed_deliveries: list[KafkaError] = []
         self.in_flight = 0  # flushed records whose delivery has not been reported yet
@@ -429,7 +428,6 @@ class ChangelogTable:
     def close(self) -> None:
         """Close every store (a worker's shutdown, after its last checkpoint)."""
         self.drop(list(self._stores))
-        self._writer.shutdown()
         if self in self.memory.tables:
             self.memory.tables.remove(self)
 
@@ -659,10 +657,13 @@ class ChangelogTable:
         on_delivery: Callable[[KafkaError | None, Any], None] | None = None,
         meta: _Meta = None,
     ) -> None:
-        if on_delivery is None:
-            on_delivery_or_ours = self._delivered if meta is None else functools.partial(self._delivered, meta=meta)
-        else:
+        on_delivery_or_ours: Callable[[KafkaError | None, Any], None]
+        if on_delivery is not None:
             on_delivery_or_ours = on_delivery
+        elif meta is None:
+            on_delivery_or_ours = self._delivered
+        else:
+            on_delivery_or_ours = functools.partial(self._delivered, meta=meta)
         while True:
             try:
                 producer.produce(self.topic, value=value, key=key, partition=partition, on_delivery=on_delivery_or_ours)
@@ -709,7 +710,7 @@ class ChangelogTable:
                 forget[partition] = [text for text in {r[1].decode() for r in acknowledged} if text not in dirty]
                 self._acknowledged[partition] = []
         if batches:
-            done = self._writer.submit(self._apply_all, batches)
+            done = self.memory.writer.submit(self._apply_all, batches)
             self._writes.append(_StoreWrite(done, forget, {p: set() for p in batches}))
 
     def _apply_all(self, batches: dict[int, list[_Record]]) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -63,6 +64,10 @@ class StateMemory:
         self.write_buffers = rocksdict.WriteBufferManager(total // 4, False)
         self.overlay_bytes = total // 2
         self.tables: list = []  # the ChangelogTables sharing this budget
+        # One thread writes every table's acknowledged records into its stores (streams/state/changelog.py):
+        # RocksDB releases the GIL, so the loop goes on meanwhile; one thread, not one per table, since
+        # every thread that allocates gets a malloc arena of its own.
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
 
     def overlay_estimate(self) -> int:
         return sum(table.overlay_estimate() for table in self.tables)
