@@ -179,7 +179,7 @@ _Record = tuple[int, bytes, bytes | None, _Meta]  # (offset, key, value, meta) o
 
 @dataclass
 class _StoreWrite:
-    """Acknowledged records on their way into the stores, written by the table's writer thread."""
+    """Acknowledged records on their way into the stores, written by the memory budget's writer thread."""
 
     done: Future
     forget: dict[int, list[str]]  # per partition: keys whose value in memory is the one written ...
@@ -709,6 +709,8 @@ class ChangelogTable:
                 batches[partition] = acknowledged
                 forget[partition] = [text for text in {r[1].decode() for r in acknowledged} if text not in dirty]
                 self._acknowledged[partition] = []
+            # values read from the store: none is in a write under way (those keys are in the overlay)
+            self._read[partition].clear()
         if batches:
             done = self.memory.writer.submit(self._apply_all, batches)
             self._writes.append(_StoreWrite(done, forget, {p: set() for p in batches}))
@@ -737,7 +739,6 @@ class ChangelogTable:
             for key in keys:
                 if key not in touched:
                     overlay.pop(key, None)
-            self._read[partition].clear()
 
     def _apply(self, partition: int, records: list[_Record]) -> None:
         """Write changelog records (offset order) into the partition's store, with their counts and expiry."""
