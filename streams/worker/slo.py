@@ -23,6 +23,10 @@ decision, by these rules, in order (AIMD on the batch size, the fetch wait halve
    window's p99 latency was over the objective (waiting for fuller batches is latency the objective
    cannot spare); grown by 1 ms, not above `max_fetch_wait`, when the p99 was under half the objective
    and no batch was full (at low rates fuller batches cost less per event, and the objective has room).
+   The floor is 5 ms (`MIN_FETCH_WAIT`): with 1 ms a worker whose p99 was high because its CPU was
+   busy made batches of a few events, each with a consume call, a journal record and a drift
+   observation of its own, and its p99 rose further (driftloop bench, 1 partition, 5,000 events/s:
+   227 ms with a 1 ms floor, 106 ms with 5 ms; at 2,000 events/s 127 ms against 79 ms with 10 ms).
 
 `SloBurn` keeps per-second counts of the events over and within the objective for a rolling window:
 the share over it, and the error-budget burn rate, that share divided by the 1% a p99 objective allows
@@ -36,7 +40,8 @@ from dataclasses import dataclass
 
 SERVICE_SHARE = 0.5  # of the objective, for one batch's own processing; the rest is queueing and fetching
 ALLOWED_OVER = 0.01  # a p99 objective lets 1% of the events be slower
-MIN_FETCH_WAIT = 0.001  # a consume call that never waited would spin an idle worker's core
+MIN_FETCH_WAIT = 0.005  # rule 4 halves the wait down to this (or to `max_fetch_wait`, if lower) ...
+SPIN_GUARD = 0.001  # ... and never below this: a consume call that never waited would spin an idle core
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class BatchController:
         self.interval = interval
         # starts where the worker ran before it had an objective: full batches, a short wait
         self.batch_size = max_batch
-        self.fetch_wait = max(min(0.005, max_fetch_wait), MIN_FETCH_WAIT)
+        self.fetch_wait = self._bounded(MIN_FETCH_WAIT)
         self._decide_at = now + interval
         self._batches = 0
         self._slowest = 0.0
@@ -112,8 +117,11 @@ class BatchController:
             self.batch_size = size
             self.decisions[rule] += 1
 
+    def _bounded(self, seconds: float) -> float:
+        return max(min(max(seconds, MIN_FETCH_WAIT), self.max_fetch_wait), SPIN_GUARD)
+
     def _wait(self, seconds: float) -> None:
-        seconds = min(max(seconds, MIN_FETCH_WAIT), max(self.max_fetch_wait, MIN_FETCH_WAIT))
+        seconds = self._bounded(seconds)
         if seconds != self.fetch_wait:
             self.fetch_wait = seconds
             self.decisions[4] += 1

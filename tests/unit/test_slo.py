@@ -6,7 +6,7 @@ import pytest
 
 from driftloop.errors import DriftloopError
 from driftloop.spec import parse_spec
-from driftloop.streams.worker.slo import BatchController, SloBurn
+from driftloop.streams.worker.slo import MIN_FETCH_WAIT, SPIN_GUARD, BatchController, SloBurn
 from tests.support.models import DEMO
 
 
@@ -52,25 +52,32 @@ def test_behind_a_backlog_full_batches_grow_the_batch_by_the_step_up_to_the_ceil
 
 def test_a_late_p99_halves_the_fetch_wait_and_a_comfortable_one_grows_it_by_a_millisecond():
     c = controller()
-    start = c.fetch_wait
-    late = [0.01] * 98 + [0.2, 0.2]
-    assert c.observe(asked=2000, consumed=10, service=0.001, latencies=late, now=1).fetch_wait == pytest.approx(
-        start / 2
+    quick, late = [0.005] * 100, [0.01] * 98 + [0.2, 0.2]
+    for t in range(1, 6):
+        c.observe(asked=2000, consumed=10, service=0.001, latencies=quick, now=t)
+    assert c.fetch_wait == pytest.approx(MIN_FETCH_WAIT + 0.005)
+    assert c.observe(asked=2000, consumed=10, service=0.001, latencies=late, now=6).fetch_wait == pytest.approx(
+        (MIN_FETCH_WAIT + 0.005) / 2
     )
-    quick = [0.005] * 100
-    assert c.observe(asked=2000, consumed=10, service=0.001, latencies=quick, now=2).fetch_wait == pytest.approx(
-        start / 2 + 0.001
+    assert c.observe(asked=2000, consumed=10, service=0.001, latencies=quick, now=7).fetch_wait == pytest.approx(
+        (MIN_FETCH_WAIT + 0.005) / 2 + 0.001
     )
 
 
-def test_the_fetch_wait_stays_between_a_millisecond_and_its_maximum():
-    c = controller(max_fetch_wait=0.004)
-    for t in range(1, 20):
+def test_the_fetch_wait_stays_between_its_floor_and_its_maximum():
+    c = controller()
+    for t in range(1, 40):
         c.observe(asked=2000, consumed=1, service=0.001, latencies=[0.001], now=t)
-    assert c.fetch_wait == pytest.approx(0.004)
-    for t in range(20, 40):
+    assert c.fetch_wait == pytest.approx(0.025)
+    for t in range(40, 60):
         c.observe(asked=2000, consumed=1, service=0.001, latencies=[1.0], now=t)
-    assert c.fetch_wait == pytest.approx(0.001)
+    # shorter waits make batches of a few events, whose fixed costs raise the p99 further
+    assert c.fetch_wait == pytest.approx(MIN_FETCH_WAIT)
+
+
+def test_a_maximum_below_the_floor_wins_but_the_worker_never_spins():
+    assert controller(max_fetch_wait=0.002).fetch_wait == pytest.approx(0.002)
+    assert controller(max_fetch_wait=0.0).fetch_wait == pytest.approx(SPIN_GUARD)
 
 
 def test_an_idle_interval_changes_nothing():
