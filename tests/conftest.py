@@ -121,9 +121,10 @@ def postgres_url(unique: str) -> str:
         admin.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite database with its schema created once (the migrations take seconds)."""
+    """An MLflow SQLite database with its schema created once per session (the migrations take seconds);
+    tests copy it, never write to it."""
     from mlflow.tracking import MlflowClient
 
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"

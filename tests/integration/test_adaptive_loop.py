@@ -1,5 +1,5 @@
 """The whole adaptive loop, unattended, on the embedded stack, driven by the demo's drifting stream
-(at 500 events/s and with an earlier drift onset, to keep CI short): the warm-up placeholder is replaced
+(at 800 events/s and with an earlier drift onset, to keep CI short): the warm-up placeholder is replaced
 by the first trained model; then drift -> detection -> retraining -> challenger -> canary trial ->
 promotion, with the registry, the audit trail and the demo's timeline agreeing.
 """
@@ -28,7 +28,7 @@ def _audit_until_verdict(bootstrap: str, timeout: float) -> list[dict]:
         audit = [json.loads(v) for v in kafka.read_topic(bootstrap, "audit")]
         if any(r["actor"] == "promotion" and r["action"] in VERDICTS for r in audit):
             return audit
-        time.sleep(3)
+        time.sleep(1)
     raise AssertionError(f"no canary verdict within {timeout}s; audit: {[(r['actor'], r['action']) for r in audit]}")
 
 
@@ -52,7 +52,7 @@ def test_the_first_model_replaces_the_placeholder_then_a_concept_drift_is_retrai
                 "-m",
                 "driftloop.load.demo",
                 "--rate",
-                "500",
+                "800",
                 "--onset",
                 str(ONSET),
                 "--timeout",

@@ -168,7 +168,7 @@ def test_replay_of_the_table_on_a_stack_runs_with_the_written_spec_unchanged(tmp
         wait_for_line(stack, "stack is up", timeout=300)
         replayed = subprocess.run(
             driftloop_command(
-                "replay", str(table), "--spec", str(spec_path), "--json", "--rate", "100", "--timeout", "60"
+                "replay", str(table), "--spec", str(spec_path), "--json", "--rate", "300", "--timeout", "60"
             ),
             env=env,
             capture_output=True,

@@ -35,11 +35,18 @@ def test_create_topics_then_produce_and_consume_with_a_group(kafka_bootstrap, un
     consumer.close()
     assert received == sent
 
-    # The group's committed offsets hold: a new member of the same group sees nothing old.
+    # The group's committed offsets hold: a new member of the same group sees nothing old, only what comes
+    # after (read until that arrives; from the start, as auto.offset.reset=earliest would, it would come last).
+    producer.produce(topic, key=b"user-0", value=b"after-the-commit")
+    assert producer.flush(15) == 0
     again = kafka.consumer(kafka_bootstrap, group)
     again.subscribe([topic])
-    assert [m for m in again.consume(100, timeout=8) if m.error() is None] == []
+    seen: list[bytes] = []
+    deadline = time.monotonic() + 45
+    while b"after-the-commit" not in seen and time.monotonic() < deadline:
+        seen += [m.value() for m in again.consume(100, timeout=0.5) if m.error() is None]
     again.close()
+    assert seen == [b"after-the-commit"]
 
 
 def test_unreachable_broker_fails_fast_with_one_line():

@@ -18,6 +18,7 @@ from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from driftloop.streams.contracts import iso_time
 from tests.support import key_environ
+from tests.support.pipeline import empty_registry
 
 
 def _row(index: int) -> dict:
@@ -67,6 +68,7 @@ def champion_registry(tmp_path_factory):
     once: the registry's migrations take seconds)."""
     spec = load_spec(DEMO_SPEC)
     directory = tmp_path_factory.mktemp("registry")
+    empty_registry(directory / "mlflow.db")
     uri = f"sqlite:///{directory}/mlflow.db"
     ensure_experiment(spec.name, tracking_uri=uri, artifact_location=str(directory / "artifacts"))
     ensure_champion(spec, uri)

@@ -34,6 +34,7 @@ from driftloop.retrain.worker import run_retrain_worker
 from driftloop.signing import configured_key
 from driftloop.spec import load_spec
 from driftloop.streams import contracts
+from tests.support.pipeline import empty_registry
 from tests.support.training import (
     feast_row,
     labeled_record,
@@ -74,6 +75,7 @@ def drifted(tmp_path_factory, kafka_bootstrap):
         [(e.entity, labeled_record(spec, e, r, label, model_version=SERVED_BY)) for e, r, label in stream],
     )
     # One MLflow database (its schema migrations take seconds); each test registers its own model in it.
+    empty_registry(directory / "mlflow.db")
     uri = f"sqlite:///{directory / 'mlflow.db'}"
     registry.ensure_experiment(spec.name, tracking_uri=uri, artifact_location=str(directory / "artifacts"))
     return directory, name, suffix, stream, stream[PRE][0].event_time, uri

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -24,11 +26,30 @@ def make_settings(tmp_path: Path, bootstrap: str, unique: str, **extra: str) -> 
     return settings_module.load(environ=pipeline_environ(tmp_path, bootstrap, unique, **extra))
 
 
+_TEMPLATE_DB: Path | None = None
+
+
+def empty_registry(path: Path) -> None:
+    """An MLflow SQLite database at `path` with its schema already made: a copy of one made once per session
+    (the schema's migrations take seconds, and every pipeline here would otherwise run them)."""
+    global _TEMPLATE_DB
+    if _TEMPLATE_DB is None:
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="driftloop-mlflow-template-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+        _TEMPLATE_DB = template
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE_DB, path)
+
+
 def pipeline_environ(
     tmp_path: Path, bootstrap: str, unique: str, spec_file: Path = SPECS / "fraud.yaml", **extra: str
 ) -> dict[str, str]:
     """Settings for an isolated pipeline on the shared broker: own spec name (so own internal topics),
-    own public topics, own data dir, local SQLite MLflow registry."""
+    own public topics, own data dir, local SQLite MLflow registry (its schema copied from a template)."""
+    if "MLFLOW_TRACKING_URI" not in extra and not (tmp_path / "mlflow.db").exists():
+        empty_registry(tmp_path / "mlflow.db")
     spec = yaml.safe_load(spec_file.read_text())
     spec["name"] = f"fraud_{unique}"
     spec["model"]["name"] = f"fraud_{unique}"
