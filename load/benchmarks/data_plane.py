@@ -273,6 +273,30 @@ def observe_backlog(
     }
 
 
+def send_paced(
+    producer: Any,
+    topic: str,
+    events: list[tuple[bytes, bytes, str]],
+    rate: float,
+    sent_ms: dict[str, int],
+    read: Callable[[float], Any],
+) -> None:
+    """Produce `events` at `rate` per second from now, each with its send time as CreateTime, recorded in
+    `sent_ms`; `read(timeout)` reads the outputs between sends and paces the loop (no busy wait on a small
+    machine)."""
+    started = time.time()
+    sent = 0
+    while sent < len(events):
+        due = min(len(events), int((time.time() - started) * rate) + 1)
+        for key, value, event_id in events[sent:due]:
+            now_ms = int(time.time() * 1000)
+            sent_ms[event_id] = now_ms
+            produce_retrying(producer, topic, value, key, now_ms)
+        sent = max(sent, due)
+        producer.poll(0)
+        read(0.001)
+
+
 def offer_and_observe(
     bootstrap: str,
     input_topic: str,
@@ -294,16 +318,7 @@ def offer_and_observe(
     try:
         reader.read(sent_ms, timeout=0.2)  # the fetch sessions exist before the first event is sent
         started = time.time()
-        sent = 0
-        while sent < len(offered):
-            due = min(len(offered), int((time.time() - started) * rate) + 1)
-            for key, value, event_id in offered[sent:due]:
-                now_ms = int(time.time() * 1000)
-                sent_ms[event_id] = now_ms
-                produce_retrying(producer, input_topic, value, key, now_ms)
-            sent = max(sent, due)
-            producer.poll(0)
-            reader.read(sent_ms, timeout=0.001)  # also paces the loop: no busy wait on a small machine
+        send_paced(producer, input_topic, offered, rate, sent_ms, lambda timeout: reader.read(sent_ms, timeout))
         sending_seconds = time.time() - started
         if producer.flush(30) or failures:
             raise DriftloopError(

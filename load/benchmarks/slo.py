@@ -34,8 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.load.benchmarks.data_plane import READER_FETCH_WAIT_MS, ChildCall, demo_events
-from driftloop.load.benchmarks.passthrough import produce_retrying
+from driftloop.load.benchmarks.data_plane import READER_FETCH_WAIT_MS, ChildCall, demo_events, send_paced
 from driftloop.load.benchmarks.worker_process import DataPlaneWorkers
 
 TARGET_BACK_UNDER_S = 30.0  # after a 10x load step, the p99 is back under the objective within this
@@ -99,18 +98,10 @@ def offer_in_steps(
     try:
         read(0.2)
         started = time.time()
-        sent, step_start, step_offset = 0, started, 0
+        step_start, step_offset = started, 0
         for rate, seconds in steps:
             count = min(len(offered) - step_offset, round(rate * seconds))
-            while sent < step_offset + count:
-                due = min(step_offset + count, step_offset + int((time.time() - step_start) * rate) + 1)
-                for key, value, event_id in offered[sent:due]:
-                    now_ms = int(time.time() * 1000)
-                    sent_ms[event_id] = now_ms
-                    produce_retrying(producer, input_topic, value, key, now_ms)
-                sent = max(sent, due)
-                producer.poll(0)
-                read(0.001)
+            send_paced(producer, input_topic, offered[step_offset : step_offset + count], rate, sent_ms, read)
             step_offset += count
             step_start = max(time.time(), step_start + seconds)
             while time.time() < step_start:  # a step that sent its events early still lasts its time
