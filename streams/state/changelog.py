@@ -219,6 +219,7 @@ class ChangelogTable:
         memory.tables.append(self)
         self._kind_of = kind_of
         self._expiry_time = expiry_time
+        self._described = kind_of is not None or expiry_time is not None  # records carry a kind or an expiry
         self._stores: dict[int, PartitionStore] = {}  # only assigned partitions have an entry
         self._overlay: dict[int, dict[str, Any]] = {}  # values changed since the store had them (_DELETED)
         self._read: dict[int, dict[str, Any]] = {}  # values read from the store since the last quiet moment
@@ -619,7 +620,7 @@ class ChangelogTable:
                 else:
                     value = overlay.get(key, _DELETED)
                     encoded = None if value is _DELETED else _encode(value)
-                    if encoded is not None and (self._kind_of is not None or self._expiry_time is not None):
+                    if encoded is not None and self._described:
                         meta = self._meta(value)
                 if encoded is not None:
                     self._encoded_bytes += len(encoded)
@@ -748,7 +749,6 @@ class ChangelogTable:
         unknown = list({r[1] for r in records})
         for key, raw in zip(unknown, store.get_many(unknown)):
             known[key] = None if raw is None else self._stored_kind(raw)
-        decode = self._kind_of is not None or self._expiry_time is not None
         writes = []
         for _o, key, raw, meta in records:
             before = known[key]
@@ -758,7 +758,7 @@ class ChangelogTable:
             if raw is None:
                 known[key] = None
             else:
-                if decode and meta is None:
+                if self._described and meta is None:
                     meta = self._meta(_decode(raw))
                 kind, expires = meta if meta is not None else ("", None)
                 known[key] = kind
