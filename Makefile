@@ -5,7 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+# Quix Streams, the reference `driftloop bench --quix-python .quix/bin/python` measures beside the data
+# plane, in a virtualenv of its own: its pins (confluent-kafka, pydantic) differ from driftloop's.
+QUIX_VENV ?= .quix
+QUIX_VERSION ?= 3.28.0
+
+.PHONY: demo test lint install quix clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+quix: $(QUIX_VENV)/.installed
+
+$(QUIX_VENV)/.installed:
+	$(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install --quiet quixstreams==$(QUIX_VERSION)
+	touch $@
 
 demo: $(STAMP)
 	$(BIN)/driftloop up --demo
@@ -33,4 +45,4 @@ test: lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .driftloop
+	rm -rf $(VENV) $(QUIX_VENV) .driftloop

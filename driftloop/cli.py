@@ -777,6 +777,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EPS",
         help="with --slo: events per second during the load step (default 20000)",
     )
+    bench.add_argument(
+        "--quix-python",
+        metavar="PYTHON",
+        help="also run Quix Streams' stateful job (per-user count/sum/max in RocksDB) with this interpreter, "
+        "which must have quixstreams installed (its own virtualenv: its pins differ from driftloop's)",
+    )
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
     bench.set_defaults(run=cmd_bench)
     return parser

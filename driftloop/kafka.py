@@ -66,15 +66,18 @@ def wait_for_broker(bootstrap: str, timeout: float = 15.0) -> None:
     )
 
 
-def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 15.0) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Existing ones are left as they are."""
+def ensure_topics(
+    bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 15.0, config: dict[str, str] | None = None
+) -> list[str]:
+    """Create the topics that do not exist yet (with `config`); return the names created. Existing ones are
+    left as they are."""
     client = admin(bootstrap)
     existing = set(client.list_topics(timeout=timeout).topics)
     missing = [name for name in dict.fromkeys(names) if name not in existing]
     if not missing:
         return []
     futures = client.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing],
+        [NewTopic(n, num_partitions=partitions, replication_factor=1, config=config or {}) for n in missing],
         operation_timeout=timeout,
         request_timeout=timeout,
     )

@@ -14,7 +14,10 @@ These systems are measured the same way, one after the other, on the same demo e
   outcomes (M predictions waiting for their labels, N window states): its memory, then `kill -9` and
   the time until the restarted worker has its state back, then a probe of it serving;
 - with `--slo`, the latency objective and the circuit breaker (load/benchmarks/slo.py): a load step
-  from 2,000 to 20,000 events/s, and a champion made slow on purpose.
+  from 2,000 to 20,000 events/s, and a champion made slow on purpose;
+- with `--quix-python PYTHON`, Quix Streams' stateful job (load/benchmarks/quix_stateful.py: a running
+  count, sum and max per user in its RocksDB state), run by that interpreter: what a well-kept stream
+  processor's least stateful job costs on the same broker.
 
 Each system goes through two phases:
 
@@ -43,6 +46,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -60,7 +64,14 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from driftloop import __version__, kafka
 from driftloop.errors import DriftloopError
-from driftloop.load.benchmarks.passthrough import BATCH, PASSTHROUGHS, WAIT_SECONDS, BytesPassthrough, produce_retrying
+from driftloop.load.benchmarks.passthrough import (
+    BATCH,
+    PASSTHROUGHS,
+    WAIT_SECONDS,
+    BytesPassthrough,
+    QuixStateful,
+    produce_retrying,
+)
 from driftloop.load.benchmarks.worker_process import DataPlaneWorkers
 from driftloop.load.generator import FraudStream, encode
 from driftloop.streams.worker.loop import PRODUCER_CONFIG
@@ -89,6 +100,7 @@ class BenchOptions:
     step_seconds: float = 20.0  # ... with phases this long, ...
     step_from: float = 2000.0  # ... the load stepping from this rate ...
     step_to: float = 20_000.0  # ... to this one
+    quix_python: str | None = None  # an interpreter with quixstreams: also Quix Streams' stateful job
 
     def __post_init__(self) -> None:
         if self.events < 1 or self.partitions < 1:
@@ -101,6 +113,8 @@ class BenchOptions:
             raise DriftloopError("bench: --entities and --pending go together")
         if not self.step_seconds >= 5:
             raise DriftloopError("bench: --step-seconds must be at least 5 (the breaker needs seconds to open)")
+        if self.quix_python is not None and not shutil.which(self.quix_python):
+            raise DriftloopError(f"bench: --quix-python {self.quix_python!r} is not an executable")
 
     @property
     def offered(self) -> int:
@@ -120,6 +134,8 @@ class BenchOptions:
             command += f" --slo --step-seconds {self.step_seconds:g}"
             if (self.step_from, self.step_to) != (2000.0, 20_000.0):
                 command += f" --step-from {self.step_from:g} --step-to {self.step_to:g}"
+        if self.quix_python:
+            command += f" --quix-python {self.quix_python}"
         return command
 
 
@@ -555,6 +571,8 @@ def run_bench(
             broker_kind = "external (KAFKA_BOOTSTRAP_SERVERS)"
         systems: list[BytesPassthrough | DataPlaneWorkers]
         systems = [kind(bootstrap, run, options.partitions, work) for kind in PASSTHROUGHS]
+        if options.quix_python:
+            systems.append(QuixStateful(bootstrap, run, options.partitions, work, options.quix_python))
         systems += [
             DataPlaneWorkers(bootstrap, f"{run}w{workers}", options.partitions, work / f"workers-{workers}", workers)
             for workers in range(1, options.workers + 1)
@@ -712,6 +730,8 @@ def report(
             "journaled_vs_json_passthrough": _ratio(results, "json_passthrough_journaled", "json_passthrough"),
             "transactional_vs_json_passthrough": _ratio(results, "json_passthrough_transactional", "json_passthrough"),
             "scale_out_2_workers": _ratio(results, "data_plane_2_workers", "data_plane"),
+            "quix_stateful_vs_json_passthrough": _ratio(results, "quix_stateful", "json_passthrough"),
+            "data_plane_vs_quix_stateful": _ratio(results, "data_plane", "quix_stateful"),
         },
         **({"slo": slo} if slo is not None else {}),
         "targets": targets,
@@ -761,6 +781,7 @@ def run_cli(config: Any, args: Any) -> int:
         args.step_seconds,
         args.step_from,
         args.step_to,
+        args.quix_python,
     )
     # SIGTERM unwinds like Ctrl-C, so everything the run started is stopped either way. A KeyboardInterrupt
     # raised while a finalizer (__del__, a weakref callback) runs is printed and dropped by CPython; the flag

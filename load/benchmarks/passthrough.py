@@ -21,6 +21,9 @@ each in one thread with the worker's own Kafka client settings:
   JSON passthrough it shows what that protocol costs;
 - `TransactionalJsonPassthrough`: the JSON passthrough in one Kafka transaction per batch (outputs and
   consumed offsets committed together): what exactly-once by Kafka transactions would cost instead.
+
+With `--quix-python`, `QuixStateful` runs Quix Streams' stateful job (load/benchmarks/quix_stateful.py)
+beside them, in its own interpreter.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import itertools
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -425,6 +429,47 @@ class TransactionalJsonPassthrough(BytesPassthrough):
 
 
 PASSTHROUGHS = (BytesPassthrough, JsonPassthrough, JournaledJsonPassthrough, TransactionalJsonPassthrough)
+
+
+class QuixStateful(BytesPassthrough):
+    """Quix Streams' stateful job (load/benchmarks/quix_stateful.py), run by another interpreter that has
+    `quixstreams` installed: a well-kept stream processor's per-key state, on the same broker and events."""
+
+    kind = "quix_stateful"
+    JOB = Path(__file__).with_name("quix_stateful.py")
+
+    def __init__(self, bootstrap: str, run: str, partitions: int, work_dir: Path, python: str):
+        super().__init__(bootstrap, run, partitions, work_dir)
+        self.python = python
+        self._process: subprocess.Popen | None = None
+
+    def prepare(self) -> None:
+        # Quix reads its input topic's retention from the broker, which Tansu reports only when it was set.
+        config = {"retention.ms": "-1", "retention.bytes": "-1"}
+        kafka.ensure_topics(self.bootstrap, self.topics, self.partitions, config=config)
+
+    def start(self) -> None:
+        command = [self.python, str(self.JOB), "--bootstrap", self.bootstrap, "--input", self.input_topic]
+        command += ["--output", self.output_topic, "--group", self.group, "--state-dir", str(self.work_dir / "quix")]
+        self._log = (self.work_dir / "quix.log").open("wb")
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        failed = self._process.poll()  # it runs until stopped: an exit before that is a failure
+        self._process.terminate()
+        try:
+            self._process.wait(60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        self._log.close()
+        # Quix's own topics (its state changelog) carry the group's name: they go with the bench's topics.
+        made = kafka.admin(self.bootstrap).list_topics(timeout=15).topics
+        self.topics += [topic for topic in made if self.group in topic and topic not in self.topics]
+        if failed is not None:
+            tail = (self.work_dir / "quix.log").read_text(errors="replace")[-2000:]
+            raise DriftloopError(f"{self.kind}: {self.python} {self.JOB.name} exited with {failed}:\n{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,24 +50,28 @@ SYSTEMS = (
     "json_passthrough_transactional",
     "data_plane",
 )
+# An interpreter with Quix Streams (`make quix`, which .ci/run does): the bench's reference job runs too.
+QUIX_PYTHON = os.environ.get("QUIX_PYTHON")
 
 
 def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap, tmp_path):
     out = tmp_path / "bench.json"
     topics_before = set(kafka.admin(kafka_bootstrap).list_topics(timeout=10).topics)
-    run = _bench([*SMALL, "--json-out", str(out)], _environment(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap))
+    quix = ["--quix-python", QUIX_PYTHON] if QUIX_PYTHON else []
+    run = _bench([*SMALL, *quix, "--json-out", str(out)], _environment(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap))
     stdout, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr[-3000:]
 
     report = json.loads(stdout)  # stdout holds the report and nothing else
     assert json.loads(out.read_text()) == report
-    assert report["command"] == (
-        "driftloop bench --events 5000 --rate-events-per-s 2000 --latency-seconds 2 --partitions 2"
+    assert report["command"] == " ".join(
+        ["driftloop bench --events 5000 --rate-events-per-s 2000 --latency-seconds 2 --partitions 2", *quix]
     )
+    systems = SYSTEMS + (("quix_stateful",) if QUIX_PYTHON else ())
     assert report["machine"]["cores"] == os.cpu_count() and report["machine"]["broker"].startswith("external")
     assert len(report["machine"]["load_average"]["start"]) == 3
     assert report["accounted"] is True
-    for system in SYSTEMS:
+    for system in systems:
         throughput, latency = report[system]["throughput"], report[system]["latency"]
         # every pre-loaded event came out exactly once: as itself, or as a prediction or a DLQ record
         assert throughput["outputs"] + throughput["dead_lettered"] == throughput["events"] == 5000
@@ -99,6 +103,12 @@ def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap
         rate["json_passthrough_journaled"] / rate["json_passthrough"], abs=0.001
     )
     assert report["ratios"]["scale_out_2_workers"] is None  # not asked for
+    if QUIX_PYTHON:
+        assert report["ratios"]["data_plane_vs_quix_stateful"] == pytest.approx(
+            rate["data_plane"] / report["quix_stateful"]["throughput"]["events_per_s"], abs=0.001
+        )
+    else:
+        assert "quix_stateful" not in report and report["ratios"]["data_plane_vs_quix_stateful"] is None
     targets = report["targets"]
     assert targets["throughput_vs_json_passthrough"]["min"] == 0.5 and targets["p99_latency_ms"]["max"] == 50
     assert targets["p99_latency_ms"]["met"] is False  # offered at 2000/s: the 5000/s target cannot be claimed
