@@ -81,12 +81,15 @@ def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> i
     import signal
     import threading
 
-    from driftloop.process import client_address
-    from driftloop.streams.worker.app import run_worker
-
+    # Before the imports below (seconds of MLflow, River, onnxruntime): a SIGTERM then killed the worker
+    # outright, where it now starts, sees `stop` and leaves with a clean exit.
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
+
+    from driftloop.process import client_address
+    from driftloop.streams.worker.app import run_worker
+
     run_worker(
         config,
         stop,
@@ -114,13 +117,14 @@ def cmd_retrain_worker(config: settings_module.Settings, _args: argparse.Namespa
     import signal
     import threading
 
+    stop = threading.Event()  # before the imports, as for the worker
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+
     from driftloop.retrain.worker import run_retrain_worker
     from driftloop.stack import resolve_endpoints
 
     bootstrap, tracking_uri = resolve_endpoints(config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stop.set())
     run_retrain_worker(config, stop, bootstrap=bootstrap, tracking_uri=tracking_uri)
     _say("retrain worker stopped")
     return 0

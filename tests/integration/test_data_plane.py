@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -159,9 +160,14 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
     kafka.ensure_topics(kafka_bootstrap, settings.topics, settings.partitions)  # as `driftloop up` does
     stream = FraudStream(seed=23, users=200, events_per_second=20)
     count = 4000
-    produce(
-        stream, kafka_bootstrap, settings.topic_events, settings.topic_outcomes, count=count, label_delay_events=300
+    # Paced, so that the kill lands mid-stream: produced at once, the first worker could finish the
+    # whole stream before the reader saw its first predictions, and the restart would test nothing.
+    producing = threading.Thread(
+        target=produce,
+        args=(stream, kafka_bootstrap, settings.topic_events, settings.topic_outcomes),
+        kwargs={"count": count, "rate": 250, "label_delay_events": 300},
     )
+    producing.start()
     log = tmp_path / "worker.log"
     first = start_worker_process(environ, log)
     try:
@@ -169,6 +175,7 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
             kafka_bootstrap, [topology.predictions], lambda r: len(r[topology.predictions]) >= 1200, timeout=120
         )
         assert len(out[topology.predictions]) >= 1200, log.read_text()[-3000:]
+        assert producing.is_alive(), "the stream ended before the kill: it would not land mid-stream"
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # no checkpoint, no goodbye to the group
         first.wait(10)
@@ -187,6 +194,7 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0, log.read_text()[-3000:]
+        producing.join(60)
     predicted = {json.loads(m.value())["event_id"] for m in out[topology.predictions]}
     labeled = [json.loads(m.value()) for m in out[topology.labeled]]
     assert predicted == ids  # at-least-once: a record may be scored twice around the kill, never lost
