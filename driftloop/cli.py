@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from driftloop import __version__
@@ -510,8 +510,6 @@ def build_parser() -> argparse.ArgumentParser:
         "and the workers `driftloop up` lists in <data dir>/stack.json)",
     )
     status.set_defaults(run=cmd_status)
-    from driftloop.init_spec import accepted_flavors
-
     init = commands.add_parser(
         "init-spec",
         help="write a commented pipeline spec from a CSV/Parquet table",
@@ -548,9 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument(
         "--flavor",
-        choices=accepted_flavors(),
+        choices=_AcceptedFlavors(),
+        metavar="FLAVOR",  # a metavar, so that building the parser does not list (and import) the flavors
         default="river",
-        help="the model flavor (default: river, which learns online and starts cold)",
+        help="the model flavor: one the spec validator accepts (default: river, which learns online and starts cold)",
     )
     init.add_argument(
         "--estimator", default="logistic_regression", help="the flavor's estimator (default: logistic_regression)"
@@ -790,6 +789,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")
     bench.set_defaults(run=cmd_bench)
     return parser
+
+
+class _AcceptedFlavors:
+    """init-spec's --flavor choices, read only when a command line is checked against them: importing the
+    model flavors takes a second and a half, which every command (a worker's SIGTERM handler too) waited for."""
+
+    def __iter__(self) -> Iterator[str]:
+        from driftloop.init_spec import accepted_flavors
+
+        return iter(accepted_flavors())
+
+    def __contains__(self, flavor: object) -> bool:
+        return flavor in tuple(self)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

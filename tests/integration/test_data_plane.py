@@ -213,6 +213,23 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
         assert by_id[event_id] == row, entity
 
 
+def test_a_worker_stopped_while_it_starts_exits_cleanly(tmp_path, kafka_bootstrap, unique):
+    """A SIGTERM during the seconds of imports (an operator's stop, a supervisor's restart) stops it, not kills it."""
+    environ = pipeline_environ(tmp_path, kafka_bootstrap, unique)
+    settings = settings_module.load(environ=environ)
+    feast_apply(settings, load_spec(settings.spec))
+    kafka.ensure_topics(kafka_bootstrap, settings.topics, settings.partitions)
+    log = tmp_path / "worker.log"
+    worker = start_worker_process(environ, log)
+    try:
+        time.sleep(1.0)  # importing MLflow, River and onnxruntime takes it several seconds
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(120) == 0, log.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
 @pytest.mark.skipif(not ELEC2.is_file(), reason=f"{ELEC2} (the shared elec2 dataset) is not here")
 def test_replaying_a_public_drifting_dataset_through_the_live_worker(tmp_path, kafka_bootstrap, unique):
     from driftloop.load.replay import replay
