@@ -160,21 +160,25 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
     kafka.ensure_topics(kafka_bootstrap, settings.topics, settings.partitions)  # as `driftloop up` does
     stream = FraudStream(seed=23, users=200, events_per_second=20)
     count = 4000
-    # Paced, so that the kill lands mid-stream: produced at once, the first worker could finish the
-    # whole stream before the reader saw its first predictions, and the restart would test nothing.
+    # Paced from the moment the worker consumes, so that the kill lands mid-stream: produced at once,
+    # the first worker could finish the whole stream before the reader saw its first predictions, and
+    # the restart would test nothing.
     producing = threading.Thread(
         target=produce,
         args=(stream, kafka_bootstrap, settings.topic_events, settings.topic_outcomes),
-        kwargs={"count": count, "rate": 250, "label_delay_events": 300},
+        kwargs={"count": count, "rate": 200, "label_delay_events": 300},
     )
-    producing.start()
     log = tmp_path / "worker.log"
     first = start_worker_process(environ, log)
     try:
+        deadline = time.monotonic() + 120
+        while "worker consuming" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        producing.start()
         out = consume_all(
-            kafka_bootstrap, [topology.predictions], lambda r: len(r[topology.predictions]) >= 1200, timeout=120
+            kafka_bootstrap, [topology.predictions], lambda r: len(r[topology.predictions]) >= 600, timeout=120
         )
-        assert len(out[topology.predictions]) >= 1200, log.read_text()[-3000:]
+        assert len(out[topology.predictions]) >= 600, log.read_text()[-3000:]
         assert producing.is_alive(), "the stream ended before the kill: it would not land mid-stream"
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # no checkpoint, no goodbye to the group
@@ -194,7 +198,8 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0, log.read_text()[-3000:]
-        producing.join(60)
+        if producing.is_alive():
+            producing.join(60)
     predicted = {json.loads(m.value())["event_id"] for m in out[topology.predictions]}
     labeled = [json.loads(m.value()) for m in out[topology.labeled]]
     assert predicted == ids  # at-least-once: a record may be scored twice around the kill, never lost
