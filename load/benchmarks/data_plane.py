@@ -800,6 +800,13 @@ def run_cli(config: Any, args: Any) -> int:
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = run_bench(options, config.kafka_bootstrap_servers, say=say)
+    except DriftloopError:
+        # The same Ctrl-C reaches the children: one that died of it while its interpreter started is
+        # reported as a failed child, sometimes before this process's own interrupt (swallowed in a
+        # finalizer) shows. The run was interrupted, not failed.
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
