@@ -21,7 +21,14 @@ from driftloop.streams.contracts import original_bytes
 from driftloop.streams.topology import Topology
 from tests.support import ELEC2, SPECS
 from tests.support.hostile import hostile_record
-from tests.support.pipeline import RunningWorker, consume_all, make_settings, pipeline_environ, start_worker_process
+from tests.support.pipeline import (
+    RunningWorker,
+    consume_all,
+    make_settings,
+    pipeline_environ,
+    start_worker_process,
+    wait_for_log,
+)
 
 DEMO = SPECS / "fraud.yaml"
 
@@ -171,9 +178,7 @@ def test_a_killed_worker_restarts_and_loses_nothing(tmp_path, kafka_bootstrap, u
     log = tmp_path / "worker.log"
     first = start_worker_process(environ, log)
     try:
-        deadline = time.monotonic() + 120
-        while "worker consuming" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_log(log, "worker consuming")
         producing.start()
         out = consume_all(
             kafka_bootstrap, [topology.predictions], lambda r: len(r[topology.predictions]) >= 600, timeout=120

@@ -19,7 +19,14 @@ from driftloop.features.rows import Featuriser
 from driftloop.load.generator import FraudStream, encode
 from driftloop.spec import load_spec
 from driftloop.streams.topology import Topology
-from tests.support.pipeline import RunningWorker, consume_all, make_settings, pipeline_environ, start_worker_process
+from tests.support.pipeline import (
+    RunningWorker,
+    consume_all,
+    make_settings,
+    pipeline_environ,
+    start_worker_process,
+    wait_for_log,
+)
 
 NOW = time.time()
 BIG_PRODUCER = {"message.max.bytes": 12_000_000}  # a user's client may send records this large
@@ -235,13 +242,6 @@ class _LoadWithHostility(threading.Thread):
         assert producer.flush(60) == 0
 
 
-def _wait_for_log(log, text: str, occurrences: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count(text) < occurrences:
-        assert time.monotonic() < deadline, f"{text!r} not logged {occurrences} times: {log.read_text()[-2000:]}"
-        time.sleep(0.1)
-
-
 def _metrics(port: int) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {
@@ -298,7 +298,7 @@ def test_kill_9_under_load_loses_nothing_and_counts_nothing_twice(tmp_path, kafk
     worker = start_worker_process(environ, log)
     kills, recovered = 0, 0.0
     try:
-        _wait_for_log(log, "assigned", 1)
+        wait_for_log(log, "assigned", 1)
         load.start()
         for assignments in (2, 3):
             time.sleep(2.5)  # consuming live: records consumed and not yet committed are in flight
@@ -306,7 +306,7 @@ def test_kill_9_under_load_loses_nothing_and_counts_nothing_twice(tmp_path, kafk
             worker.wait(10)
             kills += 1
             worker = start_worker_process(environ, log)
-            _wait_for_log(log, "assigned", assignments)
+            wait_for_log(log, "assigned", assignments)
         load.join(120)
         assert load.error is None, load.error
         ids = {e["event_id"] for e, _ in stream.take(count)}

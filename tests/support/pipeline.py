@@ -138,3 +138,11 @@ def start_worker_process(environ: dict[str, str], log: Path) -> subprocess.Popen
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def wait_for_log(log: Path, text: str, occurrences: int = 1, timeout: float = 120) -> None:
+    """Wait until a process's log holds `text` that many times; fail with the log's tail if it never does."""
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(text) < occurrences:
+        assert time.monotonic() < deadline, f"{text!r} not logged {occurrences} times: {log.read_text()[-2000:]}"
+        time.sleep(0.1)
