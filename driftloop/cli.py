@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -76,16 +77,20 @@ def cmd_mlflow(config: settings_module.Settings, _args: argparse.Namespace) -> i
     return 0
 
 
-def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> int:
-    """One scoring/join worker; SIGTERM or Ctrl-C checkpoints and leaves the consumer group."""
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or Ctrl-C sets. Call it before a worker's imports (seconds of MLflow, River,
+    onnxruntime): a SIGTERM during them used to kill the process (exit -15) instead of stopping it."""
     import signal
-    import threading
 
-    # Before the imports below (seconds of MLflow, River, onnxruntime): a SIGTERM then killed the worker
-    # outright, where it now starts, sees `stop` and leaves with a clean exit.
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
+    return stop
+
+
+def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> int:
+    """One scoring/join worker; SIGTERM or Ctrl-C checkpoints and leaves the consumer group."""
+    stop = _stop_on_signals()
 
     from driftloop.process import client_address
     from driftloop.streams.worker.app import run_worker
@@ -114,12 +119,7 @@ def cmd_control(config: settings_module.Settings, _args: argparse.Namespace) -> 
 
 def cmd_retrain_worker(config: settings_module.Settings, _args: argparse.Namespace) -> int:
     """Consumes retrain requests; SIGTERM or Ctrl-C stops it between requests (an unfinished one is redone)."""
-    import signal
-    import threading
-
-    stop = threading.Event()  # before the imports, as for the worker
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stop.set())
+    stop = _stop_on_signals()
 
     from driftloop.retrain.worker import run_retrain_worker
     from driftloop.stack import resolve_endpoints
