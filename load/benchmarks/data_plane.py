@@ -468,6 +468,8 @@ def measure(
         say(f"{system.kind}: caught up; latency phase ({len(offered)} events at {rate:g}/s)")
         with _offering(system, seen.pop("next_offsets"), offered, rate, 30.0) as call:
             latency = call.result()
+        if stages is not None:
+            latency_stages = _since(system.stage_seconds(), stages)
         if hasattr(system, "memory"):
             result["memory"] = system.memory()
         if probes:
@@ -479,6 +481,7 @@ def measure(
     throughput = throughput_summary(seen, len(backlog), started_ms)
     if stages is not None:
         throughput["stage_seconds"] = stage_summary(stages, throughput["seconds"])
+        latency["stage_seconds"] = stage_summary(latency_stages, latency["seconds"])
     result.update(throughput=throughput, latency=latency)
     if getattr(system, "model", None) is not None:
         result["model"] = system.model
@@ -533,6 +536,14 @@ def throughput_summary(seen: dict[str, Any], events: int, started_ms: float) -> 
         "seconds": seconds,
         "events_per_s": round(timed / seconds, 1) if seconds else None,
         "start_to_first_output_s": round((first - started_ms) / 1000, 3) if first is not None else None,
+    }
+
+
+def _since(now: dict[str, dict[str, float]], before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per stage, the sums and counts added since `before`."""
+    return {
+        stage: {name: value - before.get(stage, {}).get(name, 0.0) for name, value in values.items()}
+        for stage, values in now.items()
     }
 
 

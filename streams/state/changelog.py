@@ -227,8 +227,8 @@ class ChangelogTable:
         self._draining: dict[int, set[str]] = {}  # sealed dirty keys not yet produced
         self._sealed: dict[int, dict[str, bytes | None]] = {}  # sealed values of draining keys changed since
         self._acknowledged: dict[int, list[_Record]] = {}
-        # The memory budget's writer thread writes the stores, in submission order, so the loop never
-        # waits for RocksDB (a checkpoint's few thousand records took it 10-30 ms); see `_persist_if_quiet`.
+        # The memory budget's writer thread writes the stores, in submission order, so the loop does not
+        # wait for a write to finish (a checkpoint's few thousand records take 10-50 ms); `_persist_if_quiet`.
         self._writes: deque[_StoreWrite] = deque()  # oldest first
         self._failed_deliveries: list[KafkaError] = []
         self.in_flight = 0  # flushed records whose delivery has not been reported yet
@@ -695,7 +695,8 @@ class ChangelogTable:
         """Every produced record acknowledged and nothing sealed left to drain: the acknowledged records
         are the changelog's next ones, so they go into the stores, and their keys leave memory.
 
-        The writer thread writes them (RocksDB releases the GIL, so the loop goes on meanwhile); a key
+        The writer thread writes them (the loop goes on, though it waits for the GIL while rocksdict writes
+        into RocksDB: `StateMemory.on_write` reports how long each write took); a key
         leaves memory once its write is done, unless it was changed since the write was submitted or
         was dirty then (its newer value is not in the store yet). Until then reads find it in memory."""
         self._reap_written()
@@ -717,8 +718,11 @@ class ChangelogTable:
             self._writes.append(_StoreWrite(done, forget, {p: set() for p in batches}))
 
     def _apply_all(self, batches: dict[int, list[_Record]]) -> None:
+        started = time.perf_counter()
         for partition, records in batches.items():
             self._apply(partition, records)
+        if self.memory.on_write is not None:
+            self.memory.on_write(time.perf_counter() - started)
 
     def _reap_written(self) -> None:
         """Let the keys of finished writes leave memory (in submission order); raise a write's failure."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -65,9 +65,10 @@ class StateMemory:
         self.overlay_bytes = total // 2
         self.tables: list = []  # the ChangelogTables sharing this budget
         # One thread writes every table's acknowledged records into its stores (streams/state/changelog.py):
-        # RocksDB releases the GIL, so the loop goes on meanwhile; one thread, not one per table, since
-        # every thread that allocates gets a malloc arena of its own.
+        # one, not one per table, since every thread that allocates gets a malloc arena of its own. It
+        # takes the loop's GIL while it runs: rocksdict's `write` holds it (its multi-get releases it).
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+        self.on_write: Callable[[float], None] | None = None  # told the seconds of each write (a metric)
 
     def overlay_estimate(self) -> int:
         return sum(table.overlay_estimate() for table in self.tables)

@@ -119,6 +119,7 @@ def run_worker(
             cleanup.callback(table.close)
         metrics = WorkerMetrics()
         metrics.info(worker_id=worker_id, spec=spec.name)
+        memory.on_write = lambda seconds: metrics.stage("store_write", seconds)
         router = ModelRouter(
             spec, tracking_uri, key=key, on_refused=_refusal_reporter(settings, bootstrap, key, metrics, worker_id)
         )

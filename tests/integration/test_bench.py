@@ -89,6 +89,10 @@ def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap
     assert all(stages[name]["count"] > 0 for name in ("ingest", "features", "score", "produce"))
     # Feast writes run in their own process and may all land outside this short phase's window
     assert all(stage["seconds"] >= 0 for stage in stages.values())
+    # the latency phase's own share: every batch of it, and the state stores written as it went
+    latency_stages = report["data_plane"]["latency"]["stage_seconds"]
+    assert latency_stages["ingest"]["count"] > 0 and latency_stages["store_write"]["count"] > 0
+    assert all(stage["seconds"] >= 0 for stage in latency_stages.values())
     memory = report["data_plane"]["memory"]  # the worker is a process of its own
     assert len(memory["worker_peak_rss_mb"]) == 1 and memory["worker_peak_rss_mb"][0] >= memory["worker_rss_mb"][0] > 50
     assert memory["state_dir_mb"] > 0  # its state went to disk

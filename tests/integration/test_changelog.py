@@ -433,6 +433,23 @@ def test_memory_holds_only_what_changed_since_the_last_checkpoint(kafka_bootstra
     assert grown < 80, f"RSS grew {grown:.0f} MB"
 
 
+def test_each_store_write_reports_how_long_it_took(kafka_bootstrap, topic, producer, tmp_path):
+    memory = StateMemory(16)
+    seconds: list[float] = []
+    memory.on_write = seconds.append  # the worker's store_write stage
+    table = ChangelogTable("test-state", topic, PARTITIONS, directory=tmp_path, memory=memory)
+    try:
+        table.ensure_changelog(kafka_bootstrap)
+        table.restore(kafka_bootstrap, range(PARTITIONS))
+        for checkpoint in range(2):
+            for i in range(1000):
+                table.set(i % PARTITIONS, f"e-{i}", {"checkpoint": checkpoint})
+            _flush(table, producer)
+        assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    finally:
+        table.close()
+
+
 @pytest.fixture
 def held_store_writes(monkeypatch):
     """A threading.Event: the tables' store writes (on their writer threads) wait until it is set."""
