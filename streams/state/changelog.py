@@ -62,7 +62,8 @@ Changelog topic
 Restore
     Opens (or creates) each given partition's store and applies the changelog from the store's offset
     to the end: a restarted worker on the same data directory reads only the records written since its
-    last checkpoint reached the store; a worker on another host (an empty store) reads from offset 0.
+    store last reached disk (streams/state/store.py: at a clean stop, everything; after `kill -9`, the
+    last flush of RocksDB's memtables); a worker on another host (an empty store) reads from offset 0.
     The end is where the consumer reports end-of-partition (`enable.partition.eof`, i.e. the high
     watermark of the fetch response; Tansu's ListOffsets can be wrong, so it is not asked); records a
     concurrent writer appends later are not read. A store whose offset lies beyond the changelog's end

@@ -352,39 +352,59 @@ def test_a_killed_worker_reopens_its_store_and_the_changelog_fills_in_the_rest(
 ):
     here = tmp_path / "this-host"
     new_worker_table(topic, directory=here).close()  # the topic exists before the child writes
+    child = _killed_writer(kafka_bootstrap, topic, here, "flushed")
+    # records the store never applied: acknowledged by the broker after the store's last flush
+    back = tables(topic, here)
+    assert back.restore(kafka_bootstrap, range(PARTITIONS)).records == 500  # not 2,500
+    assert len(back) == 2500
+    assert back.get(0, "after-0") == {"late": 0} and back.get(1, "u-1") == {"n": 1}
+    assert child.stdout.split() == ["stored", "2000"]
+
+
+def test_a_worker_killed_before_its_store_flushed_gets_everything_back_from_the_changelog(
+    kafka_bootstrap, topic, new_worker_table, tables, tmp_path
+):
+    here = tmp_path / "this-host"
+    new_worker_table(topic, directory=here).close()
+    _killed_writer(kafka_bootstrap, topic, here, "unflushed")
+    # the store has no write-ahead log: what was only in its memtables died with the process
+    back = tables(topic, here)
+    assert back.restore(kafka_bootstrap, range(PARTITIONS)).records == 2500
+    assert len(back) == 2500 and back.counts(0) == {"": 625}
+    assert back.get(0, "after-0") == {"late": 0} and back.get(1, "u-1") == {"n": 1}
+
+
+def _killed_writer(bootstrap: str, topic: str, directory, store: str) -> subprocess.CompletedProcess:
     child = subprocess.run(
-        [sys.executable, "-c", KILLED_WRITER, kafka_bootstrap, topic, str(here)],
+        [sys.executable, "-c", KILLED_WRITER, bootstrap, topic, str(directory), store],
         check=False,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-    # records the store never applied: acknowledged by the broker after the child's last quiet moment
-    assert child.stdout.split() == ["stored", "2000"]
-
-    back = tables(topic, here)
-    assert back.restore(kafka_bootstrap, range(PARTITIONS)).records == 500  # not 2,500
-    assert len(back) == 2500
-    assert back.get(0, "after-0") == {"late": 0} and back.get(1, "u-1") == {"n": 1}
+    return child
 
 
-# Writes 2,000 keys that reach its store, then 500 that reach only the changelog, then dies by SIGKILL
-# (its RocksDB lock and its unsynced state go with it, as with `kill -9`).
+# Writes 2,000 keys that reach its store ("flushed": and the store's files, by closing it), then 500 that
+# reach only the changelog, then dies by SIGKILL (its RocksDB lock and memtables go with it, as with
+# `kill -9`).
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
 from driftloop import kafka
 from driftloop.streams.state.changelog import ChangelogTable
 from driftloop.streams.state.store import StateMemory
-bootstrap, topic, directory = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+bootstrap, topic, directory, store = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 table = ChangelogTable("test-state", topic, 4, directory=directory, memory=StateMemory(16))
 table.restore(bootstrap, range(4))
 producer = kafka.producer(bootstrap)
 for i in range(2000):
     table.set(i % 4, f"u-{i}", {"n": i})
-table.flush_to(producer); producer.flush(30); table.check_delivered()
+table.flush_to(producer); producer.flush(30); table.check_delivered(); table.wait_written()
 print("stored", len(table), flush=True)
+if store == "flushed":
+    table.close()
 raw = kafka.producer(bootstrap)  # the same records the table would write, acknowledged without it
 import msgspec
 for i in range(500):
