@@ -42,10 +42,10 @@ def tables(tmp_path):
     """table(topic, directory=None, **options): a ChangelogTable, on a directory of its own unless given."""
     made: list[ChangelogTable] = []
 
-    def table(topic: str, directory=None, name: str = "test-state", **options) -> ChangelogTable:
+    def table(topic: str, directory=None, name: str = "test-state", memory=MEMORY, **options) -> ChangelogTable:
         made.append(
             ChangelogTable(
-                name, topic, PARTITIONS, directory=directory or tmp_path / f"host-{len(made)}", memory=MEMORY, **options
+                name, topic, PARTITIONS, directory=directory or tmp_path / f"host-{len(made)}", memory=memory, **options
             )
         )
         return made[-1]
@@ -453,21 +453,16 @@ def test_memory_holds_only_what_changed_since_the_last_checkpoint(kafka_bootstra
     assert grown < 80, f"RSS grew {grown:.0f} MB"
 
 
-def test_each_store_write_reports_how_long_it_took(kafka_bootstrap, topic, producer, tmp_path):
+def test_each_store_write_reports_how_long_it_took(topic, producer, new_worker_table):
     memory = StateMemory(16)
     seconds: list[float] = []
     memory.on_write = seconds.append  # the worker's store_write stage
-    table = ChangelogTable("test-state", topic, PARTITIONS, directory=tmp_path, memory=memory)
-    try:
-        table.ensure_changelog(kafka_bootstrap)
-        table.restore(kafka_bootstrap, range(PARTITIONS))
-        for checkpoint in range(2):
-            for i in range(1000):
-                table.set(i % PARTITIONS, f"e-{i}", {"checkpoint": checkpoint})
-            _flush(table, producer)
-        assert len(seconds) == 2 and all(s > 0 for s in seconds)
-    finally:
-        table.close()
+    table = new_worker_table(topic, memory=memory)
+    for checkpoint in range(2):
+        for i in range(1000):
+            table.set(i % PARTITIONS, f"e-{i}", {"checkpoint": checkpoint})
+        _flush(table, producer)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
 
 
 @pytest.fixture
