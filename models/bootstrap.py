@@ -18,6 +18,7 @@ without alias); only when both check in the same instant does the later `set_ali
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -30,7 +31,8 @@ from driftloop.spec import PipelineSpec
 
 CHAMPION = "champion"
 ORIGIN_TAG = "driftloop.origin"
-__all__ = ["CHAMPION", "ORIGIN_TAG", "PLACEHOLDER_TAG", "ensure_champion", "placeholder_spec"]
+__all__ = ["CHAMPION", "ORIGIN_TAG", "PLACEHOLDER_TAG", "ensure_champion", "ensure_champion_apart", "placeholder_spec"]
+BOOTSTRAP_TIMEOUT_S = 300.0
 
 
 def placeholder_spec(spec: PipelineSpec) -> PipelineSpec:
@@ -89,3 +91,40 @@ def ensure_champion(
     # another worker bootstrapped meanwhile: keep its champion (ours stays registered, unaliased)
     theirs = get_alias_version(name, CHAMPION, tracking_uri=tracking_uri) or info.version
     return version_info(name, theirs, tracking_uri=tracking_uri)
+
+
+def ensure_champion_apart(spec: PipelineSpec, tracking_uri: str, key: SigningKey | None = None) -> ModelVersionInfo:
+    """`ensure_champion` without warm-up rows, for a scoring worker: finding the champion reads the registry
+    over its REST API, and registering a first one (which imports MLflow's client, ~50 MB the worker would
+    keep for the rest of its life) runs in a child process. Its failure is raised as a DriftloopError."""
+    name = spec.model.name
+    current = get_alias_version(name, CHAMPION, tracking_uri=tracking_uri)
+    if current is not None:
+        return version_info(name, current, tracking_uri=tracking_uri)
+    context = multiprocessing.get_context("spawn")  # fork would copy librdkafka's threads' locks
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_bootstrap_child, args=(spec, tracking_uri, key, sender), name="driftloop-bootstrap", daemon=True
+    )
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(BOOTSTRAP_TIMEOUT_S):
+            raise DriftloopError(f"model {name}: registering the first champion took over {BOOTSTRAP_TIMEOUT_S:g}s")
+        outcome, detail = receiver.recv()
+    except EOFError:
+        raise DriftloopError(f"model {name}: the bootstrap process exited (code {child.exitcode})") from None
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    if outcome != "ok":
+        raise DriftloopError(f"model {name}: registering the first champion failed: {detail}")
+    return detail
+
+
+def _bootstrap_child(spec: PipelineSpec, tracking_uri: str, key: SigningKey | None, sender) -> None:
+    try:
+        sender.send(("ok", ensure_champion(spec, tracking_uri, key=key)))
+    except Exception as exc:  # every failure reaches the worker, as text: exceptions may not unpickle
+        sender.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -15,7 +15,9 @@ checksum or the signature does not match, before any file is unpickled, parsed o
 Every function takes `tracking_uri` (also used as the registry URI); those that sign or verify take `key`
 (default: the key the process's settings name). MLflow's model logging and the SQLAlchemy registry store
 read the process-global tracking URI, so calls here set it for their duration under a process-wide lock and
-restore it afterwards.
+restore it afterwards. Against an MLflow server (`http(s)://`), the reads a scoring worker makes (aliases,
+a version's tags, its files when the server proxies them) go to the server's REST API
+(models/registry_rest.py): MLflow's client is imported only by the calls that need it, so a worker never is.
 """
 
 from __future__ import annotations
@@ -29,26 +31,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import mlflow
 import pandas as pd
 import tenacity
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
-from mlflow.tracking import MlflowClient
 
 from driftloop.errors import DriftloopError
 from driftloop.mlflow_server import http_ok, server_aliases
-from driftloop.models import provenance
+from driftloop.models import provenance, registry_rest
 from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models.flavors import Model, flavor_of, load
 from driftloop.models.inputs import rows_to_frame
 from driftloop.models.provenance import FLAVOR_TAG, PLACEHOLDER_TAG, SIGNATURE_TAG, ModelRefused
-from driftloop.models.pyfunc import DriftloopPyfunc, signature_for
+from driftloop.models.registry_rest import RegisteredVersion, is_server
 from driftloop.schema import model_inputs
 from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
+
+if TYPE_CHECKING:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
 MODEL_ARTIFACT = "model"  # artifacts/model/ inside the logged MLflow model
 REFERENCE_FILE = "reference.parquet"
@@ -94,6 +96,8 @@ def _mlflow(tracking_uri: str) -> Iterator[MlflowClient]:
     Restores the previous global and the MLFLOW_TRACKING_URI environment variable (which
     mlflow.set_tracking_uri rewrites, and unsets when the previous global was unset).
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     with _GLOBALS:
@@ -114,6 +118,12 @@ def _code(exc: MlflowException) -> str:
     return exc.error_code
 
 
+def _mlflow_exception() -> type[MlflowException]:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
+
+
 def ensure_experiment(name: str, *, tracking_uri: str, artifact_location: str | None = None) -> str:
     """The id of experiment `name`, created (with artifact_location, if given) when missing."""
     with _mlflow(tracking_uri) as client:
@@ -126,9 +136,9 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_location: str |
         return experiment.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException as exc:  # created concurrently
+    except _mlflow_exception() as exc:  # created concurrently
         existing = client.get_experiment_by_name(name)
-        if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS) or existing is None:
+        if _code(exc) != "RESOURCE_ALREADY_EXISTS" or existing is None:
             raise
         return existing.experiment_id
 
@@ -172,6 +182,10 @@ def register(
     `driftloop.signature` (by `key`). `artifacts` are local files (reports, say) logged at the root of the
     run's artifacts.
     """
+    import mlflow
+
+    from driftloop.models.pyfunc import DriftloopPyfunc, signature_for
+
     key = key or configured_key()
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
     run_params = {
@@ -209,8 +223,8 @@ def register(
                 )
                 try:
                     client.create_registered_model(spec.model.name)
-                except MlflowException as exc:
-                    if _code(exc) != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                except _mlflow_exception() as exc:
+                    if _code(exc) != "RESOURCE_ALREADY_EXISTS":
                         raise
                 version = client.create_model_version(
                     spec.model.name, source=logged.model_uri, run_id=run_id, model_id=logged.model_id, tags=version_tags
@@ -219,9 +233,16 @@ def register(
 
 
 def version_info(name: str, version: int, *, tracking_uri: str) -> ModelVersionInfo:
+    mv = _registered_version(name, version, tracking_uri)
+    return ModelVersionInfo(name, mv.version, mv.run_id, mv.tags.get(CHECKSUM_TAG, ""))
+
+
+def _registered_version(name: str, version: int, tracking_uri: str) -> RegisteredVersion:
+    if is_server(tracking_uri):
+        return registry_rest.model_version(tracking_uri, name, version)
     with _mlflow(tracking_uri) as client:
         mv = client.get_model_version(name, str(version))
-    return ModelVersionInfo(name, int(mv.version), mv.run_id or "", mv.tags.get(CHECKSUM_TAG, ""))
+    return RegisteredVersion(int(mv.version), mv.run_id or "", int(mv.creation_timestamp or 0), dict(mv.tags or {}))
 
 
 def get_alias_version(name: str, alias: str, *, tracking_uri: str) -> int | None:
@@ -231,13 +252,13 @@ def get_alias_version(name: str, alias: str, *, tracking_uri: str) -> int | None
 
 def aliases(name: str, *, tracking_uri: str) -> dict[str, int]:
     """Every alias of the registered model and its version ({} when the model is not registered)."""
-    if tracking_uri.startswith(("http://", "https://")):  # polled every second or two: the fast path
+    if is_server(tracking_uri):  # polled every second or two: the fast path
         return server_aliases(tracking_uri, name)
     with _mlflow(tracking_uri) as client:
         try:
             registered = client.get_registered_model(name)
-        except MlflowException as exc:
-            if _code(exc) == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        except _mlflow_exception() as exc:
+            if _code(exc) == "RESOURCE_DOES_NOT_EXIST":
                 return {}
             raise
     return {alias: int(version) for alias, version in (registered.aliases or {}).items()}
@@ -293,15 +314,13 @@ def load_version(name: str, version: int, *, tracking_uri: str, key: SigningKey 
     with _verified(name, version, tracking_uri, key) as (mv, local, checksum):
         model = load(local / MODEL_ARTIFACT, mv.tags[FLAVOR_TAG])
         reference = pd.read_parquet(local / REFERENCE_FILE)
-    return LoadedModel(
-        int(mv.version), model, reference, checksum, int(mv.creation_timestamp or 0), PLACEHOLDER_TAG in mv.tags
-    )
+    return LoadedModel(mv.version, model, reference, checksum, mv.creation_timestamp, PLACEHOLDER_TAG in mv.tags)
 
 
 def load_reference(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> VerifiedReference:
     """A version's reference sample, verified (with the whole version) and read; the model is not loaded."""
     with _verified(name, version, tracking_uri, key) as (mv, local, _checksum):
-        return VerifiedReference(int(mv.version), pd.read_parquet(local / REFERENCE_FILE), PLACEHOLDER_TAG in mv.tags)
+        return VerifiedReference(mv.version, pd.read_parquet(local / REFERENCE_FILE), PLACEHOLDER_TAG in mv.tags)
 
 
 def verify_version(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> None:
@@ -322,46 +341,59 @@ def sign_version(name: str, version: int, *, tracking_uri: str, key: SigningKey 
 @contextmanager
 def _verified(
     name: str, version: int, tracking_uri: str, key: SigningKey | None, signed: bool = True
-) -> Iterator[tuple[Any, Path, str]]:
+) -> Iterator[tuple[RegisteredVersion, Path, str]]:
     """(model version, local artifacts directory, model checksum), downloaded and verified (`signed`
     False: all but the signature); the files last until the block ends."""
     key = key or configured_key()
-    with _mlflow(tracking_uri) as client:
-        mv = client.get_model_version(name, str(version))
-        tags = dict(mv.tags or {})
-        expected = tags.get(CHECKSUM_TAG)
-        if not expected:
-            raise ModelRefused(name, version, f"no {CHECKSUM_TAG} tag: an unverifiable model")
-        if (signed and not tags.get(SIGNATURE_TAG)) or not tags.get(FLAVOR_TAG):
+    mv = _registered_version(name, version, tracking_uri)
+    tags = mv.tags
+    expected = tags.get(CHECKSUM_TAG)
+    if not expected:
+        raise ModelRefused(name, version, f"no {CHECKSUM_TAG} tag: an unverifiable model")
+    if (signed and not tags.get(SIGNATURE_TAG)) or not tags.get(FLAVOR_TAG):
+        raise ModelRefused(
+            name,
+            version,
+            f"unsigned: no {SIGNATURE_TAG} (or {FLAVOR_TAG}) tag, so nothing proves driftloop registered it",
+        )
+    with tempfile.TemporaryDirectory(prefix="driftloop-load-") as tmp:
+        local = _download(name, version, tracking_uri, Path(tmp))
+        actual = directory_checksum(local / MODEL_ARTIFACT)
+        if actual != expected:
             raise ModelRefused(
                 name,
                 version,
-                f"unsigned: no {SIGNATURE_TAG} (or {FLAVOR_TAG}) tag, so nothing proves driftloop registered it",
+                f"checksum mismatch: the registry tag {CHECKSUM_TAG} is {expected} "
+                f"but the downloaded model files hash to {actual}",
             )
+        if signed:
+            provenance.verify(key, name, version, tags, local, SIGNED_FILES)
+        yield mv, local, actual
+
+
+def _download(name: str, version: int, tracking_uri: str, destination: Path) -> Path:
+    """A version's artifacts directory (the model and the reference sample), copied under `destination`."""
+    if is_server(tracking_uri):
+        source = registry_rest.download_uri(tracking_uri, name, version).rstrip("/")
+        local = registry_rest.download(tracking_uri, f"{source}/artifacts", destination)
+        if local is not None:
+            return local
+    import mlflow
+
+    with _mlflow(tracking_uri) as client:
         source = client.get_model_version_download_uri(name, str(version)).rstrip("/")
-        with tempfile.TemporaryDirectory(prefix="driftloop-load-") as tmp:
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{source}/artifacts", dst_path=tmp, tracking_uri=tracking_uri
-                )
-            )
-            actual = directory_checksum(local / MODEL_ARTIFACT)
-            if actual != expected:
-                raise ModelRefused(
-                    name,
-                    version,
-                    f"checksum mismatch: the registry tag {CHECKSUM_TAG} is {expected} "
-                    f"but the downloaded model files hash to {actual}",
-                )
-            if signed:
-                provenance.verify(key, name, version, tags, local, SIGNED_FILES)
-            yield mv, local, actual
+        downloaded = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{source}/artifacts", dst_path=str(destination), tracking_uri=tracking_uri
+        )
+    return Path(downloaded)
 
 
 def mlflow_problem(tracking_uri: str) -> str | None:
     """None when MLflow at tracking_uri answers; else what went wrong, in a few words."""
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         return None if http_ok(f"{tracking_uri.rstrip('/')}/health", timeout=3) else "no answer on /health"
+    from mlflow.tracking import MlflowClient
+
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # any failure to reach the store counts: the driver's errors vary

@@ -77,7 +77,7 @@ def run_worker(
     """Run one worker until `stop` is set; `on_ready(metrics_port)` is called once it consumes."""
     _limit_malloc_arenas()
     from driftloop.features.feast.writer import FeastWriter
-    from driftloop.models.bootstrap import ensure_champion
+    from driftloop.models.bootstrap import ensure_champion_apart
     from driftloop.models.live_metrics import LiveMetrics
     from driftloop.models.registry import when_reachable
     from driftloop.models.routing import ModelRouter
@@ -108,7 +108,7 @@ def run_worker(
 
     # A worker restarted beside a restarting MLflow (`driftloop up` restarts both) waits for it.
     champion = when_reachable(
-        lambda: ensure_champion(spec, tracking_uri, key=key),
+        lambda: ensure_champion_apart(spec, tracking_uri, key=key),
         tracking_uri=tracking_uri,
         what="finding the champion",
         stop=stop,
@@ -177,7 +177,7 @@ def run_worker(
             worker_id=worker_id,
             on_breaker=breaker_audit,
         )
-        # Start-up leaves about half a million long-lived objects (MLflow, Feast, pandas): frozen, the
+        # Start-up leaves about half a million long-lived objects (River, pandas, SciPy): frozen, the
         # cyclic collector never rescans them, which paused the loop (docs/benchmarks.md).
         gc.collect()
         gc.freeze()
