@@ -8,14 +8,17 @@ optional field. Every flavor and the registry go through these helpers so they a
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from driftloop.schema import ModelInput
 from driftloop.spec import MISSING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Row = Mapping[str, Any]
 # River models saved before driftloop/schema.py pickled their columns under this name (RiverModel.load
@@ -24,7 +27,12 @@ InputColumn = ModelInput
 
 
 def is_missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    # pandas is imported only where frames are built (training, drift), not where the worker scores:
+    # without it, no value can be its NA.
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and value is pandas.NA
 
 
 def as_float(value: Any) -> float | None:
@@ -41,6 +49,8 @@ def rows_to_frame(columns: Sequence[ModelInput], rows: Sequence[Row]) -> pd.Data
 
     This is the shape of the reference sample (reference.parquet) and of the MLflow signature.
     """
+    import pandas as pd
+
     data: dict[str, Any] = {}
     for col in columns:
         values: list[Any] = [row[col.name] if col.name in row else None for row in rows]
@@ -55,6 +65,8 @@ def rows_to_frame(columns: Sequence[ModelInput], rows: Sequence[Row]) -> pd.Data
 
 def frame_to_rows(columns: Sequence[ModelInput], frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The inverse of rows_to_frame: NaN/NA become None, numpy scalars become Python ones."""
+    import pandas as pd
+
     out: list[dict[str, Any]] = [{} for _ in range(len(frame))]
     for col in columns:
         series = frame[col.name] if col.name in frame.columns else pd.Series([None] * len(frame))

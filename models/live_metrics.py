@@ -1,13 +1,12 @@
 """Model quality on live traffic: rolling-window metrics over joined outcomes, per model version.
 
-Each version keeps the last `window` (label, probability) pairs. Accuracy, precision, recall and F1
-are river metrics reading one confusion matrix that `river.utils.Rolling` keeps to the window (it
-reverts the pair leaving the window); log loss is a `Rolling(river.metrics.LogLoss)`. ROC AUC is
-computed exactly from the window's pairs on `snapshot()`: river's `ROCAUC` reverts but only
-approximates the curve on a fixed grid of thresholds, and its exact `RollingROCAUC` scores tied
-probabilities differently from the usual Mann-Whitney definition (tree models tie a lot).
+Each version keeps the last `window` (label, probability) pairs, and a snapshot computes its metrics from
+them with NumPy: accuracy, precision, recall and F1 of the decisions (probability >= threshold), log loss,
+and ROC AUC, exactly (the Mann-Whitney definition, ties counted 1/2: tree models tie a lot). Nothing here
+imports River, which would cost a worker serving an ONNX model ~150 MB (River pulls in pandas and SciPy).
 
-Where the values can differ from scikit-learn's on the same window (river's definitions):
+Where the values can differ from scikit-learn's on the same window (the definitions River's metrics use,
+which these were before):
 - precision, recall, F1 with a zero denominator (no predicted / actual positives) are 0.0, as with
   scikit-learn's `zero_division=0`;
 - log loss clamps probabilities to [1e-15, 1 - 1e-15], scikit-learn to [eps, 1 - eps] with the
@@ -19,34 +18,32 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
-from river import metrics, utils
+
+_CLAMP = 1e-15
 
 
 class _VersionWindow:
     def __init__(self, window: int):
-        self.confusion = utils.Rolling(metrics.ConfusionMatrix, window_size=window)
-        self.accuracy = metrics.Accuracy(cm=self.confusion.obj)
-        self.precision = metrics.Precision(cm=self.confusion.obj)
-        self.recall = metrics.Recall(cm=self.confusion.obj)
-        self.f1 = metrics.F1(cm=self.confusion.obj)
-        self.log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
         self.pairs: deque[tuple[bool, float]] = deque(maxlen=window)
 
-    def update(self, label: bool, proba: float, decision: bool) -> None:
-        self.confusion.update(label, decision)
-        self.log_loss.update(label, proba)
-        self.pairs.append((label, proba))
-
-    def snapshot(self) -> dict[str, float | int | None]:
+    def snapshot(self, threshold: float) -> dict[str, float | int | None]:
+        labels = np.fromiter((label for label, _ in self.pairs), dtype=bool, count=len(self.pairs))
+        probas = np.fromiter((proba for _, proba in self.pairs), dtype=float, count=len(self.pairs))
+        decisions = probas >= threshold
+        true_positives = int((labels & decisions).sum())
+        predicted, actual = int(decisions.sum()), int(labels.sum())
+        precision = true_positives / predicted if predicted else 0.0
+        recall = true_positives / actual if actual else 0.0
+        clamped = np.clip(probas, _CLAMP, 1 - _CLAMP)
+        losses = -np.where(labels, np.log(clamped), np.log1p(-clamped))
         return {
-            "accuracy": self.accuracy.get(),
-            "precision": self.precision.get(),
-            "recall": self.recall.get(),
-            "f1": self.f1.get(),
-            "log_loss": self.log_loss.get(),
+            "accuracy": float((labels == decisions).mean()),
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "log_loss": float(losses.mean()),
             "roc_auc": roc_auc(self.pairs),
             "samples": len(self.pairs),
         }
@@ -91,7 +88,7 @@ class LiveMetrics:
         window = self._versions.get(version)
         if window is None:
             window = self._versions[version] = _VersionWindow(self.window)
-        window.update(bool(y_true), proba, proba >= self.threshold)
+        window.pairs.append((bool(y_true), proba))
 
     def update_many(self, version: int | str, y_true: Iterable[int], proba: Iterable[float]) -> None:
         """Joined outcomes of one version, oldest first."""
@@ -104,4 +101,4 @@ class LiveMetrics:
 
     def snapshot(self) -> dict[int | str, dict[str, float | int | None]]:
         """{version: {accuracy, precision, recall, f1, log_loss, roc_auc, samples}} over each window."""
-        return {version: window.snapshot() for version, window in self._versions.items()}
+        return {version: window.snapshot(self.threshold) for version, window in self._versions.items()}

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from driftloop.errors import DriftloopError
 from driftloop.models.inputs import Row, as_category, as_float
@@ -39,6 +38,7 @@ from driftloop.schema import ModelInput, model_inputs
 from driftloop.spec import PipelineSpec
 
 if TYPE_CHECKING:
+    import pandas as pd
     from sklearn.pipeline import Pipeline
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -46,6 +46,8 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 def _frame(columns: Sequence[ModelInput], rows: Sequence[Row]) -> pd.DataFrame:
     """Rows as sklearn sees them: float64 (NaN when missing) and str columns ("__missing__" for None)."""
+    import pandas as pd  # training only: scoring does not import pandas
+
     data: dict[str, Any] = {}
     for c in columns:
         if c.kind == "category":

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
 import tenacity
 
 from driftloop.errors import DriftloopError
@@ -49,6 +48,7 @@ from driftloop.signing import SigningKey, configured_key
 from driftloop.spec import PipelineSpec
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -76,7 +76,7 @@ class ModelVersionInfo:
 class LoadedModel:
     version: int
     model: Model
-    reference: pd.DataFrame
+    reference: pd.DataFrame | None  # None when loaded without it (a scoring worker has no use for it)
     checksum: str
     created_ms: int  # when the version was registered: online learning since then is replayed on load
     placeholder: bool  # the warm-up placeholder of an ONNX pipeline (signed, so a tag alone cannot make one)
@@ -309,18 +309,27 @@ def load_alias(name: str, alias: str, *, tracking_uri: str, key: SigningKey | No
     return None if version is None else load_version(name, version, tracking_uri=tracking_uri, key=key)
 
 
-def load_version(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> LoadedModel:
-    """Download a version's model files and reference sample, verify them, load the model."""
+def load_version(
+    name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None, reference: bool = True
+) -> LoadedModel:
+    """Download a version's model files and reference sample, verify them, load the model; and read the
+    reference sample unless `reference` is False (it is verified all the same; reading it imports pandas)."""
     with _verified(name, version, tracking_uri, key) as (mv, local, checksum):
         model = load(local / MODEL_ARTIFACT, mv.tags[FLAVOR_TAG])
-        reference = pd.read_parquet(local / REFERENCE_FILE)
-    return LoadedModel(mv.version, model, reference, checksum, mv.creation_timestamp, PLACEHOLDER_TAG in mv.tags)
+        sample = _read_reference(local) if reference else None
+    return LoadedModel(mv.version, model, sample, checksum, mv.creation_timestamp, PLACEHOLDER_TAG in mv.tags)
 
 
 def load_reference(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> VerifiedReference:
     """A version's reference sample, verified (with the whole version) and read; the model is not loaded."""
     with _verified(name, version, tracking_uri, key) as (mv, local, _checksum):
-        return VerifiedReference(mv.version, pd.read_parquet(local / REFERENCE_FILE), PLACEHOLDER_TAG in mv.tags)
+        return VerifiedReference(mv.version, _read_reference(local), PLACEHOLDER_TAG in mv.tags)
+
+
+def _read_reference(artifacts: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(artifacts / REFERENCE_FILE)
 
 
 def verify_version(name: str, version: int, *, tracking_uri: str, key: SigningKey | None = None) -> None:

@@ -66,7 +66,8 @@ class ModelRouter:
         self.spec = spec
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
-        self.trusted = TrustedVersions(spec.model.name, tracking_uri, key or configured_key())
+        # Scoring has no use for the versions' reference samples (the control plane reads them).
+        self.trusted = TrustedVersions(spec.model.name, tracking_uri, key or configured_key(), references=False)
         self.on_refused = on_refused
         self._serving: dict[str, Serving] = {}
         self._spec_fallback: Serving | None = None  # slo.fallback as flavor:estimator

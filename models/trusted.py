@@ -34,14 +34,19 @@ class TrustedVersions:
         *,
         recheck_seconds: float = RECHECK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        references: bool = True,
     ):
         self.name, self.tracking_uri, self.key = name, tracking_uri, key
+        self.references = references  # whether `load` reads each version's reference sample
         self.recheck_seconds, self.clock = recheck_seconds, clock
         self._refused: dict[int, tuple[str, float]] = {}  # version -> (reason, when to verify it again)
 
     def load(self, version: int) -> LoadedModel:
         return self._checked(
-            version, lambda: load_version(self.name, version, tracking_uri=self.tracking_uri, key=self.key)
+            version,
+            lambda: load_version(
+                self.name, version, tracking_uri=self.tracking_uri, key=self.key, reference=self.references
+            ),
         )
 
     def reference(self, version: int) -> VerifiedReference:

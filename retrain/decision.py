@@ -107,7 +107,7 @@ def train_and_decide(
     )
 
     columns = model_inputs(spec)
-    if champion is not None and len(champion.reference):
+    if champion is not None and champion.reference is not None and len(champion.reference):
         drift_reference, reference_name = champion.reference, f"champion v{champion_version} reference sample"
     else:
         drift_reference, reference_name = rows_to_frame(columns, train_rows), "training rows"

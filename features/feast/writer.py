@@ -45,11 +45,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from driftloop.errors import DriftloopError
 from driftloop.features.feast.repo import TIMESTAMP_COLUMN, feature_view_name, offline_dir, repo_config
@@ -57,15 +55,10 @@ from driftloop.schema import ModelInput, model_inputs
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 _LOG = logging.getLogger("driftloop.features.feast.writer")
-_TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
-# The value types each column type takes (null: every value of the batch is None).
-_ACCEPTS = {
-    pa.float64(): {pa.float64(), pa.int64(), pa.null()},
-    pa.int64(): {pa.int64(), pa.null()},
-    pa.bool_(): {pa.bool_(), pa.null()},
-    pa.string(): {pa.string(), pa.null()},
-}
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -77,41 +70,6 @@ CHILD_START_TIMEOUT = 120.0  # seconds for the writer process to import Feast an
 
 class FeastWriteError(DriftloopError):
     """Rows could not be written to Feast (or not in time); offsets past them must not be committed."""
-
-
-def arrow_schema(spec: PipelineSpec) -> pa.Schema:
-    """The offline files' schema: entity key, event timestamp, then the model inputs in order."""
-    entity_type = spec.events.fields[spec.events.entity].type
-    return pa.schema(
-        [
-            pa.field(spec.events.entity, pa.int64() if entity_type == "int" else pa.string()),
-            pa.field(TIMESTAMP_COLUMN, _TIMESTAMP_TYPE),
-        ]
-        + [pa.field(i.name, pa.type_for_alias(i.stored_as.arrow)) for i in model_inputs(spec)]
-    )
-
-
-def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows -> one arrow table of exactly `schema`; a missing or mistyped value raises ValueError naming its column."""
-    columns = []
-    for field in schema:
-        try:
-            values = [row[field.name] for row in rows]
-        except KeyError:
-            raise ValueError(f"a row has no {field.name!r}") from None
-        try:
-            if field.name == TIMESTAMP_COLUMN:
-                columns.append(pa.array([round(seconds * 1_000_000) for seconds in values], type=field.type))
-                continue
-            # Inferred, then checked and cast: pa.array(values, type=int64) would silently truncate 3.5 to 3.
-            array = pa.array(values)
-            if array.type not in _ACCEPTS[field.type]:
-                raise ValueError(f"holds {array.type} values")
-            columns.append(array.cast(field.type))
-        except (TypeError, ValueError) as exc:  # arrow's errors derive from these and do not name the column
-            expected = "epoch seconds" if field.name == TIMESTAMP_COLUMN else field.type
-            raise ValueError(f"{field.name!r} must be {expected}: {exc}") from None
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -254,6 +212,8 @@ class FeastWriter:
             self._store.provider.online_write_batch, self._store.config, feature_view, progress=None
         )
         self._feature_refs = [f"{self._view}:{name}" for name in self._inputs]
+        from driftloop.features.feast.arrow_rows import arrow_schema  # only a process that writes imports pyarrow
+
         self._schema = arrow_schema(spec)
         self._offline_dir = offline_dir(settings, spec)
         self._offline_dir.mkdir(parents=True, exist_ok=True)
@@ -305,6 +265,8 @@ class FeastWriter:
         if not rows:
             return
         started = time.perf_counter()
+        from driftloop.features.feast.arrow_rows import rows_to_table
+
         table = rows_to_table(rows, self._schema)
         self._append_offline(table)
         # Online, only each entity's last row survives (last write wins), and the online write is the
@@ -325,6 +287,8 @@ class FeastWriter:
             self._write_records(records)
 
     def _append_offline(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
         name = f"{time.time_ns()}-{self._file_prefix}-{next(self._file_numbers)}.parquet"
         final = self._offline_dir / name
         partial = self._offline_dir / (name + ".tmp")  # not *.parquet: readers skip it
@@ -535,6 +499,7 @@ def _benchmark(argv: Sequence[str] | None = None) -> None:
     import redis
     from feast.data_source import PushMode
 
+    from driftloop.features.feast.arrow_rows import rows_to_table
     from driftloop.features.feast.repo import apply, push_source_name
     from driftloop.settings import DEMO_SPEC, load
     from driftloop.spec import load_spec

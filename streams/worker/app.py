@@ -22,6 +22,12 @@ from typing import TYPE_CHECKING
 from driftloop import kafka
 from driftloop.errors import DriftloopError
 from driftloop.features.feast.repo import feature_view_name, feature_view_version
+from driftloop.features.feast.writer import FeastWriter
+from driftloop.models.bootstrap import ensure_champion_apart
+from driftloop.models.live_metrics import LiveMetrics
+from driftloop.models.registry import when_reachable
+from driftloop.models.routing import ModelRouter
+from driftloop.models.trusted import refusal_record
 from driftloop.settings import Settings
 from driftloop.signing import SigningKey, key_path, load_key
 from driftloop.spec import load_spec
@@ -40,6 +46,10 @@ from driftloop.streams.worker.scoring import EventScorer
 
 if TYPE_CHECKING:
     from driftloop.models.provenance import ModelRefused
+
+# What a worker imports is what it keeps in memory for its life: none of these imports MLflow, pandas,
+# pyarrow or River (tests/unit/test_worker_imports.py); a River model's own import brings River when one
+# is loaded.
 
 _LOG = logging.getLogger("driftloop.streams.worker.app")
 # Feast's online store is at most this much (plus one write) behind the stream. Writing each entity's
@@ -76,12 +86,6 @@ def run_worker(
 ) -> None:
     """Run one worker until `stop` is set; `on_ready(metrics_port)` is called once it consumes."""
     _limit_malloc_arenas()
-    from driftloop.features.feast.writer import FeastWriter
-    from driftloop.models.bootstrap import ensure_champion_apart
-    from driftloop.models.live_metrics import LiveMetrics
-    from driftloop.models.registry import when_reachable
-    from driftloop.models.routing import ModelRouter
-
     # Feast logs every registry cache refresh (each 5 s) at INFO: noise in a long-running worker's log.
     logging.getLogger("feast").setLevel(logging.WARNING)
     spec = load_spec(settings.spec)
@@ -177,7 +181,7 @@ def run_worker(
             worker_id=worker_id,
             on_breaker=breaker_audit,
         )
-        # Start-up leaves about half a million long-lived objects (River, pandas, SciPy): frozen, the
+        # Start-up leaves hundreds of thousands of long-lived objects (its libraries, models): frozen, the
         # cyclic collector never rescans them, which paused the loop (docs/benchmarks.md).
         gc.collect()
         gc.freeze()
@@ -231,8 +235,6 @@ def _refusal_reporter(
     settings: Settings, bootstrap: str, key: SigningKey, metrics: WorkerMetrics, worker_id: str
 ) -> Callable[[ModelRefused, int | None], None]:
     """What the router calls on a refused model: count it and audit `model_refused` (signed)."""
-    from driftloop.models.trusted import refusal_record
-
     producer = kafka.producer(bootstrap)
 
     def report(refusal: ModelRefused, serving: int | None) -> None:

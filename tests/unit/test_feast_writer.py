@@ -17,14 +17,9 @@ import yaml
 
 from driftloop import settings as settings_module
 from driftloop.errors import DriftloopError
+from driftloop.features.feast.arrow_rows import arrow_schema, rows_to_table
 from driftloop.features.feast.repo import apply, feature_view_name, offline_dir, repo_config
-from driftloop.features.feast.writer import (
-    FeastWriteError,
-    FeastWriter,
-    _OnlineRecords,
-    arrow_schema,
-    rows_to_table,
-)
+from driftloop.features.feast.writer import FeastWriteError, FeastWriter, _OnlineRecords
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import parse_spec
 
