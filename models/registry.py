@@ -297,6 +297,8 @@ def delete_alias(name: str, alias: str, *, tracking_uri: str) -> None:
 
 def versions(name: str, *, tracking_uri: str) -> list[int]:
     """Every version of the registered model, newest first ([] when it is not registered)."""
+    if is_server(tracking_uri):
+        return sorted(registry_rest.version_numbers(tracking_uri, name), reverse=True)
     quoted = name.replace("'", "\\'")
     with _mlflow(tracking_uri) as client:
         found = client.search_model_versions(f"name = '{quoted}'")

@@ -6,6 +6,7 @@ Python client would take ~50 MB of the worker's memory (its imports: docs/benchm
 
     GET /api/2.0/mlflow/model-versions/get?name=N&version=V               a version's tags, run, creation time
     GET /api/2.0/mlflow/model-versions/get-download-uri?name=N&version=V  where its files are
+    GET /api/2.0/mlflow/model-versions/search?filter=name='N'             every version (a fallback's choice)
     GET /api/2.0/mlflow-artifacts/artifacts?path=P                        a directory of them
     GET /api/2.0/mlflow-artifacts/artifacts/P                             one of them
 
@@ -61,6 +62,25 @@ def model_version(tracking_uri: str, name: str, version: int) -> RegisteredVersi
         int(mv.get("creation_timestamp") or 0),
         {tag["key"]: tag["value"] for tag in mv.get("tags", ())},
     )
+
+
+def version_numbers(tracking_uri: str, name: str) -> list[int]:
+    """Every version of the registered model, in no particular order ([] when it is not registered)."""
+    quoted = name.replace("'", "\\'")
+    found: list[int] = []
+    page: dict[str, str] = {}
+    while True:
+        answer = _get_json(
+            tracking_uri,
+            "/api/2.0/mlflow/model-versions/search",
+            filter=f"name = '{quoted}'",
+            max_results="1000",
+            **page,
+        )
+        found += [int(mv["version"]) for mv in answer.get("model_versions", ())]
+        if not answer.get("next_page_token"):
+            return found
+        page = {"page_token": answer["next_page_token"]}
 
 
 def download_uri(tracking_uri: str, name: str, version: int) -> str:

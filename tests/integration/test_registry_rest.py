@@ -28,6 +28,7 @@ loaded = registry.load_alias(DEMO.model.name, CHAMPION, tracking_uri=uri)
 print(json.dumps({
     "version": loaded.version, "registered": info.version, "checksum": loaded.checksum == info.checksum,
     "scores": [float(p) for p in loaded.model.predict_proba(TRAIN[:3])],
+    "versions": registry.versions(DEMO.model.name, tracking_uri=uri),  # a refused champion's fallbacks
     "mlflow_imported": any(name == "mlflow" or name.startswith("mlflow.") for name in sys.modules),
 }))
 """
@@ -46,7 +47,7 @@ def test_a_worker_registers_and_loads_its_champion_without_importing_mlflow(mlfl
         [sys.executable, "-c", _WORKER_READS, mlflow_server], capture_output=True, text=True, timeout=300, check=True
     )
     seen = json.loads(read.stdout.splitlines()[-1])
-    assert seen["version"] == seen["registered"] == 1 and seen["checksum"]
+    assert seen["version"] == seen["registered"] == 1 and seen["checksum"] and seen["versions"] == [1]
     assert seen["scores"] == pytest.approx([0.5, 0.5, 0.5])  # the cold-start River model
     assert not seen["mlflow_imported"]
     # MLflow's own client (the path of non-HTTP registries) loads the same version, the same files
