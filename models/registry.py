@@ -58,6 +58,8 @@ SIGNED_FILES = (MODEL_ARTIFACT, REFERENCE_FILE)
 
 # Downloads happen in long-running workers whose logs are files: no terminal progress bars in them.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Nor a run's link on stdout (MLflow prints one per run against a server): stdout can be a report (bench).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 _GLOBALS = threading.RLock()
 _URI_ENV = "MLFLOW_TRACKING_URI"
 _LOG = logging.getLogger("driftloop.models.registry")

@@ -605,6 +605,8 @@ def run_bench(
             ChildCall(warm_up_set, WARMUP_EVENTS) as warming,
         ):
             planes = [system for system in systems if isinstance(system, DataPlaneWorkers)]
+            for plane in planes:  # their MLflow servers, should the bench end before measuring them
+                cleanup.callback(plane.registry.stop)
             for system in systems:
                 if not isinstance(system, DataPlaneWorkers):
                     system.prepare()

@@ -310,11 +310,15 @@ def run_slo(
     """Both scenarios, each on a data plane of its own under `work`; steps: (seconds, low rate, high rate)."""
     step_seconds, low, high = steps
     stepping = DataPlaneWorkers(bootstrap, f"{run}step", partitions, work / "slo-step")
-    stepping.prepare(warmup)
     slowing = DataPlaneWorkers(bootstrap, f"{run}slow", partitions, work / "slo-slow")
-    slowing.prepare(warmup)
-    return {
-        "load_step": load_step(stepping, step_seconds, low, high, say),
-        "slow_model": slow_model(slowing, step_seconds, low, warmup, say),
-        "topics": stepping.topics + slowing.topics,
-    }
+    try:
+        stepping.prepare(warmup)
+        slowing.prepare(warmup)
+        return {
+            "load_step": load_step(stepping, step_seconds, low, high, say),
+            "slow_model": slow_model(slowing, step_seconds, low, warmup, say),
+            "topics": stepping.topics + slowing.topics,
+        }
+    finally:  # their MLflow servers, whatever happened
+        stepping.registry.stop()
+        slowing.registry.stop()

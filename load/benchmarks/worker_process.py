@@ -3,7 +3,8 @@
 Each worker is its own process (`python -m driftloop.cli worker`, as `driftloop up` starts it), so its
 memory is its own to measure and it can be killed and restarted: `DataPlaneWorkers` prepares the
 pipeline (topics, Feast repository, a signing key and the demo's champion, trained on a warm-up
-slice of the stream and registered in a SQLite MLflow registry, all under `work_dir`), starts
+slice of the stream and registered with an MLflow server of its own over SQLite, as `driftloop up` runs
+it, all under `work_dir`), starts
 `workers` processes in one consumer group, reads their stage timings from /metrics, their memory
 from /proc, and restarts the first one after `kill -9`.
 """
@@ -22,6 +23,7 @@ from typing import Any, cast
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
+from driftloop.mlflow_server import MlflowServer, backend_store_uri
 
 STAGE_METRIC = "driftloop_stage_seconds"
 READY_LINE = re.compile(r"worker consuming; metrics at (http://\S+/metrics)")
@@ -61,9 +63,11 @@ class DataPlaneWorkers:
         spec.update(spec_changes or {})
         spec_path = work_dir / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
+        # A server, as the workers of `driftloop up` and docker-compose.yml have: they read it over HTTP.
+        self.registry = MlflowServer(backend_store_uri(None, work_dir), work_dir, 0)
         self.environ = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work_dir / 'mlflow.db'}",
+            "MLFLOW_TRACKING_URI": self.registry.url,
             "DRIFTLOOP_DATA_DIR": str(work_dir / "data"),
             "DRIFTLOOP_FEAST_REPO": str(work_dir / "feature_repo"),
             "DRIFTLOOP_SPEC": str(spec_path),
@@ -93,6 +97,7 @@ class DataPlaneWorkers:
         from driftloop.models.bootstrap import ensure_champion
         from driftloop.signing import create_key, key_path, load_key
 
+        self.registry.start()
         feast_apply(self.settings, self.spec)
         create_key(key_path(self.settings))  # a pipeline of its own, so a signing key of its own
         kafka.ensure_topics(self.bootstrap, self.settings.topics, self.settings.partitions)
@@ -234,6 +239,13 @@ class DataPlaneWorkers:
         }
 
     def stop(self) -> None:
+        """Stop the workers (a worker that does not exit cleanly is an error), then the MLflow server."""
+        try:
+            self._stop_workers()
+        finally:
+            self.registry.stop()
+
+    def _stop_workers(self) -> None:
         for process in self._processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
