@@ -22,13 +22,13 @@ batch before anything is written. Online, a float NaN is served as None, as Feas
 it, and a batch whose inputs are all None is skipped, as Feast's own write skips it.
 
 The hot path uses the background mode: `submit(rows)` queues a batch and returns (it blocks only while
-`max_pending_rows` rows are unwritten: backpressure). The batch is queued encoded: each row as a MessagePack
-array of its columns (msgspec, which keeps each value's type and is three times faster than pickle on the
-scoring thread's GIL), which is also what reaches the child process. A thread writes everything queued so far as one
-batch, at most every `write_interval` seconds (a flush does not wait for it), `flush(timeout)` returns
-once every submitted row is written (the worker calls it before committing offsets) and raises the
-first write failure, which also fails every later call: rows were lost, so no offset past them may be
-committed. `on_write(rows, seconds)` reports each write's latency.
+`max_pending_rows` rows are unwritten: backpressure). The batch is queued encoded: each row as a
+MessagePack array of its columns (msgspec, which keeps each value's type and is three times faster than
+pickle on the scoring thread's GIL), which is also what reaches the child process. A thread writes
+everything queued so far as one batch, at most every `write_interval` seconds (a flush does not wait for
+it), `flush(timeout)` returns once every submitted row is written (the worker calls it before committing
+offsets) and raises the first write failure, which also fails every later call: rows were lost, so no
+offset past them may be committed. `on_write(rows, seconds)` reports each write's latency.
 
 Run `python -m driftloop.features.feast.writer --bench` to measure write throughput (JSON on stdout).
 """
