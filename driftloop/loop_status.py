@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from driftloop import kafka
-from driftloop.mlflow_server import server_aliases
+from driftloop.models import registry_rest
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 
@@ -39,8 +39,8 @@ def collect_loop(
 
 
 def registry_aliases(name: str, tracking_uri: str) -> dict[str, int]:
-    if tracking_uri.startswith(("http://", "https://")):
-        return server_aliases(tracking_uri, name)
+    if registry_rest.is_server(tracking_uri):
+        return registry_rest.aliases(tracking_uri, name)
     from driftloop.models.registry import aliases  # imports MLflow: seconds
 
     return aliases(name, tracking_uri=tracking_uri)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -71,21 +69,3 @@ def _server_env() -> dict[str, str]:
 def require_reachable(tracking_uri: str) -> None:
     if not http_ok(f"{tracking_uri.rstrip('/')}/health", timeout=5):
         raise DriftloopError(f"MLflow at MLFLOW_TRACKING_URI={tracking_uri} does not answer /health")
-
-
-def server_aliases(tracking_uri: str, name: str, timeout: float = 5.0) -> dict[str, int]:
-    """A registered model's aliases, asked of an MLflow server's REST API ({} when it is not registered).
-
-    MLflow's Python client spends 8-20 s on its first registry call on these machines (imports and
-    plugin discovery), which would stall a status command or the control plane's first tick.
-    """
-    query = urllib.parse.urlencode({"name": name})
-    url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models/get?{query}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            model = json.loads(response.read())["registered_model"]
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return {}
-        raise
-    return {entry["alias"]: int(entry["version"]) for entry in model.get("aliases", ())}

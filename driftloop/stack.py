@@ -19,6 +19,7 @@ from driftloop.errors import DriftloopError
 from driftloop.follow import LogFollower
 from driftloop.kafka import broker_answers, ensure_topics, wait_for_broker
 from driftloop.mlflow_server import MlflowServer, backend_store_uri, http_ok, require_reachable
+from driftloop.models import registry_rest
 from driftloop.process import ManagedProcess, Readiness, client_address, reserve_port
 from driftloop.settings import Settings
 from driftloop.signing import create_key, key_path, load_key
@@ -228,7 +229,7 @@ def _restart_auditor(
 
 def _start_mlflow(settings: Settings, stack: ExitStack, supervisor: Supervisor, say: Callable[[str], None]) -> str:
     uri = settings.mlflow_tracking_uri
-    if uri and uri.startswith(("http://", "https://")):
+    if registry_rest.is_server(uri):
         require_reachable(uri)
         say(f"using MLflow at {uri}")
         return uri

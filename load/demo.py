@@ -52,6 +52,7 @@ from driftloop.follow import TopicFollower
 from driftloop.load.generator import DriftPlan, FraudStream, StreamShape, _send, encode
 from driftloop.load.timeline import DEFAULT_WINDOW, epoch, is_promotion, write_timeline
 from driftloop.loop_status import decision_line
+from driftloop.models import registry_rest
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec, load_spec
 from driftloop.stack import running_stack
@@ -188,7 +189,7 @@ def drifted_after(prefix: str, onset: int) -> Callable[[str], bool]:
 
 def mlflow_links(tracking_uri: str | None, spec: PipelineSpec) -> list[str]:
     """Lines saying where the MLflow UI shows the retraining runs and the model versions."""
-    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+    if not registry_rest.is_server(tracking_uri):
         return [
             f"MLflow runs: experiment {spec.name!r}, model versions: registered model {spec.model.name!r} "
             f"(tracking URI {tracking_uri or 'unknown'}; `driftloop mlflow` serves a UI over it)"

@@ -18,10 +18,10 @@ without alias); only when both check in the same instant does the later `set_ali
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from driftloop.child_process import receive, start_child
 from driftloop.errors import DriftloopError
 from driftloop.models.flavors import flavor_of, new_model, train, with_model
 from driftloop.models.provenance import PLACEHOLDER_TAG
@@ -101,19 +101,9 @@ def ensure_champion_apart(spec: PipelineSpec, tracking_uri: str, key: SigningKey
     current = get_alias_version(name, CHAMPION, tracking_uri=tracking_uri)
     if current is not None:
         return version_info(name, current, tracking_uri=tracking_uri)
-    context = multiprocessing.get_context("spawn")  # fork would copy librdkafka's threads' locks
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(
-        target=_bootstrap_child, args=(spec, tracking_uri, key, sender), name="driftloop-bootstrap", daemon=True
-    )
-    child.start()
-    sender.close()
+    child, receiver = start_child(_bootstrap_child, (spec, tracking_uri, key), "driftloop-bootstrap", duplex=False)
     try:
-        if not receiver.poll(BOOTSTRAP_TIMEOUT_S):
-            raise DriftloopError(f"model {name}: registering the first champion took over {BOOTSTRAP_TIMEOUT_S:g}s")
-        outcome, detail = receiver.recv()
-    except EOFError:
-        raise DriftloopError(f"model {name}: the bootstrap process exited (code {child.exitcode})") from None
+        outcome, detail = receive(receiver, child, f"model {name}: the bootstrap process", BOOTSTRAP_TIMEOUT_S)
     finally:
         child.join(10)
         if child.is_alive():

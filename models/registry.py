@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import tenacity
 
 from driftloop.errors import DriftloopError
-from driftloop.mlflow_server import http_ok, server_aliases
+from driftloop.mlflow_server import http_ok
 from driftloop.models import provenance, registry_rest
 from driftloop.models.checksum import CHECKSUM_TAG, directory_checksum
 from driftloop.models.flavors import Model, flavor_of, load
@@ -255,7 +255,7 @@ def get_alias_version(name: str, alias: str, *, tracking_uri: str) -> int | None
 def aliases(name: str, *, tracking_uri: str) -> dict[str, int]:
     """Every alias of the registered model and its version ({} when the model is not registered)."""
     if is_server(tracking_uri):  # polled every second or two: the fast path
-        return server_aliases(tracking_uri, name)
+        return registry_rest.aliases(tracking_uri, name)
     with _mlflow(tracking_uri) as client:
         try:
             registered = client.get_registered_model(name)

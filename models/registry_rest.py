@@ -4,6 +4,7 @@ A worker only reads the registry: which version an alias names, a version's tags
 Python client would take ~50 MB of the worker's memory (its imports: docs/benchmarks.md), so over an
 `http(s)://` tracking URI models/registry.py asks the server itself:
 
+    GET /api/2.0/mlflow/registered-models/get?name=N                      its aliases
     GET /api/2.0/mlflow/model-versions/get?name=N&version=V               a version's tags, run, creation time
     GET /api/2.0/mlflow/model-versions/get-download-uri?name=N&version=V  where its files are
     GET /api/2.0/mlflow/model-versions/search?filter=name='N'             every version (a fallback's choice)
@@ -36,6 +37,7 @@ from typing import Any
 from driftloop.errors import DriftloopError
 
 TIMEOUT_S = 30.0
+ALIASES_TIMEOUT_S = 5.0  # polled by status commands and the control plane, which must not wait behind it
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 
 
@@ -49,8 +51,31 @@ class RegisteredVersion:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def is_server(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("http://", "https://"))
+class RegistryAnswered(DriftloopError):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def is_server(tracking_uri: str | None) -> bool:
+    return bool(tracking_uri) and tracking_uri.startswith(("http://", "https://"))
+
+
+def aliases(tracking_uri: str, name: str) -> dict[str, int]:
+    """Every alias of the registered model and its version ({} when it is not registered).
+
+    MLflow's Python client spends 8-20 s on its first registry call on these machines (imports and plugin
+    discovery), which would stall a status command or the control plane's first tick.
+    """
+    try:
+        found = _get_json(tracking_uri, "/api/2.0/mlflow/registered-models/get", ALIASES_TIMEOUT_S, name=name)
+    except RegistryAnswered as exc:
+        if exc.status == 404:
+            return {}
+        raise
+    return {entry["alias"]: int(entry["version"]) for entry in found["registered_model"].get("aliases", ())}
 
 
 def model_version(tracking_uri: str, name: str, version: int) -> RegisteredVersion:
@@ -113,8 +138,8 @@ def _download_directory(tracking_uri: str, remote: PurePosixPath, local: Path) -
             shutil.copyfileobj(response, out)
 
 
-def _get_json(tracking_uri: str, endpoint: str, **query: str) -> dict[str, Any]:
-    with _open(_url(tracking_uri, endpoint, query)) as response:
+def _get_json(tracking_uri: str, endpoint: str, timeout: float = TIMEOUT_S, **query: str) -> dict[str, Any]:
+    with _open(_url(tracking_uri, endpoint, query), timeout) as response:
         return json.loads(response.read())
 
 
@@ -122,13 +147,13 @@ def _url(tracking_uri: str, endpoint: str, query: dict[str, str] | None = None) 
     return f"{tracking_uri.rstrip('/')}{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
 
 
-def _open(url: str):
+def _open(url: str, timeout: float = TIMEOUT_S):
     request = urllib.request.Request(url, headers=_credentials())
     try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         detail = exc.read(500).decode(errors="replace")
-        raise DriftloopError(f"MLflow answered {exc.code} to GET {url}: {detail}") from None
+        raise RegistryAnswered(exc.code, f"MLflow answered {exc.code} to GET {url}: {detail}") from None
 
 
 def _credentials() -> dict[str, str]:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from driftloop.child_process import receive, start_child
 from driftloop.errors import DriftloopError
 from driftloop.features.feast.repo import TIMESTAMP_COLUMN, feature_view_name, offline_dir, repo_config
 from driftloop.schema import ModelInput, model_inputs
@@ -224,35 +225,21 @@ class FeastWriter:
         """Background writes happen in a child process, so Feast's Python (about 0.12 ms of CPU per row
         on SQLite) runs on another core and never holds the scoring thread's GIL; the writer thread
         only ships rows and waits. The child exits when the pipe closes (this process ended)."""
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # fork would copy librdkafka's threads' locks
-        self._connection, child_end = context.Pipe()
-        self._child = context.Process(
-            target=_serve_writes,
-            args=(settings, spec, child_end, apply_repo),
-            name="driftloop-feast-writer",
-            daemon=True,
+        self._child, self._connection = start_child(
+            _serve_writes, (settings, spec, apply_repo), "driftloop-feast-writer"
         )
-        self._child.start()
-        child_end.close()
         # Wait until the child has imported Feast and opened the store: seconds of CPU that would
         # otherwise compete with the worker's first batches (and hold up the first write anyway).
-        if not self._connection.poll(CHILD_START_TIMEOUT):
-            raise FeastWriteError(f"the Feast writer process did not start within {CHILD_START_TIMEOUT:g}s")
-        try:
-            status, detail, _seconds = self._connection.recv()
-        except EOFError:
-            raise FeastWriteError(f"the Feast writer process exited (code {self._child.exitcode})") from None
+        status, detail, _seconds = self._receive(CHILD_START_TIMEOUT)
         if status != "ready":
             raise FeastWriteError(f"the Feast writer process could not start: {detail}")
 
+    def _receive(self, timeout: float | None = None) -> tuple[str, Any, float]:
+        return receive(self._connection, self._child, "the Feast writer process", timeout, FeastWriteError)
+
     def _write_in_child(self, batches: bytes, rows: int) -> None:
         self._connection.send_bytes(batches)
-        try:
-            status, detail, seconds = self._connection.recv()
-        except EOFError:
-            raise FeastWriteError(f"the Feast writer process exited (code {self._child.exitcode})") from None
+        status, detail, seconds = self._receive()
         if status != "ok":
             raise FeastWriteError(detail)
         if self._on_write is not None:
@@ -452,7 +439,7 @@ class FeastWriter:
                 self._cond.notify_all()
 
 
-def _serve_writes(settings: Settings, spec: PipelineSpec, connection, apply_repo: bool) -> None:
+def _serve_writes(settings: Settings, spec: PipelineSpec, apply_repo: bool, connection) -> None:
     """The child process of a `separate_process` writer: write each batch received, answer how it went.
 
     It ignores SIGINT/SIGTERM (a Ctrl-C or `driftloop up` stopping reaches the whole process group):
