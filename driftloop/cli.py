@@ -88,6 +88,15 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, even in a process started with SIGINT ignored (anything
+    launched in the background by a shell without job control is): a watch or tail ends on either."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.default_int_handler)
+
+
 def cmd_worker(config: settings_module.Settings, _args: argparse.Namespace) -> int:
     """One scoring/join worker; SIGTERM or Ctrl-C checkpoints and leaves the consumer group."""
     stop = _stop_on_signals()
@@ -254,8 +263,9 @@ def _watch_status(config: settings_module.Settings, args: argparse.Namespace) ->
         pulse_every=args.interval,
         backlog=args.backlog,
     )
-    view.open()
+    _interrupt_on_signals()
     try:
+        view.open()
         while True:
             view.tick()
             time.sleep(0.25)
@@ -347,6 +357,7 @@ def cmd_tail(config: settings_module.Settings, args: argparse.Namespace) -> int:
     def show(message: Any) -> None:
         print(format_record(message, as_json=args.json, key_separator=args.key_separator), flush=True)
 
+    _interrupt_on_signals()
     try:
         tail(
             resolve_bootstrap(config),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -105,3 +106,33 @@ def test_missing_topic_or_broker_is_one_line(kafka_bootstrap, unique):
         )
     done = _run("127.0.0.1:1", "tail", "events")
     assert done.returncode == 2 and b"no Kafka broker answered a metadata request at 127.0.0.1:1" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "started"),
+    [(("tail", "{topic}"), b"from its end"), (("status", "--watch", "--interval", "1"), b"pulse: ")],
+)
+def test_a_tail_or_watch_started_in_the_background_still_ends_on_ctrl_c(kafka_bootstrap, topic, command, started):
+    # A shell without job control starts background commands with SIGINT ignored; `kill -INT` must still end them.
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")},
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:1",  # the watch shows the registry as unreachable and goes on
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "driftloop.cli", *(part.format(topic=topic) for part in command)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        seen = b""
+        while started not in seen and time.monotonic() < deadline:
+            seen += process.stdout.readline()
+        assert started in seen, seen
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
