@@ -550,17 +550,27 @@ class ChangelogTable:
         expired = [
             (key, value) for key, value in overlay.items() if value is not _DELETED and time_of(value) < older_than
         ]
+        stored: dict[bytes, Any] = {}  # each listed key's value in the store, read once
         stale = []
-        for index_key, expires, raw_key in list(store.due(older_than)):
-            key = raw_key.decode()
-            if key in overlay:  # changed since it was stored: judged by its value in memory above
-                continue
-            raw = store.get(raw_key)
-            value = None if raw is None else _decode(raw)
-            if value is None or int(time_of(value) * 1000) != int(expires * 1000):
-                stale.append(index_key)  # deleted or re-written since it was indexed
-            else:
-                expired.append((key, value))
+        for index_key, covers, raw_keys in list(store.due(older_than)):
+            unread = [raw_key for raw_key in raw_keys if raw_key not in stored]
+            for raw_key, raw in zip(unread, store.get_many(unread)):
+                stored[raw_key] = None if raw is None else _decode(raw)
+            indexes_one = False  # the entry goes once no key it lists is in the store at a time it covers
+            for raw_key in raw_keys:
+                key = raw_key.decode()
+                if key in overlay:  # changed since it was stored: judged by its value in memory above
+                    indexes_one = True
+                    continue
+                value = stored[raw_key]
+                if value is None or not covers(time_of(value)):  # deleted, or indexed elsewhere
+                    continue
+                indexes_one = True
+                if time_of(value) < older_than:
+                    expired.append((key, value))
+                    stored[raw_key] = None  # another entry listing it expires it no second time
+            if not indexes_one:
+                stale.append(index_key)
         for key, _ in expired:
             self.delete(partition, key)
         store.forget_expiry(stale)

@@ -20,9 +20,13 @@ Column families
     default   key (UTF-8) -> value as in the changelog record (MessagePack, or JSON from old versions)
     meta      b"offset" -> the next changelog offset to apply (8 bytes, big-endian);
               b"counts" -> MessagePack {kind: live keys} (the table's `kind_of`, "" for a single kind)
-    expiry    8-byte big-endian milliseconds + key -> b"" (tables with an expiry time), so a sweep reads
-              the entries due instead of every entry; entries whose key was deleted since are removed
-              by the sweep that finds them
+    expiry    8-byte big-endian start of a second (milliseconds) + 8-byte big-endian store offset after
+              the write -> MessagePack list of the keys that write gave an expiry time in that second
+              (tables with an expiry time), so a sweep reads the entries due instead of every entry.
+              One entry per second per write, not one per key: a checkpoint's thousands of join
+              entries arrive within a second or two, and each put is Python work under the GIL.
+              An entry goes once every key it lists is deleted or indexed elsewhere (`due`).
+              Stores written before 8 Dec hold one entry per key (milliseconds + key -> b""): read alike.
 
 Memory
     Every store of a process shares one `StateMemory`: RocksDB's block cache (data, index and filter
@@ -49,6 +53,8 @@ _META, _EXPIRY = "meta", "expiry"
 _OFFSET_KEY, _COUNTS_KEY = b"offset", b"counts"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_counts = msgspec.msgpack.Decoder(dict[str, int]).decode
+_decode_keys = msgspec.msgpack.Decoder(list[bytes]).decode
+EXPIRY_BUCKET_MS = 1000
 # RocksDB refuses a second opener of a directory (its LOCK file): another worker of this host may still
 # be closing a partition it just gave up, so an open waits this long before it fails.
 OPEN_PATIENCE_S = 30.0
@@ -155,25 +161,33 @@ class PartitionStore:
         """Apply (key, value or None for a deletion, expiry time or None) in order, with the new offset and
         counts: one atomic batch."""
         batch = rocksdict.WriteBatch(raw_mode=True)
+        buckets: dict[int, list[bytes]] = {}
         for key, value, expires in records:
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
                 if expires is not None:
-                    batch.put(expiry_key(expires, key), b"", self._expiry)
+                    buckets.setdefault(_bucket(expires), []).append(key)
+        for bucket, keys in buckets.items():
+            batch.put(bucket.to_bytes(8, "big") + offset.to_bytes(8, "big"), _encode(keys), self._expiry)
         batch.put(_OFFSET_KEY, offset.to_bytes(8, "big"), self._meta)
         batch.put(_COUNTS_KEY, _encode(counts), self._meta)
         self._db.write(batch)
         self.offset, self.counts = offset, counts
 
-    def due(self, before: float) -> Iterator[tuple[bytes, float, bytes]]:
-        """(index key, expiry time, key) of the expiry index's entries before `before`, oldest first."""
-        bound = expiry_key(before, b"")
-        for index_key in cast(Iterator[bytes], self._expiry_view.keys(from_key=None)):
-            if index_key >= bound:
+    def due(self, before: float) -> Iterator[tuple[bytes, Callable[[float], bool], list[bytes]]]:
+        """(index key, covers, keys) of the expiry index's entries that may list a key due before `before`,
+        oldest first; `covers(t)` says whether the entry indexes a value of the key whose expiry time is t."""
+        bound = max(int(before * 1000), 0).to_bytes(8, "big")
+        for index_key, listed in cast(Iterator[tuple[bytes, bytes]], self._expiry_view.items(from_key=None)):
+            if index_key[:8] >= bound:
                 return
-            yield index_key, int.from_bytes(index_key[:8], "big") / 1000, index_key[8:]
+            start = int.from_bytes(index_key[:8], "big")
+            if listed:
+                yield index_key, lambda expires, start=start: _bucket(expires) == start, _decode_keys(listed)
+            else:  # an entry of a store written before buckets: one key, its millisecond
+                yield index_key, lambda expires, start=start: _milliseconds(expires) == start, [index_key[8:]]
 
     def forget_expiry(self, index_keys: list[bytes]) -> None:
         """Drop index entries whose key was deleted or re-written since (derived data: no offset moves)."""
@@ -194,5 +208,11 @@ class PartitionStore:
         self._db.close()
 
 
-def expiry_key(expires: float, key: bytes) -> bytes:
-    return max(int(expires * 1000), 0).to_bytes(8, "big") + key
+def _milliseconds(expires: float) -> int:
+    return max(int(expires * 1000), 0)
+
+
+def _bucket(expires: float) -> int:
+    """The start (milliseconds) of the expiry index's bucket of that expiry time."""
+    milliseconds = _milliseconds(expires)
+    return milliseconds - milliseconds % EXPIRY_BUCKET_MS

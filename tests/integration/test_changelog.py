@@ -15,6 +15,7 @@ import time
 import msgspec
 import psutil
 import pytest
+import rocksdict
 from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
@@ -533,6 +534,39 @@ def test_expiry_reads_what_is_due_whether_stored_changed_or_rewritten(
     back = new_worker_table(topic, directory=tmp_path / "here", expiry_time=_predicted_at, kind_of=_kind)
     assert back.counts(0) == {"b": 1}  # kept in the store: not counted by reading every key
     assert [key for key, _ in back.expire(0, older_than=1000.0)] == ["stored-new"]
+
+
+def test_the_expiry_index_holds_a_write_per_second_not_a_key_and_forgets_what_is_gone(
+    kafka_bootstrap, topic, producer, new_worker_table, tmp_path
+):
+    table = new_worker_table(topic, partitions=[0], expiry_time=_predicted_at)
+    for i in range(1500):  # 1,000 entries due within second 100, 500 within second 101
+        table.set(0, f"k{i:04d}", {"predicted_at": 100.0 + i / 1000})
+    _flush(table, producer)
+    store = table._stores[0]
+    assert len(list(store.due(1e9))) == 2  # one index entry per second of one write
+
+    assert len(table.expire(0, older_than=100.5)) == 500  # part of second 100 only
+    _flush(table, producer)
+    assert table.expire(0, older_than=100.5) == []
+    assert len(list(store.due(1e9))) == 2  # second 100 still indexes 500 entries
+    assert sorted(key for key, _ in table.expire(0, older_than=102.0)) == [f"k{i:04d}" for i in range(500, 1500)]
+    _flush(table, producer)
+    assert table.expire(0, older_than=102.0) == []  # the tombstones are stored: their entries go
+    assert list(store.due(1e9)) == []
+
+
+def test_an_expiry_index_entry_of_a_store_from_before_buckets_is_still_read(tmp_path):
+    store = PartitionStore(tmp_path / "0", StateMemory(8))
+    value = msgspec.msgpack.encode({"predicted_at": 100.25})
+    store.write([(b"old", value, None)], 1, {"": 1})  # stored without an index entry: add one the old way
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    batch.put((100_250).to_bytes(8, "big") + b"old", b"", store._expiry)
+    store._db.write(batch)
+    [(_index_key, covers, keys)] = store.due(100.3)
+    assert keys == [b"old"] and covers(100.25) and not covers(100.5)
+    assert list(store.due(100.25)) == []
+    store.close()
 
 
 def _kind(value: dict) -> str:
