@@ -108,6 +108,17 @@ Writes and flushing (at-least-once)
     the other acknowledged records); the caller learns of its delivery through `on_delivery`.
     `in_flight` counts the sealed records whose delivery has not been reported (not the appended ones).
 
+Deferred writes
+    A table made with `write_every=S` hands its acknowledged records to the writer thread at most every
+    S seconds (at the first quiet moment after), or sooner once their encoded values exceed
+    1/DEFERRED_SHARE of the overlays' budget; `drop`, `close` and `restore` write what is waiting. Each
+    write applies only a key's last record and never deletes a key the store did not hold, so a record
+    written and deleted between two writes costs RocksDB nothing: the output journal's chunks, pruned
+    two checkpoints after they are written, mostly never reach it. The store still holds exactly a
+    prefix of the changelog, only a shorter one: a restart reads up to S seconds more of it. Values
+    set through the overlay stay in memory until their write, so it suits tables whose records are
+    appended or whose keys stay hot.
+
 Counting and expiry
     `counts(partition)` is the live keys by `kind_of(value)` ("" without one), kept in the store for
     what it holds and corrected by the overlay: no scan. A table made with `expiry_time(value)` keeps
@@ -159,6 +170,7 @@ _RESTORE_CONSUMER = {
 # so that the last, partial batch and the end-of-partition events are not held back.
 _RESTORE_BATCH = 10_000
 _RESTORE_POLL_S = 0.01
+DEFERRED_SHARE = 4  # a table deferring its writes holds at most 1/4 of the overlays' budget in them
 _DELETED = object()  # an overlay entry for a key deleted since the store last had it
 _ABSENT = object()
 
@@ -176,6 +188,7 @@ class Restored:
 # None: decoded from the record when it is written into the store.
 _Meta = tuple[str, float | None] | None
 _Record = tuple[int, bytes, bytes | None, _Meta]  # (offset, key, value, meta) of an acknowledged record
+_UNDESCRIBED = ("", None)
 
 
 @dataclass
@@ -209,7 +222,9 @@ class ChangelogTable:
         kind_of: Callable[[Any], str] | None = None,
         expiry_time: Callable[[Any], float] | None = None,
         python_bytes_per_encoded_byte: float = PYTHON_BYTES_PER_ENCODED_BYTE,
+        write_every: float = 0.0,
     ):
+        """`write_every`: seconds between store writes (0: at every quiet moment); see "Deferred writes"."""
         if partitions < 1:
             raise ValueError(f"table {name!r}: partitions must be >= 1, got {partitions}")
         self.name = name
@@ -236,6 +251,9 @@ class ChangelogTable:
         self._unacknowledged = 0  # every produced record (appended ones too) not reported yet
         self._encoded_bytes, self._encoded_values = 0, 0  # for the overlay's memory estimate
         self._python_bytes_per_encoded_byte = python_bytes_per_encoded_byte
+        self._write_every = write_every
+        self._next_write = time.monotonic() + write_every
+        self._unwritten_bytes = 0  # acknowledged records' encoded values not yet handed to the writer
 
     # -- topic -------------------------------------------------------------------------------------
 
@@ -305,6 +323,7 @@ class ChangelogTable:
         wanted = sorted(set(partitions))
         for partition in wanted:
             self._check_range(partition)
+        self._persist_if_quiet(force=True)
         self.wait_written()
         started = time.perf_counter()
         for partition in wanted:
@@ -412,6 +431,7 @@ class ChangelogTable:
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget those partitions' unflushed writes and close their stores (on revocation; flush first to
         keep the writes)."""
+        self._persist_if_quiet(force=True)
         self.wait_written()
         for partition in partitions:
             store = self._stores.pop(partition, None)
@@ -580,9 +600,9 @@ class ChangelogTable:
         """Bytes the values held in memory take, estimated from the mean encoded value."""
         held = sum(map(len, self._overlay.values())) + sum(map(len, self._read.values()))
         if not held:
-            return 0
+            return self._unwritten_bytes
         mean = self._encoded_bytes / self._encoded_values if self._encoded_values else 1024
-        return int(held * mean * self._python_bytes_per_encoded_byte)
+        return int(held * mean * self._python_bytes_per_encoded_byte) + self._unwritten_bytes
 
     def _check_range(self, partition: int) -> None:
         if not 0 <= partition < self.partitions:
@@ -697,12 +717,14 @@ class ChangelogTable:
         self._unacknowledged -= 1
         acknowledged = self._acknowledged.get(message.partition())
         if error is None and acknowledged is not None:  # None: dropped since it was produced
-            acknowledged.append((message.offset(), message.key(), message.value(), meta))
+            value = message.value()
+            acknowledged.append((message.offset(), message.key(), value, meta))
+            self._unwritten_bytes += len(value) if value is not None else 0
 
     def _meta(self, value: Any) -> _Meta:
         return self._kind(value), None if self._expiry_time is None else self._expiry_time(value)
 
-    def _persist_if_quiet(self) -> None:
+    def _persist_if_quiet(self, force: bool = False) -> None:
         """Every produced record acknowledged and nothing sealed left to drain: the acknowledged records
         are the changelog's next ones, so they go into the stores, and their keys leave memory.
 
@@ -713,6 +735,10 @@ class ChangelogTable:
         self._reap_written()
         if self._unacknowledged or any(self._draining.values()):
             return
+        for read in self._read.values():  # none of them is in a write under way (those keys are in the overlay)
+            read.clear()
+        if not force and not self._write_due():
+            return
         batches: dict[int, list[_Record]] = {}
         forget: dict[int, list[str]] = {}
         for partition, acknowledged in self._acknowledged.items():
@@ -722,11 +748,18 @@ class ChangelogTable:
                 batches[partition] = acknowledged
                 forget[partition] = [text for text in {r[1].decode() for r in acknowledged} if text not in dirty]
                 self._acknowledged[partition] = []
-            # values read from the store: none is in a write under way (those keys are in the overlay)
-            self._read[partition].clear()
+        self._unwritten_bytes = 0
+        self._next_write = time.monotonic() + self._write_every
         if batches:
             done = self.memory.writer.submit(self._apply_all, batches)
             self._writes.append(_StoreWrite(done, forget, {p: set() for p in batches}))
+
+    def _write_due(self) -> bool:
+        return (
+            not self._write_every
+            or time.monotonic() >= self._next_write
+            or self._unwritten_bytes > self.memory.overlay_bytes // DEFERRED_SHARE
+        )
 
     def _apply_all(self, batches: dict[int, list[_Record]]) -> None:
         started = time.perf_counter()
@@ -757,28 +790,31 @@ class ChangelogTable:
                     overlay.pop(key, None)
 
     def _apply(self, partition: int, records: list[_Record]) -> None:
-        """Write changelog records (offset order) into the partition's store, with their counts and expiry."""
+        """Write changelog records (offset order) into the partition's store, with their counts and expiry:
+        each key's last record only, and no deletion of a key the store never held (a journal chunk
+        written and pruned between two writes never reaches RocksDB)."""
         store = self._stores[partition]
-        counts = Counter(store.counts)
-        known: dict[bytes, str | None] = {}  # kind of each key as the records so far leave it
-        unknown = list({r[1] for r in records})
-        for key, raw in zip(unknown, store.get_many(unknown)):
-            known[key] = None if raw is None else self._stored_kind(raw)
-        writes = []
-        for _o, key, raw, meta in records:
-            before = known[key]
-            if before is not None:
-                counts[before] -= 1
-            expires = None
+        last = {key: (raw, meta) for _offset, key, raw, meta in records}
+        keys = list(last)
+        replaced: list[bytes] = []  # stored values these records replace or delete
+        kinds: list[str] = []  # of the values they store
+        writes: list[tuple[bytes, bytes | None, float | None]] = []
+        for key, stored in zip(keys, store.get_many(keys)):
+            raw, meta = last[key]
+            if stored is not None:
+                replaced.append(stored)
+            elif raw is None:
+                continue
             if raw is None:
-                known[key] = None
-            else:
-                if self._described and meta is None:
-                    meta = self._meta(_decode(raw))
-                kind, expires = meta if meta is not None else ("", None)
-                known[key] = kind
-                counts[kind] += 1
-            writes.append((key, raw, expires))
+                writes.append((key, None, None))
+                continue
+            if meta is None:
+                meta = self._meta(_decode(raw)) if self._described else _UNDESCRIBED
+            kinds.append(meta[0])
+            writes.append((key, raw, meta[1]))
+        counts = Counter(store.counts)
+        counts.subtract(Counter(map(self._stored_kind, replaced)))
+        counts.update(kinds)
         store.write(writes, max(store.offset, records[-1][0] + 1), dict(+counts))
 
     def check_delivered(self) -> None:

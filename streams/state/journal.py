@@ -39,12 +39,17 @@ from driftloop.streams.state.store import StateMemory
 PREDICTED, DEAD_LETTERED = 0, 1
 # A chunk stays well below the producer's 1 MB message limit: a pending record is a few hundred bytes.
 CHUNK_BYTES = 512 * 1024
+# A chunk is pruned about two checkpoints after it is written: written to RocksDB every few seconds, most
+# are written and pruned in between and never reach it (streams/state/changelog.py, "Deferred writes").
+WRITE_EVERY_S = 5.0
 _encode = msgspec.msgpack.Encoder().encode
 
 
 class OutputJournal:
     def __init__(self, topic: str, partitions: int, *, directory: Path, memory: StateMemory):
-        self.table = ChangelogTable("journal", topic, partitions, directory=directory, memory=memory)
+        self.table = ChangelogTable(
+            "journal", topic, partitions, directory=directory, memory=memory, write_every=WRITE_EVERY_S
+        )
         self._chunks: dict[int, list[tuple[int, str]]] = {}  # partition -> (last offset, key), oldest first
         self._entries: dict[int, dict[int, list[Any]]] = {}  # partition -> offset -> entry, from a restore
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,7 +55,6 @@ _OFFSET_KEY, _COUNTS_KEY = b"offset", b"counts"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_counts = msgspec.msgpack.Decoder(dict[str, int]).decode
 _decode_keys = msgspec.msgpack.Decoder(list[bytes]).decode
-EXPIRY_BUCKET_MS = 1000
 # RocksDB refuses a second opener of a directory (its LOCK file): another worker of this host may still
 # be closing a partition it just gave up, so an open waits this long before it fails.
 OPEN_PATIENCE_S = 30.0
@@ -161,16 +161,16 @@ class PartitionStore:
         """Apply (key, value or None for a deletion, expiry time or None) in order, with the new offset and
         counts: one atomic batch."""
         batch = rocksdict.WriteBatch(raw_mode=True)
-        buckets: dict[int, list[bytes]] = {}
+        seconds: defaultdict[int, list[bytes]] = defaultdict(list)
         for key, value, expires in records:
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
                 if expires is not None:
-                    buckets.setdefault(_bucket(expires), []).append(key)
-        for bucket, keys in buckets.items():
-            batch.put(bucket.to_bytes(8, "big") + offset.to_bytes(8, "big"), _encode(keys), self._expiry)
+                    seconds[int(expires) if expires > 0 else 0].append(key)  # _second, inlined: per record
+        for second, keys in seconds.items():
+            batch.put((second * 1000).to_bytes(8, "big") + offset.to_bytes(8, "big"), _encode(keys), self._expiry)
         batch.put(_OFFSET_KEY, offset.to_bytes(8, "big"), self._meta)
         batch.put(_COUNTS_KEY, _encode(counts), self._meta)
         self._db.write(batch)
@@ -185,7 +185,7 @@ class PartitionStore:
                 return
             start = int.from_bytes(index_key[:8], "big")
             if listed:
-                yield index_key, lambda expires, start=start: _bucket(expires) == start, _decode_keys(listed)
+                yield index_key, lambda expires, start=start: _second(expires) * 1000 == start, _decode_keys(listed)
             else:  # an entry of a store written before buckets: one key, its millisecond
                 yield index_key, lambda expires, start=start: _milliseconds(expires) == start, [index_key[8:]]
 
@@ -212,7 +212,6 @@ def _milliseconds(expires: float) -> int:
     return max(int(expires * 1000), 0)
 
 
-def _bucket(expires: float) -> int:
-    """The start (milliseconds) of the expiry index's bucket of that expiry time."""
-    milliseconds = _milliseconds(expires)
-    return milliseconds - milliseconds % EXPIRY_BUCKET_MS
+def _second(expires: float) -> int:
+    """The second of the expiry index's entry that lists a key with that expiry time."""
+    return int(expires) if expires > 0 else 0

@@ -536,6 +536,40 @@ def test_expiry_reads_what_is_due_whether_stored_changed_or_rewritten(
     assert [key for key, _ in back.expire(0, older_than=1000.0)] == ["stored-new"]
 
 
+def test_a_table_that_defers_its_writes_keeps_a_prefix_of_its_changelog_and_loses_nothing(
+    kafka_bootstrap, topic, producer, new_worker_table, tables, tmp_path
+):
+    writes: list[float] = []
+    memory = StateMemory(8)  # writes come when 1 MB waits (a quarter of the 4 MB overlay budget), or at close
+    memory.on_write = writes.append
+    here = tmp_path / "here"
+    table = new_worker_table(topic, partitions=[0], directory=here, memory=memory, write_every=3600)
+    table.set(0, "written-then-deleted", {"n": 1})
+    table.set(0, "kept", {"n": 1})
+    _flush(table, producer)
+    table.delete(0, "written-then-deleted")
+    table.set(0, "kept", {"n": 2})
+    _flush(table, producer)
+    assert writes == [] and table._stores[0].offset == 0  # acknowledged, read from memory
+    assert (table.get(0, "kept"), table.get(0, "written-then-deleted")) == ({"n": 2}, None)
+
+    killed = tables(topic, directory=tmp_path / "elsewhere")  # a successor without this store: the changelog
+    assert killed.restore(kafka_bootstrap, [0]).records == 4
+    assert killed.items(0) == [("kept", {"n": 2})]
+
+    table.close()  # what waited is written: one write, its last record per key
+    assert len(writes) == 1
+    reopened = tables(topic, directory=here, memory=memory, write_every=3600)
+    assert reopened.restore(kafka_bootstrap, [0]).records == 0  # the store holds the whole changelog
+    assert reopened.items(0) == [("kept", {"n": 2})]
+
+    for i in range(300):  # 1.2 MB of values waiting: written without waiting for the hour
+        reopened.set(0, f"big-{i}", {"blob": b"x" * 4000})
+        if i % 50 == 49:
+            _flush(reopened, producer)
+    assert len(writes) >= 2
+
+
 def test_the_expiry_index_holds_a_write_per_second_not_a_key_and_forgets_what_is_gone(
     kafka_bootstrap, topic, producer, new_worker_table, tmp_path
 ):
