@@ -29,7 +29,10 @@ Where values live
     A partition's values are in its `PartitionStore` (streams/state/store.py), a RocksDB database under
     `<directory>/<topic>/<partition>/` that holds exactly the changelog's records up to an offset, and in
     an overlay in memory: the values set or deleted since they last reached the store, and values read
-    from it since. `get` looks in the overlay, then in the store. A value reaches the store only once
+    from it since (dropped at every quiet moment; a table made with `keep_written` also keeps the
+    values it wrote, and drops them only once the tables' memory passes 3/4 of its share, so the
+    window states of entities that keep sending are not read back and decoded after every
+    checkpoint). `get` looks in the overlay, then in the store. A value reaches the store only once
     its changelog record is acknowledged AND every record this table produced before it is too, with
     nothing sealed left to drain (a quiet moment, which every checkpoint of
     streams/state/checkpoint.py reaches); then the acknowledged records go into the store in offset
@@ -223,8 +226,10 @@ class ChangelogTable:
         expiry_time: Callable[[Any], float] | None = None,
         python_bytes_per_encoded_byte: float = PYTHON_BYTES_PER_ENCODED_BYTE,
         write_every: float = 0.0,
+        keep_written: bool = False,
     ):
-        """`write_every`: seconds between store writes (0: at every quiet moment); see "Deferred writes"."""
+        """`write_every`: seconds between store writes (0: at every quiet moment); see "Deferred writes".
+        `keep_written`: values stay in memory once written, for their next read (see "Where values live")."""
         if partitions < 1:
             raise ValueError(f"table {name!r}: partitions must be >= 1, got {partitions}")
         self.name = name
@@ -238,7 +243,7 @@ class ChangelogTable:
         self._described = kind_of is not None or expiry_time is not None  # records carry a kind or an expiry
         self._stores: dict[int, PartitionStore] = {}  # only assigned partitions have an entry
         self._overlay: dict[int, dict[str, Any]] = {}  # values changed since the store had them (_DELETED)
-        self._read: dict[int, dict[str, Any]] = {}  # values read from the store since the last quiet moment
+        self._read: dict[int, dict[str, Any]] = {}  # values as the store holds them, kept for the next read
         self._dirty: dict[int, set[str]] = {}
         self._draining: dict[int, set[str]] = {}  # sealed dirty keys not yet produced
         self._sealed: dict[int, dict[str, bytes | None]] = {}  # sealed values of draining keys changed since
@@ -252,6 +257,7 @@ class ChangelogTable:
         self._encoded_bytes, self._encoded_values = 0, 0  # for the overlay's memory estimate
         self._python_bytes_per_encoded_byte = python_bytes_per_encoded_byte
         self._write_every = write_every
+        self._keep_written = keep_written
         self._next_write = time.monotonic() + write_every
         self._unwritten_bytes = 0  # acknowledged records' encoded values not yet handed to the writer
 
@@ -672,6 +678,9 @@ class ChangelogTable:
         """Produce one already-encoded record now (write-ahead; None: a tombstone), without keeping it in
         memory: it reaches the store with the other acknowledged records."""
         self._check_range(partition)
+        read = self._read.get(partition)
+        if read is not None:
+            read.pop(key, None)  # the store's value changes with this record
 
         def delivered(error: KafkaError | None, message: Any) -> None:
             self._acknowledge(error, message)
@@ -735,8 +744,9 @@ class ChangelogTable:
         self._reap_written()
         if self._unacknowledged or any(self._draining.values()):
             return
-        for read in self._read.values():  # none of them is in a write under way (those keys are in the overlay)
-            read.clear()
+        if not self._keep_written or self.memory.overlay_estimate() > self.memory.overlay_bytes * 3 // 4:
+            for read in self._read.values():  # none is in a write under way (those keys are in the overlay)
+                read.clear()
         if not force and not self._write_due():
             return
         batches: dict[int, list[_Record]] = {}
@@ -784,10 +794,12 @@ class ChangelogTable:
             overlay = self._overlay.get(partition)
             if overlay is None:  # dropped since
                 continue
-            touched = write.touched[partition]
+            touched, read = write.touched[partition], self._read[partition]
             for key in keys:
                 if key not in touched:
-                    overlay.pop(key, None)
+                    value = overlay.pop(key, _DELETED)
+                    if self._keep_written and value is not _DELETED:
+                        read[key] = value
 
     def _apply(self, partition: int, records: list[_Record]) -> None:
         """Write changelog records (offset order) into the partition's store, with their counts and expiry:

@@ -26,7 +26,7 @@ Column families
               One entry per second per write, not one per key: a checkpoint's thousands of join
               entries arrive within a second or two, and each put is Python work under the GIL.
               An entry goes once every key it lists is deleted or indexed elsewhere (`due`).
-              Stores written before 8 Dec hold one entry per key (milliseconds + key -> b""): read alike.
+              Stores of earlier versions hold one entry per key (milliseconds + key -> b""): read alike.
 
 Memory
     Every store of a process shares one `StateMemory`: RocksDB's block cache (data, index and filter

@@ -102,7 +102,12 @@ def run_worker(
     # Each partition's state on local disk, shared by every worker of this host (a partition has one owner)
     state_dir, memory = settings.data_dir / "state", StateMemory(settings.state_cache_mb)
     entity_states = ChangelogTable(
-        "entity-state", topology.entity_changelog, event_partitions, directory=state_dir, memory=memory
+        "entity-state",
+        topology.entity_changelog,
+        event_partitions,
+        directory=state_dir,
+        memory=memory,
+        keep_written=True,  # an entity that sent an event is likely to send the next
     )
     joins = join_table(topology.join_changelog, join_partitions, directory=state_dir, memory=memory)
     journal = OutputJournal(topology.journal_changelog, event_partitions, directory=state_dir, memory=memory)

@@ -570,6 +570,23 @@ def test_a_table_that_defers_its_writes_keeps_a_prefix_of_its_changelog_and_lose
     assert len(writes) >= 2
 
 
+def test_a_table_keeping_written_values_serves_them_from_memory_until_its_budget_needs_the_room(
+    kafka_bootstrap, topic, producer, new_worker_table
+):
+    memory = StateMemory(8)  # 4 MB for the values in memory: kept ones go past 3 MB
+    table = new_worker_table(topic, partitions=[0], memory=memory, keep_written=True)
+    state = {"n": 1}
+    table.set(0, "hot", state)
+    _flush(table, producer)
+    assert table._stores[0].get(b"hot") is not None  # written to RocksDB ...
+    assert table.get(0, "hot") is state  # ... and not read back from it
+    for i in range(400):  # ~8 MB of Python values by the table's estimate
+        table.set(0, f"cold-{i}", {"blob": b"x" * 4000})
+        if i % 50 == 49:
+            _flush(table, producer)
+    assert table.get(0, "hot") == state and table.get(0, "hot") is not state  # read back from RocksDB
+
+
 def test_the_expiry_index_holds_a_write_per_second_not_a_key_and_forgets_what_is_gone(
     kafka_bootstrap, topic, producer, new_worker_table, tmp_path
 ):
