@@ -478,6 +478,24 @@ class ChangelogTable:
             return value
         return None if value is _DELETED else value
 
+    def get_many(self, partition: int, keys: list[str]) -> list[Any]:
+        """Each key's value (None if absent), as `get` gives it, with one read of the store for the keys
+        not in memory (a multi-get, which releases the GIL, instead of a lookup per key)."""
+        try:
+            overlay, read = self._overlay[partition], self._read[partition]
+        except KeyError:
+            raise self._not_assigned(partition) from None
+        found = [overlay.get(key, _ABSENT) for key in keys]
+        for index, value in enumerate(found):
+            if value is _ABSENT:
+                found[index] = read.get(keys[index], _ABSENT)
+        unread = [index for index, value in enumerate(found) if value is _ABSENT]
+        if unread:
+            stored = self._stores[partition].get_many([keys[index].encode() for index in unread])
+            for index, raw in zip(unread, stored):
+                found[index] = None if raw is None else read.setdefault(keys[index], _decode(raw))
+        return [None if value is _DELETED else value for value in found]
+
     def get_for_update(self, partition: int, key: str) -> Any:
         """The key's value (None if absent), to be mutated in place and `set` again: a sealed key's
         value as of the seal is kept for the drain first."""

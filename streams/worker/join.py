@@ -137,7 +137,22 @@ class OutcomeJoiner:
 
     def add_pending(self, partition: int, event_id: str, pending_json: bytes, result: JoinResult) -> None:
         """`event_id` is the one `pending_json` holds: the scorer's, or the key of its `…-pending` record."""
-        waiting = self.table.get(partition, event_id)
+        self._add_pending(partition, event_id, pending_json, self.table.get(partition, event_id), result)
+
+    def add_pendings(self, partition: int, pendings: list[tuple[str, bytes]], result: JoinResult) -> None:
+        """`add_pending` for each (event id, pending JSON) of a batch, reading the table once for them all."""
+        seen: set[str] = set()
+        for (event_id, pending_json), waiting in zip(
+            pendings, self.table.get_many(partition, [event_id for event_id, _ in pendings])
+        ):
+            if event_id in seen:  # twice in one batch: what waits is what the first one left
+                waiting = self.table.get(partition, event_id)
+            seen.add(event_id)
+            self._add_pending(partition, event_id, pending_json, waiting, result)
+
+    def _add_pending(
+        self, partition: int, event_id: str, pending_json: bytes, waiting: dict | None, result: JoinResult
+    ) -> None:
         if waiting is None:
             self.table.set(partition, event_id, {"p": pending_json, "at": self.clock()})
         elif "o" in waiting:

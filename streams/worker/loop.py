@@ -276,12 +276,15 @@ class Pipeline:
         for dlq_key, envelope in scored.dead_letters:
             produce(t.events_dlq, envelope, dlq_key)
         partitions, local, joined = self.join_partitions, self.join_table.assigned, JoinResult()
+        waiting_here: defaultdict[int, list[tuple[str, bytes]]] = defaultdict(list)
         for event_id, value in scored.pending:
             partition = join_partition(event_id, partitions)
             if partition in local:
-                self.joiner.add_pending(partition, event_id, value, joined)
+                waiting_here[partition].append((event_id, value))
             else:
                 produce(t.pending, value, event_id.encode(), partition)
+        for partition, pendings in waiting_here.items():
+            self.joiner.add_pendings(partition, pendings, joined)
         for observation in self._observations(scored):
             produce(t.observations, observation, self.worker_id.encode())
         self._publish(joined)  # outcomes that were waiting for these predictions

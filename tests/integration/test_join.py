@@ -7,6 +7,7 @@ import json
 import msgspec
 import pytest
 
+from driftloop import kafka
 from driftloop.settings import DEMO_SPEC
 from driftloop.spec import load_spec
 from driftloop.streams.state.store import StateMemory
@@ -111,3 +112,18 @@ def test_outcome_forms():
         ).outcome_time
         == 1795435200.0
     )
+
+
+def test_a_batch_of_predictions_joins_outcomes_waiting_on_disk_or_in_memory_and_a_repeat_once(joiner, kafka_bootstrap):
+    result = JoinResult()
+    joiner.add_outcome(0, Outcome("on-disk", 1, 1_700_000_100.0), result)
+    producer = kafka.producer(kafka_bootstrap)
+    joiner.table.flush_to(producer)
+    assert producer.flush(15) == 0
+    joiner.table.wait_written()  # the outcome is in RocksDB now, no longer in memory
+    joiner.add_outcome(0, Outcome("in-memory", 0, 1_700_000_100.0), result)
+    batch = [(event_id, pending(event_id)) for event_id in ("on-disk", "in-memory", "new", "new")]
+    joiner.add_pendings(0, batch, result)
+    assert sorted(json.loads(value)["event_id"] for _, value in result.labeled) == ["in-memory", "on-disk"]
+    assert result.counts == {"joined": 2}
+    assert joiner.waiting() == {"prediction": 1}  # "new" once: the repeat found the first waiting
