@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeGuard
 
 from driftloop.errors import DriftloopError
 
@@ -59,8 +59,8 @@ class RegistryAnswered(DriftloopError):
         self.status = status
 
 
-def is_server(tracking_uri: str | None) -> bool:
-    return bool(tracking_uri) and tracking_uri.startswith(("http://", "https://"))
+def is_server(tracking_uri: str | None) -> TypeGuard[str]:
+    return tracking_uri is not None and tracking_uri.startswith(("http://", "https://"))
 
 
 def aliases(tracking_uri: str, name: str) -> dict[str, int]:
@@ -70,7 +70,9 @@ def aliases(tracking_uri: str, name: str) -> dict[str, int]:
     discovery), which would stall a status command or the control plane's first tick.
     """
     try:
-        found = _get_json(tracking_uri, "/api/2.0/mlflow/registered-models/get", ALIASES_TIMEOUT_S, name=name)
+        url = _url(tracking_uri, "/api/2.0/mlflow/registered-models/get", {"name": name})
+        with _open(url, ALIASES_TIMEOUT_S) as response:
+            found = json.loads(response.read())
     except RegistryAnswered as exc:
         if exc.status == 404:
             return {}
@@ -138,8 +140,8 @@ def _download_directory(tracking_uri: str, remote: PurePosixPath, local: Path) -
             shutil.copyfileobj(response, out)
 
 
-def _get_json(tracking_uri: str, endpoint: str, timeout: float = TIMEOUT_S, **query: str) -> dict[str, Any]:
-    with _open(_url(tracking_uri, endpoint, query), timeout) as response:
+def _get_json(tracking_uri: str, endpoint: str, **query: str) -> dict[str, Any]:
+    with _open(_url(tracking_uri, endpoint, query)) as response:
         return json.loads(response.read())
 
 

@@ -838,10 +838,11 @@ class ChangelogTable:
             if raw is None:
                 writes.append((key, None, None))
                 continue
-            if meta is None:
-                meta = self._meta(_decode(raw)) if self._described else _UNDESCRIBED
-            kinds.append(meta[0])
-            writes.append((key, raw, meta[1]))
+            if meta is None and self._described:
+                meta = self._meta(_decode(raw))
+            kind, expires = meta or _UNDESCRIBED
+            kinds.append(kind)
+            writes.append((key, raw, expires))
         counts = Counter(store.counts)
         counts.subtract(Counter(map(self._stored_kind, replaced)))
         counts.update(kinds)

@@ -36,6 +36,7 @@ Memory
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections import defaultdict
@@ -185,9 +186,9 @@ class PartitionStore:
                 return
             start = int.from_bytes(index_key[:8], "big")
             if listed:
-                yield index_key, lambda expires, start=start: _second(expires) * 1000 == start, _decode_keys(listed)
+                yield index_key, functools.partial(_in_second, start), _decode_keys(listed)
             else:  # an entry of a store written before buckets: one key, its millisecond
-                yield index_key, lambda expires, start=start: _milliseconds(expires) == start, [index_key[8:]]
+                yield index_key, functools.partial(_in_millisecond, start), [index_key[8:]]
 
     def forget_expiry(self, index_keys: list[bytes]) -> None:
         """Drop index entries whose key was deleted or re-written since (derived data: no offset moves)."""
@@ -208,8 +209,12 @@ class PartitionStore:
         self._db.close()
 
 
-def _milliseconds(expires: float) -> int:
-    return max(int(expires * 1000), 0)
+def _in_millisecond(start: int, expires: float) -> bool:
+    return max(int(expires * 1000), 0) == start
+
+
+def _in_second(start: int, expires: float) -> bool:
+    return _second(expires) * 1000 == start
 
 
 def _second(expires: float) -> int:
