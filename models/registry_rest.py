@@ -70,9 +70,7 @@ def aliases(tracking_uri: str, name: str) -> dict[str, int]:
     discovery), which would stall a status command or the control plane's first tick.
     """
     try:
-        url = _url(tracking_uri, "/api/2.0/mlflow/registered-models/get", {"name": name})
-        with _open(url, ALIASES_TIMEOUT_S) as response:
-            found = json.loads(response.read())
+        found = _get_json(tracking_uri, "/api/2.0/mlflow/registered-models/get", {"name": name}, ALIASES_TIMEOUT_S)
     except RegistryAnswered as exc:
         if exc.status == 404:
             return {}
@@ -81,7 +79,7 @@ def aliases(tracking_uri: str, name: str) -> dict[str, int]:
 
 
 def model_version(tracking_uri: str, name: str, version: int) -> RegisteredVersion:
-    found = _get_json(tracking_uri, "/api/2.0/mlflow/model-versions/get", name=name, version=str(version))
+    found = _get_json(tracking_uri, "/api/2.0/mlflow/model-versions/get", {"name": name, "version": str(version)})
     mv = found["model_version"]
     return RegisteredVersion(
         int(mv["version"]),
@@ -100,9 +98,7 @@ def version_numbers(tracking_uri: str, name: str) -> list[int]:
         answer = _get_json(
             tracking_uri,
             "/api/2.0/mlflow/model-versions/search",
-            filter=f"name = '{quoted}'",
-            max_results="1000",
-            **page,
+            {"filter": f"name = '{quoted}'", "max_results": "1000", **page},
         )
         found += [int(mv["version"]) for mv in answer.get("model_versions", ())]
         if not answer.get("next_page_token"):
@@ -111,7 +107,9 @@ def version_numbers(tracking_uri: str, name: str) -> list[int]:
 
 
 def download_uri(tracking_uri: str, name: str, version: int) -> str:
-    found = _get_json(tracking_uri, "/api/2.0/mlflow/model-versions/get-download-uri", name=name, version=str(version))
+    found = _get_json(
+        tracking_uri, "/api/2.0/mlflow/model-versions/get-download-uri", {"name": name, "version": str(version)}
+    )
     return found["artifact_uri"]
 
 
@@ -128,7 +126,7 @@ def download(tracking_uri: str, artifact_uri: str, destination: Path) -> Path | 
 
 def _download_directory(tracking_uri: str, remote: PurePosixPath, local: Path) -> None:
     local.mkdir(parents=True, exist_ok=True)
-    for entry in _get_json(tracking_uri, _ARTIFACTS, path=str(remote)).get("files", ()):
+    for entry in _get_json(tracking_uri, _ARTIFACTS, {"path": str(remote)}).get("files", ()):
         name = entry["path"]  # the server lists each entry by its base name
         if name in ("", ".", "..") or "/" in name or "\\" in name:
             raise DriftloopError(f"the registry listed an artifact named {entry['path']!r} under {remote}")
@@ -140,8 +138,8 @@ def _download_directory(tracking_uri: str, remote: PurePosixPath, local: Path) -
             shutil.copyfileobj(response, out)
 
 
-def _get_json(tracking_uri: str, endpoint: str, **query: str) -> dict[str, Any]:
-    with _open(_url(tracking_uri, endpoint, query)) as response:
+def _get_json(tracking_uri: str, endpoint: str, query: dict[str, str], timeout: float = TIMEOUT_S) -> dict[str, Any]:
+    with _open(_url(tracking_uri, endpoint, query), timeout) as response:
         return json.loads(response.read())
 
 
