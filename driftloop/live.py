@@ -24,7 +24,8 @@ from driftloop.errors import DriftloopError
 from driftloop.follow import LogFollower, TopicFollower
 from driftloop.load.run_records import json_object
 from driftloop.load.timeline import epoch
-from driftloop.loop_status import decision_line, drift_line, drift_summary, registry_aliases
+from driftloop.loop_status import decision_line, drift_line, drift_summary
+from driftloop.models.registry import aliases
 from driftloop.pulse import Pulse, Snapshot
 from driftloop.status import scrape
 
@@ -190,7 +191,7 @@ class LiveView:
                 self.look.pulse = Pulse.between(self._snapshot, snapshot)
             self._snapshot = snapshot
         try:
-            self.look.aliases = registry_aliases(self.model_name, self.tracking_uri)
+            self.look.aliases = aliases(self.model_name, tracking_uri=self.tracking_uri)
             self.look.registry_problem = None
         except Exception as exc:  # MLflow restarting: the rest of the look is still worth showing
             self.look.registry_problem = (str(exc).splitlines() or [type(exc).__name__])[0][:160]

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from driftloop import kafka
-from driftloop.models import registry_rest
+from driftloop.models.registry import aliases  # over HTTP for a server; MLflow's client (seconds) otherwise
 from driftloop.settings import Settings
 from driftloop.spec import PipelineSpec
 
@@ -20,7 +20,7 @@ def collect_loop(
     settings: Settings, spec: PipelineSpec, bootstrap: str, tracking_uri: str, decisions: int = 8
 ) -> dict[str, Any]:
     try:
-        current = registry_aliases(spec.model.name, tracking_uri)
+        current = aliases(spec.model.name, tracking_uri=tracking_uri)
         registry_error = None
     except Exception as exc:  # the status of everything else is still worth printing
         current, registry_error = {}, str(exc).splitlines()[0]
@@ -36,14 +36,6 @@ def collect_loop(
         "drift": drift_summary(last_report, len(reports)),
         "decisions": audit[-decisions:],
     }
-
-
-def registry_aliases(name: str, tracking_uri: str) -> dict[str, int]:
-    if registry_rest.is_server(tracking_uri):
-        return registry_rest.aliases(tracking_uri, name)
-    from driftloop.models.registry import aliases  # imports MLflow: seconds
-
-    return aliases(name, tracking_uri=tracking_uri)
 
 
 def drift_summary(report: dict[str, Any] | None, count: int) -> dict[str, Any] | None:
