@@ -33,7 +33,7 @@ demo: $(STAMP)
 # The examples in the docstrings of the modules people extend (and of a few others), run as written.
 DOCTEST_MODULES := features/aggregations models/model.py models/flavors.py models/checks.py streams/control/drift/detectors \
 	streams/state/journal.py driftloop/spec_hints.py driftloop/schema.py driftloop/pulse.py features/rows.py \
-	features/reference.py streams/control/metrics.py
+	features/reference.py streams/control/metrics.py load/benchmarks/cpu.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

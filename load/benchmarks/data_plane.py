@@ -64,6 +64,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from driftloop import __version__, kafka
 from driftloop.errors import DriftloopError
+from driftloop.load.benchmarks.cpu import CpuSampler, thread_cpu_seconds
 from driftloop.load.benchmarks.passthrough import (
     BATCH,
     PASSTHROUGHS,
@@ -452,22 +453,25 @@ def measure(
     started_ms = time.time() * 1000
     result: dict[str, Any] = {}
     try:
-        system.start()
-        # Patience covers the consumer group's first join (and the first Feast write): seconds, not minutes.
-        with ChildCall(
-            observe_backlog,
-            system.bootstrap,
-            system.output_topic,
-            system.dead_letter_topic,
-            [event_id for _, _, event_id in backlog],
-            120.0,
-            getattr(system, "balanced_at_ms", None),
-        ) as call:
-            seen = call.result()
+        with CpuSampler(system.loop_threads) as sampler:
+            system.start()
+            # Patience covers the consumer group's first join (and the first Feast write): seconds, not minutes.
+            with ChildCall(
+                observe_backlog,
+                system.bootstrap,
+                system.output_topic,
+                system.dead_letter_topic,
+                [event_id for _, _, event_id in backlog],
+                120.0,
+                getattr(system, "balanced_at_ms", None),
+            ) as call:
+                seen = call.result()
         stages = system.stage_seconds()
         say(f"{system.kind}: caught up; latency phase ({len(offered)} events at {rate:g}/s)")
+        cpu_before = thread_cpu_seconds(system.loop_threads())
         with _offering(system, seen.pop("next_offsets"), offered, rate, 30.0) as call:
             latency = call.result()
+        latency_cpu = thread_cpu_seconds(system.loop_threads()) - cpu_before
         if stages is not None:
             latency_stages = _since(system.stage_seconds(), stages)
         if hasattr(system, "memory"):
@@ -479,6 +483,10 @@ def measure(
         system.stop()
     latency.pop("next_offsets")
     throughput = throughput_summary(seen, len(backlog), started_ms)
+    throughput["loop_cpu_ms_per_1000_events"] = _per_1000(
+        sampler.between(seen["first_output_ms"], seen["last_output_ms"]), throughput["timed_events"]
+    )
+    latency["loop_cpu_ms_per_1000_events"] = _per_1000(latency_cpu, latency["offered"])
     if stages is not None:
         throughput["stage_seconds"] = stage_summary(stages, throughput["seconds"])
         latency["stage_seconds"] = stage_summary(latency_stages, latency["seconds"])
@@ -486,6 +494,10 @@ def measure(
     if getattr(system, "model", None) is not None:
         result["model"] = system.model
     return result
+
+
+def _per_1000(cpu_seconds: float | None, events: int) -> float | None:
+    return round(cpu_seconds * 1_000_000 / events, 2) if cpu_seconds is not None and events else None
 
 
 def restart(
@@ -659,11 +671,18 @@ def run_bench(
     return report(options, results, machine, message_bytes, time.monotonic() - began, slo)
 
 
-def _ratio(results: dict[str, dict[str, Any]], system: str, baseline: str) -> float | None:
+def _ratio(
+    results: dict[str, dict[str, Any]], system: str, baseline: str, measure: str = "events_per_s"
+) -> float | None:
+    """system / baseline of a throughput measure, when both ran and measured it."""
     if system not in results or baseline not in results:
         return None
-    value, base = results[system]["throughput"]["events_per_s"], results[baseline]["throughput"]["events_per_s"]
+    value, base = (results[name]["throughput"][measure] for name in (system, baseline))
     return round(value / base, 3) if value and base else None
+
+
+def _cpu_ratio(results: dict[str, dict[str, Any]], system: str, baseline: str) -> float | None:
+    return _ratio(results, system, baseline, "loop_cpu_ms_per_1000_events")
 
 
 def report(
@@ -732,6 +751,9 @@ def report(
             "latency": "per offered event: its output's Kafka timestamp - its own (CreateTime, this machine's clock)",
             "passthroughs": f"one thread each: consume({BATCH}, timeout={WAIT_SECONDS}s) -> produce, with the "
             f"worker's Kafka client settings; json: stdlib json.loads, one field added, json.dumps",
+            "loop_cpu": "CPU time of each system's loop thread (each worker's main thread; librdkafka's, the state "
+            "and Feast writers' apart) per 1,000 events, from /proc: throughput between its first and last output, "
+            "latency over the whole phase",
             "memory": "VmRSS and VmHWM of each worker process from /proc (its Feast writer process apart)",
             "restart": "kill -9 of the process group, then seconds from the new process's start until it logs its "
             "restored state (imports, model loading, group join and restore included)",
@@ -745,6 +767,12 @@ def report(
             "scale_out_2_workers": _ratio(results, "data_plane_2_workers", "data_plane"),
             "quix_stateful_vs_json_passthrough": _ratio(results, "quix_stateful", "json_passthrough"),
             "data_plane_vs_quix_stateful": _ratio(results, "data_plane", "quix_stateful"),
+        },
+        # the same comparisons by the loop thread's CPU per event (more is slower), which noise moves less
+        "loop_cpu_ratios": {
+            "data_plane_vs_json_passthrough": _cpu_ratio(results, "data_plane", "json_passthrough"),
+            "quix_stateful_vs_json_passthrough": _cpu_ratio(results, "quix_stateful", "json_passthrough"),
+            "data_plane_vs_quix_stateful": _cpu_ratio(results, "data_plane", "quix_stateful"),
         },
         **({"slo": slo} if slo is not None else {}),
         "targets": targets,

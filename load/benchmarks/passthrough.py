@@ -259,16 +259,21 @@ class BytesPassthrough:
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._thread_id: int | None = None  # the kernel's, for its CPU time (load/benchmarks/cpu.py)
         self._error: BaseException | None = None
 
     def prepare(self) -> None:
         kafka.ensure_topics(self.bootstrap, self.topics, self.partitions)
+
+    def loop_threads(self) -> list[tuple[int, int]]:
+        return [] if self._thread_id is None else [(os.getpid(), self._thread_id)]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._guarded, name=self.kind, daemon=True)
         self._thread.start()
 
     def _guarded(self) -> None:
+        self._thread_id = threading.get_native_id()
         try:
             self._forward()
         except BaseException as exc:  # reported by stop(), not lost in the thread
@@ -453,6 +458,9 @@ class QuixStateful(BytesPassthrough):
         command += ["--output", self.output_topic, "--group", self.group, "--state-dir", str(self.work_dir / "quix")]
         self._log = (self.work_dir / "quix.log").open("wb")
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def loop_threads(self) -> list[tuple[int, int]]:
+        return [] if self._process is None else [(self._process.pid, self._process.pid)]  # Quix runs on main
 
     def stop(self) -> None:
         if self._process is None:

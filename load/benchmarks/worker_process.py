@@ -179,6 +179,9 @@ class DataPlaneWorkers:
     def _log_tail(self, index: int) -> str:
         return self._logs[index].read_text(errors="replace")[-2000:]
 
+    def loop_threads(self) -> list[tuple[int, int]]:
+        return [(process.pid, process.pid) for process in self._processes]  # each worker's loop is its main thread
+
     def stage_seconds(self) -> dict[str, dict[str, float]]:
         """{stage: {"sum": seconds, "count": observations}} from the workers' /metrics, added up."""
         from prometheus_client.parser import text_string_to_metric_families

@@ -83,6 +83,14 @@ def test_bench_reports_every_system_and_accounts_for_every_event(kafka_bootstrap
         assert 0 <= latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
         assert latency["offered_events_per_s"] == pytest.approx(2000, rel=0.1)
     assert all(report[system]["throughput"]["dead_lettered"] == 0 for system in SYSTEMS[:4])  # no DLQ there
+    # each loop thread's CPU per event, in both phases: every system did work in each
+    cpu = {system: report[system]["throughput"]["loop_cpu_ms_per_1000_events"] for system in systems}
+    assert all(value > 0 for value in cpu.values()), cpu
+    assert all(report[system]["latency"]["loop_cpu_ms_per_1000_events"] > 0 for system in systems)
+    assert report["loop_cpu_ratios"]["data_plane_vs_json_passthrough"] == pytest.approx(
+        cpu["data_plane"] / cpu["json_passthrough"], abs=0.001
+    )
+    assert cpu["data_plane"] > cpu["bytes_passthrough"]  # validation, windows, scoring and state cost CPU
 
     stages = report["data_plane"]["throughput"]["stage_seconds"]  # from the worker's /metrics
     assert {"ingest", "features", "score", "produce", "checkpoint"} <= set(stages)
