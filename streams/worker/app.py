@@ -190,9 +190,10 @@ def run_worker(
         # cyclic collector never rescans them, which paused the loop (docs/benchmarks.md).
         gc.collect()
         gc.freeze()
-        # A busy worker's tables grow steadily, CPython's cue for frequent full collections: a higher
-        # first threshold removed those pauses from the slowest predictions (docs/benchmarks.md).
-        gc.set_threshold(10_000, 10, 10)
+        # A collection is due when more tracked objects were made than freed since the last one. A batch of
+        # 2,000 events holds ~20,000 until it is released: above that, only lasting growth (the tables')
+        # triggers one, a tenth as often (docs/benchmarks.md, 8 Dec).
+        gc.set_threshold(50_000, 10, 10)
         _LOG.info("worker %s consuming %s and %s; metrics on :%d", worker_id, topology.events, topology.outcomes, port)
         if on_ready is not None:
             on_ready(port)
