@@ -54,7 +54,7 @@ from driftloop.streams.topology import Topology
 from driftloop.streams.worker.breaker import Change
 from driftloop.streams.worker.join import JoinResult, Outcome, OutcomeJoiner, join_partition, parse_outcome
 from driftloop.streams.worker.scoring import EventScorer, Record, ScoredBatch, decode_pending
-from driftloop.streams.worker.slo import BatchController, SloBurn
+from driftloop.streams.worker.slo import SPIN_GUARD, BatchController, Setting, SloBurn
 
 _LOG = logging.getLogger("driftloop.streams.worker.loop")
 CONSUMER_CONFIG = {
@@ -193,9 +193,12 @@ class Pipeline:
                 # consume() returns early only when the batch is full, so at low rates the wait is added
                 # to every event's latency: the controller trades it against fuller batches.
                 setting = self.controller.tick(time.monotonic())
-                messages = self._consumer.consume(setting.batch_size, timeout=setting.fetch_wait)
+                messages = self._consumer.consume(setting.batch_size, timeout=self._wait_for_journal(setting))
+                self._fetched = len(messages)
                 if messages:
-                    self._fetched = len(messages)
+                    # outputs whose journal chunks were acknowledged meanwhile leave before this batch is scored
+                    self._journal_producer.poll(0)
+                    self._release_acknowledged()
                     self._handle(messages, setting.batch_size)
                 self._journal_producer.poll(0)
                 self._release_acknowledged()
@@ -217,6 +220,18 @@ class Pipeline:
             self.checkpoint()
         finally:
             self._consumer.close()  # leaves the group at once, so the partitions move without a timeout
+
+    def _wait_for_journal(self, setting: Setting) -> float:
+        """Unless behind a backlog (the last consume call came back full), spend the fetch wait on the
+        staged batches' journal acknowledgements first, releasing their outputs as they come: a consume
+        call would hold them for its whole wait. Returns what is left of the wait for the consume call."""
+        if not self._staged or self._fetched >= setting.batch_size:
+            return setting.fetch_wait
+        deadline = time.monotonic() + setting.fetch_wait
+        while self._staged and (left := deadline - time.monotonic()) > 0:
+            self._journal_producer.poll(left)  # returns with the first acknowledgement
+            self._release_acknowledged()
+        return max(deadline - time.monotonic(), SPIN_GUARD)
 
     def _handle(self, messages: list, asked: int) -> None:
         by_topic: dict[str, list] = defaultdict(list)
