@@ -1,7 +1,8 @@
-"""The CPU time of each system's loop thread, the bench's measure that this machine's noise moves least.
+"""The CPU time of each system's loop thread: a measure this machine's noise moves less than events/s.
 
 Events per second on a shared two-core machine move by a third from run to run with whatever else runs;
-the CPU a loop thread spends per event moves far less, since time it waits for a core is not counted.
+the CPU a loop thread spends per event moves less, since time it waits for a core (or for the GIL) is not
+counted, though caches shared with busy neighbours still move it (docs/benchmarks.md, 8 Dec).
 Each system names its loop threads as (process id, thread id): a passthrough's thread in the bench's
 own process, Quix's main thread, each worker's main thread (its state writer, Feast writer and
 librdkafka's threads apart, as librdkafka's are apart in the others). Read from the kernel's
