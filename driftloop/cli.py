@@ -775,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive(float),
         default=20.0,
         metavar="S",
-        help="with --slo: length of each phase (default 20)",
+        help="with --slo: length of each phase (default 20; the load step's last phase lasts twice that)",
     )
     bench.add_argument(
         "--step-from",

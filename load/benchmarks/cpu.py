@@ -4,8 +4,9 @@ Events per second on a shared two-core machine move by a third from run to run w
 the CPU a loop thread spends per event moves less, since time it waits for a core (or for the GIL) is not
 counted, though caches shared with busy neighbours still move it (docs/benchmarks.md, 8 Dec).
 Each system names its loop threads as (process id, thread id): a passthrough's thread in the bench's
-own process, Quix's main thread, each worker's main thread (its state writer, Feast writer and
-librdkafka's threads apart, as librdkafka's are apart in the others). Read from the kernel's
+own process, Quix's main thread (which writes its RocksDB state too), each worker's main thread
+(which writes its state stores; RocksDB's background, the Feast writer's and librdkafka's threads apart,
+as librdkafka's are apart in the others). Read from the kernel's
 `/proc/<pid>/task/<tid>/schedstat` (nanoseconds on a CPU).
 
 `CpuSampler` reads them every `interval` seconds, so the CPU spent between two moments known only

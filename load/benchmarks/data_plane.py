@@ -751,9 +751,9 @@ def report(
             "latency": "per offered event: its output's Kafka timestamp - its own (CreateTime, this machine's clock)",
             "passthroughs": f"one thread each: consume({BATCH}, timeout={WAIT_SECONDS}s) -> produce, with the "
             f"worker's Kafka client settings; json: stdlib json.loads, one field added, json.dumps",
-            "loop_cpu": "CPU time of each system's loop thread (each worker's main thread; librdkafka's, the state "
-            "and Feast writers' apart) per 1,000 events, from /proc: throughput between its first and last output, "
-            "latency over the whole phase",
+            "loop_cpu": "CPU time of each system's loop thread (each worker's main thread, which also writes its "
+            "state stores; librdkafka's, RocksDB's and the Feast writer's apart) per 1,000 events, from /proc: "
+            "throughput between its first and last output, latency over the whole phase",
             "memory": "VmRSS and VmHWM of each worker process from /proc (its Feast writer process apart)",
             "restart": "kill -9 of the process group, then seconds from the new process's start until it logs its "
             "restored state (imports, model loading, group join and restore included)",

@@ -48,7 +48,12 @@ from driftloop.errors import DriftloopError
 from driftloop.load.generator import FraudStream, encode
 from driftloop.streams.state.journal import PREDICTED, OutputJournal
 from driftloop.streams.state.store import StateMemory
-from driftloop.streams.worker.loop import CONSUMER_CONFIG, JOURNAL_PRODUCER_CONFIG, PRODUCER_CONFIG
+from driftloop.streams.worker.loop import (
+    CONSUMER_CONFIG,
+    JOURNAL_PRODUCER_CONFIG,
+    PRODUCER_CONFIG,
+    STORE_RECORDS_PER_RECORD,
+)
 
 # The worker's consume call (streams/worker/loop.py), mirrored by the passthroughs: consume() returns
 # early only for a full batch, so the wait is part of every event's latency at low rates.
@@ -380,6 +385,7 @@ class JournaledJsonPassthrough(BytesPassthrough):
         for partition, journaled in entries.items():
             staged.waiting += self.journal.write(self._journal_producer, partition, journaled, staged.acknowledged)
         self._staged.append(staged)
+        self.journal.table.memory.writer.run(STORE_RECORDS_PER_RECORD * len(messages))  # as the worker's loop
 
     def between_batches(self, producer: Any) -> None:
         self._journal_producer.poll(0)

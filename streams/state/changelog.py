@@ -36,8 +36,9 @@ Where values live
     its changelog record is acknowledged AND every record this table produced before it is too, with
     nothing sealed left to drain (a quiet moment, which every checkpoint of
     streams/state/checkpoint.py reaches); then the acknowledged records go into the store in offset
-    order, in one atomic batch with the offset after them (written by the budget's writer thread, so
-    the loop does not wait for RocksDB), and leave the overlay once written unless changed since.
+    order, in atomic batches of up to `STORE_WRITE_CHUNK` records, each with the offset after its last
+    (queued on the budget's `StoreWriter`, whose batches the loop runs when it would otherwise wait), and
+    leave the overlay once written unless changed since.
     So the store never holds a value the changelog does not, and memory holds only what changed since
     the last checkpoint (bounded by `StateMemory`: past its share a checkpoint is due) plus RocksDB's
     capped caches, whatever the number of keys.
@@ -112,7 +113,7 @@ Writes and flushing (at-least-once)
     `in_flight` counts the sealed records whose delivery has not been reported (not the appended ones).
 
 Deferred writes
-    A table made with `write_every=S` hands its acknowledged records to the writer thread at most every
+    A table made with `write_every=S` hands its acknowledged records to the writer at most every
     S seconds (at the first quiet moment after), or sooner once their encoded values exceed
     1/DEFERRED_SHARE of the overlays' budget; `drop`, `close` and `restore` write what is waiting. Each
     write applies only a key's last record and never deletes a key the store did not hold, so a record
@@ -136,7 +137,7 @@ import gc
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,8 @@ _RESTORE_CONSUMER = {
 # so that the last, partial batch and the end-of-partition events are not held back.
 _RESTORE_BATCH = 10_000
 _RESTORE_POLL_S = 0.01
+# Records per RocksDB write batch, the loop's unit of store work (store.StoreWriter): ~1-2 ms of it.
+STORE_WRITE_CHUNK = 1000
 DEFERRED_SHARE = 4  # a table deferring its writes holds at most 1/4 of the overlays' budget in them
 _DELETED = object()  # an overlay entry for a key deleted since the store last had it
 _ABSENT = object()
@@ -196,7 +199,7 @@ _UNDESCRIBED = ("", None)
 
 @dataclass
 class _StoreWrite:
-    """Acknowledged records on their way into the stores, written by the memory budget's writer thread."""
+    """Acknowledged records on their way into the stores, queued on the memory budget's writer."""
 
     done: Future
     forget: dict[int, list[str]]  # per partition: keys whose value in memory is the one written ...
@@ -248,8 +251,8 @@ class ChangelogTable:
         self._draining: dict[int, set[str]] = {}  # sealed dirty keys not yet produced
         self._sealed: dict[int, dict[str, bytes | None]] = {}  # sealed values of draining keys changed since
         self._acknowledged: dict[int, list[_Record]] = {}
-        # The memory budget's writer thread writes the stores, in submission order, so the loop does not
-        # wait for a write to finish (a checkpoint's few thousand records take 10-50 ms); `_persist_if_quiet`.
+        # The memory budget's writer writes the stores, in submission order, a batch at a time when the loop
+        # has time, so it does not wait for a whole write (a checkpoint's thousands of records take 10-50 ms).
         self._writes: deque[_StoreWrite] = deque()  # oldest first
         self._failed_deliveries: list[KafkaError] = []
         self.in_flight = 0  # flushed records whose delivery has not been reported yet
@@ -428,7 +431,8 @@ class ChangelogTable:
                     skip_below[partition] = offset + 1
                     batch.setdefault(partition, []).append((offset, key, message.value(), None))
                 for partition, applied in batch.items():
-                    self._apply(partition, applied)
+                    for _written in self._apply(partition, applied):
+                        pass
                     records += len(applied)
         finally:
             consumer.close()
@@ -755,8 +759,8 @@ class ChangelogTable:
         """Every produced record acknowledged and nothing sealed left to drain: the acknowledged records
         are the changelog's next ones, so they go into the stores, and their keys leave memory.
 
-        The writer thread writes them (the loop goes on, though it waits for the GIL while rocksdict writes
-        into RocksDB: `StateMemory.on_write` reports how long each write took); a key
+        The memory budget's writer writes them, a batch at a time when the loop has time (`StateMemory.on_write`
+        reports how long each write took); a key
         leaves memory once its write is done, unless it was changed since the write was submitted or
         was dirty then (its newer value is not in the store yet). Until then reads find it in memory."""
         self._reap_written()
@@ -779,7 +783,7 @@ class ChangelogTable:
         self._unwritten_bytes = 0
         self._next_write = time.monotonic() + self._write_every
         if batches:
-            done = self.memory.writer.submit(self._apply_all, batches)
+            done = self.memory.writer.submit(self._apply_all(batches))
             self._writes.append(_StoreWrite(done, forget, {p: set() for p in batches}))
 
     def _write_due(self) -> bool:
@@ -789,12 +793,20 @@ class ChangelogTable:
             or self._unwritten_bytes > self.memory.overlay_bytes // DEFERRED_SHARE
         )
 
-    def _apply_all(self, batches: dict[int, list[_Record]]) -> None:
-        started = time.perf_counter()
+    def _apply_all(self, batches: dict[int, list[_Record]]) -> Iterator[int]:
+        """The write of `_persist_if_quiet`, a batch per step (the loop runs it: store.StoreWriter)."""
+        seconds = 0.0
         for partition, records in batches.items():
-            self._apply(partition, records)
+            batches_of_partition = self._apply(partition, records)
+            while True:
+                started = time.perf_counter()
+                written = next(batches_of_partition, None)
+                seconds += time.perf_counter() - started
+                if written is None:
+                    break
+                yield written
         if self.memory.on_write is not None:
-            self.memory.on_write(time.perf_counter() - started)
+            self.memory.on_write(seconds)
 
     def _reap_written(self) -> None:
         """Let the keys of finished writes leave memory (in submission order); raise a write's failure."""
@@ -802,8 +814,9 @@ class ChangelogTable:
             self._forget_written(self._writes.popleft())
 
     def wait_written(self) -> None:
-        """Return once every acknowledged record handed to the writer thread is in the store."""
+        """Return once every acknowledged record handed to the writer is in the store (writing it now)."""
         while self._writes:
+            self.memory.writer.finish(self._writes[0].done)
             self._forget_written(self._writes.popleft())
 
     def _forget_written(self, write: _StoreWrite) -> None:
@@ -819,18 +832,29 @@ class ChangelogTable:
                     if self._keep_written and value is not _DELETED:
                         read[key] = value
 
-    def _apply(self, partition: int, records: list[_Record]) -> None:
+    def _apply(self, partition: int, records: list[_Record]) -> Iterator[int]:
         """Write changelog records (offset order) into the partition's store, with their counts and expiry:
         each key's last record only, and no deletion of a key the store never held (a journal chunk
-        written and pruned between two writes never reaches RocksDB)."""
+        written and pruned between two writes never reaches RocksDB).
+
+        Those last records go in offset order, `STORE_WRITE_CHUNK` per atomic batch with the offset after
+        its last record, one batch per step (yielding how many records it wrote). After a batch, every key
+        whose last record lies before its offset has its final value, and every other key has a record
+        at or after it, which a restore reading on from there applies."""
         store = self._stores[partition]
-        last = {key: (raw, meta) for _offset, key, raw, meta in records}
-        keys = list(last)
+        last = {key: (offset, raw, meta) for offset, key, raw, meta in records}
+        collapsed = sorted(((offset, key, raw, meta) for key, (offset, raw, meta) in last.items()), key=_offset)
+        for start in range(0, len(collapsed), STORE_WRITE_CHUNK):
+            chunk = collapsed[start : start + STORE_WRITE_CHUNK]
+            self._apply_chunk(store, chunk)
+            yield len(chunk)
+
+    def _apply_chunk(self, store: PartitionStore, records: list[_Record]) -> None:
+        """Records of distinct keys, in offset order, as one atomic batch."""
         replaced: list[bytes] = []  # stored values these records replace or delete
         kinds: list[str] = []  # of the values they store
         writes: list[tuple[bytes, bytes | None, float | None]] = []
-        for key, stored in zip(keys, store.get_many(keys)):
-            raw, meta = last[key]
+        for (_offset, key, raw, meta), stored in zip(records, store.get_many([r[1] for r in records])):
             if stored is not None:
                 replaced.append(stored)
             elif raw is None:

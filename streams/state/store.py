@@ -4,7 +4,7 @@ A `ChangelogTable` (streams/state/changelog.py) keeps each assigned partition in
 RocksDB database (through rocksdict, the binding Quix Streams uses) under
 `<directory>/<partition>/`. The store holds exactly what the changelog partition's records
 [0, `offset`) say, applied in order, never more: it is written only with records the broker has
-acknowledged, at moments when every record produced before is acknowledged too, in one atomic write
+acknowledged, at moments when every record produced before is acknowledged too, each write one atomic
 batch with the new `offset`. So a worker that restarts reopens the store and reads the changelog from
 `offset` on, instead of from the beginning; on Tansu, which never compacts, the changelog only grows and
 a full replay grows with it.
@@ -39,9 +39,9 @@ from __future__ import annotations
 import functools
 import shutil
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, cast
 
@@ -61,6 +61,57 @@ _decode_keys = msgspec.msgpack.Decoder(list[bytes]).decode
 OPEN_PATIENCE_S = 30.0
 
 
+class StoreWriter:
+    """Store writes, in submission order, run a batch at a time by the loop when it would otherwise wait
+    (and by anyone who needs one finished: `finish`).
+
+    A write is an iterator whose every step writes one batch (streams/state/changelog.py). The loop runs
+    them itself because rocksdict holds the GIL while it writes: from a thread of their own they took the
+    GIL from the loop at each of its Kafka calls (every one hands it over) for up to the interpreter's
+    5 ms switch interval, a tax on every batch while a write lasted (docs/benchmarks.md, 8 Dec, eighth
+    session)."""
+
+    def __init__(self) -> None:
+        self._writes: deque[tuple[Iterator[int], Future]] = deque()
+
+    def submit(self, write: Iterator[int]) -> Future:
+        """Queue a write whose steps each return how many records they wrote; its future is done after its
+        last step (or failed with a step's error)."""
+        done: Future = Future()
+        self._writes.append((write, done))
+        return done
+
+    @property
+    def idle(self) -> bool:
+        return not self._writes
+
+    def step(self) -> int:
+        """Run the oldest write's next batch; how many records it wrote (0: nothing waited, or the write had
+        no batch left and is done now)."""
+        if not self._writes:
+            return 0
+        write, done = self._writes[0]
+        try:
+            return next(write)
+        except StopIteration:
+            self._writes.popleft()
+            done.set_result(None)
+        except BaseException as exc:  # the store's error is its waiter's (ChangelogTable.wait_written)
+            self._writes.popleft()
+            done.set_exception(exc)
+        return 0
+
+    def run(self, records: int) -> None:
+        """Run batches until `records` records are written or nothing waits."""
+        while records > 0 and self._writes:
+            records -= max(self.step(), 1)
+
+    def finish(self, done: Future | None = None) -> None:
+        """Run batches until the write of `done` (and every write before it) is finished; None: every write."""
+        while self._writes and (done is None or not done.done()):
+            self.step()
+
+
 class StateMemory:
     """The memory budget of a process's state stores: a quarter RocksDB's block cache, a quarter its
     memtables, half the tables' overlays of changed values (a checkpoint is due when they exceed it).
@@ -77,10 +128,7 @@ class StateMemory:
         self.write_buffers = rocksdict.WriteBufferManager(total // 4, False)
         self.overlay_bytes = total // 2
         self.tables: list = []  # the ChangelogTables sharing this budget
-        # One thread writes every table's acknowledged records into its stores (streams/state/changelog.py):
-        # one, not one per table, since every thread that allocates gets a malloc arena of its own. It
-        # takes the loop's GIL while it runs: rocksdict's `write` holds it (its multi-get releases it).
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+        self.writer = StoreWriter()  # every table's acknowledged records on their way into the stores
         self.on_write: Callable[[float], None] | None = None  # told the seconds of each write (a metric)
 
     def overlay_estimate(self) -> int:

@@ -25,10 +25,13 @@ record that cannot be read is dead-lettered or counted. On a rebalance the revok
 checkpointed before they go.
 
 The loop runs in one thread; Kafka I/O happens in librdkafka's threads, so Python spends its time on
-validation, features and scoring. How many records a consume call asks for, and how long it waits for
-them, is steered by the spec's latency objective (`slo`, streams/worker/slo.py); its burn is measured on
-every prediction. Circuit breakers (streams/worker/breaker.py) that a batch opened or closed are handed
-to `on_breaker` (the worker audits them).
+validation, features and scoring. It also writes the state stores (streams/state/store.py, StoreWriter),
+a batch of about 1,000 records at a time: while it waits for a fetch or a journal acknowledgement, and
+after each batch in proportion to the records it consumed, so a backlog does not starve them. How many
+records a consume call asks for, and how long it waits for them, is steered by the spec's latency
+objective (`slo`, streams/worker/slo.py); its burn is measured on every prediction. Circuit breakers
+(streams/worker/breaker.py) that a batch opened or closed are handed to `on_breaker` (the worker audits
+them).
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ CHANGELOG_PRODUCER_CONFIG = {
     "queue.buffering.max.messages": 1_000_000,
     **kafka.BOUNDED_PRODUCER,
 }
+# Store records written per consumed record after each batch: each event changes its entity's state and adds
+# a waiting join (and its journal chunk's share); idle moments write more.
+STORE_RECORDS_PER_RECORD = 3
 CHANGELOG_SLICE = 500  # changed keys written per loop iteration while a checkpoint drains (~1-3 ms)
 _OBSERVATION_ROWS = 1000  # rows per observation record: a wide spec's batch stays far below 1 MB
 
@@ -174,6 +180,7 @@ class Pipeline:
         )
         self._next_offsets: dict[tuple[str, int], int] = {}  # of released records, since the last seal
         self._staged: deque[_Staged] = deque()  # oldest first
+        self._store_writer = entity_states.memory.writer  # every table's: they share one memory budget
         self._assigned: set[tuple[str, int]] = set()
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -193,13 +200,14 @@ class Pipeline:
                 # consume() returns early only when the batch is full, so at low rates the wait is added
                 # to every event's latency: the controller trades it against fuller batches.
                 setting = self.controller.tick(time.monotonic())
-                messages = self._consumer.consume(setting.batch_size, timeout=self._wait_for_journal(setting))
+                messages = self._consumer.consume(setting.batch_size, timeout=self._spend_wait(setting))
                 self._fetched = len(messages)
                 if messages:
                     # outputs whose journal chunks were acknowledged meanwhile leave before this batch is scored
                     self._journal_producer.poll(0)
                     self._release_acknowledged()
                     self._handle(messages, setting.batch_size)
+                    self._store_writer.run(STORE_RECORDS_PER_RECORD * len(messages))  # keeps up behind a backlog
                 self._journal_producer.poll(0)
                 self._release_acknowledged()
                 self._producer.poll(0)
@@ -207,8 +215,10 @@ class Pipeline:
                 if self.learner is not None:
                     self.learner.poll()
                 now = time.monotonic()
-                due = now >= next_checkpoint or self.entity_states.memory.over_budget()  # changed values in memory
-                if due and not self.checkpoints.draining:
+                over_budget = self.entity_states.memory.over_budget()  # changed values in memory
+                if over_budget:
+                    self._store_writer.finish()  # what waits for its write cannot leave memory before
+                if (now >= next_checkpoint or over_budget) and not self.checkpoints.draining:
                     self._quiesce(30.0)
                     self.checkpoints.seal(self._take_offsets())
                     self._observe_gauges()
@@ -221,15 +231,23 @@ class Pipeline:
         finally:
             self._consumer.close()  # leaves the group at once, so the partitions move without a timeout
 
-    def _wait_for_journal(self, setting: Setting) -> float:
+    def _spend_wait(self, setting: Setting) -> float:
         """Unless behind a backlog (the last consume call came back full), spend the fetch wait on the
-        staged batches' journal acknowledgements first, releasing their outputs as they come: a consume
-        call would hold them for its whole wait. Returns what is left of the wait for the consume call."""
-        if not self._staged or self._fetched >= setting.batch_size:
+        staged batches' journal acknowledgements, releasing their outputs as they come (a consume call would
+        hold them for its whole wait), and on the state stores' writes, a batch at a time. Returns what is
+        left of the wait for the consume call."""
+        if self._fetched >= setting.batch_size:
             return setting.fetch_wait
+        writer = self._store_writer
         deadline = time.monotonic() + setting.fetch_wait
-        while self._staged and (left := deadline - time.monotonic()) > 0:
-            self._journal_producer.poll(left)  # returns with the first acknowledgement
+        while (left := deadline - time.monotonic()) > 0:
+            if not writer.idle:
+                writer.step()
+                self._journal_producer.poll(0)
+            elif self._staged:
+                self._journal_producer.poll(left)  # returns with the first acknowledgement
+            else:
+                break
             self._release_acknowledged()
         return max(deadline - time.monotonic(), SPIN_GUARD)
 

@@ -28,7 +28,7 @@ from driftloop.streams.worker.slo import Setting
 from driftloop.streams.worker.validation import REASONS
 
 EVENT_RESULTS = ("predicted", "dead_lettered")
-# store_write: the state writer thread's RocksDB writes, which hold the GIL (streams/state/store.py).
+# store_write: the state stores' RocksDB writes, run by the loop a batch at a time (streams/state/store.py).
 STAGES = ("ingest", "features", "feast_write", "score", "produce", "checkpoint", "store_write")
 # expired_unmatched: an outcome whose prediction never came; prediction_expired: the other way round.
 OUTCOME_RESULTS = ("joined", "expired_unmatched", "invalid", "duplicate", "prediction_expired")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import msgspec
@@ -21,7 +20,7 @@ from confluent_kafka.admin import ConfigResource
 
 from driftloop import kafka
 from driftloop.errors import DriftloopError
-from driftloop.streams.state.changelog import ChangelogDeliveryError, ChangelogTable
+from driftloop.streams.state.changelog import STORE_WRITE_CHUNK, ChangelogDeliveryError, ChangelogTable
 from driftloop.streams.state.store import PartitionStore, StateMemory
 
 PARTITIONS = 4
@@ -375,6 +374,23 @@ def test_a_worker_killed_before_its_store_flushed_gets_everything_back_from_the_
     assert back.get(0, "after-0") == {"late": 0} and back.get(1, "u-1") == {"n": 1}
 
 
+def test_a_worker_killed_between_the_batches_of_a_store_write_gets_the_rest_from_the_changelog(
+    kafka_bootstrap, topic, new_worker_table, tables, tmp_path
+):
+    here = tmp_path / "this-host"
+    new_worker_table(topic, directory=here).close()
+    child = _killed_writer(kafka_bootstrap, topic, here, "cut")
+    assert child.stdout.split() == ["acknowledged", "2600"]
+    back = tables(topic, here, kind_of=_kind)
+    # On disk: the first batch of the write's 1,600 last records (k-1000..1599's at offsets 1000..1599,
+    # then k-0..399's at 1600..1999), with offset 2000; the restore reads on from there.
+    assert back.restore(kafka_bootstrap, [0]).records == 600
+    assert len(back) == 1400 and back.counts(0) == {"a": 600, "b": 800}
+    assert back.get(0, "k-4") == {"n": 2, "k": "b"} and back.get(0, "k-1500") == {"n": 1, "k": "a"}
+    assert back.get(0, "k-1") is None and back.get(0, "k-399") is None  # deleted by the second flush
+    assert back.get(0, "k-400") == {"n": 2, "k": "b"}
+
+
 def _killed_writer(bootstrap: str, topic: str, directory, store: str) -> subprocess.CompletedProcess:
     child = subprocess.run(
         [sys.executable, "-c", KILLED_WRITER, bootstrap, topic, str(directory), store],
@@ -389,7 +405,9 @@ def _killed_writer(bootstrap: str, topic: str, directory, store: str) -> subproc
 
 # Writes 2,000 keys that reach its store ("flushed": and the store's files, by closing it), then 500 that
 # reach only the changelog, then dies by SIGKILL (its RocksDB lock and memtables go with it, as with
-# `kill -9`).
+# `kill -9`). "cut": 1,600 keys, then 1,000 of them again (the odd ones of the first 400 deleted), on
+# partition 0 of a table that defers its writes; it is killed in the write of all 2,600 records, after its
+# first batch reached disk.
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
@@ -397,9 +415,33 @@ from driftloop import kafka
 from driftloop.streams.state.changelog import ChangelogTable
 from driftloop.streams.state.store import StateMemory
 bootstrap, topic, directory, store = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+producer = kafka.producer(bootstrap)
+if store == "cut":
+    from driftloop.streams.state.store import PartitionStore
+    write, batches = PartitionStore.write, []
+    def cut(self, *args):
+        if batches:  # the second batch never lands; the first is on disk (closing a store flushes it)
+            self.close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        batches.append(write(self, *args))
+    PartitionStore.write = cut
+    table = ChangelogTable("test-state", topic, 4, directory=directory, memory=StateMemory(16),
+                           kind_of=lambda value: value["k"], write_every=3600)
+    table.restore(bootstrap, [0])
+    for i in range(1600):
+        table.set(0, f"k-{i}", {"n": 1, "k": "a"})
+    table.flush_to(producer); producer.flush(30); table.check_delivered()
+    for i in range(1000):
+        if i < 400 and i % 2:
+            table.delete(0, f"k-{i}")
+        else:
+            table.set(0, f"k-{i}", {"n": 2, "k": "b"})
+    table.flush_to(producer); producer.flush(30); table.check_delivered()
+    print("acknowledged", 2600, flush=True)
+    table.close()  # writes what waited: the 2,600 records' 1,600 last ones, in two batches
+    sys.exit("the write was not cut")
 table = ChangelogTable("test-state", topic, 4, directory=directory, memory=StateMemory(16))
 table.restore(bootstrap, range(4))
-producer = kafka.producer(bootstrap)
 for i in range(2000):
     table.set(i % 4, f"u-{i}", {"n": i})
 table.flush_to(producer); producer.flush(30); table.check_delivered(); table.wait_written()
@@ -466,30 +508,14 @@ def test_each_store_write_reports_how_long_it_took(topic, producer, new_worker_t
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
 
 
-@pytest.fixture
-def held_store_writes(monkeypatch):
-    """A threading.Event: the tables' store writes (on their writer threads) wait until it is set."""
-    release = threading.Event()
-    write = PartitionStore.write
-
-    def held(self, *args, **kwargs):
-        assert release.wait(15), "the store write was never released"
-        return write(self, *args, **kwargs)
-
-    monkeypatch.setattr(PartitionStore, "write", held)
-    yield release
-    release.set()
-
-
 def test_a_value_changed_while_its_old_value_is_written_stays_readable(
-    kafka_bootstrap, topic, producer, new_worker_table, held_store_writes
+    kafka_bootstrap, topic, producer, new_worker_table
 ):
     table = new_worker_table(topic)
     table.set(0, "k", {"v": 1})
     table.flush_to(producer)
-    assert producer.flush(15) == 0  # acknowledged: {"v": 1} goes to the store, held there
+    assert producer.flush(15) == 0  # acknowledged: {"v": 1} is queued for the store
     table.set(0, "k", {"v": 2})
-    held_store_writes.set()
     table.wait_written()
     assert table.get(0, "k") == {"v": 2}
     _flush(table, producer)
@@ -497,7 +523,7 @@ def test_a_value_changed_while_its_old_value_is_written_stays_readable(
 
 
 def test_a_value_changed_before_its_old_value_was_acknowledged_stays_readable(
-    kafka_bootstrap, topic, producer, new_worker_table, held_store_writes
+    kafka_bootstrap, topic, producer, new_worker_table
 ):
     table = new_worker_table(topic)
     table.set(0, "k", {"v": 1})
@@ -506,7 +532,6 @@ def test_a_value_changed_before_its_old_value_was_acknowledged_stays_readable(
     assert producer.flush(15) == 0
     table.seal()
     assert table.drain(producer, None)  # {"v": 2} on its way: neither dirty nor sealed now
-    held_store_writes.set()
     table.wait_written()
     assert table.get(0, "k") == {"v": 2}  # not the stored {"v": 1}
     _flush(table, producer)
@@ -591,17 +616,19 @@ def test_the_expiry_index_holds_a_write_per_second_not_a_key_and_forgets_what_is
     kafka_bootstrap, topic, producer, new_worker_table, tmp_path
 ):
     table = new_worker_table(topic, partitions=[0], expiry_time=_predicted_at)
-    for i in range(1500):  # 1,000 entries due within second 100, 500 within second 101
-        table.set(0, f"k{i:04d}", {"predicted_at": 100.0 + i / 1000})
+    for i in range(STORE_WRITE_CHUNK):  # 600 entries due within second 100, 400 within second 101
+        table.set(0, f"k{i:04d}", {"predicted_at": 100.0 + i / 600})
     _flush(table, producer)
     store = table._stores[0]
-    assert len(list(store.due(1e9))) == 2  # one index entry per second of one write
+    assert len(list(store.due(1e9))) == 2  # one index entry per second of one write batch
 
-    assert len(table.expire(0, older_than=100.5)) == 500  # part of second 100 only
+    assert len(table.expire(0, older_than=100.5)) == 300  # part of second 100 only
     _flush(table, producer)
     assert table.expire(0, older_than=100.5) == []
-    assert len(list(store.due(1e9))) == 2  # second 100 still indexes 500 entries
-    assert sorted(key for key, _ in table.expire(0, older_than=102.0)) == [f"k{i:04d}" for i in range(500, 1500)]
+    assert len(list(store.due(1e9))) == 2  # second 100 still indexes 300 entries
+    assert sorted(key for key, _ in table.expire(0, older_than=102.0)) == [
+        f"k{i:04d}" for i in range(300, STORE_WRITE_CHUNK)
+    ]
     _flush(table, producer)
     assert table.expire(0, older_than=102.0) == []  # the tombstones are stored: their entries go
     assert list(store.due(1e9)) == []
