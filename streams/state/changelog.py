@@ -759,10 +759,10 @@ class ChangelogTable:
         """Every produced record acknowledged and nothing sealed left to drain: the acknowledged records
         are the changelog's next ones, so they go into the stores, and their keys leave memory.
 
-        The memory budget's writer writes them, a batch at a time when the loop has time (`StateMemory.on_write`
-        reports how long each write took); a key
-        leaves memory once its write is done, unless it was changed since the write was submitted or
-        was dirty then (its newer value is not in the store yet). Until then reads find it in memory."""
+        The memory budget's writer writes them, a batch at a time when the loop has time
+        (`StateMemory.on_write` reports how long each write took); a key leaves memory once its write is
+        done, unless it was changed since the write was submitted or was dirty then (its newer value is not
+        in the store yet). Until then reads find it in memory."""
         self._reap_written()
         if self._unacknowledged or any(self._draining.values()):
             return

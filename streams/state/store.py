@@ -96,7 +96,7 @@ class StoreWriter:
         except StopIteration:
             self._writes.popleft()
             done.set_result(None)
-        except BaseException as exc:  # the store's error is its waiter's (ChangelogTable.wait_written)
+        except Exception as exc:  # the store's error is its waiter's (ChangelogTable.wait_written)
             self._writes.popleft()
             done.set_exception(exc)
         return 0
